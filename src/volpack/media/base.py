@@ -1,0 +1,46 @@
+"""The Medium seam: opaque bytes out (sequential, never seeking) and in (sequential or ranged).
+
+Media never parse archive bytes. A writer publishes the archive only on ``commit``; ``abort`` leaves
+nothing visible under the final name. Errors are MediumError subclasses.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+Buffer = bytes | bytearray | memoryview
+
+
+class MediumWriter(Protocol):
+    url: str
+
+    def write(self, data: Buffer) -> None:
+        """Append all of ``data``."""
+        ...
+
+    def commit(self) -> None:
+        """Make the archive durable and visible under its final name."""
+        ...
+
+    def abort(self) -> None:
+        """Drop everything written; nothing partial stays visible. Safe to call after a failure."""
+        ...
+
+
+class MediumReader(Protocol):
+    url: str
+
+    @property
+    def size(self) -> int | None:
+        """Archive length in bytes when known (files, objects), ``None`` for streams."""
+        ...
+
+    def readinto(self, buf: memoryview) -> int:
+        """Sequential read; returns 0 only at the end of the archive."""
+        ...
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        """Random access (files, ranged GETs); MediumError when the medium is a stream."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,1 @@
+"""Serving archives without restoring them: NBD export and FUSE mount over the random-access reader."""
