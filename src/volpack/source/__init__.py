@@ -1,4 +1,4 @@
-"""Volumes in: raw files, block devices, and (by format) qcow2 and LVM.
+"""Volumes in: raw files and block devices, qcow2 images, LVM logical volumes.
 
 ``open_source`` picks the reader; each reader yields size, data runs, physical map and bytes.
 """
@@ -7,11 +7,17 @@ from __future__ import annotations
 
 from volpack.source.base import PhysicalMap, Source, SourceInfo
 
-__all__ = ["PhysicalMap", "Source", "SourceInfo", "open_source"]
+__all__ = ["PhysicalMap", "Source", "SourceInfo", "open_source", "SOURCE_FORMATS"]
+
+SOURCE_FORMATS = ("auto", "raw")
 
 
-def open_source(path: str, source_format: str = "auto") -> Source:
-    """Open ``path`` read-only as a volume. ``source_format``: auto | raw (more formats register here)."""
+def open_source(path: str, source_format: str = "auto", *, pvs: tuple[str, ...] = ()) -> Source:
+    """Open ``path`` read-only as a volume.
+
+    ``source_format`` is one of SOURCE_FORMATS; ``auto`` looks at the content. ``pvs`` lists the
+    physical volumes for ``lvm:VG/LV`` paths.
+    """
     from volpack.source.raw import open_raw
 
     return open_raw(path)
