@@ -1,1 +1,138 @@
-"""The catalog of backups (SQLite): what was backed up, when, where. Rebuildable from media."""
+"""The catalog of backups (SQLite): what was backed up, when, where. Rebuildable from media.
+
+Entry points for the other parts of volpack: ``record_after_backup`` and ``record_after_verify``
+(never fail the operation they follow), ``resolve_archive_ref`` and ``resolve_volume_at`` (turn an
+archive id or a volume + time into a medium URL for restore). The catalog never holds data.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sqlite3
+from collections.abc import Mapping
+from typing import Any
+
+from volpack.catalog.policy import Policy
+from volpack.catalog.record import (
+    catalog_path as _catalog_path,
+)
+from volpack.catalog.record import (
+    default_path,
+    entry_from_archive,
+    entry_from_result,
+    parse_time,
+    source_key,
+)
+from volpack.catalog.store import ArchiveEntry, Catalog
+from volpack.errors import CatalogError, VolpackError
+
+__all__ = [
+    "ArchiveEntry",
+    "Catalog",
+    "Policy",
+    "default_path",
+    "entry_from_archive",
+    "entry_from_result",
+    "parse_time",
+    "record_after_backup",
+    "record_after_verify",
+    "resolve_archive_ref",
+    "resolve_volume_at",
+    "source_key",
+]
+
+log = logging.getLogger("volpack")
+
+_ID_LIKE = re.compile(r"^[0-9a-fA-F][0-9a-fA-F-]{3,35}$")
+
+
+def record_after_backup(
+    result: Any,
+    catalog_path: str | None,
+    description: Mapping[str, Any] | None = None,
+) -> bool:
+    """Record a finished backup in the catalog (the default one when the path is None).
+
+    Never raises for catalog trouble: the archive is already safe on its medium, and a catalog
+    can be rebuilt from media, so a failure is logged as a warning and False returned.
+    """
+    path = _catalog_path(catalog_path)
+    if description is None:
+        description = getattr(result, "description", None) or {}
+    try:
+        entry = entry_from_result(result, description)
+        with Catalog.open(path) as catalog:
+            catalog.add(entry)
+    except (VolpackError, sqlite3.Error, OSError) as exc:
+        log.warning(
+            "archive %s was written but not recorded in the catalog %s: %s; "
+            "run 'volpack catalog rebuild %s' later",
+            getattr(result, "archive_uuid", "?"),
+            path,
+            exc,
+            getattr(result, "url", "URL"),
+        )
+        return False
+    return True
+
+
+def record_after_verify(
+    archive_uuid: str, ok: bool, catalog_path: str | None, when: float | None = None
+) -> bool:
+    """Store a verify outcome; archives the catalog does not know (or no catalog) are skipped
+    quietly, other catalog trouble is a warning. Never raises for catalog trouble."""
+    path = _catalog_path(catalog_path)
+    try:
+        with Catalog.open(path, create=False) as catalog:
+            catalog.record_verify(archive_uuid, ok, when)
+    except CatalogError as exc:
+        log.debug("verify result not recorded: %s", exc)
+        return False
+    except (sqlite3.Error, OSError) as exc:
+        log.warning("verify result for %s not recorded in %s: %s", archive_uuid, path, exc)
+        return False
+    return True
+
+
+def resolve_archive_ref(text: str, catalog_path: str | None = None) -> str | None:
+    """The medium URL of the catalogued archive whose id (or unique id prefix) is ``text``.
+
+    None when ``text`` does not look like an id or no catalog exists; CatalogError when it looks
+    like an id but matches none or several archives, or the archive has no recorded location.
+    Callers use it only after ``text`` turned out not to be an existing path or URL.
+    """
+    if not _ID_LIKE.match(text.strip()):
+        return None
+    path = _catalog_path(catalog_path)
+    try:
+        catalog = Catalog.open(path, create=False)
+    except CatalogError:
+        return None
+    with catalog:
+        entry = catalog.get(text)
+    return _first_url(entry, path)
+
+
+def resolve_volume_at(volume: str, at: str, catalog_path: str | None = None) -> str:
+    """The medium URL of the newest archive of ``volume`` made at or before time ``at``."""
+    path = _catalog_path(catalog_path)
+    when = parse_time(at)
+    with Catalog.open(path, create=False) as catalog:
+        key = source_key(volume)
+        try:
+            entry = catalog.resolve(key, when)
+        except CatalogError:
+            if key == volume:
+                raise
+            entry = catalog.resolve(volume, when)
+    return _first_url(entry, path)
+
+
+def _first_url(entry: ArchiveEntry, path: str) -> str:
+    if not entry.urls:
+        raise CatalogError(
+            f"{path}: archive {entry.uuid} was written to a stream and has no recorded location; "
+            "give its path or URL"
+        )
+    return entry.urls[0]

@@ -1,0 +1,71 @@
+"""Rebuild the catalog from the media: list a location, read each archive's header and trailer.
+
+Uses ``open_archive`` (footer → trailer → tables by ranged reads), so it never downloads an
+archive's data frames. A failed listing aborts; one unreadable archive is reported and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from volpack import media
+from volpack.catalog.record import entry_from_archive, normalize_url
+from volpack.catalog.store import Catalog
+from volpack.errors import NotAnArchive, VolpackError
+
+log = logging.getLogger("volpack")
+
+
+@dataclass(frozen=True, slots=True)
+class RebuildResult:
+    recorded: tuple[str, ...]  # archive uuids now in the catalog
+    ignored: tuple[str, ...]  # objects that are not volpack archives
+    failed: tuple[tuple[str, str], ...]  # (url, one-line reason): damaged, incomplete, unreadable
+
+
+def archives_at(url: str, list_archives: Callable[[str], list[str]] | None = None) -> list[str]:
+    """The archive URLs under ``url``: the file itself, or the listing of a directory/prefix.
+    A failed listing raises; it is never taken for an empty location."""
+    if media.scheme_of(url) == "file":
+        path = url[len("file://") :] if url.startswith("file://") else url
+        path = path[len("file:") :] if path.startswith("file:") else path
+        if os.path.isfile(path):
+            return [normalize_url(url)]
+    lister = list_archives or media.list_archives
+    return sorted(lister(normalize_url(url)))
+
+
+def rebuild(
+    catalog: Catalog,
+    url: str,
+    *,
+    list_archives: Callable[[str], list[str]] | None = None,
+    open_archive: Callable[[str], Any] | None = None,
+) -> RebuildResult:
+    """Record every archive found at ``url`` in ``catalog`` (existing rows are updated, verify
+    status kept). Entries for archives that are gone are not removed: that is prune's job."""
+    if open_archive is None:
+        from volpack.format.random_access import open_archive as opener
+    else:
+        opener = open_archive
+    recorded: list[str] = []
+    ignored: list[str] = []
+    failed: list[tuple[str, str]] = []
+    for item in archives_at(url, list_archives):
+        try:
+            with opener(item) as archive:
+                entry = entry_from_archive(archive, item)
+        except NotAnArchive:
+            ignored.append(item)
+            continue
+        except VolpackError as exc:
+            log.warning("%s: skipped: %s", item, exc)
+            failed.append((item, str(exc)))
+            continue
+        catalog.add(entry)
+        recorded.append(entry.uuid)
+    return RebuildResult(tuple(recorded), tuple(ignored), tuple(failed))

@@ -1,0 +1,278 @@
+"""The catalog store: record, query and forget archives in SQLite, safely across processes.
+
+Rows describe archives that live on media; the catalog never reads or deletes archive bytes
+(see prune.py / rebuild.py for that). Every write is one ``BEGIN IMMEDIATE`` transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from volpack.catalog.schema import connect
+from volpack.errors import CatalogError, UsageError
+
+_COLUMNS = (
+    "uuid",
+    "created",
+    "source_path",
+    "source_kind",
+    "volume_size",
+    "fs_uuid",
+    "block_size",
+    "used_blocks",
+    "archive_size",
+    "stored_bytes",
+    "format_version",
+    "digest",
+    "verify_ok",
+    "verified_at",
+    "recorded_at",
+    "description",
+)
+_HEXPREFIX = re.compile(r"^[0-9a-fA-F-]{1,36}$")
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveEntry:
+    """One archive as the catalog knows it. Times are seconds since the epoch (UTC)."""
+
+    uuid: str
+    created: float
+    source_path: str
+    source_kind: str
+    volume_size: int
+    block_size: int
+    used_blocks: int
+    format_version: str
+    urls: tuple[str, ...] = ()
+    fs_uuid: str | None = None
+    archive_size: int | None = None
+    stored_bytes: int | None = None
+    digest: str | None = None
+    verify_ok: bool | None = None
+    verified_at: float | None = None
+    recorded_at: float = 0.0
+    description: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict (what ``list --json`` and ``show --json`` print)."""
+        out: dict[str, Any] = {name: getattr(self, name) for name in _COLUMNS}
+        out["urls"] = list(self.urls)
+        out["created_iso"] = _iso(self.created)
+        out["verified_at_iso"] = _iso(self.verified_at) if self.verified_at is not None else None
+        return out
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+class Catalog:
+    """An open catalog file. Use ``Catalog.open(path)``; close it or use it as a context manager."""
+
+    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+        self._conn = conn
+        self.path = path
+
+    @classmethod
+    def open(cls, path: str, *, create: bool = True) -> Catalog:
+        """Open (and with ``create`` make) the catalog at ``path``; CatalogError if unusable."""
+        return cls(connect(path, create=create), path)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing -------------------------------------------------------------------------------
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise CatalogError(f"{self.path}: cannot update the catalog: {exc}; retry") from exc
+        try:
+            yield self._conn
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._conn.execute("ROLLBACK")
+            raise CatalogError(f"{self.path}: catalog update failed: {exc}; retry") from exc
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+
+    def add(self, entry: ArchiveEntry) -> None:
+        """Insert or update one archive and add its URLs.
+
+        Recording the same archive again (a rebuild, a second copy) keeps the earliest recording
+        time and an existing verify status unless the new entry carries one.
+        """
+        now = time.time()
+        row = {name: getattr(entry, name) for name in _COLUMNS}
+        row["description"] = json.dumps(entry.description, sort_keys=True, default=str)
+        row["recorded_at"] = entry.recorded_at or now
+        row["verify_ok"] = None if entry.verify_ok is None else int(entry.verify_ok)
+        names = ", ".join(_COLUMNS)
+        marks = ", ".join(f":{n}" for n in _COLUMNS)
+        keep_first = {"uuid", "recorded_at", "verify_ok", "verified_at"}
+        updates = ", ".join(f"{n} = excluded.{n}" for n in _COLUMNS if n not in keep_first)
+        with self._write() as db:
+            db.execute(
+                f"INSERT INTO archives ({names}) VALUES ({marks}) ON CONFLICT (uuid) DO UPDATE SET "
+                f"{updates}, verify_ok = coalesce(excluded.verify_ok, verify_ok), "
+                "verified_at = coalesce(excluded.verified_at, verified_at)",
+                row,
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO locations (uuid, url, added) VALUES (?, ?, ?)",
+                [(entry.uuid, url, now) for url in entry.urls],
+            )
+
+    def record_verify(self, uuid: str, ok: bool, when: float | None = None) -> None:
+        """Store the outcome of a verify run; CatalogError when the archive is not catalogued."""
+        when = time.time() if when is None else when
+        with self._write() as db:
+            cur = db.execute(
+                "UPDATE archives SET verify_ok = ?, verified_at = ? WHERE uuid = ?",
+                (int(bool(ok)), when, uuid),
+            )
+            if cur.rowcount == 0:
+                raise CatalogError(
+                    f"{self.path}: archive {uuid} is not in the catalog; nothing recorded"
+                )
+
+    def remove_location(self, uuid: str, url: str) -> bool:
+        """Forget one copy; the archive row goes when its last location does. True if it went."""
+        with self._write() as db:
+            db.execute("DELETE FROM locations WHERE uuid = ? AND url = ?", (uuid, url))
+            left = db.execute("SELECT 1 FROM locations WHERE uuid = ? LIMIT 1", (uuid,)).fetchone()
+            if left is None:
+                db.execute("DELETE FROM archives WHERE uuid = ?", (uuid,))
+                return True
+        return False
+
+    def forget(self, uuid: str) -> None:
+        """Drop an archive and all its locations from the catalog (the media are not touched)."""
+        with self._write() as db:
+            db.execute("DELETE FROM archives WHERE uuid = ?", (uuid,))
+
+    # -- reading -------------------------------------------------------------------------------
+    def _query(self, where: str, params: tuple[Any, ...], tail: str = "") -> list[ArchiveEntry]:
+        sql = f"SELECT {', '.join(_COLUMNS)} FROM archives {where} ORDER BY created, uuid {tail}"
+        try:
+            rows = self._conn.execute(sql, params).fetchall()
+            urls: dict[str, list[str]] = {}
+            if rows:
+                for uuid, url in self._conn.execute(
+                    "SELECT uuid, url FROM locations WHERE uuid IN "
+                    f"(SELECT uuid FROM archives {where} ORDER BY created, uuid {tail}) "
+                    "ORDER BY added, url",
+                    params,
+                ):
+                    urls.setdefault(uuid, []).append(url)
+        except sqlite3.Error as exc:
+            raise CatalogError(f"{self.path}: cannot read the catalog: {exc}") from exc
+        return [_entry(row, urls.get(row[0], [])) for row in rows]
+
+    def find(
+        self,
+        *,
+        source: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        url: str | None = None,
+    ) -> list[ArchiveEntry]:
+        """Archives matching every given filter, oldest first. ``source`` is a source path."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if source is not None:
+            clauses.append("source_path = ?")
+            params.append(source)
+        if since is not None:
+            clauses.append("created >= ?")
+            params.append(since)
+        if until is not None:
+            clauses.append("created <= ?")
+            params.append(until)
+        if url is not None:
+            clauses.append("uuid IN (SELECT uuid FROM locations WHERE url = ?)")
+            params.append(url)
+        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        return self._query(where, tuple(params))
+
+    def sources(self) -> list[str]:
+        """Every source path with at least one archive, sorted."""
+        try:
+            rows = self._conn.execute("SELECT DISTINCT source_path FROM archives ORDER BY 1")
+            return [r[0] for r in rows]
+        except sqlite3.Error as exc:
+            raise CatalogError(f"{self.path}: cannot read the catalog: {exc}") from exc
+
+    def get(self, id_or_prefix: str) -> ArchiveEntry:
+        """The one archive whose uuid starts with ``id_or_prefix`` (hyphens and case ignored)."""
+        text = id_or_prefix.strip()
+        if not _HEXPREFIX.match(text):
+            raise UsageError(f"'{id_or_prefix}': not an archive id; use a uuid or a unique prefix")
+        key = text.replace("-", "").lower()
+        found = self._query("WHERE replace(uuid, '-', '') LIKE ?", (key + "%",), "LIMIT 3")
+        if not found:
+            raise CatalogError(f"{self.path}: no archive with id {text}; see 'volpack list'")
+        if len(found) > 1:
+            raise CatalogError(
+                f"{self.path}: id prefix {text} matches several archives "
+                f"({', '.join(e.uuid for e in found[:2])}, …); give more characters"
+            )
+        return found[0]
+
+    def resolve(self, volume: str, at_time: float) -> ArchiveEntry:
+        """The newest archive of ``volume`` made at or before ``at_time``."""
+        found = self._query("WHERE source_path = ? AND created <= ?", (volume, at_time), "")
+        if not found:
+            older = self.find(source=volume)
+            hint = (
+                f"its oldest archive is from {_iso(older[0].created)}"
+                if older
+                else "see 'volpack list' for the recorded sources"
+            )
+            raise CatalogError(
+                f"{volume}: no archive at or before {_iso(at_time)} in {self.path}; {hint}"
+            )
+        return found[-1]
+
+
+def _entry(row: tuple[Any, ...], urls: list[str]) -> ArchiveEntry:
+    v = dict(zip(_COLUMNS, row, strict=True))
+    try:
+        description = json.loads(v["description"] or "{}")
+    except ValueError:
+        description = {}
+    return ArchiveEntry(
+        uuid=v["uuid"],
+        created=v["created"],
+        source_path=v["source_path"],
+        source_kind=v["source_kind"],
+        volume_size=v["volume_size"],
+        block_size=v["block_size"],
+        used_blocks=v["used_blocks"],
+        format_version=v["format_version"],
+        urls=tuple(urls),
+        fs_uuid=v["fs_uuid"],
+        archive_size=v["archive_size"],
+        stored_bytes=v["stored_bytes"],
+        digest=v["digest"],
+        verify_ok=None if v["verify_ok"] is None else bool(v["verify_ok"]),
+        verified_at=v["verified_at"],
+        recorded_at=v["recorded_at"],
+        description=description if isinstance(description, dict) else {},
+    )

@@ -1,0 +1,143 @@
+"""Shared pieces of the filesystem detectors: bounded reads, bitmap → runs, small checksums.
+
+A filesystem parser sees its region through ``Area``, which refuses any read outside the region
+(a pointer past the end is damage, not an I/O error). Parsers raise ``FsDamaged`` for anything
+inconsistent; the caller turns that into one warning and a conservative region. No writes here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from volpack.detect.base import ReadAt
+from volpack.errors import SourceError
+from volpack.extents import Extents
+
+# Upper bound for one metadata read; bitmaps and tables are read in pieces no larger than this.
+MAX_READ = 64 << 20
+
+
+class FsDamaged(SourceError):
+    """Filesystem metadata is inconsistent; the region falls back to the conservative detectors."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class FsResult:
+    """What a filesystem parser found: its size in bytes and the absolute byte runs it uses."""
+
+    detector: str
+    size: int
+    used: Extents
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Area:
+    """``[start, start + length)`` of the volume, read with offsets relative to ``start``."""
+
+    __slots__ = ("read_at", "start", "length", "name")
+
+    def __init__(self, read_at: ReadAt, start: int, length: int, name: str = "filesystem") -> None:
+        self.read_at = read_at
+        self.start = start
+        self.length = length
+        self.name = name
+
+    def read(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0 or offset + length > self.length:
+            raise FsDamaged(
+                f"{self.name} at byte {self.start}: metadata read [{offset}, {offset + length}) "
+                f"lies outside the {self.length}-byte region; metadata is damaged"
+            )
+        if length > MAX_READ:
+            raise FsDamaged(
+                f"{self.name} at byte {self.start}: metadata read of {length} bytes at {offset} "
+                f"exceeds the {MAX_READ}-byte bound; metadata is damaged"
+            )
+        data = self.read_at(self.start + offset, length)
+        if len(data) != length:
+            raise SourceError(
+                f"volume: read of {length} bytes at {self.start + offset} returned {len(data)}"
+            )
+        return data
+
+    def damaged(self, problem: str) -> FsDamaged:
+        return FsDamaged(f"{self.name} at byte {self.start}: {problem}")
+
+
+def bit_runs(bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Runs of set bits in a 0/1 uint8 array: (starts, ends) as int64 indices."""
+    if bits.size == 0:
+        empty = np.zeros(0, np.int64)
+        return empty, empty
+    edges = np.diff(bits.astype(np.int8), prepend=np.int8(0), append=np.int8(0))
+    starts = np.flatnonzero(edges == 1).astype(np.int64)
+    ends = np.flatnonzero(edges == -1).astype(np.int64)
+    return starts, ends
+
+
+def bitmap_runs(bitmap: np.ndarray, nbits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Runs of set bits among the first ``nbits`` of a little-endian (LSB first) byte bitmap."""
+    bits = np.unpackbits(bitmap, count=nbits, bitorder="little")
+    return bit_runs(bits)
+
+
+def byte_runs(starts: np.ndarray, ends: np.ndarray, unit: int, base: int) -> Extents:
+    """Unit-indexed runs → absolute byte runs starting at ``base``."""
+    return Extents.from_arrays(base + starts * unit, base + ends * unit)
+
+
+def _table(poly: int) -> np.ndarray:
+    table = np.zeros(256, np.uint32)
+    for i in range(256):
+        crc = i
+        for _ in range(8):
+            crc = (crc >> 1) ^ poly if crc & 1 else crc >> 1
+        table[i] = crc
+    return table
+
+
+_CRC32C = _table(0x82F63B78).tolist()
+_CRC16 = _table(0xA001).tolist()
+
+
+def crc32c_raw(data: bytes, crc: int = 0xFFFFFFFF) -> int:
+    """CRC-32C without the final inversion (the kernel's ``crc32c_le`` with a seed)."""
+    table = _CRC32C
+    for byte in data:
+        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc
+
+
+def crc32c(data: bytes) -> int:
+    """Standard CRC-32C (iSCSI, btrfs, XFS)."""
+    return crc32c_raw(data) ^ 0xFFFFFFFF
+
+
+def crc16(data: bytes, crc: int = 0xFFFF) -> int:
+    """The kernel's crc16 (poly 0x8005 reflected), used by ext4 ``gdt_csum``."""
+    table = _CRC16
+    for byte in data:
+        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc
+
+
+def crc_columns(rows: np.ndarray, seed: np.ndarray, poly: str = "crc32c") -> np.ndarray:
+    """The same table CRC over many equal-length rows at once (one numpy step per column)."""
+    table = np.array(_CRC32C if poly == "crc32c" else _CRC16, dtype=np.uint32)
+    crc = seed.astype(np.uint32).copy()
+    for col in range(rows.shape[1]):
+        crc = table[(crc ^ rows[:, col]) & 0xFF] ^ (crc >> np.uint32(8))
+    return crc
+
+
+def text(raw: bytes) -> str:
+    """A NUL-padded label as text (undecodable bytes replaced)."""
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace").strip()
+
+
+def uuid_str(raw: bytes) -> str:
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"

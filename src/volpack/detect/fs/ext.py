@@ -1,0 +1,316 @@
+"""ext2/3/4: used blocks from the superblock, group descriptors and block bitmaps.
+
+Reads the primary superblock, the group descriptor table (32/64-bit, meta_bg) and every
+initialised block bitmap; BLOCK_UNINIT groups count only their metadata. All metadata (superblock
+backups, GDT, reserved GDT, bitmaps, inode tables) is added explicitly so a stale bitmap bit can
+never drop it. Any inconsistency raises FsDamaged. Reads only.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from volpack.detect.fs._common import (
+    Area,
+    FsResult,
+    bit_runs,
+    crc16,
+    crc32c_raw,
+    crc_columns,
+    text,
+    uuid_str,
+)
+from volpack.extents import Extents
+
+MAGIC = 0xEF53
+SB_OFFSET = 1024
+
+COMPAT_RESIZE_INODE = 0x10
+COMPAT_SPARSE_SUPER2 = 0x200
+INCOMPAT_RECOVER = 0x4
+INCOMPAT_JOURNAL_DEV = 0x8
+INCOMPAT_META_BG = 0x10
+INCOMPAT_64BIT = 0x80
+INCOMPAT_CSUM_SEED = 0x2000
+RO_SPARSE_SUPER = 0x1
+RO_GDT_CSUM = 0x10
+RO_BIGALLOC = 0x200
+RO_METADATA_CSUM = 0x400
+BG_BLOCK_UNINIT = 0x2
+
+# Groups whose bitmaps are expanded at once; bounds memory on multi-TiB filesystems.
+_GROUP_CHUNK = 2048
+_MAX_GROUPS = 1 << 24
+
+
+def probe(area: Area) -> bool:
+    if area.length < SB_OFFSET + 1024:
+        return False
+    sb = area.read(SB_OFFSET, 1024)
+    return struct.unpack_from("<H", sb, 0x38)[0] == MAGIC
+
+
+def _has_super(group: int, compat: int, ro_compat: int, backup_bgs: tuple[int, int]) -> bool:
+    if group == 0:
+        return True
+    if compat & COMPAT_SPARSE_SUPER2:
+        return group in backup_bgs
+    if not ro_compat & RO_SPARSE_SUPER or group == 1:
+        return True
+    for base in (3, 5, 7):
+        n = base
+        while n < group:
+            n *= base
+        if n == group:
+            return True
+    return False
+
+
+def analyse(area: Area) -> FsResult:
+    sb = area.read(SB_OFFSET, 1024)
+    (magic,) = struct.unpack_from("<H", sb, 0x38)
+    if magic != MAGIC:
+        raise area.damaged(f"ext superblock magic {magic:#x}, expected {MAGIC:#x}")
+    (blocks_lo,) = struct.unpack_from("<I", sb, 4)
+    first_data_block, log_block, log_cluster = struct.unpack_from("<III", sb, 0x14)
+    blocks_per_group, clusters_per_group, inodes_per_group = struct.unpack_from("<III", sb, 0x20)
+    (inodes_count,) = struct.unpack_from("<I", sb, 0)
+    (rev_level,) = struct.unpack_from("<I", sb, 0x4C)
+    inode_size = struct.unpack_from("<H", sb, 0x58)[0] if rev_level >= 1 else 128
+    compat, incompat, ro_compat = struct.unpack_from("<III", sb, 0x5C)
+    uuid = sb[0x68:0x78]
+    label = text(sb[0x78:0x88])
+    (reserved_gdt,) = struct.unpack_from("<H", sb, 0xCE)
+    (desc_size_raw,) = struct.unpack_from("<H", sb, 0xFE)
+    (first_meta_bg,) = struct.unpack_from("<I", sb, 0x104)
+    (blocks_hi,) = struct.unpack_from("<I", sb, 0x150)
+    backup_bgs = struct.unpack_from("<II", sb, 0x24C)
+    (checksum_seed,) = struct.unpack_from("<I", sb, 0x270)
+    (sb_checksum,) = struct.unpack_from("<I", sb, 0x3FC)
+
+    if incompat & INCOMPAT_JOURNAL_DEV:
+        raise area.damaged("is an external ext journal device, not a filesystem")
+    if ro_compat & RO_METADATA_CSUM and crc32c_raw(sb[:0x3FC]) != sb_checksum:
+        raise area.damaged(f"ext superblock checksum mismatch (stored {sb_checksum:#010x})")
+    if incompat & INCOMPAT_RECOVER:
+        raise area.damaged("ext journal needs recovery, bitmaps may be stale; run e2fsck or mount")
+    if log_block > 6 or log_cluster < log_block or log_cluster > log_block + 16:
+        raise area.damaged(f"ext block size log {log_block}, cluster size log {log_cluster}")
+    block_size = 1024 << log_block
+    bigalloc = bool(ro_compat & RO_BIGALLOC)
+    if not bigalloc:
+        clusters_per_group = blocks_per_group
+        log_cluster = log_block
+    unit = 1024 << log_cluster
+    ratio = unit // block_size
+    blocks = blocks_lo | (blocks_hi << 32 if incompat & INCOMPAT_64BIT else 0)
+    if first_data_block > 1 or (block_size > 1024 and first_data_block != 0):
+        raise area.damaged(f"ext first data block {first_data_block} with {block_size}-byte blocks")
+    if bigalloc and first_data_block:
+        raise area.damaged("ext bigalloc filesystem with first data block 1")
+    if not (8 <= clusters_per_group <= 8 * block_size) or clusters_per_group % 8:
+        raise area.damaged(f"ext {clusters_per_group} clusters per group")
+    if blocks_per_group != clusters_per_group * ratio or blocks <= first_data_block:
+        raise area.damaged(f"ext {blocks_per_group} blocks per group, {blocks} blocks")
+    size = blocks * block_size
+    if size > area.length:
+        raise area.damaged(
+            f"ext filesystem of {size} bytes does not fit its {area.length}-byte region"
+        )
+    groups = -(-(blocks - first_data_block) // blocks_per_group)
+    if groups > _MAX_GROUPS or inodes_per_group == 0 or inodes_count != inodes_per_group * groups:
+        raise area.damaged(f"ext {groups} groups, {inodes_per_group} inodes per group")
+
+    desc_size = 32
+    if incompat & INCOMPAT_64BIT:
+        desc_size = desc_size_raw
+        if desc_size < 64 or desc_size > 1024 or desc_size & (desc_size - 1):
+            raise area.damaged(f"ext group descriptor size {desc_size}")
+    per_block = block_size // desc_size
+    gdt_blocks = -(-groups // per_block)
+    meta_bg = bool(incompat & INCOMPAT_META_BG)
+    if meta_bg and first_meta_bg > gdt_blocks:
+        raise area.damaged(f"ext first meta_bg {first_meta_bg} beyond {gdt_blocks} GDT blocks")
+
+    def group_first(g: int) -> int:
+        return first_data_block + g * blocks_per_group
+
+    def has_super(g: int) -> bool:
+        return _has_super(g, compat, ro_compat, backup_bgs)
+
+    # -- group descriptor table ------------------------------------------------------------
+    meta_blocks: list[tuple[int, int]] = [(0, first_data_block + 1)]  # boot block + superblock
+    gdt_parts: list[bytes] = []
+    if not meta_bg:
+        plain = gdt_blocks
+    else:
+        plain = first_meta_bg
+    gdt_start = first_data_block + 1
+    if plain:
+        gdt_parts.append(area.read(gdt_start * block_size, plain * block_size))
+    for b in range(plain, gdt_blocks):
+        g = b * per_block
+        loc = group_first(g) + (1 if has_super(g) else 0)
+        gdt_parts.append(area.read(loc * block_size, block_size))
+        # Each meta group keeps its descriptor block in its first, second and last group.
+        last = min(g + per_block, groups) - 1
+        for copy in {g, g + 1, last}:
+            if copy < groups:
+                c = group_first(copy) + (1 if has_super(copy) else 0)
+                meta_blocks.append((c, c + 1))
+    gdt = np.frombuffer(b"".join(gdt_parts), np.uint8)[: groups * desc_size].reshape(
+        groups, desc_size
+    )
+
+    # Superblock backups, and (outside meta_bg) GDT + reserved GDT copies.
+    reserved = reserved_gdt if compat & COMPAT_RESIZE_INODE else 0
+    for g in range(groups):
+        if has_super(g):
+            first = group_first(g)
+            span = 1 + (plain + reserved)
+            meta_blocks.append((first, first + span))
+
+    desc = gdt.view(np.uint8)
+    words = np.ascontiguousarray(desc[:, :32]).view("<u4")  # 8 little-endian u32 per row
+    block_bitmap = words[:, 0].astype(np.int64)
+    inode_bitmap = words[:, 1].astype(np.int64)
+    inode_table = words[:, 2].astype(np.int64)
+    halves = np.ascontiguousarray(desc[:, 12:20]).view("<u2")
+    free_blocks = halves[:, 0].astype(np.int64)
+    flags = halves[:, 3].astype(np.int64)
+    stored_csum = np.ascontiguousarray(desc[:, 0x1E:0x20]).view("<u2")[:, 0].astype(np.int64)
+    if desc_size >= 64:
+        hi = np.ascontiguousarray(desc[:, 32:48]).view("<u4")
+        block_bitmap |= hi[:, 0].astype(np.int64) << 32
+        inode_bitmap |= hi[:, 1].astype(np.int64) << 32
+        inode_table |= hi[:, 2].astype(np.int64) << 32
+        free_blocks |= (np.ascontiguousarray(desc[:, 44:46]).view("<u2")[:, 0].astype(np.int64)) << 16
+
+    if ro_compat & (RO_GDT_CSUM | RO_METADATA_CSUM):
+        _check_gdt_csums(area, desc, stored_csum, uuid, incompat, ro_compat, checksum_seed)
+
+    itable_blocks = -(-(inodes_per_group * inode_size) // block_size)
+    for name, arr, span in (
+        ("block bitmap", block_bitmap, 1),
+        ("inode bitmap", inode_bitmap, 1),
+        ("inode table", inode_table, itable_blocks),
+    ):
+        bad = np.flatnonzero((arr < first_data_block) | (arr + span > blocks))
+        if bad.size:
+            g = int(bad[0])
+            raise area.damaged(
+                f"ext group {g} {name} at block {int(arr[g])} outside 0..{blocks}; "
+                "group descriptors are damaged"
+            )
+
+    # -- bitmaps ---------------------------------------------------------------------------
+    starts_all: list[np.ndarray] = []
+    ends_all: list[np.ndarray] = []
+    total_units = -(-(blocks - first_data_block) // ratio)
+    bytes_per_map = clusters_per_group // 8
+    uninit = (flags & BG_BLOCK_UNINIT).astype(bool)
+    if not ro_compat & (RO_GDT_CSUM | RO_METADATA_CSUM):
+        uninit[:] = False  # the flag means nothing without group checksums
+    for g0 in range(0, groups, _GROUP_CHUNK):
+        g1 = min(groups, g0 + _GROUP_CHUNK)
+        maps = _read_bitmaps(area, block_bitmap[g0:g1], uninit[g0:g1], block_size, bytes_per_map)
+        bits = np.unpackbits(maps, axis=1, bitorder="little")
+        valid = min(total_units - g0 * clusters_per_group, (g1 - g0) * clusters_per_group)
+        flat = bits.reshape(-1)
+        # Bits past the last cluster are padding (set on disk); free counts must agree with the
+        # bitmaps of initialised groups (the descriptor counts clusters).
+        flat[valid:] = 1
+        counts = clusters_per_group - bits.sum(axis=1, dtype=np.int64)
+        check = ~uninit[g0:g1]
+        mismatch = np.flatnonzero(check & (counts != free_blocks[g0:g1]))
+        if mismatch.size:
+            g = g0 + int(mismatch[0])
+            raise area.damaged(
+                f"ext group {g} free count {int(free_blocks[g])} disagrees with its bitmap "
+                f"({int(counts[g - g0])} free); bitmaps or descriptors are damaged"
+            )
+        s, e = bit_runs(flat[:valid])
+        starts_all.append(s + g0 * clusters_per_group)
+        ends_all.append(e + g0 * clusters_per_group)
+
+    base = first_data_block * block_size
+    starts = np.concatenate(starts_all) * unit + base
+    ends = np.concatenate(ends_all) * unit + base
+    meta = np.array(meta_blocks, np.int64).reshape(-1, 2)
+    tables = np.stack(
+        [
+            np.concatenate([block_bitmap, inode_bitmap, inode_table]),
+            np.concatenate([block_bitmap + 1, inode_bitmap + 1, inode_table + itable_blocks]),
+        ],
+        axis=1,
+    )
+    meta = np.concatenate([meta, tables]) * block_size
+    used = Extents.from_arrays(
+        np.concatenate([starts, meta[:, 0]]) + area.start,
+        np.minimum(np.concatenate([ends, meta[:, 1]]), size) + area.start,
+    )
+    kind = "ext4" if incompat & ~0x16 or ro_compat & ~0x7 else ("ext3" if compat & 0x4 else "ext2")
+    details = {
+        "uuid": uuid_str(uuid),
+        "label": label,
+        "block_size": block_size,
+        "groups": groups,
+        "size": size,
+    }
+    if bigalloc:
+        details["cluster_size"] = unit
+    return FsResult(kind, size, used, details)
+
+
+def _read_bitmaps(
+    area: Area, where: np.ndarray, uninit: np.ndarray, block_size: int, nbytes: int
+) -> np.ndarray:
+    """One row of ``nbytes`` per group; contiguous bitmap blocks (flex_bg) are read at once."""
+    out = np.zeros((where.size, nbytes), np.uint8)
+    idx = np.flatnonzero(~uninit)
+    if not idx.size:
+        return out
+    order = idx[np.argsort(where[idx], kind="stable")]
+    locs = where[order]
+    breaks = np.flatnonzero(np.diff(locs) != 1) + 1
+    for run in np.split(np.arange(order.size), breaks):
+        first = int(locs[run[0]])
+        count = run.size
+        data = np.frombuffer(area.read(first * block_size, count * block_size), np.uint8)
+        out[order[run]] = data.reshape(count, block_size)[:, :nbytes]
+    return out
+
+
+def _check_gdt_csums(
+    area: Area,
+    desc: np.ndarray,
+    stored: np.ndarray,
+    uuid: bytes,
+    incompat: int,
+    ro_compat: int,
+    checksum_seed: int,
+) -> None:
+    groups, desc_size = desc.shape
+    group_le = np.arange(groups, dtype="<u4").view(np.uint8).reshape(groups, 4)
+    body = np.concatenate([group_le, desc[:, :0x1E], desc[:, 0x20:]], axis=1)
+    if ro_compat & RO_METADATA_CSUM:
+        # Zero stands in for the checksum field itself, between the two halves.
+        body = np.concatenate(
+            [group_le, desc[:, :0x1E], np.zeros((groups, 2), np.uint8), desc[:, 0x20:]], axis=1
+        )
+        seed = checksum_seed if incompat & INCOMPAT_CSUM_SEED else crc32c_raw(uuid)
+        crc = crc_columns(body, np.full(groups, seed, np.uint32)) & 0xFFFF
+    else:
+        seed = crc16(uuid)
+        if desc_size <= 32:
+            body = body[:, : 4 + 0x1E]
+        crc = crc_columns(body, np.full(groups, seed, np.uint32), "crc16") & 0xFFFF
+    bad = np.flatnonzero(crc.astype(np.int64) != stored)
+    if bad.size:
+        g = int(bad[0])
+        raise area.damaged(
+            f"ext group descriptor {g} checksum {int(stored[g]):#06x}, computed "
+            f"{int(crc[g]):#06x}; group descriptors are damaged"
+        )

@@ -1,0 +1,220 @@
+"""Sequential archive reader for pipes, tapes, restore and verify: one pass, no seeking.
+
+``read_head`` checks header and tables (a restore writes nothing before it returns), ``frames``
+yields checked dense bytes in order, ``read_tail`` checks trailer, digest and footer and that the
+stream ends there. Any shortfall is an IncompleteArchive; any mismatch a CorruptArchive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import blake3
+import numpy as np
+
+from volpack.compact.table import AddressTable
+from volpack.errors import CorruptArchive, IncompleteArchive
+from volpack.format import records as R
+from volpack.media.base import MediumReader
+
+_CHUNK = 8 << 20
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Head:
+    header: R.Header
+    header_bytes: bytes
+    desc: dict[str, Any]
+    devices: tuple[str, ...]
+    pmap: np.ndarray  # PMAP_DTYPE
+    table: AddressTable
+    head_records: bytes
+
+
+def parse_head_records(data: bytes, header: R.Header, where: str) -> tuple[
+        dict[str, Any], tuple[str, ...], np.ndarray, AddressTable, int]:
+    """Decode DESC, PMAP, ATAB from ``data`` (records back to back); returns them and the length used."""
+    pos = 0
+    out: list[bytes] = []
+    for tag, limit in ((R.TAG_DESC, R.MAX_DESC), (R.TAG_PMAP, R.MAX_TABLE), (R.TAG_ATAB, R.MAX_TABLE)):
+        if pos + R.RECORD_SIZE > len(data):
+            raise CorruptArchive(f"{where}: {tag.decode()} record missing from the table copies")
+        length, psum = R.decode_record_header(data[pos:pos + R.RECORD_SIZE], where, tag, limit)
+        pos += R.RECORD_SIZE
+        if pos + length > len(data):
+            raise CorruptArchive(f"{where}: {tag.decode()} record runs past the table copies")
+        payload = data[pos:pos + length]
+        R.check_payload(payload, psum, where, tag)
+        out.append(payload)
+        pos += length
+    desc = R.decode_desc(out[0], where)
+    devices, pmap = R.decode_pmap(out[1], header, where)
+    return desc, devices, pmap, table_from_atab(R.decode_atab(out[2], header, where), header), pos
+
+
+def table_from_atab(runs: np.ndarray, header: R.Header) -> AddressTable:
+    return AddressTable.from_arrays(header.block_size, runs["volume_block"].astype(np.int64),
+                                    runs["count"].astype(np.int64))
+
+
+class ArchiveStream:
+    def __init__(self, medium: MediumReader, name: str | None = None) -> None:
+        self.medium = medium
+        self.name = name or medium.url
+        self._buf = bytearray(_CHUNK)
+        self._pos = self._end = 0
+        self.offset = 0  # archive offset of the next unread byte
+        self._digest = blake3.blake3(max_threads=1)
+        self._hashing = True
+        self.head: Head | None = None
+        self.stored_bytes = 0
+        self._frame_offsets: list[int] = []
+
+    # -- buffered input ------------------------------------------------------------------------
+    def _where(self, offset: int | None = None) -> str:
+        return f"{self.name} at offset {self.offset if offset is None else offset}"
+
+    def _read(self, n: int, what: str) -> memoryview:
+        """Exactly ``n`` bytes (valid until the next call) or IncompleteArchive."""
+        if self._end - self._pos < n:
+            remaining = self._end - self._pos
+            if len(self._buf) < n:
+                grown = bytearray(max(n, _CHUNK))
+                grown[:remaining] = self._buf[self._pos:self._end]
+                self._buf = grown
+            else:
+                self._buf[:remaining] = self._buf[self._pos:self._end]
+            self._pos, self._end = 0, remaining
+            view = memoryview(self._buf)
+            while self._end < n:
+                got = self.medium.readinto(view[self._end:])
+                if got == 0:
+                    raise IncompleteArchive(
+                        f"{self.name}: incomplete archive: it ends at offset "
+                        f"{self.offset + self._end} inside {what} (expected {n} bytes at "
+                        f"offset {self.offset}); the backup was interrupted or the copy truncated"
+                    )
+                self._end += got
+        out = memoryview(self._buf)[self._pos:self._pos + n]
+        self._pos += n
+        self.offset += n
+        if self._hashing:
+            self._digest.update(out)
+        return out
+
+    def _read_record(self, tag: bytes, limit: int) -> tuple[bytes, bytes]:
+        where = self._where()
+        hdr = bytes(self._read(R.RECORD_SIZE, f"the {tag.decode()} record header"))
+        length, psum = R.decode_record_header(hdr, where, tag, limit)
+        payload = self._read_large(length, f"the {tag.decode()} record")
+        R.check_payload(payload, psum, where, tag)
+        return hdr, payload
+
+    def _read_large(self, length: int, what: str) -> bytes:
+        # Grow with the data actually received, so a hostile length cannot allocate up front.
+        parts, left = [], length
+        while left:
+            piece = min(left, _CHUNK)
+            parts.append(bytes(self._read(piece, what)))
+            left -= piece
+        return b"".join(parts)
+
+    # -- the three phases ----------------------------------------------------------------------
+    def read_head(self) -> Head:
+        first = self._read(8, "the header")
+        header_bytes = bytes(first) + bytes(self._read(R.HEADER_SIZE - 8, "the header"))
+        header = R.Header.decode(header_bytes, self._where(0))
+        records = []
+        for tag, limit in ((R.TAG_DESC, R.MAX_DESC), (R.TAG_PMAP, R.MAX_TABLE),
+                           (R.TAG_ATAB, R.MAX_TABLE)):
+            records.append(self._read_record(tag, limit))
+        head_records = b"".join(h + p for h, p in records)
+        desc, devices, pmap, table, _ = parse_head_records(head_records, header, self.name)
+        self.head = Head(header, header_bytes, desc, devices, pmap, table, head_records)
+        return self.head
+
+    def frames(self) -> Iterator[tuple[int, memoryview]]:
+        """(dense_offset, raw bytes) per frame; the view is valid until the next iteration."""
+        if self.head is None:
+            raise RuntimeError("read_head() first")
+        import zstandard
+
+        h = self.head.header
+        dec = zstandard.ZstdDecompressor()
+        for seq in range(h.frame_count):
+            where = self._where()
+            self._frame_offsets.append(self.offset)
+            fh = R.decode_frame_header(self._read(R.FRAME_HEADER_SIZE, f"frame {seq}'s header"),
+                                       h, seq, where)
+            stored = self._read(fh.stored_length, f"frame {seq}")
+            self.stored_bytes += fh.stored_length
+            raw = decode_frame_payload(dec, fh, stored, where)
+            yield fh.dense_offset, raw
+
+    def read_tail(self) -> R.Trailer:
+        """Check trailer, digest, footer and end of stream; returns the trailer."""
+        if self.head is None:
+            raise RuntimeError("read_head() first")
+        h = self.head.header
+        self._hashing = False
+        digest = self._digest.digest()
+        offset = self.offset
+        expect = R.TRAILER_FIXED.size + R.HEADER_SIZE + len(self.head.head_records) + (
+            h.frame_count * R.INDEX_DTYPE.itemsize)
+        thdr, payload = self._read_record(R.TAG_TRLR, expect)
+        where = self._where(offset)
+        t = R.split_trailer(payload, where)
+        checks = [
+            (t.frame_count, h.frame_count, "frame count"),
+            (t.dense_size, h.dense_size, "dense size"),
+            (t.stored_bytes, self.stored_bytes, "stored bytes"),
+            (t.trailer_offset, offset, "trailer offset"),
+            (len(payload), expect, "trailer length"),
+        ]
+        for actual, wanted, what in checks:
+            if actual != wanted:
+                raise CorruptArchive(f"{where}: trailer {what} {actual}, expected {wanted}")
+        if t.digest != digest:
+            raise CorruptArchive(f"{where}: archive digest {digest.hex()} does not match the "
+                                 f"trailer's {t.digest.hex()}; the archive is damaged")
+        if t.header_bytes != self.head.header_bytes or t.head_records != self.head.head_records:
+            raise CorruptArchive(f"{where}: the trailer's copy of header and tables differs "
+                                 "from the head")
+        if t.index["offset"].tolist() != self._frame_offsets:
+            raise CorruptArchive(f"{where}: the trailer's frame index does not match the frames")
+        foot_at = self.offset
+        footer = R.decode_footer(bytes(self._read(R.FOOTER_SIZE, "the footer")),
+                                 self._where(foot_at), self.offset)
+        if footer.uuid != h.uuid or footer.trailer_offset != offset or (
+                footer.trailer_length != len(thdr) + len(payload)):
+            raise CorruptArchive(f"{self._where(foot_at)}: footer does not match the trailer "
+                                 f"(uuid {footer.uuid}, trailer at {footer.trailer_offset})")
+        if self._end > self._pos or self.medium.readinto(memoryview(bytearray(1))) != 0:
+            raise CorruptArchive(f"{self._where()}: unexpected bytes after the footer; "
+                                 "the medium holds more than one archive or trailing garbage")
+        return t
+
+
+def decode_frame_payload(dec: Any, fh: R.FrameHeader, stored: memoryview | bytes, where: str
+                         ) -> memoryview:
+    """Decompress (when needed) and check a frame's raw bytes against its checksum."""
+    if fh.codec == R.CODEC_ZSTD:
+        import zstandard
+
+        try:
+            raw: memoryview | bytes = dec.decompress(stored, max_output_size=fh.raw_length)
+        except zstandard.ZstdError as exc:
+            raise CorruptArchive(f"{where}: frame {fh.seq} does not decompress ({exc}); the "
+                                 "archive is damaged") from None
+    else:
+        raw = stored
+    if len(raw) != fh.raw_length:
+        raise CorruptArchive(f"{where}: frame {fh.seq} holds {len(raw)} bytes, expected "
+                             f"{fh.raw_length}")
+    actual = R.checksum(raw)
+    if actual != fh.raw_checksum:
+        raise CorruptArchive(f"{where}: frame {fh.seq} checksum {actual:#018x}, recorded "
+                             f"{fh.raw_checksum:#018x}; the archive is damaged")
+    return memoryview(raw)

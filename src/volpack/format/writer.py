@@ -1,0 +1,155 @@
+"""ArchiveWriter: header and tables, then the whole dense volume as frames, then trailer and footer.
+
+It never seeks and never looks at block usage: it asks a producer for dense bytes frame by frame.
+Reading (producer), encoding (checksum + zstd, in a small thread pool) and writing (digest +
+medium) overlap in three stages over a fixed ring of buffers, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import blake3
+import numpy as np
+
+from volpack.format import records as R
+from volpack.media.base import MediumWriter
+
+# produce(seq, view): fill ``view`` (exactly the frame's raw length) with dense bytes.
+Producer = Callable[[int, memoryview], None]
+Progress = Callable[[int], None]  # called with dense bytes done so far
+
+_HDR = R.FRAME_HEADER_SIZE
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    archive_size: int
+    stored_bytes: int
+    frame_count: int
+    digest: str
+
+
+class _Encoder:
+    """Per-thread zstd compressors (a ZstdCompressor must not be shared between threads)."""
+
+    def __init__(self, codec: int, level: int) -> None:
+        self.codec, self.level = codec, level
+        self._local = threading.local()
+
+    def encode(self, seq: int, buf: bytearray, raw_len: int, frame_size: int
+               ) -> tuple[memoryview, memoryview | None]:
+        """Returns (bytes to write, optional second part); the frame header goes in buf[:48]."""
+        view = memoryview(buf)
+        raw = view[_HDR:_HDR + raw_len]
+        raw_sum = R.checksum(raw)
+        if self.codec == R.CODEC_ZSTD:
+            comp = getattr(self._local, "c", None)
+            if comp is None:
+                import zstandard
+
+                comp = self._local.c = zstandard.ZstdCompressor(level=self.level)
+            packed = comp.compress(raw)
+            if len(packed) < raw_len:
+                head = R.encode_frame_header(R.CODEC_ZSTD, seq, seq * frame_size, raw_len,
+                                             len(packed), raw_sum)
+                view[:_HDR] = head
+                return view[:_HDR], memoryview(packed)
+        view[:_HDR] = R.encode_frame_header(R.CODEC_NONE, seq, seq * frame_size, raw_len, raw_len,
+                                            raw_sum)
+        return view[:_HDR + raw_len], None
+
+
+class ArchiveWriter:
+    def __init__(self, medium: MediumWriter, header: R.Header, head_records: bytes,
+                 threads: int = 2) -> None:
+        self.medium = medium
+        self.header = header
+        self.head_records = head_records  # DESC + PMAP + ATAB records
+        self.threads = max(1, threads)
+        self._digest = blake3.blake3(max_threads=1)
+        self._offset = 0
+        self._stored = 0
+        self._index = np.zeros(header.frame_count, R.INDEX_DTYPE)
+        self._header_bytes = header.encode()
+
+    def _emit(self, data: memoryview | bytes) -> None:
+        self._digest.update(data)
+        self.medium.write(data)
+        self._offset += len(data)
+
+    def write_head(self) -> None:
+        self._emit(self._header_bytes)
+        self._emit(self.head_records)
+
+    def write_frames(self, produce: Producer, progress: Progress | None = None) -> None:
+        h = self.header
+        count = h.frame_count
+        if count == 0:
+            return
+        encoder = _Encoder(h.codec, h.codec_level)
+        compress = h.codec == R.CODEC_ZSTD
+        depth = self.threads * 2 + 2 if compress else 3
+        free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(min(depth, count)):
+            free.put(bytearray(_HDR + h.frame_size))
+        pending: queue.Queue[tuple[Future, bytearray, int] | None] = queue.Queue()
+        failure: list[BaseException] = []
+
+        def writer() -> None:
+            done = 0
+            try:
+                while (item := pending.get()) is not None:
+                    fut, buf, seq = item
+                    first, second = fut.result()
+                    stored = len(first) - _HDR + (len(second) if second is not None else 0)
+                    self._index[seq] = (self._offset, stored, R.CODEC_NONE if second is None
+                                        else R.CODEC_ZSTD, b"")
+                    self._emit(first)
+                    if second is not None:
+                        self._emit(second)
+                    self._stored += stored
+                    done += h.frame_length(seq)
+                    free.put(buf)
+                    if progress is not None:
+                        progress(done)
+            except BaseException as exc:  # handed to the producing thread, which re-raises
+                failure.append(exc)
+                free.put(bytearray(0))  # wake the producer if it waits for a buffer
+
+        pool = ThreadPoolExecutor(self.threads if compress else 1, thread_name_prefix="vp-encode")
+        thread = threading.Thread(target=writer, name="vp-write", daemon=True)
+        thread.start()
+        try:
+            for seq in range(count):
+                buf = free.get()
+                if failure:
+                    break
+                raw_len = h.frame_length(seq)
+                produce(seq, memoryview(buf)[_HDR:_HDR + raw_len])
+                fut = pool.submit(encoder.encode, seq, buf, raw_len, h.frame_size)
+                pending.put((fut, buf, seq))
+        finally:
+            pending.put(None)
+            thread.join()
+            pool.shutdown(wait=True)
+        if failure:
+            raise failure[0]
+
+    def finish(self) -> WriteResult:
+        """Write trailer and footer; the caller commits the medium."""
+        h = self.header
+        trailer_offset = self._offset
+        digest = self._digest.digest()
+        trailer = R.encode_trailer(R.Trailer(
+            h.frame_count, h.dense_size, self._stored, trailer_offset, digest, self._header_bytes,
+            self.head_records, self._index))
+        self.medium.write(trailer)
+        length = trailer_offset + len(trailer) + R.FOOTER_SIZE
+        self.medium.write(R.encode_footer(R.Footer(trailer_offset, len(trailer), h.uuid, h.major,
+                                                   h.minor, length)))
+        return WriteResult(length, self._stored, h.frame_count, digest.hex())

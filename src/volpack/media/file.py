@@ -1,0 +1,165 @@
+"""File medium: archives as files (a path or ``file:`` URL).
+
+A new archive is written to a hidden temporary name in the target directory, fsynced, then
+renamed, so a reader never sees a partial archive under the final name. An existing archive is
+only replaced with ``force``. Character devices (``/dev/null``) are written in place.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import stat
+from urllib.parse import unquote, urlparse
+
+from volpack.errors import MediumError, MediumFull, MediumNotFound
+from volpack.media.base import Buffer
+
+
+def path_of(url: str) -> str:
+    if url.startswith("file:"):
+        parsed = urlparse(url)
+        if parsed.netloc not in ("", "localhost"):
+            raise MediumError(f"{url}: file URLs on other hosts are not supported; use a local path")
+        return unquote(parsed.path)
+    return url
+
+
+def _os_error(path: str, exc: OSError, doing: str) -> MediumError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return MediumFull(f"{path}: no space left while {doing}; free space or choose another medium")
+    if exc.errno == errno.ENOENT:
+        return MediumNotFound(f"{path}: not found while {doing}; check the path")
+    return MediumError(f"{path}: {exc.strerror} while {doing}")
+
+
+class FileWriter:
+    def __init__(self, url: str, *, force: bool) -> None:
+        self.url = url
+        self.path = path_of(url)
+        self._tmp: str | None = None
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            st = None
+        except OSError as exc:
+            raise _os_error(self.path, exc, "checking the archive path") from None
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            raise MediumError(f"{self.path}: is a directory; give the archive a file name")
+        if st is not None and stat.S_ISCHR(st.st_mode):
+            self.fd = self._open(self.path, os.O_WRONLY)
+            return
+        if st is not None and not force:
+            raise MediumError(f"{self.path}: already exists ({st.st_size} bytes); use --force to "
+                              "replace it (the old archive stays until the new one is complete)")
+        directory, name = os.path.split(os.path.abspath(self.path))
+        if not os.path.isdir(directory):
+            raise MediumNotFound(f"{self.path}: directory {directory} does not exist; create it first")
+        self._tmp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.partial")
+        self.fd = self._open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+
+    def _open(self, path: str, flags: int) -> int:
+        try:
+            return os.open(path, flags | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise _os_error(path, exc, "creating the archive") from None
+
+    def write(self, data: Buffer) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError as exc:
+            raise _os_error(self.path, exc, "writing the archive") from None
+
+    def commit(self) -> None:
+        try:
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+            if self._tmp is not None:
+                os.replace(self._tmp, self.path)
+                self._tmp = None
+                dfd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL and self._tmp is None:
+                return  # character devices such as /dev/null cannot fsync
+            raise _os_error(self.path, exc, "completing the archive") from None
+
+    def abort(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self._tmp is not None:
+            try:
+                os.unlink(self._tmp)
+            except FileNotFoundError:
+                pass
+            self._tmp = None
+
+
+class FileReader:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.path = path_of(url)
+        try:
+            self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise _os_error(self.path, exc, "opening the archive") from None
+        st = os.fstat(self.fd)
+        if stat.S_ISDIR(st.st_mode):
+            os.close(self.fd)
+            raise MediumError(f"{self.path}: is a directory, not an archive")
+        if stat.S_ISREG(st.st_mode):
+            self._size: int | None = st.st_size
+        elif stat.S_ISBLK(st.st_mode):
+            self._size = os.lseek(self.fd, 0, os.SEEK_END)
+            os.lseek(self.fd, 0, os.SEEK_SET)
+        else:
+            self._size = None
+        self._pos = 0
+
+    @property
+    def size(self) -> int | None:
+        return self._size
+
+    def readinto(self, buf: memoryview) -> int:
+        try:
+            n = os.readv(self.fd, [buf])
+        except OSError as exc:
+            raise _os_error(self.path, exc, f"reading the archive at offset {self._pos}") from None
+        self._pos += n
+        return n
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        if self._size is None:
+            raise MediumError(f"{self.path}: not seekable; random access needs a regular file")
+        if offset < 0 or offset + length > self._size:
+            raise MediumError(f"{self.path}: read of {length} bytes at {offset} is past the end "
+                              f"({self._size} bytes)")
+        try:
+            data = os.pread(self.fd, length, offset)
+        except OSError as exc:
+            raise _os_error(self.path, exc, f"reading the archive at offset {offset}") from None
+        if len(data) != length:
+            raise MediumError(f"{self.path}: short read at {offset} ({len(data)} of {length} "
+                              "bytes); the file changed while being read")
+        return data
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def open_writer(url: str, *, force: bool = False) -> FileWriter:
+    return FileWriter(url, force=force)
+
+
+def open_reader(url: str) -> FileReader:
+    return FileReader(url)

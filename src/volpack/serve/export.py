@@ -1,0 +1,56 @@
+"""What the NBD server and the FUSE mount serve: a named, read-only volume address space.
+
+Any object with ``size``, ``read(offset, length)`` and ``used_bytes()`` will do — the random-access
+archive reader in production, a tiny in-memory volume in tests. Nothing here does I/O of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from volpack.extents import Extents
+
+
+class Volume(Protocol):
+    """A read-only volume address space (``volpack.format.random_access.Archive`` fits)."""
+
+    @property
+    def size(self) -> int: ...
+
+    def read(self, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset``; zeros where nothing is stored."""
+        ...
+
+    def used_bytes(self) -> Extents:
+        """Byte runs that hold data; everything else reads as zeros."""
+        ...
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Export:
+    """One export: its name, the volume, and the used map, fetched once (answers block status)."""
+
+    name: str
+    volume: Volume
+    size: int
+    allocated: Extents
+    description: str = ""
+
+    @staticmethod
+    def of(name: str, volume: Volume, description: str = "") -> Export:
+        size = int(volume.size)
+        return Export(name, volume, size, volume.used_bytes().clip(0, size), description)
+
+    def status_runs(self, offset: int, end: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Consecutive runs covering ``[offset, end)``: (starts, lengths, used?) in address order."""
+        used = self.allocated.clip(offset, end)
+        holes = used.complement(offset, end)
+        starts = np.concatenate([used.starts, holes.starts])
+        ends = np.concatenate([used.ends, holes.ends])
+        is_used = np.concatenate([np.ones(len(used), bool), np.zeros(len(holes), bool)])
+        order = np.argsort(starts, kind="stable")
+        starts = starts[order]
+        return starts, ends[order] - starts, is_used[order]
