@@ -267,7 +267,13 @@ class Connection:
             try:
                 data = export.volume.read(req.offset, req.length)
             except VolpackError as exc:
-                log.warning("%s: read of %d bytes at %d failed: %s", export.name, req.length, req.offset, exc)
+                log.warning(
+                    "%s: read of %d bytes at %d failed: %s",
+                    export.name,
+                    req.length,
+                    req.offset,
+                    exc,
+                )
                 self.sendv([p.simple_reply(p.EIO, req.cookie)])
                 return
             self.sendv([p.simple_reply(0, req.cookie), data])
@@ -282,8 +288,12 @@ class Connection:
             try:
                 data = export.volume.read(offset, length)
             except VolpackError as exc:
-                log.warning("%s: read of %d bytes at %d failed: %s", export.name, length, offset, exc)
-                bufs.append(p.error_chunk(req.cookie, p.EIO, f"damaged archive data: {exc}"[:512], offset))
+                log.warning(
+                    "%s: read of %d bytes at %d failed: %s", export.name, length, offset, exc
+                )
+                bufs.append(
+                    p.error_chunk(req.cookie, p.EIO, f"damaged archive data: {exc}"[:512], offset)
+                )
                 break
             if len(data) != length:
                 bufs.append(p.error_chunk(req.cookie, p.EIO, "short read from the archive", offset))
@@ -305,7 +315,9 @@ class Connection:
         self.sendv([head, body])
 
 
-def read_plan(export: Export, offset: int, length: int, *, whole: bool) -> list[tuple[int, int, bool]]:
+def read_plan(
+    export: Export, offset: int, length: int, *, whole: bool
+) -> list[tuple[int, int, bool]]:
     """Split a read into (offset, length, is_hole) pieces; small holes ride along as data."""
     if whole:
         return [(offset, length, False)]

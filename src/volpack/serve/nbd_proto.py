@@ -222,7 +222,9 @@ class _Cursor:
 
     def done(self) -> None:
         if self.pos != len(self.data):
-            raise BadOption(f"{len(self.data) - self.pos} unexpected bytes at the end of the option")
+            raise BadOption(
+                f"{len(self.data) - self.pos} unexpected bytes at the end of the option"
+            )
 
 
 def parse_info_request(data: bytes) -> tuple[str, tuple[int, ...]]:

@@ -54,7 +54,11 @@ class NbdServer:
                 raise UsageError(
                     f"nbd export name {export.name!r} is used twice; give each archive its own --name"
                 )
-            if not export.name or len(export.name.encode("utf-8")) > p.MAX_STRING or "\0" in export.name:
+            if (
+                not export.name
+                or len(export.name.encode("utf-8")) > p.MAX_STRING
+                or "\0" in export.name
+            ):
                 raise UsageError(f"nbd export name {export.name!r}: use 1..4096 bytes without NUL")
             by_name[export.name] = export
         self.exports = by_name
@@ -76,15 +80,23 @@ class NbdServer:
         try:
             return socket.create_server((host, port), family=family, backlog=128)
         except OSError as exc:
-            hint = "choose another with --listen HOST:PORT" if exc.errno == errno.EADDRINUSE else "check --listen"
-            raise UsageError(f"nbd server: cannot listen on {host}:{port}: {exc.strerror}; {hint}") from None
+            hint = (
+                "choose another with --listen HOST:PORT"
+                if exc.errno == errno.EADDRINUSE
+                else "check --listen"
+            )
+            raise UsageError(
+                f"nbd server: cannot listen on {host}:{port}: {exc.strerror}; {hint}"
+            ) from None
 
     @staticmethod
     def _unix(path: str) -> socket.socket:
         with contextlib.suppress(FileNotFoundError):
             st = os.lstat(path)
             if not stat.S_ISSOCK(st.st_mode):
-                raise UsageError(f"{path}: exists and is not a socket; choose another --socket path")
+                raise UsageError(
+                    f"{path}: exists and is not a socket; choose another --socket path"
+                )
             # A socket file nobody answers on is left over from a server that died: reuse it.
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -92,7 +104,9 @@ class NbdServer:
             except ConnectionRefusedError:
                 os.unlink(path)
             else:
-                raise UsageError(f"{path}: another server is listening there; choose another --socket")
+                raise UsageError(
+                    f"{path}: another server is listening there; choose another --socket"
+                )
             finally:
                 probe.close()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
