@@ -9,12 +9,21 @@ import importlib
 from volpack.errors import UsageError
 from volpack.media.base import MediumReader, MediumWriter
 
-__all__ = ["MediumReader", "MediumWriter", "open_reader", "open_writer", "scheme_of"]
+__all__ = [
+    "MediumReader",
+    "MediumWriter",
+    "delete",
+    "list_archives",
+    "open_reader",
+    "open_writer",
+    "scheme_of",
+]
 
 # scheme → module with open_writer(url, force) and open_reader(url)
 _SCHEMES = {
     "file": "volpack.media.file",
     "-": "volpack.media.pipe",
+    "s3": "volpack.media.s3",
 }
 
 
@@ -22,7 +31,13 @@ def scheme_of(url: str) -> str:
     if url == "-":
         return "-"
     head, sep, _ = url.partition(":")
-    if sep and head.isalpha() and len(head) > 1:
+    # RFC 3986 scheme syntax ("s3" has a digit); one letter would be a drive, not a scheme.
+    if (
+        sep
+        and len(head) > 1
+        and head[0].isalpha()
+        and head.replace("+", "").replace("-", "").replace(".", "").isalnum()
+    ):
         return head.lower()
     return "file"
 
@@ -32,7 +47,9 @@ def _module(url: str):
     name = _SCHEMES.get(scheme)
     if name is None:
         known = ", ".join(sorted(k + ":" for k in _SCHEMES if k != "-"))
-        raise UsageError(f"{url}: unknown medium scheme '{scheme}:'; use a path, '-' or one of {known}")
+        raise UsageError(
+            f"{url}: unknown medium scheme '{scheme}:'; use a path, '-' or one of {known}"
+        )
     return importlib.import_module(name)
 
 
@@ -43,3 +60,20 @@ def open_writer(url: str, *, force: bool = False) -> MediumWriter:
 
 def open_reader(url: str) -> MediumReader:
     return _module(url).open_reader(url)
+
+
+def list_archives(url_prefix: str) -> list[tuple[str, int, float]]:
+    """Archives under ``url_prefix`` as (url, size, mtime). Raises on any listing failure (never
+    an empty list for "could not look"); UsageError when the medium cannot list."""
+    module = _module(url_prefix)
+    if not hasattr(module, "list_archives"):
+        raise UsageError(f"{url_prefix}: the '{scheme_of(url_prefix)}' medium cannot list archives")
+    return module.list_archives(url_prefix)
+
+
+def delete(url: str) -> None:
+    """Remove the archive at ``url`` (all its objects); MediumNotFound when there is none."""
+    module = _module(url)
+    if not hasattr(module, "delete"):
+        raise UsageError(f"{url}: the '{scheme_of(url)}' medium cannot delete archives")
+    module.delete(url)

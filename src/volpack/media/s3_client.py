@@ -154,9 +154,7 @@ def _validate(s: S3Settings, where: str) -> None:
     if s.concurrency < 1 or s.attempts < 1 or s.memory < 0 or s.backoff < 0:
         raise UsageError(f"{where}: S3 concurrency and attempts must be >= 1; memory, backoff >= 0")
     if s.endpoint is not None and not re.match(r"^https?://[^/\s]+/?$", s.endpoint):
-        raise UsageError(
-            f"{where}: S3 endpoint '{s.endpoint}' is not a URL like http://host:port"
-        )
+        raise UsageError(f"{where}: S3 endpoint '{s.endpoint}' is not a URL like http://host:port")
 
 
 def part_size_for(number: int, first: int, per_step: int) -> int:
@@ -213,8 +211,15 @@ def _boto():
 def client(s: S3Settings):
     """A cached, thread-safe boto3 S3 client for these settings. botocore's own retries are off:
     ``call`` retries, so that only transient errors are retried and the backoff is ours."""
-    key = (s.endpoint, s.profile, s.addressing, s.region, s.connect_timeout, s.read_timeout,
-           s.concurrency)
+    key = (
+        s.endpoint,
+        s.profile,
+        s.addressing,
+        s.region,
+        s.connect_timeout,
+        s.read_timeout,
+        s.concurrency,
+    )
     with _lock:
         found = _clients.get(key)
     if found is not None:
@@ -225,7 +230,9 @@ def client(s: S3Settings):
     try:
         session = boto3.session.Session(profile_name=s.profile)
     except bexc.ProfileNotFound as exc:
-        raise UsageError(f"S3 profile '{s.profile}' not found in the AWS config files; {exc}") from exc
+        raise UsageError(
+            f"S3 profile '{s.profile}' not found in the AWS config files; {exc}"
+        ) from exc
     config = bconfig.Config(
         s3={"addressing_style": s.addressing},
         retries={"total_max_attempts": 1},
@@ -246,14 +253,29 @@ def client(s: S3Settings):
 # --- errors and retries --------------------------------------------------------------------------
 
 _THROTTLE = {
-    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException",
-    "TooManyRequestsException", "ProvisionedThroughputExceededException", "SlowDown",
-    "RequestLimitExceeded", "RequestTimeout", "RequestTimeoutException", "InternalError",
-    "ServiceUnavailable", "PriorRequestNotComplete",
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "ProvisionedThroughputExceededException",
+    "SlowDown",
+    "RequestLimitExceeded",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "InternalError",
+    "ServiceUnavailable",
+    "PriorRequestNotComplete",
 }
 _CREDENTIALS = {
-    "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken",
-    "ExpiredToken", "TokenRefreshRequired", "AuthorizationHeaderMalformed", "403",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AccessDenied",
+    "InvalidToken",
+    "ExpiredToken",
+    "TokenRefreshRequired",
+    "AuthorizationHeaderMalformed",
+    "403",
 }
 _CREDENTIALS_REMEDY = (
     "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws/credentials or --s3-profile"

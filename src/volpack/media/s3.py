@@ -1,0 +1,436 @@
+"""The ``s3://bucket/key`` medium: archives as S3 objects, written by streaming multipart upload.
+
+Memory stays bounded (a few parts in flight, no local copy); nothing is visible under the key
+until ``commit``. Archives beyond one object's limit continue in ``key.part2``, ``key.part3`` …,
+joined again on read. It moves opaque bytes only and never parses the archive.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from volpack.errors import MediumError, MediumNotFound
+from volpack.media.base import Buffer
+from volpack.media.s3_client import (
+    S3Settings,
+    call,
+    client,
+    configure,
+    error_code,
+    parse_url,
+    part_size_for,
+    reset_configuration,
+    settings,
+)
+from volpack.media.s3_reader import S3Reader, head_object, split_objects
+
+__all__ = [
+    "S3Reader",
+    "S3Writer",
+    "configure",
+    "delete",
+    "list_archives",
+    "open_reader",
+    "open_writer",
+    "reset_configuration",
+]
+
+log = logging.getLogger("volpack")
+
+# Object metadata that ties the numbered objects of one archive together (x-amz-meta-…).
+META_SPLIT_ID = "volpack-split-id"
+META_OBJECT_SIZE = "volpack-object-size"
+META_INDEX = "volpack-object-index"
+_CONTINUATION = re.compile(r"^(?P<base>.+)\.part(?P<n>[0-9]+)$")
+
+
+def continuation_key(key: str, index: int) -> str:
+    """Object ``index`` (1-based) of an archive: the key itself, then ``key.part2``, …"""
+    return key if index == 1 else f"{key}.part{index}"
+
+
+@dataclass(slots=True)
+class _Object:
+    """One object of the archive being written, with its open multipart upload."""
+
+    key: str
+    index: int
+    upload_id: str | None = None
+    size: int = 0
+    parts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    obj: _Object
+    number: int
+    body: bytearray
+
+
+class S3Writer:
+    """Streams an archive to S3. Call ``write`` any number of times, then ``commit`` or ``abort``."""
+
+    def __init__(self, url: str, *, force: bool, s: S3Settings) -> None:
+        self.url = url
+        self._s = s
+        self._bucket, self._key = parse_url(url)
+        self._client = client(s)
+        self._force = force
+        existing = head_object(
+            self._client, s, self._bucket, self._key, url, "check for an archive"
+        )
+        if existing is not None and not force:
+            raise MediumError(
+                f"{url}: an object of {existing['ContentLength']} bytes already exists; "
+                "pass --force to replace it"
+            )
+        self._split_id = uuid.uuid4().hex
+        self._objects: list[_Object] = [_Object(self._key, 1)]
+        self._buf = bytearray(self._next_part_size())
+        self._fill = 0
+        self._written = 0
+        self._inflight: deque[tuple[Future[str], _Part]] = deque()
+        self._inflight_bytes = 0
+        self._etags: dict[tuple[int, int], str] = {}
+        self._pool = ThreadPoolExecutor(max_workers=s.concurrency, thread_name_prefix="volpack-s3")
+        self._state = "open"
+
+    # --- writing ---------------------------------------------------------------------------------
+
+    @property
+    def bytes_written(self) -> int:
+        return self._written
+
+    def _next_part_size(self) -> int:
+        obj = self._objects[-1]
+        scheduled = part_size_for(obj.parts + 1, self._s.part_size, self._s.parts_per_step)
+        return max(1, min(scheduled, self._s.object_size - obj.size))
+
+    def write(self, data: Buffer) -> None:
+        if self._state != "open":
+            raise MediumError(f"{self.url}: write after the upload was {self._state}")
+        view = memoryview(data).cast("B")
+        try:
+            while view:
+                room = len(self._buf) - self._fill
+                take = min(room, len(view))
+                self._buf[self._fill : self._fill + take] = view[:take]
+                self._fill += take
+                self._written += take
+                view = view[take:]
+                if self._fill == len(self._buf):
+                    self._flush_part()
+        except BaseException:
+            self._fail()
+            raise
+
+    def _flush_part(self) -> None:
+        """Hand the full buffer to the upload pool and start the next one (in the next object
+        when this one reached the object size)."""
+        obj = self._objects[-1]
+        if obj.upload_id is None:
+            obj.upload_id = self._create_upload(obj)
+        body = self._buf if self._fill == len(self._buf) else self._buf[: self._fill]
+        obj.parts += 1
+        obj.size += len(body)
+        part = _Part(obj, obj.parts, body)
+        self._wait_for_room(len(body))
+        future = self._pool.submit(self._upload_part, part)
+        self._inflight.append((future, part))
+        self._inflight_bytes += len(body)
+        if obj.size >= self._s.object_size:
+            self._objects.append(_Object(continuation_key(self._key, obj.index + 1), obj.index + 1))
+        self._buf = bytearray(self._next_part_size())
+        self._fill = 0
+
+    def _wait_for_room(self, incoming: int) -> None:
+        s = self._s
+        while self._inflight and (
+            len(self._inflight) >= s.concurrency or self._inflight_bytes + incoming > s.memory
+        ):
+            self._reap_oldest()
+
+    def _reap_oldest(self) -> None:
+        future, part = self._inflight.popleft()
+        self._inflight_bytes -= len(part.body)
+        self._etags[(part.obj.index, part.number)] = future.result()
+
+    def _metadata(self, obj: _Object) -> dict[str, str]:
+        return {
+            META_SPLIT_ID: self._split_id,
+            META_OBJECT_SIZE: str(self._s.object_size),
+            META_INDEX: str(obj.index),
+        }
+
+    def _create_upload(self, obj: _Object) -> str:
+        what = f"start the multipart upload of {obj.key}"
+        response = call(
+            self._s,
+            self.url,
+            what,
+            lambda: self._client.create_multipart_upload(
+                Bucket=self._bucket, Key=obj.key, Metadata=self._metadata(obj)
+            ),
+        )
+        return str(response["UploadId"])
+
+    def _upload_part(self, part: _Part) -> str:
+        if self._state != "open":
+            return ""
+        what = f"upload part {part.number} ({len(part.body)} bytes) of {part.obj.key}"
+        response = call(
+            self._s,
+            self.url,
+            what,
+            lambda: self._client.upload_part(
+                Bucket=self._bucket,
+                Key=part.obj.key,
+                UploadId=part.obj.upload_id,
+                PartNumber=part.number,
+                Body=part.body,
+            ),
+        )
+        return str(response["ETag"])
+
+    # --- commit and abort ------------------------------------------------------------------------
+
+    def commit(self) -> None:
+        if self._state == "committed":
+            return
+        if self._state != "open":
+            raise MediumError(f"{self.url}: commit after the upload was {self._state}")
+        try:
+            if self._objects[0].upload_id is None:
+                self._put_single()
+            else:
+                if self._fill or self._objects[-1].parts == 0:
+                    self._flush_part()
+                while self._inflight:
+                    self._reap_oldest()
+                if self._objects[-1].parts == 0:
+                    self._objects.pop()  # the archive ended exactly at an object boundary
+                self._complete_all()
+        except BaseException:
+            self._fail()
+            raise
+        self._state = "committed"
+        self._pool.shutdown(wait=True)
+        self._remove_stale_continuations(len(self._objects))
+
+    def _put_single(self) -> None:
+        """A small archive (under one part) goes up in one PUT: no upload to clean up."""
+        body = bytes(memoryview(self._buf)[: self._fill])
+        extra = {} if self._force else {"IfNoneMatch": "*"}
+        self._objects[0].size = len(body)
+        call(
+            self._s,
+            self.url,
+            f"put {len(body)} bytes",
+            lambda: self._client.put_object(
+                Bucket=self._bucket,
+                Key=self._key,
+                Body=body,
+                Metadata=self._metadata(self._objects[0]),
+                **extra,
+            ),
+        )
+
+    def _complete_all(self) -> None:
+        # The continuations first, the named key last: once ``key`` exists, every part does.
+        done: list[_Object] = []
+        try:
+            for obj in reversed(self._objects):
+                self._complete(obj)
+                done.append(obj)
+        except BaseException:
+            for obj in done:
+                self._delete_quietly(obj.key)
+            raise
+
+    def _complete(self, obj: _Object) -> None:
+        parts = [
+            {"PartNumber": n, "ETag": self._etags[(obj.index, n)]} for n in range(1, obj.parts + 1)
+        ]
+        # Only the named key is guarded: continuations are private names of this archive.
+        extra = {"IfNoneMatch": "*"} if obj.index == 1 and not self._force else {}
+        try:
+            call(
+                self._s,
+                self.url,
+                f"complete the upload of {obj.key} ({obj.parts} parts, {obj.size} bytes)",
+                lambda: self._client.complete_multipart_upload(
+                    Bucket=self._bucket,
+                    Key=obj.key,
+                    UploadId=obj.upload_id,
+                    MultipartUpload={"Parts": parts},
+                    **extra,
+                ),
+            )
+        except MediumError as exc:
+            cause = exc.__cause__
+            if cause is not None and error_code(cause)[0] == "PreconditionFailed":
+                raise MediumError(
+                    f"{self.url}: another writer created this key during the upload; "
+                    "nothing was replaced; pass --force to replace it"
+                ) from exc
+            raise
+        obj.upload_id = None
+
+    def abort(self) -> None:
+        """Drop the upload: pending parts are cancelled and every open multipart upload aborted,
+        so nothing appears under the key. Never raises; leftovers are logged."""
+        if self._state in ("committed", "aborted"):
+            return
+        self._state = "aborted"
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._inflight.clear()
+        self._inflight_bytes = 0
+        self._buf = bytearray()
+        for obj in self._objects:
+            if obj.upload_id is None:
+                continue
+            upload_id = obj.upload_id
+            try:
+                call(
+                    self._s,
+                    self.url,
+                    f"abort the multipart upload of {obj.key}",
+                    lambda key=obj.key, uid=upload_id: self._client.abort_multipart_upload(
+                        Bucket=self._bucket, Key=key, UploadId=uid
+                    ),
+                )
+                obj.upload_id = None
+            except MediumError as exc:
+                log.warning(
+                    "%s: multipart upload %s left on the server (invisible, but it holds space); "
+                    "remove it with a lifecycle rule or abort-multipart-upload: %s",
+                    self.url,
+                    upload_id,
+                    exc,
+                )
+
+    def _fail(self) -> None:
+        if self._state == "open":
+            self.abort()
+
+    def _delete_quietly(self, key: str) -> None:
+        try:
+            call(
+                self._s,
+                self.url,
+                f"delete {key}",
+                lambda: self._client.delete_object(Bucket=self._bucket, Key=key),
+            )
+        except MediumError as exc:
+            log.warning("%s: could not remove %s after a failed commit: %s", self.url, key, exc)
+
+    def _remove_stale_continuations(self, count: int) -> None:
+        """An archive replaced with --force may have had more objects than this one."""
+        try:
+            stale = [
+                k
+                for k, _, _ in _list(self._s, self._bucket, self._key + ".part", self.url)
+                if _continuation_index(k, self._key) > count
+            ]
+        except MediumError as exc:
+            log.warning("%s: could not look for stale continuation objects: %s", self.url, exc)
+            return
+        for key in stale:
+            self._delete_quietly(key)
+
+    def __enter__(self) -> S3Writer:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+def _continuation_index(key: str, base: str) -> int:
+    m = _CONTINUATION.match(key)
+    if m is None or m.group("base") != base:
+        return 0
+    return int(m.group("n"))
+
+
+def _list(s: S3Settings, bucket: str, prefix: str, subject: str) -> list[tuple[str, int, float]]:
+    """Every object under ``prefix`` as (key, size, mtime); raises on any failure."""
+    c = client(s)
+    found: list[tuple[str, int, float]] = []
+    token: str | None = None
+    while True:
+        args: dict[str, object] = {"Bucket": bucket, "Prefix": prefix}
+        if token:
+            args["ContinuationToken"] = token
+        page = call(s, subject, "list objects", lambda a=args: c.list_objects_v2(**a))
+        for item in page.get("Contents", []):
+            found.append((item["Key"], int(item["Size"]), item["LastModified"].timestamp()))
+        if not page.get("IsTruncated"):
+            return found
+        token = page.get("NextContinuationToken")
+        if not token:
+            raise MediumError(f"{subject}: S3 listing was truncated without a continuation token")
+
+
+# --- module-level medium API ---------------------------------------------------------------------
+
+
+def open_writer(url: str, *, force: bool = False) -> S3Writer:
+    return S3Writer(url, force=force, s=settings())
+
+
+def open_reader(url: str) -> S3Reader:
+    return S3Reader(url, settings())
+
+
+def list_archives(url_prefix: str) -> list[tuple[str, int, float]]:
+    """Archives under ``s3://bucket/prefix`` as (url, size, mtime), sorted by URL. Continuation
+    objects are folded into their archive's size. Any failure raises: an empty list means empty."""
+    s = settings()
+    bucket, prefix = parse_url(url_prefix, need_key=False)
+    entries = _list(s, bucket, prefix, url_prefix)
+    if not entries:
+        # A missing bucket must not look like an empty one.
+        c = client(s)
+        call(s, url_prefix, "check the bucket", lambda: c.head_bucket(Bucket=bucket))
+    names = {key for key, _, _ in entries}
+    totals: dict[str, list] = {}
+    for key, size, mtime in entries:
+        m = _CONTINUATION.match(key)
+        if m is not None and m.group("base") in names:
+            continue
+        totals[key] = [size, mtime]
+    for key, size, _ in entries:
+        m = _CONTINUATION.match(key)
+        if m is not None and m.group("base") in totals:
+            totals[m.group("base")][0] += size
+    return sorted((f"s3://{bucket}/{key}", v[0], v[1]) for key, v in totals.items())
+
+
+def delete(url: str) -> None:
+    """Remove an archive and its continuation objects; MediumNotFound when there is none."""
+    s = settings()
+    bucket, key = parse_url(url)
+    c = client(s)
+    if head_object(c, s, bucket, key, url, "find the archive to delete") is None:
+        raise MediumNotFound(f"{url}: no such archive to delete; check the URL")
+    continuations = [
+        k for k, _, _ in _list(s, bucket, key + ".part", url) if _continuation_index(k, key) > 1
+    ]
+    # The named key first: without it the rest is unreachable, never a truncated archive.
+    for name in [key, *continuations]:
+        call(s, url, f"delete {name}", lambda n=name: c.delete_object(Bucket=bucket, Key=n))
+
+
+def describe(url: str) -> list[tuple[str, int]]:
+    """The objects an archive occupies, as (key, size): for tools and tests."""
+    s = settings()
+    bucket, key = parse_url(url)
+    return [(o.key, o.size) for o in split_objects(client(s), s, bucket, key, url)]
