@@ -143,10 +143,8 @@ def analyse(area: Area) -> FsResult:
     # -- group descriptor table ------------------------------------------------------------
     meta_blocks: list[tuple[int, int]] = [(0, first_data_block + 1)]  # boot block + superblock
     gdt_parts: list[bytes] = []
-    if not meta_bg:
-        plain = gdt_blocks
-    else:
-        plain = first_meta_bg
+    # Outside meta_bg the GDT follows the superblock; meta groups keep their own blocks.
+    plain = first_meta_bg if meta_bg else gdt_blocks
     gdt_start = first_data_block + 1
     if plain:
         gdt_parts.append(area.read(gdt_start * block_size, plain * block_size))
@@ -186,7 +184,9 @@ def analyse(area: Area) -> FsResult:
         block_bitmap |= hi[:, 0].astype(np.int64) << 32
         inode_bitmap |= hi[:, 1].astype(np.int64) << 32
         inode_table |= hi[:, 2].astype(np.int64) << 32
-        free_blocks |= (np.ascontiguousarray(desc[:, 44:46]).view("<u2")[:, 0].astype(np.int64)) << 16
+        free_blocks |= (
+            np.ascontiguousarray(desc[:, 44:46]).view("<u2")[:, 0].astype(np.int64)
+        ) << 16
 
     if ro_compat & (RO_GDT_CSUM | RO_METADATA_CSUM):
         _check_gdt_csums(area, desc, stored_csum, uuid, incompat, ro_compat, checksum_seed)
