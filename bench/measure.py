@@ -1,0 +1,114 @@
+"""Timing primitives for the benchmark: run commands, measure wall time and peak RSS, size outputs.
+
+A measured run is a short sequence of argv lists (the tool, then `sync FILE` for peers) executed
+one after another; wall time covers all of them and peak RSS is the largest of their wait4
+rusage figures. Nothing here knows about volpack or peers; bench/s3_rows.py may use it too.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_WARM_CHUNK = 8 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    wall: float  # seconds, all commands together
+    rss_kib: int  # peak resident set of the largest command (ru_maxrss)
+    ok: bool
+    error: str  # last stderr line of the first failing command, "" when ok
+
+
+@dataclass(slots=True)
+class Row:
+    """One line of a result table; kind decides which peers it is compared with."""
+
+    image: str
+    name: str
+    kind: str  # "backup", "restore", "serve", "level", "probe"
+    peer: bool
+    wall: float | None = None
+    size: int | None = None  # bytes allocated on disk by the output (du), None if not a file
+    apparent: int | None = None  # apparent size of the output
+    rss_mib: float | None = None
+    walls: list[float] = field(default_factory=list)
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+def run_timed(cmds: list[list[str]], *, env: dict[str, str] | None = None) -> Timing:
+    """Run cmds in order (stop at the first failure); wall seconds and peak RSS over all."""
+    rss = 0
+    start = time.perf_counter()
+    for argv in cmds:
+        with tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env
+            )
+            # wait4 gives this child's own rusage (including children it reaped), not the
+            # cumulative RUSAGE_CHILDREN of the bench process.
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            rss = max(rss, usage.ru_maxrss)
+            if proc.returncode != 0:
+                err.seek(0)
+                lines = err.read().decode(errors="replace").strip().splitlines()
+                last = lines[-1] if lines else ""
+                msg = f"{Path(argv[0]).name} exited {proc.returncode}: {last}"
+                return Timing(time.perf_counter() - start, rss, False, msg[:300])
+    return Timing(time.perf_counter() - start, rss, True, "")
+
+
+def warm(path: Path) -> None:
+    """Read a file's data ranges once so that runs start with a warm page cache."""
+    paths = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+    buf = bytearray(_WARM_CHUNK)
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            end = os.fstat(fd).st_size
+            pos = 0
+            while pos < end:
+                try:
+                    pos = os.lseek(fd, pos, os.SEEK_DATA)
+                    hole = os.lseek(fd, pos, os.SEEK_HOLE)
+                except OSError:  # ENXIO: no data after pos
+                    break
+                while pos < hole:
+                    n = os.preadv(fd, [buf], pos)
+                    if n <= 0:
+                        break
+                    pos += n
+        finally:
+            os.close(fd)
+
+
+def disk_usage(path: Path) -> tuple[int, int]:
+    """(allocated bytes, apparent bytes) of a file or of every file under a directory."""
+    if not path.exists():
+        return 0, 0
+    files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+    alloc = apparent = 0
+    for p in files:
+        st = p.stat()
+        alloc += st.st_blocks * 512
+        apparent += st.st_size
+    return alloc, apparent
+
+
+def remove(path: Path) -> None:
+    """Delete an output file or directory tree (outputs only, never inputs)."""
+    if path.is_dir() and not path.is_symlink():
+        for child in sorted(path.rglob("*"), reverse=True):
+            child.rmdir() if child.is_dir() and not child.is_symlink() else child.unlink()
+        path.rmdir()
+    elif path.exists() or path.is_symlink():
+        path.unlink()

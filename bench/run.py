@@ -1,0 +1,216 @@
+"""volpack benchmark: time backup and restore against peer tools on deterministic images.
+
+Usage: python3 bench/run.py [--only ext4,sparse] [--quick] [--repeat N] [--json FILE]
+Prints one markdown table per image (wall time, output size, peak RSS, ratio to the fastest peer)
+and the issues' targets with pass/fail. Never run by the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import images  # noqa: E402
+import measure  # noqa: E402
+import peers  # noqa: E402
+import targets  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def log(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def measure_spec(img: images.Image, spec: peers.Spec, repeat: int) -> measure.Row:
+    row = measure.Row(img.name, spec.name, spec.kind, spec.peer)
+    rss = 0
+    for _ in range(repeat):
+        measure.remove(spec.output)
+        if spec.mkdir:
+            spec.output.mkdir(parents=True)
+        if not spec.warm.exists():
+            row.note = f"skipped: input {spec.warm.name} missing (its backup failed)"
+            return row
+        measure.warm(spec.warm)
+        t = measure.run_timed([list(c) for c in spec.cmds])
+        if not t.ok:
+            row.note = f"failed: {t.error}"
+            measure.remove(spec.output)
+            return row
+        row.walls.append(round(t.wall, 3))
+        rss = max(rss, t.rss_kib)
+    row.wall = statistics.median(row.walls)
+    row.rss_mib = round(rss / 1024, 1)
+    row.size, row.apparent = measure.disk_usage(spec.output)
+    if not spec.keep:
+        measure.remove(spec.output)
+    return row
+
+
+def fmt_size(n: int | None) -> str:
+    if n is None:
+        return "–"
+    return f"{n / (1 << 30):.2f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"
+
+
+def table(rows: list[measure.Row]) -> str:
+    """Markdown table; ratio is to the fastest peer of the same kind on the same image."""
+    fastest = {}
+    for r in rows:
+        if r.peer and r.wall is not None:
+            fastest[r.kind] = min(fastest.get(r.kind, r.wall), r.wall)
+    lines = [
+        "| run | kind | wall s | output (on disk) | peak RSS MiB | ratio to fastest peer |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if r.wall is None:
+            lines.append(f"| {r.name} | {r.kind} | – | – | – | {r.note} |")
+            continue
+        ratio = f"{r.wall / fastest[r.kind]:.2f}x" if r.kind in fastest else "–"
+        name = r.name if r.peer else f"**{r.name}**"
+        lines.append(
+            f"| {name} | {r.kind} | {r.wall:.2f} | {fmt_size(r.size)} | {r.rss_mib:.0f} | {ratio} |"
+        )
+    return "\n".join(lines)
+
+
+def level_table(rows: list[measure.Row]) -> str:
+    lines = ["| --compress | wall s | archive | MiB/s of image data |", "|---|---:|---:|---:|"]
+    for r in rows:
+        if r.wall is None:
+            lines.append(f"| {r.name} | – | – | {r.note} |")
+        else:
+            rate = f"{(r.apparent or 0) / r.wall / (1 << 20):.0f}" if r.wall else "–"
+            lines.append(
+                f"| {r.name.removeprefix('--compress ')} | {r.wall:.2f} | "
+                f"{fmt_size(r.apparent)} | {rate} |"
+            )
+    return "\n".join(lines)
+
+
+def machine() -> dict:
+    with open("/proc/meminfo") as f:
+        mem = next(int(line.split()[1]) for line in f if "MemTotal" in line)
+    commit = subprocess.run(
+        ["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "nproc": os.cpu_count(),
+        "ram_gib": round(mem / (1 << 20), 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "commit": commit,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--only",
+        default=",".join(images.ORDER),
+        help="comma-separated images: " + ",".join(images.ORDER),
+    )
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        default=HERE / "work",
+        help="images and outputs (default bench/work, git-ignored)",
+    )
+    ap.add_argument("--rebuild", action="store_true", help="rebuild the cached images")
+    ap.add_argument("--repeat", type=int, default=3, help="timed repetitions; median is shown")
+    ap.add_argument("--quick", action="store_true", help="one repetition, no level table")
+    ap.add_argument(
+        "--levels",
+        default="none,zstd:1,zstd:3,zstd:6,zstd:9",
+        help="--compress settings for the level table on the ext4 image",
+    )
+    ap.add_argument("--json", type=Path, help="also write all results to this file")
+    args = ap.parse_args()
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = set(names) - set(images.ORDER)
+    if unknown:
+        ap.error(f"unknown image(s) {', '.join(sorted(unknown))}; known: {', '.join(images.ORDER)}")
+    repeat = 1 if args.quick else max(1, args.repeat)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    imgs = images.ensure(names, args.workdir, args.rebuild, log)
+
+    info = machine()
+    print(
+        f"# volpack benchmark, {info['date']}, commit {info['commit']}, {info['nproc']} CPUs, "
+        f"{info['ram_gib']} GiB RAM, median of {repeat}\n"
+    )
+    results: dict = {"machine": info, "repeat": repeat, "images": {}}
+    all_checks = []
+    for img in imgs:
+        out = args.workdir / "out" / img.name
+        out.mkdir(parents=True, exist_ok=True)
+        specs = peers.peer_specs(img, out) + peers.volpack_specs(img, out)
+        rows = []
+        for spec in specs:
+            log(f"{img.name}: {spec.name}")
+            rows.append(measure_spec(img, spec, repeat))
+        rows += extra_rows(img, out, repeat)
+        levels = []
+        if img.name == "ext4" and not args.quick:
+            for spec in peers.level_specs(img, out, args.levels.split(",")):
+                log(f"{img.name}: level {spec.name}")
+                levels.append(measure_spec(img, spec, repeat))
+        for child in list(out.iterdir()):
+            measure.remove(child)
+        checks = targets.evaluate(img, rows, levels)
+        all_checks += checks
+        shape = ", ".join(
+            f"{k} {fmt_size(v)}"
+            for k, v in img.shape.items()
+            if k in ("size", "allocated", "nonzero", "live") and v
+        )
+        print(f"## {img.name} ({img.fmt}: {shape})\n\n{table(rows)}\n")
+        if levels:
+            print(f"Compression levels (volpack backup of {img.name}):\n\n{level_table(levels)}\n")
+        print(targets.render(checks) + "\n", flush=True)
+        results["images"][img.name] = {
+            "shape": img.shape,
+            "rows": [r.as_dict() for r in rows],
+            "levels": [r.as_dict() for r in levels],
+            "targets": [c.as_dict() for c in checks],
+        }
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+        log(f"results written to {args.json}")
+    failed = [c for c in all_checks if c.passed is False]
+    log(f"{len(all_checks) - len(failed)} of {len(all_checks)} targets met or skipped")
+    return 0
+
+
+def extra_rows(img: images.Image, out: Path, repeat: int) -> list[measure.Row]:
+    """Rows from optional modules of later features (S3 medium, NBD serving), when present."""
+    rows: list[measure.Row] = []
+    for mod_name in ("s3_rows", "nbd_rows"):
+        path = HERE / f"{mod_name}.py"
+        if not path.exists():
+            continue
+        spec = importlib.util.spec_from_file_location(mod_name, path)
+        if spec is None or spec.loader is None:
+            continue
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        log(f"{img.name}: rows from {path.name}")
+        rows += mod.rows(img, out, repeat)
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""The issues' benchmark targets, evaluated on one image's rows from the same run.
+
+A target whose rows are missing (feature not there yet, or its run failed) is reported as skipped
+with the reason, never as passed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from images import Image
+from measure import Row
+
+RSS_LIMIT_MIB = 300
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    issue: int
+    image: str
+    target: str
+    measured: str
+    passed: bool | None  # None: skipped
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _row(rows: list[Row], name: str) -> Row | None:
+    for r in rows:
+        if r.name == name and r.wall is not None:
+            return r
+    return None
+
+
+def _why_missing(rows: list[Row], names: list[str]) -> str:
+    for n in names:
+        r = next((r for r in rows if r.name == n), None)
+        if r is None:
+            return f"skipped: no row '{n}'"
+        if r.wall is None:
+            return f"skipped: '{n}' {r.note}"
+    return "skipped"
+
+
+def _ratio_check(
+    issue: int,
+    img: Image,
+    rows: list[Row],
+    name: str,
+    others: list[str],
+    limit: float,
+    what: str,
+    strict: bool = False,
+) -> Check:
+    """rows[name].wall / min(rows[others].wall) must be <= limit (< limit when strict)."""
+    mine = _row(rows, name)
+    theirs = [r for r in (_row(rows, o) for o in others) if r is not None]
+    target = f"{what}: `{name}` {'<' if strict else '≤'} {limit}x fastest of " + ", ".join(
+        f"`{o}`" for o in others
+    )
+    if mine is None or not theirs:
+        return Check(issue, img.name, target, _why_missing(rows, [name, *others]), None)
+    best = min(theirs, key=lambda r: r.wall or 0.0)
+    ratio = (mine.wall or 0.0) / (best.wall or 1e-9)
+    ok = ratio < limit if strict else ratio <= limit
+    measured = f"{mine.wall:.2f} s vs {best.wall:.2f} s ({best.name}) = {ratio:.2f}x"
+    return Check(issue, img.name, target, measured, ok)
+
+
+def _fastest_peers(rows: list[Row], kind: str) -> list[str]:
+    return [r.name for r in rows if r.peer and r.kind == kind]
+
+
+def evaluate(img: Image, rows: list[Row], levels: list[Row]) -> list[Check]:
+    checks = []
+    if img.fmt == "raw":
+        checks.append(
+            _ratio_check(
+                2,
+                img,
+                rows,
+                "volpack backup --compress none",
+                _fastest_peers(rows, "backup"),
+                1.5,
+                "uncompressed backup",
+            )
+        )
+        checks.append(
+            _ratio_check(
+                2,
+                img,
+                rows,
+                "volpack restore (none)",
+                _fastest_peers(rows, "restore"),
+                1.5,
+                "uncompressed restore",
+            )
+        )
+        checks.append(
+            _ratio_check(
+                2,
+                img,
+                rows,
+                "volpack backup (zstd default)",
+                ["zstd -T0"],
+                1.0,
+                "compressed backup",
+            )
+        )
+    if img.name == "ext4":
+        fs = "volpack backup --detect fs --compress none"
+        checks.append(
+            _ratio_check(
+                3,
+                img,
+                rows,
+                fs,
+                ["partclone.ext4 -c"],
+                1.0,
+                "fs backup faster than partclone",
+                strict=True,
+            )
+        )
+        checks.append(
+            _ratio_check(
+                3,
+                img,
+                rows,
+                fs,
+                ["qemu-img convert -O qcow2"],
+                1.0,
+                "fs backup faster than qemu-img",
+                strict=True,
+            )
+        )
+        mine, pc = _row(rows, fs), _row(rows, "partclone.ext4 -c")
+        target = f"fs archive size: `{fs}` ≤ `partclone.ext4 -c` image"
+        if mine is None or pc is None:
+            checks.append(
+                Check(3, img.name, target, _why_missing(rows, [fs, "partclone.ext4 -c"]), None)
+            )
+        else:
+            checks.append(
+                Check(
+                    3,
+                    img.name,
+                    target,
+                    f"{mine.apparent} B vs {pc.apparent} B",
+                    (mine.apparent or 0) <= (pc.apparent or 0),
+                )
+            )
+        det = _row(rows, "volpack fs detection (in process)")
+        if det is not None:
+            checks.append(
+                Check(
+                    3,
+                    img.name,
+                    "fs detection (metadata parse) < 0.1 s",
+                    f"{det.wall:.3f} s",
+                    (det.wall or 0) < 0.1,
+                )
+            )
+    if img.fmt == "qcow2":
+        checks.append(
+            _ratio_check(
+                4,
+                img,
+                rows,
+                "volpack backup --compress none",
+                ["qemu-img convert -O raw", "qemu-img convert -O qcow2"],
+                1.0,
+                "qcow2 source backup",
+            )
+        )
+    for r in rows:  # S3 rows are named like the file-medium row they compare with + " → s3"
+        if r.name.endswith(" → s3") and r.kind == "backup":
+            checks.append(
+                _ratio_check(
+                    5,
+                    img,
+                    rows,
+                    r.name,
+                    [r.name.removesuffix(" → s3")],
+                    1 / 0.7,
+                    "S3 backup ≥ 70 % of file-medium throughput",
+                )
+            )
+    checks += _nbd_checks(img, rows)
+    mine = [r for r in rows + levels if not r.peer and r.rss_mib is not None]
+    if mine:
+        worst = max(mine, key=lambda r: r.rss_mib or 0.0)
+        checks.append(
+            Check(
+                2,
+                img.name,
+                f"peak RSS of every volpack run < {RSS_LIMIT_MIB} MiB",
+                f"{worst.rss_mib:.0f} MiB ({worst.name})",
+                (worst.rss_mib or 0) < RSS_LIMIT_MIB,
+            )
+        )
+    return checks
+
+
+def _nbd_checks(img: Image, rows: list[Row]) -> list[Check]:
+    """Issue 6: nbdcopy through volpack serve vs through qemu-nbd (throughput = 1 / wall)."""
+    if not any(r.kind == "serve" for r in rows):
+        return []
+    qemu = "nbdcopy ← qemu-nbd --read-only (qcow2)"
+    out = [
+        _ratio_check(
+            6,
+            img,
+            rows,
+            "nbdcopy ← volpack serve (none)",
+            [qemu],
+            1 / 0.5,
+            "uncompressed serve ≥ 50 % of qemu-nbd throughput",
+        ),
+        _ratio_check(
+            6,
+            img,
+            rows,
+            "nbdcopy ← volpack serve (zstd)",
+            [qemu],
+            1 / 0.3,
+            "compressed serve ≥ 30 % of qemu-nbd throughput",
+        ),
+    ]
+    lat = _row(rows, "random 4 KiB read, cold frame (median)")
+    if lat is not None:
+        out.append(
+            Check(
+                6,
+                img.name,
+                "random 4 KiB read, cold frame: median < 5 ms",
+                f"{lat.wall * 1000:.2f} ms",
+                (lat.wall or 0) < 0.005,
+            )
+        )
+    return out
+
+
+def render(checks: list[Check]) -> str:
+    lines = ["| issue | target | measured | result |", "|---|---|---|---|"]
+    for c in checks:
+        verdict = {True: "pass", False: "**FAIL**", None: "skipped"}[c.passed]
+        lines.append(f"| {c.issue} | {c.target} | {c.measured} | {verdict} |")
+    return "\n".join(lines)
