@@ -163,3 +163,34 @@ def open_writer(url: str, *, force: bool = False) -> FileWriter:
 
 def open_reader(url: str) -> FileReader:
     return FileReader(url)
+
+
+def list_archives(url_prefix: str) -> list[tuple[str, int, float]]:
+    """Regular, non-hidden files directly in a directory as (absolute path, size, mtime), sorted;
+    hidden names are skipped because they are archives still being written (``.NAME.partial``).
+    Which of them are archives is for the caller to find out. Any failure raises."""
+    directory = os.path.abspath(path_of(url_prefix))
+    found: list[tuple[str, int, float]] = []
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                found.append((os.path.join(directory, entry.name), st.st_size, st.st_mtime))
+    except NotADirectoryError:
+        raise MediumError(f"{directory}: not a directory; list the directory that holds archives") from None
+    except OSError as exc:
+        raise _os_error(directory, exc, "listing archives") from None
+    return sorted(found)
+
+
+def delete(url: str) -> None:
+    """Remove the archive file at ``url``; MediumNotFound when there is none."""
+    path = path_of(url)
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            raise MediumError(f"{path}: is a directory, not an archive; nothing deleted")
+        os.unlink(path)
+    except OSError as exc:
+        raise _os_error(path, exc, "deleting the archive") from None
