@@ -1,0 +1,76 @@
+"""``volpack mount ARCHIVE MOUNTPOINT``: the archive's volume as one read-only file, via FUSE.
+
+Runs in the foreground until unmounted (``fusermount3 -u MOUNTPOINT``) or SIGINT/SIGTERM; run it
+in the background with ``&`` or a service manager. No filesystem logic here (volpack.serve.fuse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from volpack.errors import EXIT_OK
+from volpack.serve.fuse import DEFAULT_FILE_NAME, mount
+from volpack.units import human
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "mount",
+        help="expose an archive's volume as a read-only file through FUSE",
+        description=(
+            "Mount ARCHIVE read-only on MOUNTPOINT as a single file holding the volume (unused "
+            "blocks read as zeros). Loop-mount that file to browse the backed-up filesystem: "
+            "losetup -r -f --show MOUNTPOINT/volume.img; mount -o ro /dev/loopN /mnt. Stays in the "
+            "foreground until unmounted or interrupted."
+        ),
+    )
+    parser.add_argument("archive", metavar="ARCHIVE", help="archive path or URL")
+    parser.add_argument("mountpoint", metavar="MOUNTPOINT", help="an empty directory")
+    parser.add_argument(
+        "--file-name",
+        default=DEFAULT_FILE_NAME,
+        metavar="NAME",
+        help=f"name of the volume file (default {DEFAULT_FILE_NAME})",
+    )
+    parser.add_argument(
+        "--allow-other",
+        action="store_true",
+        help="let other users read the file (needs user_allow_other in /etc/fuse.conf)",
+    )
+    parser.add_argument(
+        "--cache-frames",
+        type=int,
+        default=64,
+        metavar="N",
+        help="decompressed frames kept in memory (default 64)",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="also log FUSE requests")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from volpack import open_archive
+    from volpack.errors import UsageError
+
+    if args.cache_frames < 1:
+        raise UsageError(f"--cache-frames {args.cache_frames}: must be at least 1")
+    with open_archive(args.archive, cache_frames=args.cache_frames) as archive:
+        path = os.path.join(args.mountpoint, args.file_name)
+        if not args.quiet:
+            print(
+                f"volpack: mounting {args.archive} ({human(archive.size)}) as {path}; "
+                f"stop with Ctrl-C or fusermount3 -u {args.mountpoint}",
+                file=sys.stderr,
+                flush=True,
+            )
+        mount(
+            archive,
+            args.mountpoint,
+            file_name=args.file_name,
+            allow_other=args.allow_other,
+            debug=args.verbose,
+        )
+    return EXIT_OK

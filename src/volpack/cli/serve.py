@@ -1,0 +1,152 @@
+"""``volpack serve ARCHIVE…``: export archives over NBD, read-only, until SIGINT/SIGTERM.
+
+Parses options, opens the archives through the random-access reader and runs the server from
+volpack.serve; prints the nbd:// URLs on stderr. No protocol logic here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from contextlib import ExitStack
+from pathlib import PurePosixPath
+
+from volpack.errors import EXIT_OK, UsageError
+from volpack.serve.export import Export
+from volpack.serve.nbd_server import DEFAULT_PORT, NbdServer
+from volpack.units import human
+
+log = logging.getLogger("volpack")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="export archives read-only over NBD (nbdcopy, qemu-img, nbdfuse, nbd-client)",
+        description=(
+            "Serve each ARCHIVE as a named, read-only NBD export without restoring it. Unused "
+            "blocks read as zeros and are reported as holes (base:allocation). Runs until "
+            "interrupted (SIGINT/SIGTERM)."
+        ),
+    )
+    parser.add_argument("archives", nargs="+", metavar="ARCHIVE", help="archive path or URL")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        default=f"127.0.0.1:{DEFAULT_PORT}",
+        help=f"TCP address to listen on (default 127.0.0.1:{DEFAULT_PORT}; [::1]:PORT for IPv6)",
+    )
+    where.add_argument("--socket", metavar="PATH", help="listen on a Unix socket instead of TCP")
+    parser.add_argument(
+        "--name",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="export name for the archive in the same position (default: the archive's file stem)",
+    )
+    parser.add_argument(
+        "--handshake-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="drop clients that have not finished the handshake after this long (default 10)",
+    )
+    parser.add_argument(
+        "--max-clients", type=int, default=512, metavar="N", help="connections at once (512)"
+    )
+    parser.add_argument(
+        "--cache-frames",
+        type=int,
+        default=64,
+        metavar="N",
+        help="decompressed frames kept per archive (default 64)",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every connection")
+    parser.set_defaults(func=run)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[V6]:PORT``, ``:PORT`` (loopback) or ``HOST`` (default port)."""
+    host, port_text = text, ""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or (len(text) > end + 1 and text[end + 1] != ":"):
+            raise UsageError(f"--listen '{text}': write IPv6 addresses as [ADDR]:PORT")
+        host, port_text = text[1:end], text[end + 2 :]
+    elif ":" in text:
+        host, _, port_text = text.rpartition(":")
+    host = host or "127.0.0.1"
+    if not port_text:
+        return host, DEFAULT_PORT
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise UsageError(f"--listen '{text}': port '{port_text}' is not a number in 0..65535")
+    return host, int(port_text)
+
+
+def export_name(url: str) -> str:
+    """The default export name: the last path component without its suffix."""
+    path = url.split("?", 1)[0].split("#", 1)[0]
+    if ":" in path.split("/", 1)[0]:  # scheme:… → keep what follows the scheme
+        path = path.split(":", 1)[1]
+    name = PurePosixPath(path).stem or PurePosixPath(path).name
+    if not name:
+        raise UsageError(f"{url}: cannot derive an export name from it; give one with --name")
+    return name
+
+
+def run(args: argparse.Namespace) -> int:
+    from volpack import open_archive
+
+    if len(args.name) > len(args.archives):
+        raise UsageError(
+            f"--name given {len(args.name)} times for {len(args.archives)} archives; "
+            "give at most one name per archive"
+        )
+    if args.handshake_timeout <= 0 or args.max_clients < 1 or args.cache_frames < 1:
+        raise UsageError(
+            "--handshake-timeout, --max-clients and --cache-frames must be positive numbers"
+        )
+    names = list(args.name) + [export_name(u) for u in args.archives[len(args.name) :]]
+    with ExitStack() as stack:
+        exports = []
+        for url, name in zip(args.archives, names, strict=True):
+            archive = stack.enter_context(open_archive(url, cache_frames=args.cache_frames))
+            desc = f"volpack archive {archive.uuid} of {url} ({human(archive.size)})"
+            exports.append(Export.of(name, archive, desc))
+        if args.socket:
+            server = NbdServer(
+                exports,
+                socket_path=args.socket,
+                handshake_timeout=args.handshake_timeout,
+                max_clients=args.max_clients,
+            )
+        else:
+            host, port = parse_listen(args.listen)
+            server = NbdServer(
+                exports,
+                host=host,
+                port=port,
+                handshake_timeout=args.handshake_timeout,
+                max_clients=args.max_clients,
+            )
+        stack.enter_context(server)
+        for url, export in zip(server.urls(), exports, strict=True):
+            print(f"volpack: serving {url}  ({human(export.size)})", file=sys.stderr, flush=True)
+        if server.default is not None:
+            print('volpack: the empty export name "" reaches it too', file=sys.stderr, flush=True)
+
+        def stop(signum: int, _frame: object) -> None:
+            log.info("%s: stopping", signal.Signals(signum).name)
+            server.shutdown()
+
+        previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            server.serve_forever()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+    return EXIT_OK
