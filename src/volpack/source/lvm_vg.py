@@ -172,7 +172,9 @@ class Runs:
             return Runs(z, z, z, z)
         runs = Runs(*(np.concatenate([getattr(p, f) for p in parts]) for f in Runs.__slots__))
         order = np.argsort(runs.starts, kind="stable")
-        return Runs(runs.starts[order], runs.lengths[order], runs.device[order], runs.offsets[order])
+        return Runs(
+            runs.starts[order], runs.lengths[order], runs.device[order], runs.offsets[order]
+        )
 
     def __len__(self) -> int:
         return int(self.starts.size)
