@@ -9,7 +9,7 @@ from volpack.source.base import PhysicalMap, Source, SourceInfo
 
 __all__ = ["PhysicalMap", "Source", "SourceInfo", "open_source", "SOURCE_FORMATS"]
 
-SOURCE_FORMATS = ("auto", "raw")
+SOURCE_FORMATS = ("auto", "raw", "qcow2")
 
 
 def open_source(path: str, source_format: str = "auto", *, pvs: tuple[str, ...] = ()) -> Source:
@@ -20,4 +20,14 @@ def open_source(path: str, source_format: str = "auto", *, pvs: tuple[str, ...] 
     """
     from volpack.source.raw import open_raw
 
+    if source_format == "qcow2" or (source_format == "auto" and _is_qcow2(path)):
+        from volpack.source.qcow2 import open_qcow2
+
+        return open_qcow2(path)
     return open_raw(path)
+
+
+def _is_qcow2(path: str) -> bool:
+    from volpack.source.qcow2 import is_qcow2
+
+    return is_qcow2(path)
