@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from volpack import media
 from volpack.catalog.policy import Decision, Policy, Snapshot, apply
+from volpack.catalog.record import normalize_url
 from volpack.catalog.store import ArchiveEntry, Catalog
 from volpack.errors import MediumError, VolpackError
 
@@ -84,16 +86,17 @@ def plan(
 
 
 def location_of(url: str) -> str:
-    """The container listed to confirm an archive exists: its directory, bucket prefix, …"""
-    head, sep, _ = url.rstrip("/").rpartition("/")
-    if not sep:
-        return "."
-    if head.endswith(":/") or head.endswith(":"):
-        return head + "/"  # s3://bucket → the bucket itself
-    return head or "/"
+    """The container listed to confirm an archive exists: its directory, or its key's prefix up
+    to the last '/' (``s3://bucket/dir/a.vpk`` → ``s3://bucket/dir/``)."""
+    if media.scheme_of(url) == "file":
+        return os.path.dirname(normalize_url(url))
+    head, sep, _ = url.rpartition("/")
+    return head + sep
 
 
-def check(pplan: PrunePlan, list_archives: Callable[[str], list[str]] | None = None) -> Checked:
+def check(
+    pplan: PrunePlan, list_archives: Callable[[str], list[tuple[str, int, float]]] | None = None
+) -> Checked:
     """List every medium location the plan touches. Raises (nothing deleted) when a listing fails,
     or when an archive the policy keeps is missing: pruning around a lost archive would delete
     the backups that stand in for it."""
@@ -106,7 +109,7 @@ def check(pplan: PrunePlan, list_archives: Callable[[str], list[str]] | None = N
             if where in listings:
                 continue
             try:
-                listings[where] = set(lister(where))
+                listings[where] = {normalize_url(u) for u, _, _ in lister(where)}
             except VolpackError as exc:
                 raise type(exc)(f"prune: listing {where} failed, nothing deleted: {exc}") from exc
             except OSError as exc:

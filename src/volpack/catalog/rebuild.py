@@ -27,7 +27,9 @@ class RebuildResult:
     failed: tuple[tuple[str, str], ...]  # (url, one-line reason): damaged, incomplete, unreadable
 
 
-def archives_at(url: str, list_archives: Callable[[str], list[str]] | None = None) -> list[str]:
+def archives_at(
+    url: str, list_archives: Callable[[str], list[tuple[str, int, float]]] | None = None
+) -> list[str]:
     """The archive URLs under ``url``: the file itself, or the listing of a directory/prefix.
     A failed listing raises; it is never taken for an empty location."""
     if media.scheme_of(url) == "file":
@@ -36,14 +38,14 @@ def archives_at(url: str, list_archives: Callable[[str], list[str]] | None = Non
         if os.path.isfile(path):
             return [normalize_url(url)]
     lister = list_archives or media.list_archives
-    return sorted(lister(normalize_url(url)))
+    return sorted(normalize_url(u) for u, _, _ in lister(normalize_url(url)))
 
 
 def rebuild(
     catalog: Catalog,
     url: str,
     *,
-    list_archives: Callable[[str], list[str]] | None = None,
+    list_archives: Callable[[str], list[tuple[str, int, float]]] | None = None,
     open_archive: Callable[[str], Any] | None = None,
 ) -> RebuildResult:
     """Record every archive found at ``url`` in ``catalog`` (existing rows are updated, verify

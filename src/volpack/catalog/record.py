@@ -71,23 +71,22 @@ def normalize_url(url: str) -> str:
 
 
 def fs_uuid_of(description: Mapping[str, Any]) -> str | None:
-    """The filesystem UUID if the archive's description names one (detector or source details)."""
+    """The filesystem UUID if the archive's description names one: the source details, else the
+    first detection region whose details carry a ``uuid`` (a partitioned disk may hold several;
+    the full description stays in the catalog)."""
     candidates: list[Any] = []
     source = description.get("source")
     if isinstance(source, Mapping):
         details = source.get("details")
         if isinstance(details, Mapping):
-            candidates += [details.get("fs_uuid"), details.get("filesystem_uuid")]
-    detector = description.get("detector") or description.get("detect")
-    if isinstance(detector, Mapping):
-        candidates += [detector.get("fs_uuid"), detector.get("uuid")]
-        regions = detector.get("regions")
-    else:
-        regions = description.get("regions")
+            candidates += [details.get(k) for k in ("fs_uuid", "filesystem_uuid", "uuid")]
+    detection = description.get("detection")
+    regions = detection.get("regions") if isinstance(detection, Mapping) else None
     if isinstance(regions, list):
         for region in regions:
-            if isinstance(region, Mapping):
-                candidates += [region.get("fs_uuid"), region.get("uuid")]
+            details = region.get("details") if isinstance(region, Mapping) else None
+            if isinstance(details, Mapping):
+                candidates += [details.get(k) for k in ("fs_uuid", "uuid")]
     for value in candidates:
         if isinstance(value, str) and value:
             return value
@@ -145,7 +144,7 @@ def entry_from_archive(archive: Any, url: str) -> ArchiveEntry:
         volume_size=int(archive.size),
         block_size=int(archive.block_size),
         used_blocks=used_blocks,
-        format_version=_version_from(description, getattr(header, "version", None)),
+        format_version=_version_from(description, _header_version(header)),
         urls=(url,),
         fs_uuid=fs_uuid_of(description),
         archive_size=int(archive.archive_size),
@@ -156,6 +155,9 @@ def entry_from_archive(archive: Any, url: str) -> ArchiveEntry:
 
 
 def _header_time(header: Any) -> float | None:
+    ns = getattr(header, "created_ns", None)
+    if isinstance(ns, int) and ns > 0:
+        return ns / 1e9
     for name in ("created", "created_time", "ctime", "time"):
         value = getattr(header, name, None)
         if isinstance(value, dt.datetime):
@@ -164,6 +166,13 @@ def _header_time(header: Any) -> float | None:
             # Nanoseconds or microseconds since the epoch are both plausible on-disk encodings.
             return value / 1e9 if value > 1e14 else (value / 1e6 if value > 1e11 else float(value))
     return None
+
+
+def _header_version(header: Any) -> Any:
+    version = getattr(header, "version", None)
+    if version is None and hasattr(header, "major"):
+        version = (header.major, getattr(header, "minor", 0))
+    return version
 
 
 def _created_from(description: Mapping[str, Any]) -> float | None:

@@ -1,0 +1,98 @@
+"""``volpack prune``: apply a keep-last/daily/weekly/monthly policy per volume and delete the rest.
+
+Prints the plan before anything happens, then lists the media (any listing error aborts with
+nothing deleted) and deletes through the medium API, one archive at a time. Only argument
+handling and output; the work is in ``volpack.catalog.prune``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from volpack.cli.catalog import add_catalog_option, local_time, print_json
+from volpack.errors import EXIT_OK
+
+log = logging.getLogger("volpack")
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "prune",
+        help="delete archives a retention policy does not keep",
+        description="For each volume in the catalog, keep the archives selected by any --keep-* "
+        "rule and delete the others from their media. Days, weeks (ISO, from Monday) and months "
+        "are in local time (set TZ to change it). At least one rule is required.",
+    )
+    for name, what in (
+        ("last", "the N newest archives"),
+        ("daily", "the newest archive of each of the N newest days that have archives"),
+        ("weekly", "the newest archive of each of the N newest ISO weeks that have archives"),
+        ("monthly", "the newest archive of each of the N newest months that have archives"),
+    ):
+        parser.add_argument(f"--keep-{name}", type=int, default=0, metavar="N", help=f"keep {what}")
+    parser.add_argument("--source", metavar="S", help="only prune archives of this volume")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="show what would be deleted, delete nothing"
+    )
+    parser.add_argument("--json", action="store_true", help="print the plan and outcome as JSON")
+    add_catalog_option(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from volpack.catalog import Catalog, Policy, source_key
+    from volpack.catalog.prune import check, execute, plan
+    from volpack.catalog.record import catalog_path
+
+    policy = Policy(args.keep_last, args.keep_daily, args.keep_weekly, args.keep_monthly)
+    policy.check()
+    with Catalog.open(catalog_path(args.catalog), create=False) as catalog:
+        source = None
+        if args.source:
+            source = source_key(args.source)
+            if not catalog.find(source=source):
+                source = args.source
+        pplan = plan(catalog, policy, source=source)
+        if not args.json:
+            _print_plan(pplan, args.dry_run)
+        outcome = None
+        if pplan.remove:
+            checked = check(pplan)  # raises, with nothing deleted, if any listing fails
+            if not args.dry_run:
+                outcome = execute(catalog, pplan, checked)
+    if args.json:
+        print_json(
+            {
+                "dry_run": bool(args.dry_run),
+                "keep": [
+                    {**e.to_json(), "reasons": list(g.decision.reasons[e.uuid])}
+                    for g in pplan.groups
+                    for e in g.keep
+                ],
+                "remove": [e.to_json() for e in pplan.remove],
+                "deleted": list(outcome.deleted) if outcome else [],
+                "already_gone": list(outcome.already_gone) if outcome else [],
+            }
+        )
+    elif outcome is not None:
+        print(f"deleted {len(outcome.deleted)} archives", end="")
+        if outcome.already_gone:
+            print(f"; {len(outcome.already_gone)} were already gone and are forgotten", end="")
+        print()
+    return EXIT_OK
+
+
+def _print_plan(pplan: Any, dry_run: bool) -> None:
+    verb = "would delete" if dry_run else "delete"
+    for group in pplan.groups:
+        print(f"{group.source}: keep {len(group.keep)}, {verb} {len(group.remove)}")
+        for e in group.keep:
+            why = ", ".join(group.decision.reasons[e.uuid])
+            print(f"  keep    {e.uuid[:8]}  {local_time(e.created)}  ({why})")
+        for e in group.remove:
+            where = ", ".join(e.urls) or "(no location; forget only)"
+            print(f"  {'remove':<7} {e.uuid[:8]}  {local_time(e.created)}  {where}")
+    if not pplan.groups:
+        print("no archives in the catalog match; nothing to do")

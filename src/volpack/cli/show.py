@@ -1,0 +1,56 @@
+"""``volpack show ID``: everything the catalog knows about one archive (unique id prefix).
+
+Only argument handling and output; the lookup is ``volpack.catalog.Catalog.get``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from volpack.cli.catalog import add_catalog_option, local_time, print_json, verify_word
+from volpack.errors import EXIT_OK
+from volpack.units import human
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "show",
+        help="show one catalogued archive",
+        description="Show what the catalog records about one archive.",
+    )
+    parser.add_argument("id", metavar="ID", help="archive uuid or a unique prefix of it")
+    parser.add_argument("--json", action="store_true", help="print a JSON object")
+    add_catalog_option(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from volpack.catalog import Catalog
+    from volpack.catalog.record import catalog_path
+
+    with Catalog.open(catalog_path(args.catalog), create=False) as catalog:
+        e = catalog.get(args.id)
+    if args.json:
+        print_json(e.to_json())
+        return EXIT_OK
+    used = e.used_blocks * e.block_size
+    lines = [
+        ("archive", e.uuid),
+        ("created", f"{local_time(e.created)} ({e.to_json()['created_iso']})"),
+        ("source", f"{e.source_path} ({e.source_kind})"),
+        ("filesystem uuid", e.fs_uuid or "-"),
+        ("volume size", f"{e.volume_size} bytes ({human(e.volume_size)})"),
+        ("block size", str(e.block_size)),
+        ("used", f"{e.used_blocks} blocks ({human(used)})"),
+        ("archive size", "-" if e.archive_size is None else f"{e.archive_size} bytes"),
+        ("format", e.format_version),
+        ("digest", e.digest or "-"),
+        ("verified", f"{verify_word(e)} at {local_time(e.verified_at)}" if e.verified_at else "-"),
+        ("recorded", local_time(e.recorded_at)),
+    ]
+    lines += [("location", url) for url in e.urls] or [("location", "- (written to a stream)")]
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        print(f"{key + ':':<{width + 1}} {value}")
+    return EXIT_OK
