@@ -9,7 +9,7 @@ from volpack.source.base import PhysicalMap, Source, SourceInfo
 
 __all__ = ["PhysicalMap", "Source", "SourceInfo", "open_source", "SOURCE_FORMATS"]
 
-SOURCE_FORMATS = ("auto", "raw", "qcow2")
+SOURCE_FORMATS = ("auto", "raw", "qcow2", "lvm")
 
 
 def open_source(path: str, source_format: str = "auto", *, pvs: tuple[str, ...] = ()) -> Source:
@@ -20,6 +20,10 @@ def open_source(path: str, source_format: str = "auto", *, pvs: tuple[str, ...] 
     """
     from volpack.source.raw import open_raw
 
+    if source_format == "lvm" or path.startswith("lvm:"):
+        from volpack.source.lvm import open_lvm
+
+        return open_lvm(path, pvs)
     if source_format == "qcow2" or (source_format == "auto" and _is_qcow2(path)):
         from volpack.source.qcow2 import open_qcow2
 
