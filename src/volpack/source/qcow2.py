@@ -8,6 +8,7 @@ and never guesses — damaged metadata raises SourceError.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -102,8 +103,12 @@ def _raw_runs(fd: int, size: int, layer: int) -> Runs:
     s = np.array(starts, np.int64)
     n = s.size
     return Runs(
-        s, np.array(ends, np.int64), np.full(n, KIND_DATA, np.int8), s.copy(),
-        np.zeros(n, np.int64), np.full(n, layer, np.int16),
+        s,
+        np.array(ends, np.int64),
+        np.full(n, KIND_DATA, np.int8),
+        s.copy(),
+        np.zeros(n, np.int64),
+        np.full(n, layer, np.int16),
     )
 
 
@@ -199,8 +204,9 @@ class Qcow2Source:
                 runs = _raw_runs(layer.fd, layer.size, index)
             else:
                 hdr = layer.header
-                runs = layer_runs(layer.fd, hdr, _file_size(layer.fd), _file_size(layer.data_fd),
-                                  index)
+                runs = layer_runs(
+                    layer.fd, hdr, _file_size(layer.fd), _file_size(layer.data_fd), index
+                )
             found = runs.clip(limit).within(holes)
             parts.append(found)
             holes = holes.subtract(Extents.from_arrays(found.starts, found.ends))
@@ -306,18 +312,14 @@ class Qcow2Source:
             out[pos - offset :] = 0
 
     def identity(self) -> tuple[object, ...]:
-        return tuple(
-            (path, st.st_size, st.st_mtime_ns, st.st_ino) for path, st in self._stats
-        )
+        return tuple((path, st.st_size, st.st_mtime_ns, st.st_ino) for path, st in self._stats)
 
     def close(self) -> None:
         fds = {layer.fd for layer in self._layers} | {layer.data_fd for layer in self._layers}
         self._layers = []
         for fd in fds:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
     def __enter__(self) -> Qcow2Source:
         return self

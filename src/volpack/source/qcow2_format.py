@@ -109,7 +109,9 @@ def _name(raw: bytes, what: str, path: str) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise SourceError(f"{path}: qcow2 {what} is not valid UTF-8; the image is damaged") from None
+        raise SourceError(
+            f"{path}: qcow2 {what} is not valid UTF-8; the image is damaged"
+        ) from None
 
 
 def _feature_names(data: bytes) -> dict[int, str]:

@@ -126,7 +126,8 @@ def read_l1(fd: int, hdr: Header, file_size: int) -> np.ndarray:
             f"of the file; the image is damaged"
         )
     l2 = np.frombuffer(raw, ">u8").astype(_U64) & OFFSET_MASK
-    bad = np.flatnonzero((l2 % _U64(hdr.cluster_size) != 0) | (l2 > _U64(file_size - hdr.cluster_size)))
+    ends = l2.astype(_I64) + hdr.cluster_size
+    bad = np.flatnonzero((l2 % _U64(hdr.cluster_size) != 0) | (ends > file_size))
     bad = bad[l2[bad] != 0]
     if bad.size:
         i = int(bad[0])
@@ -182,8 +183,15 @@ def layer_runs(fd: int, hdr: Header, file_size: int, data_size: int, layer: int)
         # Entries past the virtual size describe nothing the guest can see.
         visible = clusters * hdr.cluster_size < hdr.size
         parts.append(
-            _decode(hdr, desc[visible], None if bitmap is None else bitmap[visible],
-                    clusters[visible], file_size, data_size, layer)
+            _decode(
+                hdr,
+                desc[visible],
+                None if bitmap is None else bitmap[visible],
+                clusters[visible],
+                file_size,
+                data_size,
+                layer,
+            )
         )
     runs = Runs.concat(parts).sorted().merged()
     return runs.clip(hdr.size)
