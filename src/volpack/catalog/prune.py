@@ -144,7 +144,7 @@ def execute(
     remover = delete or media.delete
     deleted: list[str] = []
     already: list[str] = []
-    todo = pplan.remove
+    todo = sorted(pplan.remove, key=lambda e: (e.created, e.uuid))  # oldest first
     for entry in todo:
         present = checked.present.get(entry.uuid, ())
         for url in checked.gone.get(entry.uuid, ()):
