@@ -22,7 +22,9 @@ def req(cmd: int, offset: int = 0, length: int = 4096, flags: int = 0) -> p.Requ
     return p.Request(flags, cmd, 7, offset, length)
 
 
-def header(cmd: int, offset: int, length: int, flags: int = 0, magic: int = p.REQUEST_MAGIC) -> bytes:
+def header(
+    cmd: int, offset: int, length: int, flags: int = 0, magic: int = p.REQUEST_MAGIC
+) -> bytes:
     return p.REQUEST.pack(magic, flags, cmd, 0xDEADBEEF, offset, length)
 
 
