@@ -24,6 +24,8 @@ _SCHEMES = {
     "file": "volpack.media.file",
     "-": "volpack.media.pipe",
     "s3": "volpack.media.s3",
+    "tape": "volpack.media.tape",
+    "tape+emu": "volpack.media.tape",
 }
 
 

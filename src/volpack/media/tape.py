@@ -1,0 +1,28 @@
+"""The ``tape:`` medium (and ``tape+emu:``, the emulated drive): archives as records on tape.
+
+Entry point chosen by URL scheme: ``open_writer`` / ``open_reader`` build the writer and reader in
+tape_writer.py / tape_reader.py over the device layer in tape_device.py (real st drive) or
+tape_emulator.py. Tape is sequential: readers have no random access. Moves opaque bytes only.
+"""
+
+from __future__ import annotations
+
+from volpack.media.tape_reader import TapeReader
+from volpack.media.tape_volumes import TapeURL, parse_tape_url, tape_url
+from volpack.media.tape_writer import TapeWriter
+
+__all__ = ["TapeReader", "TapeURL", "TapeWriter", "open_reader", "open_writer", "tape_url"]
+
+
+def open_writer(url: str, *, force: bool = False) -> TapeWriter:
+    """A writer at the URL's position (``#N``: file N; otherwise where the tape stands).
+
+    Without ``force`` it refuses to write where the drive knows data follows (the emulator
+    knows; real drives cannot tell without reading, so writing there overwrites).
+    """
+    return TapeWriter(parse_tape_url(url), force=force)
+
+
+def open_reader(url: str) -> TapeReader:
+    """A sequential reader of the archive starting at the URL's position."""
+    return TapeReader(parse_tape_url(url))
