@@ -59,7 +59,7 @@ def record_after_backup(
     """
     path = _catalog_path(catalog_path)
     if description is None:
-        description = getattr(result, "description", None) or {}
+        description = getattr(result, "description", None)
     try:
         entry = entry_from_result(result, description)
         with Catalog.open(path) as catalog:

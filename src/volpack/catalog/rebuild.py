@@ -50,6 +50,7 @@ def rebuild(
 ) -> RebuildResult:
     """Record every archive found at ``url`` in ``catalog`` (existing rows are updated, verify
     status kept). Entries for archives that are gone are not removed: that is prune's job."""
+    opener: Callable[[str], Any]
     if open_archive is None:
         from volpack.format.random_access import open_archive as opener
     else:

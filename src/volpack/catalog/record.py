@@ -101,14 +101,28 @@ def _source_of(description: Mapping[str, Any], fallback: Mapping[str, Any]) -> t
 
 
 def entry_from_result(
-    result: BackupResultLike, description: Mapping[str, Any], created: float | None = None
+    result: BackupResultLike, description: Mapping[str, Any] | None = None
 ) -> ArchiveEntry:
-    """The catalog entry for a backup that just finished (``created`` defaults to its start)."""
-    path, kind = _source_of(description, result.source or {})
-    if created is None:
+    """The catalog entry for a backup that just finished (``pipeline.BackupResult``). Without a
+    ``description``, the result's ``source`` and ``detection`` stand in for the archive's DESC."""
+    if description is None:
+        description = {
+            "source": getattr(result, "source", None) or {},
+            "detection": getattr(result, "detection", None) or {},
+        }
+    path, kind = _source_of(description, getattr(result, "source", None) or {})
+    created_ns = getattr(result, "created_ns", None)
+    if isinstance(created_ns, int) and created_ns > 0:
+        created: float | None = created_ns / 1e9
+    else:
         created = _created_from(description)
     if created is None:
         created = time.time() - float(result.elapsed or 0.0)
+    version = getattr(result, "format_version", None)
+    if version is None:
+        from volpack.format.records import MAJOR, MINOR
+
+        version = (MAJOR, MINOR)
     return ArchiveEntry(
         uuid=str(result.archive_uuid),
         created=float(created),
@@ -117,7 +131,7 @@ def entry_from_result(
         volume_size=int(result.volume_size),
         block_size=int(result.block_size),
         used_blocks=int(result.used_blocks),
-        format_version=_version_from(description, getattr(result, "format_version", None)),
+        format_version=_version_from(description, version),
         urls=(normalize_url(result.url),) if result.url and result.url != "-" else (),
         fs_uuid=fs_uuid_of(description),
         archive_size=int(result.archive_size),
@@ -148,10 +162,14 @@ def entry_from_archive(archive: Any, url: str) -> ArchiveEntry:
         urls=(url,),
         fs_uuid=fs_uuid_of(description),
         archive_size=int(archive.archive_size),
-        stored_bytes=None,
+        stored_bytes=_int_or_none(getattr(archive, "stored_bytes", None)),
         digest=str(archive.digest) if archive.digest else None,
         description=dict(description),
     )
+
+
+def _int_or_none(value: Any) -> int | None:
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _header_time(header: Any) -> float | None:
