@@ -1,0 +1,230 @@
+"""btrfs: used bytes from the chunk tree (logical → physical) and the extent tree.
+
+Reads the primary superblock, bootstraps the chunk map from its sys_chunk_array, walks the chunk
+tree, the root tree and the extent tree, and maps every allocated extent to this device through
+the chunks. The first MiB and all superblock mirrors are used. Profiles that spread a chunk over
+several devices count the whole device stripe as used (chunk granularity). Reads only.
+"""
+
+from __future__ import annotations
+
+import bisect
+import struct
+
+import numpy as np
+
+from volpack.detect.fs._common import Area, FsResult, crc32c, text, uuid_str
+from volpack.extents import Extents
+
+SB_OFFSET = 0x10000
+SB_MIRRORS = (0x10000, 0x4000000, 0x4000000000, 0x4000000000000)
+MAGIC = b"_BHRfS_M"
+_HDR = 101
+_ITEM = np.dtype([("oid", "<u8"), ("type", "u1"), ("off", "<u8"), ("doff", "<u4"), ("size", "<u4")])
+_KEYPTR = np.dtype([("oid", "<u8"), ("type", "u1"), ("off", "<u8"), ("ptr", "<u8"), ("gen", "<u8")])
+CHUNK_ITEM = 228
+DEV_ITEM = 216
+ROOT_ITEM = 132
+EXTENT_ITEM = 168
+METADATA_ITEM = 169
+EXTENT_TREE = 2
+_SINGLE_DEVICE_PROFILES = 0x20  # DUP; "single" has no profile bit
+_PROFILE_MASK = 0xFF8  # RAID0/1/DUP/10/5/6/1C3/1C4
+_MIRRORED = 0x10 | 0x20 | 0x200 | 0x400  # RAID1, DUP, RAID1C3, RAID1C4
+_MAX_NODES = 1 << 22
+_INCOMPAT_METADATA_UUID = 0x400
+_INCOMPAT_EXTENT_TREE_V2 = 0x2000
+_RESERVED = 1 << 20
+
+
+def probe(area: Area) -> bool:
+    if area.length < SB_OFFSET + 4096:
+        return False
+    return area.read(SB_OFFSET + 0x40, 8) == MAGIC
+
+
+class _Chunks:
+    """Logical → (devid, physical) for every chunk; sorted by logical start."""
+
+    def __init__(self) -> None:
+        self.items: dict[int, tuple[int, int, list[tuple[int, int]]]] = {}
+        self._sorted: list[int] = []
+
+    def add(self, area: Area, logical: int, data: bytes) -> None:
+        if len(data) < 48 + 32:
+            raise area.damaged(f"btrfs chunk item at logical {logical} is truncated")
+        length, _owner, _stripe_len, ctype = struct.unpack_from("<QQQQ", data, 0)
+        num_stripes, _sub = struct.unpack_from("<HH", data, 44)
+        if num_stripes == 0 or len(data) < 48 + 32 * num_stripes or length == 0:
+            raise area.damaged(f"btrfs chunk at logical {logical} has {num_stripes} stripes")
+        stripes = [struct.unpack_from("<QQ", data, 48 + 32 * i) for i in range(num_stripes)]
+        self.items[logical] = (length, ctype, stripes)
+        self._sorted = []
+
+    def map(self, area: Area, logical: int) -> int:
+        """Physical offset of a logical address (first stripe; for reading tree nodes)."""
+        if not self._sorted:
+            self._sorted = sorted(self.items)
+        i = bisect.bisect_right(self._sorted, logical) - 1
+        if i >= 0:
+            start = self._sorted[i]
+            length, ctype, stripes = self.items[start]
+            if logical < start + length:
+                # Mirrored profiles (DUP, RAID1*) hold a full copy in every stripe.
+                if ctype & _PROFILE_MASK & ~_MIRRORED and len(stripes) > 1:
+                    raise area.damaged(f"btrfs striped chunk at {start}: cannot read tree nodes")
+                return stripes[0][1] + logical - start
+        raise area.damaged(f"btrfs logical address {logical} is in no chunk")
+
+
+def _node(area: Area, chunks: _Chunks, logical: int, nodesize: int, fsid: bytes) -> bytes:
+    phys = chunks.map(area, logical)
+    node = area.read(phys, nodesize)
+    (bytenr,) = struct.unpack_from("<Q", node, 48)
+    if node[32:48] != fsid or bytenr != logical:
+        raise area.damaged(f"btrfs tree node at logical {logical} has the wrong identity")
+    return node
+
+
+def _walk(
+    area: Area, chunks: _Chunks, root: int, level: int, nodesize: int, fsid: bytes
+) -> list[tuple[bytes, np.ndarray]]:
+    """All leaves of a tree: (leaf bytes, item headers)."""
+    out: list[tuple[bytes, np.ndarray]] = []
+    todo = [(root, level)]
+    seen = 0
+    while todo:
+        logical, want = todo.pop()
+        seen += 1
+        if seen > _MAX_NODES:
+            raise area.damaged("btrfs tree has too many nodes")
+        node = _node(area, chunks, logical, nodesize, fsid)
+        (nritems,) = struct.unpack_from("<I", node, 96)
+        lvl = node[100]
+        if lvl != want:
+            raise area.damaged(f"btrfs tree node at {logical} has level {lvl}, expected {want}")
+        if lvl == 0:
+            if _HDR + nritems * _ITEM.itemsize > nodesize:
+                raise area.damaged(f"btrfs leaf at {logical} holds {nritems} items")
+            items = np.frombuffer(node, _ITEM, count=nritems, offset=_HDR)
+            if ((items["doff"].astype(np.int64) + items["size"]) > nodesize - _HDR).any():
+                raise area.damaged(f"btrfs leaf at {logical} has an item outside the leaf")
+            out.append((node, items))
+        else:
+            if _HDR + nritems * _KEYPTR.itemsize > nodesize:
+                raise area.damaged(f"btrfs node at {logical} holds {nritems} pointers")
+            ptrs = np.frombuffer(node, _KEYPTR, count=nritems, offset=_HDR)
+            todo.extend((int(p), lvl - 1) for p in ptrs["ptr"][::-1])
+    return out
+
+
+def analyse(area: Area) -> FsResult:
+    sb = area.read(SB_OFFSET, 4096)
+    if sb[0x40:0x48] != MAGIC:
+        raise area.damaged("btrfs superblock has no magic")
+    (csum_type,) = struct.unpack_from("<H", sb, 0xC4)
+    if csum_type == 0 and struct.unpack_from("<I", sb, 0)[0] != crc32c(sb[0x20:]):
+        raise area.damaged("btrfs superblock checksum mismatch")
+    fsid = sb[0x20:0x30]
+    root, chunk_root, log_root, total_bytes = struct.unpack_from("<QQQQ", sb, 0x50)
+    (num_devices,) = struct.unpack_from("<Q", sb, 0x88)
+    sectorsize, nodesize = struct.unpack_from("<II", sb, 0x90)
+    (sys_size,) = struct.unpack_from("<I", sb, 0xA0)
+    root_level, chunk_level = sb[0xC6], sb[0xC7]
+    devid, dev_total = struct.unpack_from("<QQ", sb, 0xC9)
+    (incompat,) = struct.unpack_from("<Q", sb, 0xBC)
+    if incompat & _INCOMPAT_METADATA_UUID:  # tree blocks carry metadata_uuid, not fsid
+        fsid = sb[0x23B:0x24B]
+    if incompat & _INCOMPAT_EXTENT_TREE_V2:
+        raise area.damaged("btrfs extent tree v2 is not supported; using the conservative map")
+    if nodesize < 4096 or nodesize > 65536 or nodesize & (nodesize - 1) or sys_size > 2048:
+        raise area.damaged(f"btrfs node size {nodesize}, system chunk array {sys_size} bytes")
+    if sectorsize < 4096 or sectorsize & (sectorsize - 1):
+        raise area.damaged(f"btrfs sector size {sectorsize}")
+    if dev_total > area.length or dev_total < _RESERVED:
+        raise area.damaged(
+            f"btrfs device of {dev_total} bytes does not fit its {area.length}-byte region"
+        )
+
+    chunks = _Chunks()
+    arr = sb[0x32B : 0x32B + sys_size]
+    pos = 0
+    while pos + 17 <= len(arr):
+        _oid, ktype, logical = struct.unpack_from("<QBQ", arr, pos)
+        pos += 17
+        if ktype != CHUNK_ITEM or pos + 48 > len(arr):
+            raise area.damaged("btrfs system chunk array is not valid")
+        (nstripes,) = struct.unpack_from("<H", arr, pos + 44)
+        end = pos + 48 + 32 * nstripes
+        chunks.add(area, logical, arr[pos:end])
+        pos = end
+
+    for leaf, items in _walk(area, chunks, chunk_root, chunk_level, nodesize, fsid):
+        for i in np.flatnonzero(items["type"] == CHUNK_ITEM):
+            at = _HDR + int(items["doff"][i])
+            chunks.add(area, int(items["off"][i]), leaf[at : at + int(items["size"][i])])
+
+    # Logical extents: the extent tree's EXTENT_ITEM (data) and METADATA_ITEM (tree blocks).
+    ext_root = ext_level = None
+    for leaf, items in _walk(area, chunks, root, root_level, nodesize, fsid):
+        hit = np.flatnonzero((items["oid"] == EXTENT_TREE) & (items["type"] == ROOT_ITEM))
+        for i in hit:
+            at = _HDR + int(items["doff"][i])
+            if int(items["size"][i]) < 239:
+                raise area.damaged("btrfs extent tree root item is truncated")
+            ext_root = struct.unpack_from("<Q", leaf, at + 176)[0]
+            ext_level = leaf[at + 238]
+    if ext_root is None or ext_level is None:
+        raise area.damaged("btrfs root tree has no extent tree")
+    starts: list[np.ndarray] = []
+    lens: list[np.ndarray] = []
+    for _leaf, items in _walk(area, chunks, ext_root, ext_level, nodesize, fsid):
+        data = items["type"] == EXTENT_ITEM
+        meta = items["type"] == METADATA_ITEM
+        starts.append(items["oid"][data | meta].astype(np.int64))
+        lens.append(np.where(data, items["off"], nodesize)[data | meta].astype(np.int64))
+    ls = np.concatenate(starts) if starts else np.zeros(0, np.int64)
+    le = ls + (np.concatenate(lens) if lens else np.zeros(0, np.int64))
+    logical_used = Extents.from_arrays(ls, le)
+
+    # Map to this device through the chunks; coarse (whole stripe) unless the chunk is single/DUP
+    # or a log tree is pending (its blocks are not in the extent tree).
+    runs: list[tuple[int, int]] = [(0, _RESERVED)]
+    runs += [(m, m + 4096) for m in SB_MIRRORS if m + 4096 <= dev_total]
+    chunk_list = []
+    mapped_s: list[np.ndarray] = []
+    mapped_e: list[np.ndarray] = []
+    for logical, (length, ctype, stripes) in sorted(chunks.items.items()):
+        mine = [phys for dev, phys in stripes if dev == devid]
+        chunk_list.append([logical, length, ctype, [[d, p] for d, p in stripes]])
+        if not mine:
+            continue
+        fine = not (ctype & _PROFILE_MASK & ~_SINGLE_DEVICE_PROFILES) and not log_root
+        for phys in mine:
+            if phys + length > dev_total and fine:
+                raise area.damaged(f"btrfs chunk at logical {logical} ends past the device")
+            if not fine:
+                # A stripe's on-device length is not the chunk length for striped profiles.
+                runs.append((phys, min(dev_total, phys + length)))
+                continue
+            inside = logical_used.clip(logical, logical + length)
+            mapped_s.append(inside.starts + (phys - logical))
+            mapped_e.append(inside.ends + (phys - logical))
+    arr_runs = np.array(runs, np.int64).reshape(-1, 2)
+    used = Extents.from_arrays(
+        area.start + np.concatenate([arr_runs[:, 0], *mapped_s]),
+        area.start + np.concatenate([arr_runs[:, 1], *mapped_e]),
+    )
+    details = {
+        "uuid": uuid_str(sb[0x20:0x30]),
+        "label": text(sb[0x12B:0x22B]),
+        "block_size": sectorsize,
+        "node_size": nodesize,
+        "devid": devid,
+        "num_devices": num_devices,
+        "size": dev_total,
+        "chunks": chunk_list,
+    }
+    if log_root:
+        details["log_tree_pending"] = True
+    return FsResult("btrfs", dev_total, used, details)
