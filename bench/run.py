@@ -39,6 +39,9 @@ def measure_spec(img: images.Image, spec: peers.Spec, repeat: int) -> measure.Ro
         measure.remove(spec.output)
         if spec.mkdir:
             spec.output.mkdir(parents=True)
+        for argv in spec.prep:
+            subprocess.run(argv, check=True)
+        os.sync()  # write back deletions and earlier outputs before the clock starts
         if not spec.warm.exists():
             row.note = f"skipped: input {spec.warm.name} missing (its backup failed)"
             return row
@@ -80,9 +83,10 @@ def table(rows: list[measure.Row]) -> str:
             continue
         ratio = f"{r.wall / fastest[r.kind]:.2f}x" if r.kind in fastest else "–"
         name = r.name if r.peer else f"**{r.name}**"
-        lines.append(
-            f"| {name} | {r.kind} | {r.wall:.2f} | {fmt_size(r.size)} | {r.rss_mib:.0f} | {ratio} |"
-        )
+        wall = f"{r.wall * 1000:.2f} ms" if r.kind == "probe" else f"{r.wall:.2f}"
+        rss = f"{r.rss_mib:.0f}" if r.rss_mib is not None else "–"
+        note = f" ({r.note})" if r.note else ""
+        lines.append(f"| {name} | {r.kind} | {wall} | {fmt_size(r.size)} | {rss} | {ratio}{note} |")
     return "\n".join(lines)
 
 
