@@ -47,7 +47,7 @@ class S3Settings:
     region: str | None = None
     part_size: int = 8 * MiB
     parts_per_step: int = 1000
-    object_size: int = S3_MAX_OBJECT_SIZE
+    object_size: int = 0  # 0: the most that 10,000 parts hold, at most 5 TiB
     concurrency: int = 4
     memory: int = 128 * MiB
     attempts: int = 6
@@ -98,7 +98,7 @@ def configure(
         "backoff": backoff,
     }
     changes = {k: v for k, v in given.items() if v is not None}
-    _validate(replace(S3Settings(), **changes), "configure()")
+    _validate(_resolved(replace(S3Settings(), **changes)), "configure()")
     with _lock:
         _overrides.update(changes)
 
@@ -128,9 +128,16 @@ def settings() -> S3Settings:
             values[field] = text
     with _lock:
         values.update(_overrides)
-    result = replace(S3Settings(), **values)
+    result = _resolved(replace(S3Settings(), **values))
     _validate(result, "VOLPACK_S3_* environment")
     return result
+
+
+def _resolved(s: S3Settings) -> S3Settings:
+    if s.object_size:
+        return s
+    capacity = part_capacity(s.part_size, s.parts_per_step)
+    return replace(s, object_size=min(S3_MAX_OBJECT_SIZE, capacity))
 
 
 def _validate(s: S3Settings, where: str) -> None:
@@ -208,18 +215,26 @@ def _boto():
     return boto3, botocore.config
 
 
+_AWS_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+)
+
+
 def client(s: S3Settings):
     """A cached, thread-safe boto3 S3 client for these settings. botocore's own retries are off:
     ``call`` retries, so that only transient errors are retried and the backoff is ours."""
-    key = (
-        s.endpoint,
-        s.profile,
-        s.addressing,
-        s.region,
-        s.connect_timeout,
-        s.read_timeout,
-        s.concurrency,
-    )
+    # Credentials are resolved when the client is made, so the AWS environment is part of the key.
+    aws_env = tuple(os.environ.get(name) for name in _AWS_ENV)
+    key = (s.endpoint, s.profile, s.addressing, s.region, s.concurrency, aws_env)
     with _lock:
         found = _clients.get(key)
     if found is not None:
@@ -346,7 +361,7 @@ def translate(exc: BaseException, subject: str, what: str, attempts: int = 1) ->
                 f"{subject}: {what} failed after {attempts} attempts ({code or status}); "
                 "retry later or check the S3 server"
             )
-        return MediumError(f"{subject}: {what} failed ({code or status}: {exc}); check the URL")
+        return MediumError(f"{subject}: {what} refused by the server ({code or status}: {exc})")
     if is_transient(exc):
         return MediumTransient(
             f"{subject}: {what} failed after {attempts} attempts ({type(exc).__name__}: {exc}); "
