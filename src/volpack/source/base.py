@@ -65,6 +65,29 @@ class PhysicalMap:
     def __len__(self) -> int:
         return int(self.starts.size)
 
+    def locate(self, used: Extents) -> list[tuple[int, int, int, int, int]]:
+        """Byte runs of ``used`` split at this map's boundaries, in volume order, as
+        ``(start, length, device, physical_offset, flags)``; ``device = -1`` where unmapped."""
+        cuts = np.unique(np.concatenate([used.starts, used.ends, self.starts,
+                                         self.starts + self.lengths]))
+        a, b = cuts[:-1], cuts[1:]
+        k = np.searchsorted(used.starts, a, side="right") - 1
+        inside = (k >= 0) & (a < used.ends[np.maximum(k, 0)]) if len(used) else a < a
+        a, b = a[inside], b[inside]
+        j = np.searchsorted(self.starts, a, side="right") - 1
+        jj = np.maximum(j, 0)
+        if len(self):
+            hit = (j >= 0) & (a < (self.starts + self.lengths)[jj])
+            dev = np.where(hit, self.device[jj], -1)
+            known = hit & (self.offsets[jj] >= 0)
+            phys = np.where(known, self.offsets[jj] + (a - self.starts[jj]), -1)
+            flags = np.where(hit, self.flags[jj], 0)
+        else:
+            dev = phys = np.full(len(a), -1)
+            flags = np.zeros(len(a), np.int64)
+        return list(zip(a.tolist(), (b - a).tolist(), dev.tolist(), phys.tolist(),
+                        flags.tolist(), strict=True))
+
     def runs(self) -> list[tuple[int, int, int, int, int]]:
         return list(
             zip(

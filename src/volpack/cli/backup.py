@@ -1,0 +1,101 @@
+"""``volpack backup SOURCE ARCHIVE``: only the used blocks, to a file, ``-`` or a URL."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from typing import Any
+
+from volpack.cli.common import (
+    Progress,
+    add_medium_options,
+    add_output_options,
+    apply_medium_options,
+    emit,
+    rate,
+    size_arg,
+)
+from volpack.errors import EXIT_OK, EXIT_WARNING
+from volpack.units import human
+
+log = logging.getLogger("volpack")
+
+
+def register(sub: Any) -> None:
+    from volpack.detect import DETECT_MODES
+    from volpack.source import SOURCE_FORMATS
+
+    p = sub.add_parser("backup", help="back up the used blocks of a volume",
+                       description="Back up the used blocks of a volume (image file, block device, "
+                       "qcow2, lvm:VG/LV) into a self-describing archive.")
+    p.add_argument("source", help="image file, block device, qcow2 image or lvm:VG/LV")
+    p.add_argument("archive", help="archive path, '-' for stdout, or a URL (s3://bucket/key, tape:)")
+    p.add_argument("--detect", choices=DETECT_MODES, default="auto",
+                   help="used-block detector (default auto: partitions and filesystems, then "
+                   "holes and zero scan)")
+    p.add_argument("--block-size", type=size_arg("--block-size"), default=4096,
+                   help="used-map block size, power of two 512..1Mi (default 4K)")
+    p.add_argument("--frame-size", type=size_arg("--frame-size"), default=4 << 20,
+                   help="dense bytes per frame, power of two 64K..64Mi (default 4Mi)")
+    p.add_argument("--compress", default="zstd:1", metavar="none|zstd[:LEVEL]",
+                   help="frame compression (default zstd:1)")
+    p.add_argument("--staging", metavar="PATH",
+                   help="two-phase mode: copy the used data to this new file or block device "
+                   "first, release the source, then stream the copy")
+    p.add_argument("--source-format", choices=SOURCE_FORMATS, default="auto",
+                   help="source format (default: detect from content)")
+    p.add_argument("--pv", action="append", default=[], metavar="PATH",
+                   help="an LVM physical volume (image or device) for lvm:VG/LV sources; repeat")
+    p.add_argument("--allow-mounted", action="store_true",
+                   help="back up a mounted filesystem anyway (not point-in-time)")
+    p.add_argument("--threads", type=int, default=2, help="compression threads (default 2)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing archive / use a block device as staging")
+    p.add_argument("--catalog", metavar="PATH", help="catalog file (default: the user's catalog)")
+    p.add_argument("--no-catalog", action="store_true", help="do not record the backup")
+    add_medium_options(p)
+    add_output_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from volpack.pipeline import backup
+
+    apply_medium_options(args)
+    progress = Progress(args)
+
+    def released() -> None:
+        log.info("source %s copied to staging %s; it may be released now", args.source,
+                 args.staging)
+
+    try:
+        result = backup(args.source, args.archive, block_size=args.block_size, detect=args.detect,
+                        compress=args.compress, frame_size=args.frame_size, staging=args.staging,
+                        force=args.force, source_format=args.source_format, pvs=tuple(args.pv),
+                        allow_mounted=args.allow_mounted, threads=args.threads, progress=progress,
+                        on_source_released=released)
+    finally:
+        progress.close()
+    warnings = result.detection.get("warnings", [])
+    for w in warnings:
+        log.warning("%s", w)
+    if args.allow_mounted:
+        log.warning("%s: backed up with --allow-mounted; the archive may not be point-in-time",
+                    args.source)
+    if not args.no_catalog and args.archive != "-":
+        from volpack.catalog import record_after_backup
+
+        record_after_backup(result, args.catalog)
+    used = result.used_blocks * result.block_size
+    ratio = result.volume_size / result.archive_size if result.archive_size else 0.0
+    pct = 100.0 * used / result.volume_size if result.volume_size else 0.0
+    lines = [
+        f"archive {result.archive_uuid} -> {result.url}",
+        f"volume {human(result.volume_size)}, used {human(used)} ({pct:.1f}%), archive "
+        f"{human(result.archive_size)} (volume/archive {ratio:.1f}x), "
+        f"{result.elapsed:.2f} s, {rate(used, result.elapsed)}",
+    ]
+    # With the archive on stdout, the result must not mix into it: it goes to stderr.
+    emit(args, dataclasses.asdict(result), lines, to_stderr=args.archive == "-")
+    return EXIT_WARNING if warnings else EXIT_OK

@@ -1,0 +1,94 @@
+"""Shared CLI pieces: common options, medium options, sizes, progress bars and result output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+from volpack.units import human, parse_size
+
+log = logging.getLogger("volpack")
+
+
+def add_output_options(parser: argparse.ArgumentParser, *, json_flag: bool = True,
+                       progress: bool = True) -> None:
+    if json_flag:
+        parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    if progress:
+        parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                            help="progress bar on stderr (default: when stderr is a terminal)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def add_medium_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("medium options")
+    group.add_argument("--s3-endpoint", metavar="URL", help="S3 endpoint (default: AWS config)")
+    group.add_argument("--s3-profile", metavar="NAME", help="AWS profile for credentials")
+
+
+def apply_medium_options(args: argparse.Namespace) -> None:
+    if getattr(args, "s3_endpoint", None) or getattr(args, "s3_profile", None):
+        from volpack.media.s3_client import configure
+
+        configure(endpoint=args.s3_endpoint, profile=args.s3_profile)
+
+
+def size_arg(what: str):
+    def parse(text: str) -> int:
+        return parse_size(text, what)
+
+    return parse
+
+
+class Progress:
+    """A tqdm bar per phase on stderr, only on a terminal unless forced."""
+
+    LABELS = {"scan": "scanning", "stage": "staging", "write": "writing", "restore": "restoring",
+              "verify": "verifying"}
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        wanted = getattr(args, "progress", None)
+        self.enabled = (sys.stderr.isatty() if wanted is None else wanted) and not getattr(
+            args, "quiet", False)
+        self._bar: Any = None
+        self._phase = ""
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if phase != self._phase:
+            self.close()
+            from tqdm import tqdm
+
+            self._phase = phase
+            self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
+                             desc=self.LABELS.get(phase, phase), file=sys.stderr, leave=False,
+                             dynamic_ncols=True)
+        self._bar.update(done - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+            self._phase = ""
+
+
+def emit(args: argparse.Namespace, result: dict[str, Any], lines: list[str], *,
+         to_stderr: bool = False) -> None:
+    """Results on stdout (stderr when stdout carries an archive): JSON with --json, else lines."""
+    out = sys.stderr if to_stderr else sys.stdout
+    if getattr(args, "json", False):
+        json.dump(result, out, indent=2, sort_keys=True)
+        out.write("\n")
+    elif not (to_stderr and getattr(args, "quiet", False)):
+        for line in lines:
+            print(line, file=out)
+    out.flush()
+
+
+def rate(nbytes: int, seconds: float) -> str:
+    return f"{human(nbytes / seconds)}/s" if seconds > 0 else "-"

@@ -1,0 +1,86 @@
+"""``volpack info ARCHIVE``: header, sizes, ratio, tables and source description."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from volpack.cli.common import add_medium_options, add_output_options, apply_medium_options, emit
+from volpack.errors import EXIT_OK
+from volpack.units import human
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("info", help="describe an archive",
+                       description="Describe an archive from its footer, trailer and tables "
+                       "(random access); from a stream ('-'), from its head only.")
+    p.add_argument("archive", help="archive path, '-' for stdin, or a URL")
+    add_medium_options(p)
+    add_output_options(p, progress=False)
+    p.set_defaults(func=run)
+
+
+def describe(archive: str) -> dict[str, Any]:
+    """Summary of an archive as a JSON-able dict (random access when the medium allows)."""
+    from volpack.format.random_access import Archive
+    from volpack.format.reader import ArchiveStream
+    from volpack.format.records import CODECS
+    from volpack.media import open_reader
+
+    medium = open_reader(archive)
+    try:
+        if medium.size is not None:
+            a = Archive(medium)
+            h, desc, table, pmap = a.header, a.description, a.table, a.physical_map
+            extra = {"complete": True, "archive_size": a.archive_size, "stored_bytes":
+                     a.stored_bytes, "frames": a.trailer.frame_count, "digest": a.digest}
+        else:
+            head = ArchiveStream(medium).read_head()
+            h, desc, table = head.header, head.desc, head.table
+            pmap = None
+            extra = {"complete": None, "frames": h.frame_count}
+    finally:
+        medium.close()
+    used = h.used_blocks * h.block_size
+    return {
+        "uuid": h.uuid, "format": f"{h.major}.{h.minor}",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(h.created_ns / 1e9)),
+        "volume_size": h.volume_size, "block_size": h.block_size, "frame_size": h.frame_size,
+        "used_blocks": h.used_blocks, "used_bytes": used,
+        "codec": CODECS[h.codec] + (f":{h.codec_level}" if h.codec else ""),
+        "address_table_runs": len(table),
+        "physical_map_runs": len(pmap) if pmap is not None else None,
+        "devices": list(pmap.devices) if pmap is not None else None,
+        "source": desc.get("source"), "detection": desc.get("detection"),
+        "tool": desc.get("tool"), "host": desc.get("host"), **extra,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    apply_medium_options(args)
+    d = describe(args.archive)
+    vol, used = d["volume_size"], d["used_bytes"]
+    pct = 100.0 * used / vol if vol else 0.0
+    lines = [
+        f"archive      {d['uuid']} (format {d['format']}, {d['tool']})",
+        f"created      {d['created']} on {d['host']}",
+        f"source       {(d['source'] or {}).get('kind')} {(d['source'] or {}).get('path')}",
+        f"volume       {human(vol)} ({vol} B), block size {d['block_size']}",
+        f"used         {human(used)} ({pct:.1f}%), {d['used_blocks']} blocks in "
+        f"{d['address_table_runs']} runs",
+        f"frames       {d['frames']} x {human(d['frame_size'])}, codec {d['codec']}",
+    ]
+    if d.get("archive_size") is not None:
+        ratio = vol / d["archive_size"] if d["archive_size"] else 0.0
+        lines.append(f"archive size {human(d['archive_size'])} (volume/archive {ratio:.1f}x)")
+        lines.append(f"digest       blake3:{d['digest']}")
+        lines.append(f"physical map {d['physical_map_runs']} runs on {', '.join(d['devices'])}")
+    else:
+        lines.append("trailer      not read (stream): run 'volpack verify' to check the whole")
+    for r in (d.get("detection") or {}).get("regions", []):
+        lines.append(f"detector     [{r['start']}, {r['end']}) {r['detector']}")
+    for w in (d.get("detection") or {}).get("warnings", []):
+        lines.append(f"warning      {w}")
+    emit(args, d, lines)
+    return EXIT_OK

@@ -1,0 +1,53 @@
+"""``volpack verify ARCHIVE [--against VOLUME]``: the exit code is the verdict."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from volpack.cli.common import (
+    Progress,
+    add_medium_options,
+    add_output_options,
+    apply_medium_options,
+    emit,
+)
+from volpack.errors import EXIT_OK, VolpackError
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("verify", help="check every frame, count and the digest of an archive",
+                       description="Read the whole archive and check every checksum, count and "
+                       "the digest. With --against, also compare a volume with it.")
+    p.add_argument("archive", help="archive path, '-' for stdin, or a URL")
+    p.add_argument("--against", metavar="VOLUME",
+                   help="compare this volume (original or restored) with the archive")
+    p.add_argument("--catalog", metavar="PATH", help="catalog to record the verdict in")
+    add_medium_options(p)
+    add_output_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from volpack.catalog import record_after_verify
+    from volpack.pipeline import verify
+
+    apply_medium_options(args)
+    progress = Progress(args)
+    try:
+        result = verify(args.archive, against=args.against, progress=progress)
+    except VolpackError as exc:
+        uuid = getattr(exc, "archive_uuid", None)
+        if uuid:
+            record_after_verify(uuid, False, args.catalog)
+        raise
+    finally:
+        progress.close()
+    record_after_verify(result.archive_uuid, True, args.catalog)
+    lines = [f"archive {result.archive_uuid} ok: {result.frame_count} frames, "
+             f"{result.archive_size} bytes, digest blake3:{result.digest}"]
+    if result.against:
+        lines.append(f"{result.against}: identical to the archive's volume")
+    emit(args, dataclasses.asdict(result), lines)
+    return EXIT_OK

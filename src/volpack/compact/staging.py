@@ -1,0 +1,146 @@
+"""Two-phase mode: copy the used data to a staging file or device at dense addresses first.
+
+The source is read in physical-map order (fewest seeks on the real disk), so it can be released
+early; the staging copy is then streamed whole, in order, without looking at usage again.
+Space is checked before anything is copied.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Callable
+
+import numpy as np
+
+from volpack.compact.dense import DenseReader
+from volpack.compact.table import AddressTable
+from volpack.errors import SourceError, UsageError
+from volpack.source.base import PhysicalMap, Source
+from volpack.units import human
+
+_CHUNK = 8 << 20
+
+
+def physical_order(table: AddressTable, pmap: PhysicalMap, volume_size: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Used byte pieces split at physical-map boundaries, sorted by (device, physical offset).
+
+    Returns (volume_offsets, lengths, dense_offsets); pieces with no known location keep volume
+    order after the located ones.
+    """
+    bs = table.block_size
+    us = table.volume_block * bs
+    ue = np.minimum(us + table.count * bs, max(volume_size, 0))
+    ps, pe = pmap.starts, pmap.starts + pmap.lengths
+    cuts = np.unique(np.concatenate([us, ue, ps, pe]))
+    a, b = cuts[:-1], cuts[1:]
+    run = np.searchsorted(us, a, side="right") - 1
+    inside = (run >= 0) & (a < ue[np.maximum(run, 0)])
+    a, b, run = a[inside], b[inside], run[inside]
+    dense = table.dense_block[run] * bs + (a - us[run])
+    j = np.searchsorted(ps, a, side="right") - 1
+    located = (j >= 0) & (a < pe[np.maximum(j, 0)])
+    jj = np.maximum(j, 0)
+    known = located & (pmap.offsets[jj] >= 0) if len(ps) else np.zeros(len(a), bool)
+    dev = np.where(known, pmap.device[jj] if len(ps) else 0, np.iinfo(np.int32).max)
+    phys = np.where(known, (pmap.offsets[jj] + (a - ps[jj])) if len(ps) else 0, a)
+    order = np.lexsort((phys, dev))
+    return a[order], (b - a)[order], dense[order]
+
+
+class Staging:
+    """A staging file (created, removed afterwards) or block device holding the dense volume."""
+
+    def __init__(self, path: str, dense_size: int, *, force: bool) -> None:
+        self.path = path
+        self.created = False
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            st = None
+        if st is not None and stat.S_ISBLK(st.st_mode):
+            if not force:
+                raise UsageError(f"staging {path}: is a block device; its contents will be "
+                                 "overwritten, add --force")
+            self.fd = os.open(path, os.O_RDWR | os.O_EXCL | os.O_CLOEXEC)
+            capacity = os.lseek(self.fd, 0, os.SEEK_END)
+            if capacity < dense_size:
+                os.close(self.fd)
+                raise UsageError(f"staging {path}: device holds {human(capacity)} ({capacity} B), "
+                                 f"the dense volume needs {human(dense_size)} ({dense_size} B); "
+                                 "use a larger device")
+            return
+        if st is not None:
+            raise UsageError(f"staging {path}: already exists; give a new file name or a block "
+                             "device (an existing file is never overwritten)")
+        directory = os.path.dirname(os.path.abspath(path))
+        try:
+            vfs = os.statvfs(directory)
+        except OSError as exc:
+            raise UsageError(f"staging {path}: directory {directory}: {exc.strerror}") from None
+        free = vfs.f_bavail * vfs.f_frsize
+        if free < dense_size:
+            raise UsageError(f"staging {path}: {human(free)} ({free} B) free in {directory}, the "
+                             f"dense volume needs {human(dense_size)} ({dense_size} B); free "
+                             "space or choose another staging path")
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        self.created = True
+
+    def fill(self, source: Source, table: AddressTable, pmap: PhysicalMap,
+             progress: Callable[[int], None] | None = None) -> None:
+        vs, lens, ds = physical_order(table, pmap, source.size)
+        buf = bytearray(_CHUNK)
+        view = memoryview(buf)
+        done = 0
+        for v, n, d in zip(vs.tolist(), lens.tolist(), ds.tolist(), strict=True):
+            for off in range(0, n, _CHUNK):
+                k = min(_CHUNK, n - off)
+                source.read_into(v + off, view[:k])
+                self._pwrite(view[:k], d + off)
+                done += k
+                if progress is not None:
+                    progress(done)
+        # The short last block of a volume is zero-padded in the dense volume (explicitly: a
+        # staging device holds old data there).
+        if len(table):
+            bs = table.block_size
+            last_end = int(table.volume_block[-1] + table.count[-1]) * bs
+            pad = last_end - max(source.size, int(table.volume_block[-1]) * bs)
+            if pad > 0:
+                self._pwrite(memoryview(bytes(pad)), table.dense_size - pad)
+
+    def _pwrite(self, data: memoryview, offset: int) -> None:
+        try:
+            while data:
+                n = os.pwritev(self.fd, [data], offset)
+                data, offset = data[n:], offset + n
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise SourceError(f"staging {self.path}: no space left at offset {offset}; "
+                                  "free space or use a larger staging device") from None
+            raise SourceError(f"staging {self.path}: write error ({exc.strerror})") from None
+
+    def read(self, dense_offset: int, view: memoryview) -> None:
+        got = 0
+        while got < len(view):
+            n = os.preadv(self.fd, [view[got:]], dense_offset + got)
+            if n == 0:
+                view[got:] = bytes(len(view) - got)
+                return
+            got += n
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.created:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            self.created = False
+
+
+__all__ = ["DenseReader", "Staging", "physical_order"]

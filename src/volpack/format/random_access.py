@@ -1,0 +1,187 @@
+"""Random access to an archive through its frame index: footer → trailer → tables → index.
+
+Reads only what it needs with ranged reads (files, S3), keeps a bounded LRU of decoded frames,
+and serves volume bytes: used ranges through the address table, unused ranges as zeros without
+touching the medium. Thread-safe. Used by info, restore's pre-check, serve and catalog rebuild.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from volpack.compact.table import AddressTable
+from volpack.errors import CorruptArchive, IncompleteArchive, MediumError
+from volpack.extents import Extents
+from volpack.format import records as R
+from volpack.format.reader import decode_frame_payload, parse_head_records
+from volpack.media import open_reader
+from volpack.media.base import MediumReader
+from volpack.source.base import PhysicalMap
+
+
+class Archive:
+    """An archive opened for random access (see module docstring)."""
+
+    def __init__(self, medium: MediumReader, *, cache_frames: int = 16) -> None:
+        self.medium = medium
+        self.url = medium.url
+        size = medium.size
+        if size is None:
+            raise MediumError(f"{self.url}: a stream cannot be opened for random access; use a "
+                              "file or URL (or pipe it to 'volpack restore -')")
+        self.archive_size = size
+        if size < R.HEADER_SIZE + R.FOOTER_SIZE:
+            head = medium.read_at(0, min(size, 8))
+            R.Header.decode(head + bytes(R.HEADER_SIZE - len(head)), f"{self.url} at offset 0")
+            raise IncompleteArchive(f"{self.url}: incomplete archive: {size} bytes, shorter than "
+                                    "a header and footer; use a complete copy")
+        first = medium.read_at(0, R.HEADER_SIZE)
+        # Decode the header first so that "not an archive" wins over "incomplete".
+        head_header = R.Header.decode(first, f"{self.url} at offset 0")
+        foot_at = size - R.FOOTER_SIZE
+        footer = R.decode_footer(medium.read_at(foot_at, R.FOOTER_SIZE),
+                                 f"{self.url} at offset {foot_at}", size)
+        where = f"{self.url} at offset {footer.trailer_offset}"
+        trailer_bytes = medium.read_at(footer.trailer_offset, footer.trailer_length)
+        plen, psum = R.decode_record_header(trailer_bytes[:R.RECORD_SIZE], where, R.TAG_TRLR,
+                                            footer.trailer_length)
+        if plen != footer.trailer_length - R.RECORD_SIZE:
+            raise CorruptArchive(f"{where}: trailer payload {plen} B, footer says "
+                                 f"{footer.trailer_length - R.RECORD_SIZE} B")
+        payload = trailer_bytes[R.RECORD_SIZE:]
+        R.check_payload(payload, psum, where, R.TAG_TRLR)
+        t = R.split_trailer(payload, where)
+        header = R.Header.decode(t.header_bytes, where)
+        if header.uuid != footer.uuid or head_header.uuid != header.uuid:
+            raise CorruptArchive(f"{where}: header uuid {header.uuid} differs from footer "
+                                 f"{footer.uuid} / head {head_header.uuid}")
+        desc, devices, pmap, table, used_len = parse_head_records(t.head_records, header, where)
+        if used_len != len(t.head_records):
+            raise CorruptArchive(f"{where}: {len(t.head_records) - used_len} stray bytes after "
+                                 "the table copies")
+        if t.frame_count != header.frame_count or t.dense_size != header.dense_size:
+            raise CorruptArchive(f"{where}: trailer counts {t.frame_count} frames / "
+                                 f"{t.dense_size} B disagree with the header")
+        offsets = t.index["offset"].astype(np.int64)
+        stored = t.index["stored"].astype(np.int64)
+        ends = offsets + R.FRAME_HEADER_SIZE + stored
+        if t.frame_count and (int(offsets[0]) < R.HEADER_SIZE or int(ends[-1]) !=
+                              footer.trailer_offset or bool((offsets[1:] != ends[:-1]).any())):
+            raise CorruptArchive(f"{where}: frame index does not tile the data section")
+        self.header = header
+        self.trailer = t
+        self.footer = footer
+        self.description: dict[str, Any] = desc
+        self.devices = devices
+        self._pmap_runs = pmap
+        self.table: AddressTable = table
+        self._offsets = offsets
+        self._stored = stored
+        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._cache_frames = max(1, cache_frames)
+        self._lock = threading.Lock()
+
+    # -- summary -------------------------------------------------------------------------------
+    @property
+    def uuid(self) -> str:
+        return self.header.uuid
+
+    @property
+    def size(self) -> int:
+        return self.header.volume_size
+
+    @property
+    def block_size(self) -> int:
+        return self.header.block_size
+
+    @property
+    def frame_size(self) -> int:
+        return self.header.frame_size
+
+    @property
+    def used(self) -> Extents:
+        return self.table.used()
+
+    def used_bytes(self) -> Extents:
+        return self.table.used_bytes(self.size)
+
+    @property
+    def digest(self) -> str:
+        return self.trailer.digest.hex()
+
+    @property
+    def stored_bytes(self) -> int:
+        return self.trailer.stored_bytes
+
+    @property
+    def physical_map(self) -> PhysicalMap:
+        r = self._pmap_runs
+        offsets = r["physical"].astype(np.int64)  # UNKNOWN_OFFSET wraps to -1
+        return PhysicalMap(self.devices, r["volume_offset"].astype(np.int64),
+                           r["length"].astype(np.int64), r["device"].astype(np.int32), offsets,
+                           r["flags"].astype(np.uint32))
+
+    # -- data ----------------------------------------------------------------------------------
+    def frame(self, seq: int) -> bytes:
+        """Decoded, checked raw bytes of frame ``seq`` (cached)."""
+        with self._lock:
+            hit = self._cache.get(seq)
+            if hit is not None:
+                self._cache.move_to_end(seq)
+                return hit
+        import zstandard
+
+        off = int(self._offsets[seq])
+        data = self.medium.read_at(off, R.FRAME_HEADER_SIZE + int(self._stored[seq]))
+        where = f"{self.url} at offset {off}"
+        fh = R.decode_frame_header(data[:R.FRAME_HEADER_SIZE], self.header, seq, where)
+        if fh.stored_length != int(self._stored[seq]):
+            raise CorruptArchive(f"{where}: frame {seq} stored length {fh.stored_length}, index "
+                                 f"says {int(self._stored[seq])}")
+        raw = bytes(decode_frame_payload(zstandard.ZstdDecompressor(), fh,
+                                         memoryview(data)[R.FRAME_HEADER_SIZE:], where))
+        with self._lock:
+            self._cache[seq] = raw
+            while len(self._cache) > self._cache_frames:
+                self._cache.popitem(last=False)
+        return raw
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Volume bytes ``[offset, offset+length)``; zeros where nothing is used."""
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise ValueError(f"read of {length} bytes at {offset} outside the volume of "
+                             f"{self.size} bytes")
+        out = bytearray(length)
+        vs, lens, ds = self.table.volume_to_dense(offset, offset + length)
+        fs = self.frame_size
+        for v, n, d in zip(vs.tolist(), lens.tolist(), ds.tolist(), strict=True):
+            pos = v - offset
+            while n > 0:
+                seq, within = divmod(d, fs)
+                take = min(n, fs - within)
+                out[pos:pos + take] = self.frame(seq)[within:within + take]
+                pos, d, n = pos + take, d + take, n - take
+        return bytes(out)
+
+    def close(self) -> None:
+        self.medium.close()
+
+    def __enter__(self) -> Archive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_archive(url: str, *, cache_frames: int = 16) -> Archive:
+    """Open the archive at ``url`` for random access (footer → trailer → tables → index)."""
+    medium = open_reader(url)
+    try:
+        return Archive(medium, cache_frames=cache_frames)
+    except BaseException:
+        medium.close()
+        raise

@@ -1,0 +1,341 @@
+"""Wires the stages for backup, restore, verify and map; returns typed results.
+
+backup:  Source → used map → AddressTable → [Staging] → ArchiveWriter → Medium
+restore: Medium → ArchiveStream → tables → scatter frames → Target
+Library code: no printing; progress and notices go through callbacks.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid as uuidlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from volpack import __version__
+from volpack.compact.table import AddressTable
+from volpack.detect import Detection, used_map
+from volpack.errors import SourceError, TargetError, UsageError, VolumeDiffers
+from volpack.extents import Extents
+from volpack.format import records as R
+from volpack.source import open_source
+from volpack.source.base import PhysicalMap
+
+DEFAULT_BLOCK = 4096
+DEFAULT_FRAME = 4 << 20
+DEFAULT_COMPRESS = "zstd:1"
+
+# progress(phase, done, total): phase is "scan", "stage", "write", "restore", "verify".
+Progress = Callable[[str, int, int], None]
+
+
+def parse_compress(text: str) -> tuple[int, int]:
+    """'none' | 'zstd' | 'zstd:LEVEL' → (codec, level)."""
+    name, _, level = text.partition(":")
+    if name == "none" and not level:
+        return R.CODEC_NONE, 0
+    if name == "zstd":
+        try:
+            lvl = int(level) if level else 1
+        except ValueError:
+            lvl = 99
+        if not -7 <= lvl <= 22:
+            raise UsageError(f"--compress {text}: zstd level must be a number from -7 to 22")
+        return R.CODEC_ZSTD, lvl
+    raise UsageError(f"--compress {text}: unknown codec; use none, zstd or zstd:LEVEL")
+
+
+def check_block_size(block_size: int, frame_size: int) -> None:
+    if not (block_size & (block_size - 1) == 0 and R.MIN_BLOCK <= block_size <= R.MAX_BLOCK):
+        raise UsageError(f"--block-size {block_size}: must be a power of two from 512 to 1 MiB")
+    if not (frame_size & (frame_size - 1) == 0 and R.MIN_FRAME <= frame_size <= R.MAX_FRAME):
+        raise UsageError(f"--frame-size {frame_size}: must be a power of two from 64 KiB to 64 MiB")
+    if frame_size < block_size:
+        raise UsageError(f"--frame-size {frame_size} is smaller than --block-size {block_size}")
+
+
+def _region_json(detection: Detection) -> list[dict[str, Any]]:
+    return [{"start": r.start, "end": r.end, "detector": r.detector, "details": r.details}
+            for r in detection.regions]
+
+
+def pmap_array(pmap: PhysicalMap):  # -> np.ndarray of PMAP_DTYPE
+    import numpy as np
+
+    runs = np.zeros(len(pmap), R.PMAP_DTYPE)
+    runs["volume_offset"] = pmap.starts
+    runs["length"] = pmap.lengths
+    runs["physical"] = np.where(pmap.offsets < 0, np.uint64(R.UNKNOWN_OFFSET),
+                                pmap.offsets.astype(np.uint64))
+    runs["device"] = pmap.device
+    runs["flags"] = pmap.flags
+    return runs
+
+
+# -- map ----------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, eq=False)
+class VolumeMap:
+    path: str
+    size: int
+    source: dict[str, Any]
+    detection: Detection
+    physical_map: PhysicalMap
+    elapsed: float
+
+
+def map_volume(source: str, *, block_size: int = DEFAULT_BLOCK, detect: str = "auto",
+               source_format: str = "auto", pvs: tuple[str, ...] = (),
+               progress: Progress | None = None) -> VolumeMap:
+    """Used map and physical map of a volume, without writing anything."""
+    check_block_size(block_size, DEFAULT_FRAME)
+    t0 = time.perf_counter()
+    src = open_source(source, source_format, pvs=pvs)
+    try:
+        scan = (lambda done: progress("scan", done, src.size)) if progress else None
+        detection = used_map(src, block_size, detect, scan)
+        pmap = src.physical_map()
+        info = src.info
+        return VolumeMap(source, src.size, {"kind": info.kind, "path": info.path,
+                                            "details": info.details}, detection, pmap,
+                         time.perf_counter() - t0)
+    finally:
+        src.close()
+
+
+# -- backup -------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class BackupResult:
+    archive_uuid: str
+    url: str
+    volume_size: int
+    block_size: int
+    used_blocks: int
+    dense_size: int
+    archive_size: int
+    stored_bytes: int
+    frame_count: int
+    digest: str
+    elapsed: float
+    created_ns: int
+    source: dict[str, Any]
+    detection: dict[str, Any] = field(default_factory=dict)
+    staging: str | None = None
+
+
+def backup(source: str, archive_url: str, *, block_size: int = DEFAULT_BLOCK,
+           detect: str = "auto", compress: str = DEFAULT_COMPRESS, frame_size: int = DEFAULT_FRAME,
+           staging: str | None = None, force: bool = False, source_format: str = "auto",
+           pvs: tuple[str, ...] = (), allow_mounted: bool = False, threads: int = 2,
+           progress: Progress | None = None,
+           on_source_released: Callable[[], None] | None = None) -> BackupResult:
+    """Back up the used blocks of ``source`` to a new archive at ``archive_url``."""
+    from volpack.compact.dense import DenseReader
+    from volpack.compact.staging import Staging
+    from volpack.format.writer import ArchiveWriter
+    from volpack.media import open_writer
+
+    check_block_size(block_size, frame_size)
+    codec, level = parse_compress(compress)
+    t0 = time.perf_counter()
+    if not allow_mounted:
+        from volpack.detect.mounted import check_not_mounted
+
+        check_not_mounted(source)
+    src = open_source(source, source_format, pvs=pvs)
+    medium = None
+    stage = None
+    try:
+        before = src.identity()
+        medium = open_writer(archive_url, force=force)
+        scan = (lambda done: progress("scan", done, src.size)) if progress else None
+        detection = used_map(src, block_size, detect, scan)
+        table = AddressTable.from_used(detection.used, block_size)
+        pmap = src.physical_map()
+        info = src.info
+        created = time.time_ns()
+        header = R.Header(str(uuidlib.uuid4()), block_size, frame_size, src.size,
+                          table.used_blocks, created, codec, level)
+        source_desc = {"kind": info.kind, "path": info.path, "details": info.details}
+        detection_desc = {"mode": detect, "regions": _region_json(detection),
+                          "warnings": list(detection.warnings)}
+        desc = {"tool": f"volpack {__version__}", "host": socket.gethostname(),
+                "source": source_desc, "detection": detection_desc,
+                "options": {"compress": compress, "staging": staging is not None}}
+        head = (R.encode_desc(desc) + R.encode_pmap(pmap.devices, pmap_array(pmap))
+                + R.encode_atab(table.volume_block, table.count))
+        writer = ArchiveWriter(medium, header, head, threads=threads)
+        total = table.dense_size
+        if staging is not None:
+            stage = Staging(staging, total, force=force)
+            fill = (lambda done: progress("stage", done, total)) if progress else None
+            stage.fill(src, table, pmap, fill)
+            _check_unchanged(src, before, source)
+            src.close()
+            if on_source_released is not None:
+                on_source_released()
+            read = stage.read
+        else:
+            read = DenseReader(src, table).read
+        fs = frame_size
+        writer.write_head()
+        writer.write_frames(lambda seq, view: read(seq * fs, view),
+                            (lambda done: progress("write", done, total)) if progress else None)
+        if staging is None:
+            _check_unchanged(src, before, source)
+        written = writer.finish()
+        medium.commit()
+    except BaseException:
+        if medium is not None:
+            medium.abort()
+        raise
+    finally:
+        src.close()
+        if stage is not None:
+            stage.close()
+    return BackupResult(header.uuid, archive_url, header.volume_size, block_size,
+                        header.used_blocks, header.dense_size, written.archive_size,
+                        written.stored_bytes, written.frame_count, written.digest,
+                        time.perf_counter() - t0, created, source_desc, detection_desc, staging)
+
+
+def _check_unchanged(src: Any, before: tuple[object, ...], path: str) -> None:
+    if src.identity() != before:
+        raise SourceError(f"{path}: the volume changed during the backup (size or modification "
+                          "time); back up a snapshot or an unmounted, inactive volume")
+
+
+# -- restore ------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class RestoreResult:
+    archive_uuid: str
+    target: str
+    volume_size: int
+    used_bytes: int
+    frame_count: int
+    elapsed: float
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino) or (
+        sa.st_rdev != 0 and sa.st_rdev == sb.st_rdev)
+
+
+def restore(archive_url: str, target: str, *, force: bool = False, allow_smaller: bool = False,
+            assume_zeroed: bool = False, target_format: str = "raw",
+            progress: Progress | None = None) -> RestoreResult:
+    """Restore the volume in ``archive_url`` to ``target`` (thin file or block device)."""
+    from volpack.format.random_access import Archive
+    from volpack.format.reader import ArchiveStream
+    from volpack.media import open_reader, scheme_of
+    from volpack.restore.targets import open_raw_target
+
+    t0 = time.perf_counter()
+    if scheme_of(archive_url) == "file" and _same_file(archive_url, target):
+        raise TargetError(f"{target}: is the archive being restored; choose another target")
+    medium = open_reader(archive_url)
+    tgt = None
+    try:
+        if medium.size is not None:
+            Archive(medium)  # footer and trailer first: refuse incomplete archives up front
+        stream = ArchiveStream(medium)
+        head = stream.read_head()
+        h = head.header
+        used_bytes = head.table.used_bytes(h.volume_size)
+        if target_format == "raw":
+            tgt = open_raw_target(target, force=force, allow_smaller=allow_smaller,
+                                  assume_zeroed=assume_zeroed)
+        elif target_format == "qcow2":
+            from volpack.restore.qcow2 import open_qcow2_target
+
+            tgt = open_qcow2_target(target, force=force)
+        else:
+            raise UsageError(f"--target-format {target_format}: use raw or qcow2")
+        tgt.prepare(h.volume_size, used_bytes)
+        _scatter(stream, head.table, h.volume_size, tgt.write_at, h.dense_size, progress)
+        stream.read_tail()
+        tgt.finish()
+    except BaseException:
+        if tgt is not None:
+            tgt.abort()
+        raise
+    finally:
+        medium.close()
+    return RestoreResult(h.uuid, target, h.volume_size, used_bytes.total(), h.frame_count,
+                         time.perf_counter() - t0)
+
+
+def _scatter(stream: Any, table: AddressTable, volume_size: int,
+             write_at: Callable[[int, memoryview], None], total: int,
+             progress: Progress | None) -> None:
+    """Frames in dense order → writes at volume offsets (increasing), clipped to the volume."""
+    for dense_offset, raw in stream.frames():
+        vs, lens, ds = table.dense_to_volume(dense_offset, dense_offset + len(raw))
+        for v, n, d in zip(vs.tolist(), lens.tolist(), ds.tolist(), strict=True):
+            n = min(n, volume_size - v)
+            if n > 0:
+                pos = d - dense_offset
+                write_at(v, raw[pos:pos + n])
+        if progress is not None:
+            progress("restore", dense_offset + len(raw), total)
+
+
+# -- verify -------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    archive_uuid: str
+    url: str
+    frame_count: int
+    archive_size: int
+    digest: str
+    against: str | None
+    differences: tuple[tuple[int, int], ...]  # first differing byte ranges (volume offsets)
+    elapsed: float
+
+
+def verify(archive_url: str, *, against: str | None = None, source_format: str = "auto",
+           pvs: tuple[str, ...] = (), progress: Progress | None = None) -> VerifyResult:
+    """Read the whole archive checking every frame, count and the digest; with ``against``, also
+    compare a volume with it (used blocks equal, unused blocks zero). Raises on any failure."""
+    from volpack.format.reader import ArchiveStream
+    from volpack.media import open_reader
+    from volpack.restore.compare import VolumeComparer
+
+    t0 = time.perf_counter()
+    medium = open_reader(archive_url)
+    comparer = None
+    try:
+        stream = ArchiveStream(medium)
+        head = stream.read_head()
+        h = head.header
+        if against is not None:
+            comparer = VolumeComparer(open_source(against, source_format, pvs=pvs), h.volume_size)
+        sink = comparer.compare_at if comparer else (lambda off, data: None)
+        _scatter(stream, head.table, h.volume_size, sink, h.dense_size, progress)
+        trailer = stream.read_tail()
+        diffs: tuple[tuple[int, int], ...] = ()
+        if comparer is not None:
+            comparer.check_unused(head.table.used_bytes(h.volume_size))
+            diffs = comparer.differences()
+    finally:
+        medium.close()
+        if comparer is not None:
+            comparer.close()
+    result = VerifyResult(h.uuid, archive_url, h.frame_count, stream.offset, trailer.digest.hex(),
+                          against, diffs, time.perf_counter() - t0)
+    if diffs:
+        first = ", ".join(f"[{a}, {b})" for a, b in diffs[:5])
+        raise VolumeDiffers(f"{against}: differs from archive {archive_url} in "
+                            f"{len(diffs)}{'+' if len(diffs) >= 64 else ''} byte range(s), first "
+                            f"{first}; the archive itself is intact")
+    return result
+
+
+__all__ = ["BackupResult", "Extents", "RestoreResult", "VerifyResult", "VolumeMap", "backup",
+           "map_volume", "restore", "verify"]

@@ -1,0 +1,184 @@
+"""Raw restore targets: a thin regular file, or a block device.
+
+A file target is written under a temporary name and renamed only after the whole archive checked
+out, so an existing file (``--force``) stays intact until then and a failed restore leaves
+nothing. A block device is written in place; unused ranges are zeroed unless the caller says the
+device already reads zeros.
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import fcntl
+import os
+import secrets
+import stat
+
+from volpack.errors import TargetError
+from volpack.extents import Extents
+from volpack.units import human
+
+BLKGETSIZE64 = 0x80081272
+BLKZEROOUT = 0x127F
+_ZERO_CHUNK = 8 << 20
+
+
+def _pwrite_all(fd: int, path: str, offset: int, data: memoryview) -> None:
+    try:
+        while data:
+            n = os.pwritev(fd, [data], offset)
+            data, offset = data[n:], offset + n
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise TargetError(f"{path}: no space left at offset {offset}; free space or choose "
+                              "another target (nothing was replaced)") from None
+        raise TargetError(f"{path}: write error at offset {offset} ({exc.strerror})") from None
+
+
+class FileTarget:
+    """A thin file: unused blocks stay holes; the exact volume size is set at the end."""
+
+    def __init__(self, path: str, *, force: bool) -> None:
+        self.path = path
+        self.description = f"thin file {path}"
+        if os.path.lexists(path) and not force:
+            raise TargetError(f"{path}: already exists; use --force to replace it (it is kept "
+                              "until the restore has fully succeeded)")
+        directory, name = os.path.split(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise TargetError(f"{path}: directory {directory} does not exist; create it first")
+        self.tmp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.partial")
+        self.fd = -1
+        self.size = 0
+
+    def prepare(self, volume_size: int, used_bytes: Extents) -> None:
+        directory = os.path.dirname(self.tmp)
+        vfs = os.statvfs(directory)
+        free = vfs.f_bavail * vfs.f_frsize
+        need = used_bytes.total()
+        if free < need:
+            raise TargetError(f"{self.path}: {human(free)} ({free} B) free in {directory}, the "
+                              f"restore needs {human(need)} ({need} B); free space first")
+        self.size = volume_size
+        try:
+            self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise TargetError(f"{self.path}: cannot create ({exc.strerror})") from None
+
+    def write_at(self, offset: int, data: memoryview) -> None:
+        _pwrite_all(self.fd, self.path, offset, data)
+
+    def finish(self) -> None:
+        try:
+            os.ftruncate(self.fd, self.size)
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+            os.replace(self.tmp, self.path)
+            dfd = os.open(os.path.dirname(self.tmp), os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as exc:
+            raise TargetError(f"{self.path}: could not complete the restore ({exc.strerror}); "
+                              "the previous file, if any, is unchanged") from None
+
+    def abort(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        try:
+            os.unlink(self.tmp)
+        except FileNotFoundError:
+            pass
+
+
+class DeviceTarget:
+    """A block device written in place; unused ranges zeroed (BLKZEROOUT, else zero writes)."""
+
+    def __init__(self, path: str, *, force: bool, allow_smaller: bool, assume_zeroed: bool
+                 ) -> None:
+        self.path = path
+        self.description = f"block device {path}"
+        if not force:
+            raise TargetError(f"{path}: is a block device; restoring overwrites all of it, add "
+                              "--force")
+        try:
+            self.fd = os.open(path, os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC)
+        except OSError as exc:
+            hint = " (mounted or in use)" if exc.errno == errno.EBUSY else ""
+            raise TargetError(f"{path}: cannot open for writing{hint} ({exc.strerror})") from None
+        buf = array.array("B", bytes(8))
+        fcntl.ioctl(self.fd, BLKGETSIZE64, buf, True)
+        self.capacity = int.from_bytes(buf.tobytes(), "little")
+        self.allow_smaller = allow_smaller
+        self.assume_zeroed = assume_zeroed
+        self.limit = 0
+        self.zeroed_to = 0
+        self._zeroout_ok = True
+
+    def prepare(self, volume_size: int, used_bytes: Extents) -> None:
+        highest = used_bytes.last
+        if self.capacity < volume_size:
+            if not self.allow_smaller:
+                raise TargetError(
+                    f"{self.path}: device holds {self.capacity} B, the volume is {volume_size} B; "
+                    f"use a larger device, or --allow-smaller (needs at least {highest} B, the "
+                    "end of the highest used block)")
+            if self.capacity < highest:
+                raise TargetError(f"{self.path}: device holds {self.capacity} B, the highest used "
+                                  f"byte ends at {highest} B; use a device of at least that size")
+        self.limit = min(volume_size, self.capacity)
+
+    def _zero(self, start: int, end: int) -> None:
+        if self.assume_zeroed or end <= start:
+            return
+        if self._zeroout_ok and start % 512 == 0 and end % 512 == 0:
+            try:
+                fcntl.ioctl(self.fd, BLKZEROOUT, array.array("Q", [start, end - start]))
+                return
+            except OSError:
+                self._zeroout_ok = False  # not supported here: fall back to writing zeros
+        zeros = memoryview(bytes(min(_ZERO_CHUNK, end - start)))
+        for off in range(start, end, _ZERO_CHUNK):
+            _pwrite_all(self.fd, self.path, off, zeros[:min(_ZERO_CHUNK, end - off)])
+
+    def write_at(self, offset: int, data: memoryview) -> None:
+        self._zero(self.zeroed_to, offset)
+        _pwrite_all(self.fd, self.path, offset, data)
+        self.zeroed_to = offset + len(data)
+
+    def finish(self) -> None:
+        self._zero(self.zeroed_to, self.limit)
+        try:
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+        except OSError as exc:
+            raise TargetError(f"{self.path}: flushing the device failed ({exc.strerror}); its "
+                              "contents are not reliable") from None
+
+    def abort(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def open_raw_target(path: str, *, force: bool = False, allow_smaller: bool = False,
+                    assume_zeroed: bool = False) -> FileTarget | DeviceTarget:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise TargetError(f"{path}: cannot stat ({exc.strerror})") from None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise TargetError(f"{path}: is a directory; give a file name or a block device")
+    if st is not None and stat.S_ISBLK(st.st_mode):
+        return DeviceTarget(path, force=force, allow_smaller=allow_smaller,
+                            assume_zeroed=assume_zeroed)
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise TargetError(f"{path}: not a regular file or block device")
+    return FileTarget(path, force=force)
