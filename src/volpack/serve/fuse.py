@@ -36,7 +36,15 @@ def _load_mfusepy() -> Any:
     return mfusepy
 
 
-def make_operations(volume: Volume, file_name: str, mfusepy: Any) -> Any:
+class Session:
+    """Whether libfuse started and ended the filesystem (tells a signal stop from a failure)."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.ended = False
+
+
+def make_operations(volume: Volume, file_name: str, mfusepy: Any, session: Session) -> Any:
     """An mfusepy ``Operations`` object exposing ``volume`` as ``/<file_name>``."""
     size = int(volume.size)
     used = int(volume.used_bytes().clip(0, size).total())
@@ -45,6 +53,12 @@ def make_operations(volume: Volume, file_name: str, mfusepy: Any) -> Any:
 
     class VolumeFS(mfusepy.Operations):  # type: ignore[misc, name-defined]
         use_ns = True
+
+        def init(self, path: str) -> None:
+            session.started = True
+
+        def destroy(self, path: str) -> None:
+            session.ended = True
 
         def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
             base = {"st_uid": os.getuid(), "st_gid": os.getgid()}
@@ -121,7 +135,8 @@ def mount(
         raise UsageError(f"file name {file_name!r}: use a plain name like {DEFAULT_FILE_NAME}")
     check_mountpoint(mountpoint)
     mfusepy = _load_mfusepy()
-    ops = make_operations(volume, file_name, mfusepy)
+    session = Session()
+    ops = make_operations(volume, file_name, mfusepy, session)
     try:
         mfusepy.FUSE(
             ops,
@@ -133,6 +148,11 @@ def mount(
             debug=debug,
         )
     except RuntimeError as exc:
+        # libfuse reports a loop ended by SIGINT/SIGTERM as an error code, but it has unmounted
+        # cleanly (destroy ran): that is the normal way to stop.
+        if session.started and session.ended:
+            log.info("%s: unmounted", mountpoint)
+            return
         raise UsageError(
             f"{mountpoint}: FUSE mount failed ({exc}); check /dev/fuse, fusermount3 and permissions"
         ) from None
