@@ -215,6 +215,9 @@ class NbdServer:
             log.info("nbd: client %s dropped: %s", peer, exc)
         except OSError as exc:
             log.debug("nbd: client %s: %s", peer, exc)
+        except Exception:
+            # A bug must not take the server down: drop this client, keep the traceback in the log.
+            log.exception("nbd: client %s: internal error; connection closed", peer)
         finally:
             with contextlib.suppress(OSError):
                 conn.sock.close()
