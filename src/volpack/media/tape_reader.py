@@ -40,6 +40,7 @@ class TapeReader:
 
     def __init__(self, parsed: TapeURL) -> None:
         self.url = parsed.url
+        self._name = parsed.display
         self._changer = VolumeChanger(parsed, write=False, force=False)
         # Variable-length reads need a buffer as large as any record the tape may hold.
         self._buf = bytearray(MAX_RECORD)
@@ -74,7 +75,7 @@ class TapeReader:
 
     def read_at(self, offset: int, length: int) -> bytes:
         raise MediumError(
-            f"{self.url}: tape is sequential and has no random access (offset {offset}); read it "
+            f"{self._name}: tape is sequential and has no random access (offset {offset}); read it "
             "in one pass (restore, verify) or copy the archive to a file first"
         )
 
@@ -102,13 +103,13 @@ class TapeReader:
     # --- internals ---------------------------------------------------------------------------
 
     def _where(self) -> str:
-        name = self._dev.name if self._dev else self.url
+        name = self._dev.name if self._dev else self._name
         return f"{name}: volume {self._volume} record {self._record}"
 
     def _read(self) -> int:
         dev = self._dev
         if dev is None:
-            raise MediumError(f"{self.url}: no tape drive open")
+            raise MediumError(f"{self._name}: no tape drive open")
         try:
             n = dev.read_record(memoryview(self._buf))
         except OSError as exc:
@@ -122,7 +123,7 @@ class TapeReader:
         return n
 
     def _open_volume(self, expected: int) -> None:
-        name = self._dev.name if self._dev else self.url
+        name = self._dev.name if self._dev else self._name
         self._volume, self._record = expected, 0
         n = self._read()
         if n == 0:

@@ -34,6 +34,13 @@ class TapeURL:
     volume_size: int | None  # bytes per volume for media that do not signal their end
     next_command: str | None  # run between volumes (after the device list is used up)
 
+    @property
+    def display(self) -> str:
+        """The URL without its options, for messages (the next command can be long)."""
+        scheme = "tape+emu" if self.emulated else "tape"
+        where = f"#{self.file_number}" if self.file_number is not None else ""
+        return f"{scheme}:{','.join(self.devices)}{where}"
+
 
 def parse_tape_url(url: str) -> TapeURL:
     from volpack.units import parse_size
@@ -167,7 +174,7 @@ class VolumeChanger:
         except OSError as exc:
             device.close()
             raise MediumNotFound(
-                f"{self.parsed.url}: cannot space to file {self.parsed.file_number} "
+                f"{self.parsed.display}: cannot space to file {self.parsed.file_number} "
                 f"({os.strerror(exc.errno or errno.EIO)}): the tape holds fewer files, or a read "
                 "error; check the file number"
             ) from exc
@@ -186,7 +193,7 @@ class VolumeChanger:
             self._run_next(volume, set_uuid)
         else:
             raise MediumFull(
-                f"{parsed.url}: volume {volume} of tape set {set_uuid} is needed and no next "
+                f"{parsed.display}: volume {volume} of tape set {set_uuid} is needed and no next "
                 "volume is configured; give a device list (tape:/dev/nst0,/dev/nst1) or "
                 "--tape-next CMD"
             )
@@ -208,6 +215,6 @@ class VolumeChanger:
         done = subprocess.run(self.parsed.next_command, shell=True, env=env, stdout=2, check=False)
         if done.returncode != 0:
             raise MediumError(
-                f"{self.parsed.url}: next-volume command exited with status {done.returncode} "
+                f"{self.parsed.display}: next-volume command exited with status {done.returncode} "
                 f"before volume {volume}; fix the command or load volume {volume} and retry"
             )

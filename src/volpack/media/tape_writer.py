@@ -42,6 +42,7 @@ class TapeWriter:
 
     def __init__(self, parsed: TapeURL, *, force: bool) -> None:
         self.url = parsed.url
+        self._name = parsed.display
         self._parsed = parsed
         self._set = uuid.uuid4()
         self._rs = parsed.record_size
@@ -148,7 +149,7 @@ class TapeWriter:
 
     def _check_open(self) -> None:
         if self._state != "open":
-            raise MediumError(f"{self.url}: tape writer is {self._state}; start a new backup")
+            raise MediumError(f"{self._name}: tape writer is {self._state}; start a new backup")
 
     def _start(self, head_length: int) -> None:
         pending = self._pending if self._pending is not None else bytearray()
@@ -196,7 +197,7 @@ class TapeWriter:
                     raise medium_error(self._device().name, exc, "writing a record") from exc
                 if self._vol_data_records == 0:
                     raise MediumFull(
-                        f"{self.url}: volume {self._volume} is full before its first data "
+                        f"{self._name}: volume {self._volume} is full before its first data "
                         "record; use a larger tape or a smaller record size"
                     ) from exc
                 self._next_volume("the drive signalled the end of the medium")
@@ -209,7 +210,7 @@ class TapeWriter:
 
     def _device(self) -> TapeDevice:
         if self._dev is None:
-            raise MediumError(f"{self.url}: no tape drive open")
+            raise MediumError(f"{self._name}: no tape drive open")
         return self._dev
 
     def _control(self, kind: int, length: int) -> None:
@@ -250,7 +251,7 @@ class TapeWriter:
 
     def _new_volume(self) -> None:
         if self._dev is None:
-            raise MediumError(f"{self.url}: no tape drive open")
+            raise MediumError(f"{self._name}: no tape drive open")
         self._volume += 1
         self._vol_records = 0
         self._vol_data_records = 0
@@ -263,7 +264,7 @@ class TapeWriter:
             and (count + 2) * self._rs > self._parsed.volume_size
         ):
             raise MediumFull(
-                f"{self.url}: a volume of {self._parsed.volume_size} bytes cannot hold the "
+                f"{self._name}: a volume of {self._parsed.volume_size} bytes cannot hold the "
                 f"{count}-record volume header, a data record and the end record; "
                 "give a larger --volume-size"
             )
@@ -284,7 +285,7 @@ class TapeWriter:
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise MediumFull(
-                    f"{self.url}: volume {self._volume} is full inside its volume header; "
+                    f"{self._name}: volume {self._volume} is full inside its volume header; "
                     "use a larger tape"
                 ) from exc
             raise medium_error(self._dev.name, exc, "writing the volume header") from exc
