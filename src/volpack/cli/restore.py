@@ -15,7 +15,7 @@ from volpack.cli.common import (
     emit,
     rate,
 )
-from volpack.errors import EXIT_OK
+from volpack.errors import EXIT_OK, UsageError
 from volpack.units import human
 
 
@@ -24,7 +24,8 @@ def register(sub: Any) -> None:
                        description="Restore the volume held in an archive. Nothing is written "
                        "before the archive's header and tables check out; a file target is "
                        "replaced only when the whole archive checked out.")
-    p.add_argument("archive", help="archive path, '-' for stdin, a URL, or a catalog id")
+    p.add_argument("archive", nargs="?",
+                   help="archive path, '-' for stdin, a URL, or a catalog id (omit with --volume)")
     p.add_argument("target", help="file (restored thin) or block device (needs --force)")
     p.add_argument("--force", action="store_true",
                    help="replace an existing file or overwrite a block device")
@@ -35,6 +36,12 @@ def register(sub: Any) -> None:
     p.add_argument("--target-format", choices=("raw", "qcow2"), default="raw",
                    help="write the target as raw (default) or qcow2")
     p.add_argument("--catalog", metavar="PATH", help="catalog for archive ids")
+    p.add_argument("--volume", metavar="PATH",
+                   help="instead of ARCHIVE: the catalogued backup of this volume made at or "
+                   "before --at")
+    p.add_argument("--at", metavar="TIME", default="now",
+                   help="with --volume: ISO 8601 time (local unless a zone is given; a bare date "
+                   "is the end of that day), 'now' (default) or @SECONDS")
     add_medium_options(p)
     add_output_options(p)
     p.set_defaults(func=run)
@@ -55,7 +62,16 @@ def run(args: argparse.Namespace) -> int:
     from volpack.pipeline import restore
 
     apply_medium_options(args)
-    archive = resolve_archive(args.archive, args.catalog)
+    if args.volume is not None:
+        if args.archive is not None:
+            raise UsageError("restore: give either ARCHIVE or --volume, not both")
+        from volpack.catalog import resolve_volume_at
+
+        archive = resolve_volume_at(args.volume, args.at, args.catalog)
+    elif args.archive is None:
+        raise UsageError("restore: give ARCHIVE (path, URL or catalog id) or --volume PATH")
+    else:
+        archive = resolve_archive(args.archive, args.catalog)
     progress = Progress(args)
     try:
         result = restore(archive, args.target, force=args.force,
