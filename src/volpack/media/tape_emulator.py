@@ -304,9 +304,13 @@ def main(argv: list[str] | None = None) -> int:
     new CART CAPACITY [EARLY_WARNING] | load DRIVE CART | unload DRIVE |
     next DRIVE CART... (load the cartridge after the loaded one) | inject-eio CART FILE RECORD
     """
+    from volpack.errors import VolpackError
     from volpack.units import parse_size
 
     args = sys.argv[1:] if argv is None else argv
+    if not args:
+        print(main.__doc__, file=sys.stderr)
+        return 2
     try:
         verb, rest = args[0], args[1:]
         if verb == "new" and len(rest) in (2, 3):
@@ -329,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(main.__doc__, file=sys.stderr)
             return 2
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, VolpackError) as exc:
         print(f"tape_emulator: {exc}", file=sys.stderr)
         return 1
     return 0
