@@ -202,6 +202,7 @@ class VolumeChanger:
         return device
 
     def _run_next(self, volume: int, set_uuid: str) -> None:
+        command = self.parsed.next_command or "false"
         dev = self.parsed.devices[self._index]
         env = dict(os.environ)
         env.update(
@@ -212,7 +213,7 @@ class VolumeChanger:
         )
         log.info("tape: running the next-volume command for volume %d on %s", volume, dev)
         # The command's output goes to stderr: stdout carries volpack's results.
-        done = subprocess.run(self.parsed.next_command, shell=True, env=env, stdout=2, check=False)
+        done = subprocess.run(command, shell=True, env=env, stdout=2, check=False)
         if done.returncode != 0:
             raise MediumError(
                 f"{self.parsed.display}: next-volume command exited with status {done.returncode} "
