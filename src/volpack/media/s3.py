@@ -208,7 +208,7 @@ class S3Writer:
             if self._objects[0].upload_id is None:
                 self._put_single()
             else:
-                if self._fill or self._objects[-1].parts == 0:
+                if self._fill:
                     self._flush_part()
                 while self._inflight:
                     self._reap_oldest()

