@@ -63,6 +63,7 @@ class Qcow2Target:
         self.tmp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.partial")
         self.fd = -1
         self.size = 0
+        self.header_size = 0
         self.l2_entries = cluster_size // 8
         self.l1_size = 0
         self.tables: dict[int, np.ndarray] = {}  # L1 index -> L2 table (host offsets | COPIED)
@@ -75,7 +76,10 @@ class Qcow2Target:
     def prepare(self, volume_size: int, used_bytes: Extents) -> None:
         cs = self.cluster_size
         self.size = volume_size
-        self.l1_size = -(-volume_size // (cs * self.l2_entries))
+        # qemu sees a qcow2 disk in whole 512-byte sectors and drops a partial last one, so the
+        # header says the size rounded up (like qemu-img create); the extra bytes read zeros.
+        self.header_size = -(-volume_size // 512) * 512
+        self.l1_size = -(-self.header_size // (cs * self.l2_entries))
         if self.l1_size * 8 > MAX_L1_BYTES:
             raise TargetError(
                 f"{self.path}: a {volume_size}-byte volume needs an L1 table of "
@@ -206,7 +210,7 @@ class Qcow2Target:
         l2_order = sorted(self.tables)
         l2_at = self.next_host
         l1_at = l2_at + len(l2_order) * cs
-        l1_clusters = max(1, -(-self.l1_size * 8 // cs))
+        l1_clusters = -(-self.l1_size * 8 // cs)
         refs_at = l1_at + l1_clusters * cs
         fixed = refs_at // cs  # clusters before the refcount structures (header, data, L2, L1)
         per_block = cs * 8 >> REFCOUNT_ORDER
@@ -242,7 +246,7 @@ class Qcow2Target:
             0,  # backing_file_offset
             0,  # backing_file_size
             self.cluster_bits,
-            self.size,
+            self.header_size,
             0,  # crypt_method
             self.l1_size,
             l1_at,
