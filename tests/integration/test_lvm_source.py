@@ -318,8 +318,8 @@ def merge_runs(runs: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
 # -- fixtures ---------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
+@pytest.fixture(scope="module", name="lab")
+def lab_fixture(tmp_path_factory):
     reason = skip_reason()
     if reason:
         pytest.skip(reason)
