@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import uuid as uuidlib
 
@@ -10,7 +11,7 @@ import pytest
 
 from volpack.catalog import ArchiveEntry, Catalog, Policy
 from volpack.catalog.prune import check, execute, location_of, plan
-from volpack.errors import MediumError, MediumTransient
+from volpack.errors import MediumError, MediumTransient, UsageError
 from volpack.media import file as file_medium
 
 DAY = 86400.0
@@ -155,3 +156,24 @@ def test_file_medium_lists_regular_files_but_not_partial_ones(tmp_path):
     assert [u for u, _, _ in listed] == [str(tmp_path / "a.vpk")]
     with pytest.raises(MediumError):
         file_medium.list_archives(str(tmp_path / "a.vpk"))
+
+
+def test_medium_that_cannot_list_aborts_prune_with_source_hint(setup):
+    cat, media, a, b = setup
+    on_tape = ArchiveEntry(
+        uuid=str(uuidlib.uuid4()),
+        created=T0 - DAY,
+        source_path="/vol/t",
+        source_kind="file",
+        volume_size=1,
+        block_size=4096,
+        used_blocks=1,
+        format_version="1.0",
+        urls=("tape:/dev/nst0",),
+    )
+    cat.add(on_tape)
+    cat.add(dataclasses.replace(on_tape, uuid=str(uuidlib.uuid4()), created=T0 - 2 * DAY))
+    p = plan(cat, Policy(last=1), tz=dt.UTC)
+    with pytest.raises(UsageError, match="cannot list tape:/dev/, nothing deleted.*--source"):
+        check(p)
+    assert len(list(media.iterdir())) == 13

@@ -18,7 +18,7 @@ from volpack import media
 from volpack.catalog.policy import Decision, Policy, Snapshot, apply
 from volpack.catalog.record import normalize_url
 from volpack.catalog.store import ArchiveEntry, Catalog
-from volpack.errors import MediumError, VolpackError
+from volpack.errors import MediumError, UsageError, VolpackError
 
 log = logging.getLogger("volpack")
 
@@ -110,6 +110,11 @@ def check(
                 continue
             try:
                 listings[where] = {normalize_url(u) for u, _, _ in lister(where)}
+            except UsageError as exc:
+                raise UsageError(
+                    f"prune: cannot list {where}, nothing deleted: {exc}; "
+                    "limit the prune to other volumes with --source"
+                ) from exc
             except VolpackError as exc:
                 raise type(exc)(f"prune: listing {where} failed, nothing deleted: {exc}") from exc
             except OSError as exc:
