@@ -12,6 +12,7 @@ import sys
 import textwrap
 
 import pytest
+from tape_cases import spanning_tape_case, tape_case
 
 from s3_server import use_s3_server
 from volpack.media import open_reader, open_writer
@@ -199,6 +200,8 @@ CASES = {
     "pipe": (_pipe, ()),
     "s3": (_s3, (pytest.mark.s3,)),
     "s3-cluster": (_s3_cluster, (pytest.mark.s3, pytest.mark.slow)),
+    "tape": (tape_case, ()),
+    "tape-spanning": (spanning_tape_case, ()),
 }
 
 
