@@ -233,8 +233,8 @@ class Qcow2Target:
         reftable = np.zeros(table_clusters * cs // 8, ">u8")
         reftable[:blocks] = np.uint64(refs_at) + np.arange(blocks, dtype=np.uint64) * np.uint64(cs)
 
-        iov = [memoryview(self.tables[i].astype(">u8")).cast("B") for i in l2_order]
-        iov += [memoryview(a).cast("B") for a in (l1, refcounts, reftable)]
+        iov = [self.tables[i].astype(">u8").data.cast("B") for i in l2_order]
+        iov += [a.data.cast("B") for a in (l1, refcounts, reftable)]
         for chunk in range(0, len(iov), _IOV_MAX):
             part = iov[chunk : chunk + _IOV_MAX]
             offset = l2_at + sum(len(v) for v in iov[:chunk])
