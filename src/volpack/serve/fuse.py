@@ -51,7 +51,7 @@ def make_operations(volume: Volume, file_name: str, mfusepy: Any, session: Sessi
     now = time.time_ns()
     file_path = "/" + file_name
 
-    class VolumeFS(mfusepy.Operations):  # type: ignore[misc, name-defined]
+    class VolumeFS(mfusepy.Operations):
         use_ns = True
 
         def init(self, path: str) -> None:

@@ -135,7 +135,7 @@ class NbdServer:
                 sock = urllib.parse.quote(self.socket_path, safe="/")
                 out.append(f"nbd+unix:///{quoted}?socket={sock}")
             else:
-                host, port = self.address  # type: ignore[misc]
+                host, port = self._listener.getsockname()[:2]
                 shown = f"[{host}]" if ":" in host else host
                 out.append(f"nbd://{shown}:{port}/{quoted}")
         return out
