@@ -89,6 +89,9 @@ def test_get_of_unknown_or_malformed_id_is_an_error(cat):
         cat.get("abcdef")
     with pytest.raises(UsageError):
         cat.get("not-an-id!")
+    cat.add(entry())
+    with pytest.raises(UsageError):
+        cat.get("--")  # hyphens alone would otherwise match every archive
 
 
 def test_recording_again_adds_location_and_keeps_verify_status(cat):

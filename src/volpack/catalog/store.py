@@ -225,6 +225,8 @@ class Catalog:
         if not _HEXPREFIX.match(text):
             raise UsageError(f"'{id_or_prefix}': not an archive id; use a uuid or a unique prefix")
         key = text.replace("-", "").lower()
+        if not key:
+            raise UsageError(f"'{id_or_prefix}': not an archive id; use a uuid or a unique prefix")
         found = self._query("WHERE replace(uuid, '-', '') LIKE ?", (key + "%",), "LIMIT 3")
         if not found:
             raise CatalogError(f"{self.path}: no archive with id {text}; see 'volpack list'")
