@@ -6,6 +6,7 @@ volpack errors. It moves no archive bytes itself and never parses them.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
@@ -242,6 +243,11 @@ def client(s: S3Settings):
         return found
     boto3, bconfig = _boto()
     import botocore.exceptions as bexc
+
+    # botocore announces where it found credentials at INFO; volpack's log is for volpack.
+    quiet = logging.getLogger("botocore.credentials")
+    if quiet.level == logging.NOTSET:
+        quiet.setLevel(logging.WARNING)
 
     try:
         session = boto3.session.Session(profile_name=s.profile)
