@@ -8,6 +8,8 @@ import filecmp
 import json
 import os
 import random
+import shutil
+import subprocess
 
 import pytest
 
@@ -151,3 +153,16 @@ def test_catalog_rebuild_restores_listing_and_warns_on_damaged_archive(env, caps
     other = str(tmp / "other.sqlite")
     code, out, _ = run(capsys, "catalog", "rebuild", "--catalog", other, str(media))
     assert code == EXIT_WARNING and "recorded 1 archives" in out and "failed:" in out
+
+
+@pytest.mark.skipif(shutil.which("mkfs.ext4") is None, reason="needs mkfs.ext4 (e2fsprogs)")
+def test_catalog_records_filesystem_uuid_that_blkid_reports(env, capsys):
+    tmp, catalog, media, a, b = env
+    image = str(tmp / "ext4.img")
+    subprocess.run(["mkfs.ext4", "-q", "-F", image, "32M"], check=True, capture_output=True)
+    expected = subprocess.run(
+        ["blkid", "-o", "value", "-s", "UUID", image], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    uid = backup(capsys, image, media / "ext4.vpk")
+    code, out, _ = run(capsys, "show", "--json", uid)
+    assert code == EXIT_OK and expected and json.loads(out)["fs_uuid"] == expected
