@@ -61,9 +61,8 @@ def record_after_backup(
     if description is None:
         description = getattr(result, "description", None)
     try:
-        entry = entry_from_result(result, description)
         with Catalog.open(path) as catalog:
-            catalog.add(entry)
+            catalog.record_backup(result, description)
     except (VolpackError, sqlite3.Error, OSError) as exc:
         log.warning(
             "archive %s was written but not recorded in the catalog %s: %s; "
