@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json([e.to_json() for e in entries])
         return EXIT_OK
-    rows = [("ID", "CREATED", "SOURCE", "SIZE", "USED", "STORED", "VERIFIED", "LOCATION")]
+    rows = [("ID", "CREATED", "SOURCE", "SIZE", "USED", "ARCHIVE", "VERIFIED", "LOCATION")]
     for e in entries:
         where = e.urls[0] if e.urls else "-"
         if len(e.urls) > 1:
