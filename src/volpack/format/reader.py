@@ -63,7 +63,7 @@ class ArchiveStream:
     def __init__(self, medium: MediumReader, name: str | None = None) -> None:
         self.medium = medium
         self.name = name or medium.url
-        self._buf = bytearray(_CHUNK)
+        self._buf = bytearray(64 << 10)  # grows to the largest frame actually seen
         self._pos = self._end = 0
         self.offset = 0  # archive offset of the next unread byte
         self._digest = blake3.blake3(max_threads=1)
@@ -81,7 +81,7 @@ class ArchiveStream:
         if self._end - self._pos < n:
             remaining = self._end - self._pos
             if len(self._buf) < n:
-                grown = bytearray(max(n, _CHUNK))
+                grown = bytearray(max(n, min(2 * len(self._buf), _CHUNK)))
                 grown[:remaining] = self._buf[self._pos:self._end]
                 self._buf = grown
             else:

@@ -1,0 +1,83 @@
+"""The golden archive of every released format version decodes forever; the spec's byte tables
+match the structs in the code."""
+
+import hashlib
+import json
+import os
+import re
+
+import pytest
+
+from volpack import pipeline
+from volpack.format import records as R
+from volpack.format.random_access import open_archive
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+GOLDEN = os.path.join(HERE, "golden")
+SPEC = os.path.join(HERE, "..", "..", "docs", "format.md")
+VERSIONS = sorted(f[:-4] for f in os.listdir(GOLDEN) if f.endswith(".vpk"))
+
+
+def test_there_is_a_golden_archive_for_the_current_version():
+    assert f"v{R.MAJOR}.{R.MINOR}" in VERSIONS
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_golden_archive_restores_to_the_recorded_volume(version, tmp_path):
+    facts = json.load(open(os.path.join(GOLDEN, f"{version}.json")))
+    archive = os.path.join(GOLDEN, f"{version}.vpk")
+    v = pipeline.verify(archive)
+    assert v.digest == facts["digest"] and v.frame_count == facts["frame_count"]
+    out = str(tmp_path / "out.img")
+    pipeline.restore(archive, out)
+    data = open(out, "rb").read()
+    assert len(data) == facts["volume_size"]
+    assert hashlib.sha256(data).hexdigest() == facts["volume_sha256"]
+    with open_archive(archive) as a:
+        assert a.uuid == facts["uuid"] and a.header.used_blocks == facts["used_blocks"]
+        assert a.read(0, a.size) == data
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_golden_volume_generator_still_makes_the_recorded_volume(version, tmp_path):
+    import make_golden  # noqa: PLC0415 (test-local helper)
+
+    if version != f"v{R.MAJOR}.{R.MINOR}":
+        pytest.skip("only the current version's generator is kept")
+    make_golden.golden_volume(str(tmp_path / "v.img"))
+    facts = json.load(open(os.path.join(GOLDEN, f"{version}.json")))
+    digest = hashlib.sha256(open(tmp_path / "v.img", "rb").read()).hexdigest()
+    assert digest == facts["volume_sha256"]
+
+
+def spec_tables() -> dict[str, list[tuple[int, int]]]:
+    """Byte tables of docs/format.md by the heading above them: [(offset, size)]."""
+    tables: dict[str, list[tuple[int, int]]] = {}
+    heading = ""
+    for line in open(SPEC, encoding="utf-8"):
+        if line.startswith("#"):
+            heading = line.strip("# \n")
+        elif line.startswith("Run (") or line.startswith("Run,"):
+            heading += " / run"
+        m = re.match(r"^\|\s*(\d+)\s*\|\s*(\d+)", line)
+        if m:
+            tables.setdefault(heading, []).append((int(m.group(1)), int(m.group(2))))
+    return tables
+
+
+def _span(rows: list[tuple[int, int]]) -> int:
+    for (o1, s1), (o2, _) in zip(rows, rows[1:]):
+        assert o1 + s1 == o2, f"spec table has a gap or overlap at offset {o1}"
+    return rows[-1][0] + rows[-1][1]
+
+
+def test_spec_byte_tables_match_the_struct_sizes_in_the_code():
+    t = spec_tables()
+    assert _span(t["2. Header (256 bytes, at offset 0)"]) == R.HEADER_SIZE == 256
+    assert _span(t["3. Records"]) == R.RECORD_SIZE == 32
+    assert _span(t["4. Frames"]) == R.FRAME_HEADER_SIZE == 48
+    assert _span(t["6. Footer (64 bytes, the last bytes of the archive)"]) == R.FOOTER_SIZE == 64
+    assert _span(t["3.2 PMAP: physical map / run"]) == R.PMAP_DTYPE.itemsize == 32
+    assert _span(t["3.2 PMAP: physical map"][:3]) == 16
+    assert _span(t["5. Trailer (TRLR record payload)"][:5]) == R.TRAILER_FIXED.size == 64
+    assert R.ATAB_DTYPE.itemsize == 24 and R.INDEX_DTYPE.itemsize == 16
