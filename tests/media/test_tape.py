@@ -479,3 +479,12 @@ def test_tape_url_folds_cli_options_into_the_query():
     parsed = parse_tape_url(url)
     assert parsed.next_command == "mtx -f /dev/sg1 next"
     assert (parsed.record_size, parsed.volume_size, parsed.file_number) == (65536, 1 << 30, 2)
+
+
+def test_abort_before_the_head_is_known_leaves_the_tape_untouched(shelf):
+    cart = shelf.cart("a")
+    drive = shelf.drive("d", cart)
+    w = open_writer(f"tape+emu:{drive}")
+    w.write(b"header and part of the tables")
+    w.abort()
+    assert te.cartridge_files(cart) == []

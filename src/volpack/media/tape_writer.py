@@ -127,6 +127,7 @@ class TapeWriter:
         if dev is None:
             return
         try:
+            # Before volume 1 started nothing reached the tape, so nothing needs marking.
             if self._volume:
                 # A tape cannot take bytes back: mark the file so readers refuse it by name.
                 END_INFO.pack_into(self._ctl, HEADER_SIZE, self._written, self._vol_data_records, 0)
@@ -139,7 +140,7 @@ class TapeWriter:
                     END_INFO.size,
                 )
                 dev.write_record(self._ctl)
-            dev.write_filemark(1)
+                dev.write_filemark(1)
         except OSError as exc:
             log.warning("tape: %s: could not mark the aborted archive: %s", dev.name, exc)
         finally:
