@@ -1,0 +1,97 @@
+"""NTFS detector against mkntfs + ntfscp images: partclone.ntfs, ntfsfix -n and ntfscat."""
+
+from __future__ import annotations
+
+import struct
+
+from test_fs_images import (
+    analyse_file,
+    backup_restore,
+    keep_only,
+    need,
+    partclone_used,
+    random_tree,
+    run,
+    sha,
+    single_fs,
+    sparse_file,
+)
+
+
+def build(tmp_path, seed=3):
+    need("mkntfs", "ntfscp", "ntfscat", "ntfsfix")
+    tree = tmp_path / "tree"
+    sums = random_tree(tree, seed, count=8)
+    img = sparse_file(tmp_path / "ntfs.img", 96 << 20)
+    run("mkntfs", "-q", "-F", "-Q", "-L", "VOLPACK", img)
+    for rel in sums:
+        # ntfscp writes into the root; nested names are flattened.
+        run("ntfscp", img, tree / rel, "/" + rel.replace("/", "_"))
+    return img, {rel.replace("/", "_"): digest for rel, digest in sums.items()}
+
+
+def files_match(img, sums):
+    import subprocess
+
+    for name, digest in sums.items():
+        data = subprocess.run(["ntfscat", str(img), "/" + name], capture_output=True, check=True)
+        assert sha(data.stdout) == digest, name
+
+
+def test_ntfs_used_map_covers_partclone_and_keeps_a_clean_filesystem(tmp_path):
+    img, sums = build(tmp_path)
+    fs = single_fs(img, "ntfs")
+    assert fs.details["label"] == "VOLPACK"
+    oracle = partclone_used("partclone.ntfs", img, tmp_path)
+    assert oracle.subtract(fs.used).total() == 0
+    # The backup boot sector in the volume's last sector is the only extra.
+    assert fs.used.subtract(oracle).total() <= 512
+    kept = keep_only(img, fs.used, tmp_path / "kept.img")
+    assert "processed successfully" in run("ntfsfix", "-n", kept)
+    files_match(kept, sums)
+
+
+def _bitmap_record(img):
+    data = img.read_bytes()
+    cluster = struct.unpack_from("<H", data, 0x0B)[0] * data[0x0D]
+    mft = struct.unpack_from("<Q", data, 0x30)[0] * cluster
+    return mft + 6 * 1024
+
+
+def test_ntfs_bitmap_runlist_outside_the_volume_falls_back_with_one_warning(tmp_path):
+    img, _sums = build(tmp_path)
+    rec_at = _bitmap_record(img)
+    rec = bytearray(img.read_bytes()[rec_at : rec_at + 1024])
+    pos = struct.unpack_from("<H", rec, 0x14)[0]
+    while struct.unpack_from("<I", rec, pos)[0] != 0x80:
+        pos += struct.unpack_from("<I", rec, pos + 4)[0]
+    runs = pos + struct.unpack_from("<H", rec, pos + 0x20)[0]
+    head = rec[runs]
+    lsz = head & 0x0F
+    osz = head >> 4
+    rec[runs + 1 + lsz : runs + 1 + lsz + osz] = (2 ** (8 * osz - 1) - 1).to_bytes(osz, "little")
+    with open(img, "r+b") as f:
+        f.seek(rec_at)
+        f.write(rec)
+    regions, warnings = analyse_file(img)
+    assert len(warnings) == 1 and "runlist" in warnings[0]
+    assert regions[0].used is None and regions[0].detector == "ntfs"
+
+
+def test_ntfs_torn_mft_record_falls_back(tmp_path):
+    img, _sums = build(tmp_path)
+    rec_at = _bitmap_record(img)
+    with open(img, "r+b") as f:
+        f.seek(rec_at + 510)
+        f.write(b"\xee\xee")
+    regions, warnings = analyse_file(img)
+    assert len(warnings) == 1 and "torn" in warnings[0]
+    assert regions[0].used is None
+
+
+def test_ntfs_backup_restore_gives_a_clean_filesystem_with_identical_files(tmp_path):
+    img, sums = build(tmp_path)
+    restored, result = backup_restore(img, tmp_path)
+    assert result.detection["regions"][0]["detector"] == "ntfs"
+    assert "processed successfully" in run("ntfsfix", "-n", restored)
+    files_match(restored, sums)
