@@ -330,3 +330,26 @@ def test_volpack_mount_exposes_the_volume_and_unmounts_on_sigterm(archive, sourc
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)])
     assert rc == 0, proc.stderr.read()
     assert not os.path.ismount(mnt)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="/dev/fuse is missing")
+def test_the_nbdfuse_recipe_gives_a_file_equal_to_the_source(served, source, tmp_path):
+    need("nbdfuse")
+    mnt = tmp_path / "nbdfuse"
+    mnt.mkdir()
+    proc = subprocess.Popen(
+        ["nbdfuse", "-r", str(mnt / "disk"), served.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(lambda: (mnt / "disk").exists(), proc, "nbdfuse")
+        run("cmp", str(source), str(mnt / "disk"))
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
