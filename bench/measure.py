@@ -1,8 +1,9 @@
 """Timing primitives for the benchmark: run commands, measure wall time and peak RSS, size outputs.
 
 A measured run is a short sequence of argv lists (the tool, then `sync FILE` for peers) executed
-one after another; wall time covers all of them and peak RSS is the largest of their wait4
-rusage figures. Nothing here knows about volpack or peers; bench/s3_rows.py may use it too.
+one after another; wall time covers all of them and peak RSS is the largest of their ru_maxrss
+figures as reported by GNU time. Nothing here knows about volpack or peers; bench/s3_rows.py may
+use it too.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _WARM_CHUNK = 8 << 20
+TIME = "/usr/bin/time"  # GNU time (Debian package "time")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,20 +51,21 @@ def run_timed(cmds: list[list[str]], *, env: dict[str, str] | None = None) -> Ti
     rss = 0
     start = time.perf_counter()
     for argv in cmds:
-        with tempfile.TemporaryFile() as err:
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env
+        with tempfile.NamedTemporaryFile() as err, tempfile.NamedTemporaryFile("r") as usage:
+            # GNU time reports its child's ru_maxrss. Measuring our own child with wait4 would
+            # not do: a child forked from this (numpy-sized) process carries the parent's
+            # resident pages into its high-water mark until it execs.
+            wrapped = [TIME, "-q", "-f", "%M", "-o", usage.name, *argv]
+            res = subprocess.run(
+                wrapped, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env
             )
-            # wait4 gives this child's own rusage (including children it reaped), not the
-            # cumulative RUSAGE_CHILDREN of the bench process.
-            _, status, usage = os.wait4(proc.pid, 0)
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            rss = max(rss, usage.ru_maxrss)
-            if proc.returncode != 0:
+            lines = usage.read().split()
+            rss = max(rss, int(lines[-1]) if lines and lines[-1].isdigit() else 0)
+            if res.returncode != 0:
                 err.seek(0)
-                lines = err.read().decode(errors="replace").strip().splitlines()
-                last = lines[-1] if lines else ""
-                msg = f"{Path(argv[0]).name} exited {proc.returncode}: {last}"
+                text = err.read().decode(errors="replace").strip().splitlines()
+                last = text[-1] if text else ""
+                msg = f"{Path(argv[0]).name} exited {res.returncode}: {last}"
                 return Timing(time.perf_counter() - start, rss, False, msg[:300])
     return Timing(time.perf_counter() - start, rss, True, "")
 

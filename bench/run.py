@@ -74,19 +74,23 @@ def table(rows: list[measure.Row]) -> str:
         if r.peer and r.wall is not None:
             fastest[r.kind] = min(fastest.get(r.kind, r.wall), r.wall)
     lines = [
-        "| run | kind | wall s | output (on disk) | peak RSS MiB | ratio to fastest peer |",
-        "|---|---|---:|---:|---:|---:|",
+        "| run | kind | wall s (median) | min | output on disk | peak RSS MiB | ratio to fastest peer |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if r.wall is None:
-            lines.append(f"| {r.name} | {r.kind} | – | – | – | {r.note} |")
+            lines.append(f"| {r.name} | {r.kind} | – | – | – | – | {r.note} |")
             continue
         ratio = f"{r.wall / fastest[r.kind]:.2f}x" if r.kind in fastest else "–"
         name = r.name if r.peer else f"**{r.name}**"
-        wall = f"{r.wall * 1000:.2f} ms" if r.kind == "probe" else f"{r.wall:.2f}"
+        ms = r.kind == "probe"
+        wall = f"{r.wall * 1000:.2f} ms" if ms else f"{r.wall:.2f}"
+        low = min(r.walls) if r.walls else r.wall
+        low_s = f"{low * 1000:.2f} ms" if ms else f"{low:.2f}"
         rss = f"{r.rss_mib:.0f}" if r.rss_mib is not None else "–"
         note = f" ({r.note})" if r.note else ""
-        lines.append(f"| {name} | {r.kind} | {wall} | {fmt_size(r.size)} | {rss} | {ratio}{note} |")
+        size = fmt_size(r.size)
+        lines.append(f"| {name} | {r.kind} | {wall} | {low_s} | {size} | {rss} | {ratio}{note} |")
     return "\n".join(lines)
 
 
@@ -112,6 +116,7 @@ def machine() -> dict:
     ).stdout.strip()
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "loadavg_at_start": os.getloadavg()[0],
         "nproc": os.cpu_count(),
         "ram_gib": round(mem / (1 << 20), 1),
         "kernel": platform.release(),
@@ -154,7 +159,8 @@ def main() -> int:
     info = machine()
     print(
         f"# volpack benchmark, {info['date']}, commit {info['commit']}, {info['nproc']} CPUs, "
-        f"{info['ram_gib']} GiB RAM, median of {repeat}\n"
+        f"{info['ram_gib']} GiB RAM, median of {repeat}, load average {info['loadavg_at_start']:.1f}"
+        " at start\n"
     )
     results: dict = {"machine": info, "repeat": repeat, "images": {}}
     all_checks = []
