@@ -1,0 +1,83 @@
+"""`volpack serve` option parsing: listen addresses and default export names."""
+
+from __future__ import annotations
+
+import pytest
+
+from volpack.cli.serve import export_name, parse_listen
+from volpack.errors import UsageError
+from volpack.extents import Extents
+from volpack.serve.export import Export
+from volpack.serve.nbd_server import NbdServer
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("127.0.0.1:10810", ("127.0.0.1", 10810)),
+        ("0.0.0.0:0", ("0.0.0.0", 0)),
+        (":10811", ("127.0.0.1", 10811)),
+        ("localhost", ("localhost", 10809)),
+        ("[::1]:10812", ("::1", 10812)),
+        ("[::1]", ("::1", 10809)),
+    ],
+)
+def test_listen_addresses_parse_to_host_and_port(text, want):
+    assert parse_listen(text) == want
+
+
+@pytest.mark.parametrize("text", ["host:port", "1.2.3.4:70000", "[::1", "[::1]x", "h:-1"])
+def test_bad_listen_addresses_are_usage_errors(text):
+    with pytest.raises(UsageError, match="--listen"):
+        parse_listen(text)
+
+
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [
+        ("/srv/backups/root-2024.vpk", "root-2024"),
+        ("disk.img.vpk", "disk.img"),
+        ("file:/a/b/home.vpk", "home"),
+        ("s3://bucket/hosts/web1.vpk", "web1"),
+        ("s3://bucket/plain", "plain"),
+    ],
+)
+def test_default_export_names_are_the_archive_stems(url, name):
+    assert export_name(url) == name
+
+
+class _Empty:
+    size = 0
+
+    def read(self, offset: int, length: int) -> bytes:
+        return b""
+
+    def used_bytes(self) -> Extents:
+        return Extents.empty()
+
+
+def test_two_exports_with_the_same_name_are_refused():
+    with pytest.raises(UsageError, match="used twice"):
+        NbdServer([Export.of("a", _Empty()), Export.of("a", _Empty())], port=0)
+
+
+def test_a_port_in_use_is_a_usage_error_naming_the_address():
+    with NbdServer([Export.of("a", _Empty())], port=0) as first:
+        port = first.address[1]  # type: ignore[index]
+        with pytest.raises(UsageError, match=f"127.0.0.1:{port}"):
+            NbdServer([Export.of("a", _Empty())], port=port)
+
+
+def test_a_unix_socket_path_that_is_a_regular_file_is_refused(tmp_path):
+    path = tmp_path / "not-a-socket"
+    path.write_text("x")
+    with pytest.raises(UsageError, match="not a socket"):
+        NbdServer([Export.of("a", _Empty())], socket_path=str(path))
+    assert path.read_text() == "x"
+
+
+def test_a_stale_unix_socket_file_is_reused(tmp_path):
+    path = str(tmp_path / "s.sock")
+    NbdServer([Export.of("a", _Empty())], socket_path=path)._listener.close()  # left behind
+    with NbdServer([Export.of("a", _Empty())], socket_path=path) as srv:
+        assert srv.urls() == [f"nbd+unix:///a?socket={path}"]
