@@ -251,3 +251,14 @@ def test_reads_outside_the_guest_disk_are_refused(tmp_path):
     create(image, "1M")
     with open_qcow2(str(image)) as src, pytest.raises(SourceError, match="outside"):
         src.read_into(MiB - 10, memoryview(bytearray(20)))
+
+
+def test_identity_changes_when_any_file_of_the_chain_changes(tmp_path):
+    base, top = tmp_path / "base.qcow2", tmp_path / "top.qcow2"
+    create(base, "4M")
+    create(top, "4M", backing="base.qcow2")
+    with open_qcow2(str(top)) as src:
+        before = src.identity()
+        assert src.identity() == before
+        qemu_io(base, "write -P 1 0 64k")
+        assert src.identity() != before

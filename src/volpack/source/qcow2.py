@@ -117,7 +117,7 @@ class Qcow2Source:
 
     def __init__(self, path: str) -> None:
         self._layers: list[_Layer] = []
-        self._stats: list[tuple[str, os.stat_result]] = []
+        self._files: list[tuple[str, int]] = []  # every open file of the chain, for identity()
         self._lock = threading.Lock()
         self._cache: OrderedDict[tuple[int, int], bytes] = OrderedDict()
         try:
@@ -149,7 +149,7 @@ class Qcow2Source:
                     "qemu-img rebase"
                 )
             seen.add(key)
-            self._stats.append((path, st))
+            self._files.append((path, fd))
             if fmt is None:
                 fmt = "qcow2" if os.pread(fd, 4, 0) == MAGIC else "raw"
             if fmt == "raw":
@@ -165,11 +165,11 @@ class Qcow2Source:
             if hdr.data_file is not None:
                 data_path = _beside(path, hdr.data_file)
                 try:
-                    data_fd, dst = _open_file(data_path, f"external data file of {path}")
+                    data_fd, _ = _open_file(data_path, f"external data file of {path}")
                 except BaseException:
                     os.close(fd)
                     raise
-                self._stats.append((data_path, dst))
+                self._files.append((data_path, data_fd))
             self._layers.append(_Layer(path, "qcow2", data_path, fd, data_fd, hdr.size, hdr))
             if hdr.backing_file is None:
                 return
@@ -312,7 +312,12 @@ class Qcow2Source:
             out[pos - offset :] = 0
 
     def identity(self) -> tuple[object, ...]:
-        return tuple((path, st.st_size, st.st_mtime_ns, st.st_ino) for path, st in self._stats)
+        """Size, mtime and inode of every file in the chain, taken now (fstat of the open files)."""
+        out = []
+        for path, fd in self._files:
+            st = os.fstat(fd)
+            out.append((path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+        return tuple(out)
 
     def close(self) -> None:
         fds = {layer.fd for layer in self._layers} | {layer.data_fd for layer in self._layers}
