@@ -488,3 +488,14 @@ def test_abort_before_the_head_is_known_leaves_the_tape_untouched(shelf):
     w.write(b"header and part of the tables")
     w.abort()
     assert te.cartridge_files(cart) == []
+
+
+def test_reader_accepts_smaller_records_and_names_the_option_for_larger_ones(shelf):
+    drive = shelf.drive("d", shelf.cart("a"))
+    data = os.urandom(MiB)
+    write(f"tape+emu:{drive}?record-size=32K", data)
+    write(f"tape+emu:{drive}?record-size=1M", data)
+    assert read(f"tape+emu:{drive}#1") == data  # read with the default 256 KiB buffer
+    with pytest.raises(MediumError, match=r"larger than 262144 bytes.*--tape-record-size"):
+        read(f"tape+emu:{drive}#2")
+    assert read(f"tape+emu:{drive}?record-size=1M#2") == data

@@ -21,7 +21,6 @@ from volpack.media.tape_records import (
     END_OF_VOLUME,
     HEADER_SIZE,
     KIND_NAMES,
-    MAX_RECORD,
     MIN_RECORD,
     VOLUME_HEADER,
     VOLUME_INFO,
@@ -42,8 +41,9 @@ class TapeReader:
         self.url = parsed.url
         self._name = parsed.display
         self._changer = VolumeChanger(parsed, write=False, force=False)
-        # Variable-length reads need a buffer as large as any record the tape may hold.
-        self._buf = bytearray(MAX_RECORD)
+        # A variable-length read needs a buffer at least as large as the record. The URL's record
+        # size bounds it (st drivers refuse much larger requests); smaller records are accepted.
+        self._buf = bytearray(parsed.record_size)
         self._rs = 0
         self._set: bytes | None = None
         self._volume = 0
@@ -114,8 +114,9 @@ class TapeReader:
             n = dev.read_record(memoryview(self._buf))
         except OSError as exc:
             if exc.errno == errno.ENOMEM:
-                raise CorruptArchive(
-                    f"{self._where()}: a record is larger than {MAX_RECORD} bytes; not volpack's"
+                raise MediumError(
+                    f"{self._where()}: the tape record is larger than {len(self._buf)} bytes; "
+                    "give the record size it was written with (--tape-record-size)"
                 ) from exc
             raise medium_error(
                 dev.name, exc, f"reading volume {self._volume} record {self._record}"
@@ -132,7 +133,7 @@ class TapeReader:
                 f"volume {expected}{self._of_set()}"
                 + ("; choose the tape file with #N or rewind the tape" if expected == 1 else "")
             )
-        if not MIN_RECORD <= n <= MAX_RECORD:
+        if n < MIN_RECORD:
             raise CorruptArchive(f"{name}: first record of {n} bytes is not volpack's")
         rec = memoryview(self._buf)[:n]
         hdr = unpack_record(rec, f"{name}: first record")
