@@ -74,3 +74,17 @@ def test_cli_backup_and_restore_through_a_tape_url(tmp_path, tapes):
     te.load(drive, carts[0])
     subprocess.run([*run, "restore", url, restored], check=True, capture_output=True)
     assert subprocess.run(["cmp", image, restored]).returncode == 0
+
+
+def test_cli_restore_with_a_tape_read_error_exits_with_the_medium_code(tmp_path, tapes):
+    drive, carts, url = tapes
+    image, restored = str(tmp_path / "img"), str(tmp_path / "restored")
+    _sparse_image(image)
+    backup(image, url, compress="none")
+    te.inject_read_error(carts[1], 0, 3)  # inside volume 2
+    te.load(drive, carts[0])
+    done = subprocess.run(
+        [sys.executable, "-m", "volpack", "restore", url, restored], capture_output=True, text=True
+    )
+    assert done.returncode == 7, done.stderr
+    assert "EIO" in done.stderr and "not the end of the tape" in done.stderr
