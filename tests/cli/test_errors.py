@@ -1,0 +1,142 @@
+"""Bad input gets one clear line on stderr and its documented exit code; never a traceback, and
+the target is never touched."""
+
+import os
+import subprocess
+
+import pytest
+
+from volpack import pipeline
+from volumes import write_sparse
+
+
+def vp(*args: str, stdin=None) -> subprocess.CompletedProcess:
+    return subprocess.run(["python3", "-m", "volpack", *args], capture_output=True, text=True,
+                          stdin=stdin)
+
+
+def one_error_line(r: subprocess.CompletedProcess, code: int, *words: str) -> str:
+    assert r.returncode == code, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.startswith("volpack: error:")]
+    assert len(lines) == 1, r.stderr
+    for w in words:
+        assert w.lower() in lines[0].lower(), (w, lines[0])
+    return lines[0]
+
+
+@pytest.fixture
+def archive(tmp_path):
+    vol = str(tmp_path / "v.img")
+    write_sparse(vol, 3 << 20, [(8192, os.urandom(300_000)), (2 << 20, b"x" * 5000)])
+    arc = str(tmp_path / "v.vpk")
+    pipeline.backup(vol, arc, frame_size=65536, allow_mounted=True)
+    return vol, arc
+
+
+def test_missing_source(tmp_path):
+    one_error_line(vp("backup", str(tmp_path / "nope.img"), str(tmp_path / "a.vpk")), 3,
+                   "nope.img", "no such file")
+    assert not any(tmp_path.iterdir())
+
+
+def test_source_is_a_directory(tmp_path):
+    one_error_line(vp("backup", str(tmp_path), str(tmp_path / "a.vpk")), 3, "is a directory")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads unreadable files")
+def test_unreadable_source(tmp_path):
+    p = tmp_path / "secret.img"
+    p.write_bytes(b"x" * 4096)
+    p.chmod(0)
+    one_error_line(vp("backup", str(p), str(tmp_path / "a.vpk")), 3, "secret.img")
+
+
+def test_existing_archive_is_not_replaced_without_force(archive, tmp_path):
+    vol, arc = archive
+    before = open(arc, "rb").read()
+    one_error_line(vp("backup", vol, arc, "--no-catalog"), 7, "already exists", "--force")
+    assert open(arc, "rb").read() == before
+
+
+def test_not_a_volpack_archive(tmp_path):
+    p = tmp_path / "x.vpk"
+    p.write_bytes(b"hello world" * 1000)
+    one_error_line(vp("restore", str(p), str(tmp_path / "out")), 4, "not a volpack archive")
+    one_error_line(vp("verify", str(p)), 4, "not a volpack archive")
+    one_error_line(vp("info", str(p)), 4, "not a volpack archive")
+    assert not (tmp_path / "out").exists()
+
+
+def test_truncated_archive_is_incomplete_and_restores_nothing(archive, tmp_path):
+    _, arc = archive
+    cut = tmp_path / "cut.vpk"
+    cut.write_bytes(open(arc, "rb").read()[:-100])
+    out = tmp_path / "out.img"
+    one_error_line(vp("restore", str(cut), str(out)), 5, "incomplete archive")
+    one_error_line(vp("verify", str(cut)), 5, "incomplete archive")
+    with open(cut, "rb") as f:
+        one_error_line(vp("restore", "-", str(out), stdin=f), 5, "incomplete archive")
+    assert not out.exists()
+
+
+def test_corrupt_frame_stops_restore_and_keeps_the_existing_target(archive, tmp_path):
+    _, arc = archive
+    data = bytearray(open(arc, "rb").read())
+    data[len(data) // 2] ^= 1
+    bad = tmp_path / "bad.vpk"
+    bad.write_bytes(bytes(data))
+    out = tmp_path / "out.img"
+    out.write_bytes(b"precious")
+    one_error_line(vp("restore", str(bad), str(out), "--force"), 4, "bad.vpk")
+    assert out.read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.vpk", "out.img", "v.img", "v.vpk"]
+
+
+def test_existing_target_needs_force(archive, tmp_path):
+    _, arc = archive
+    out = tmp_path / "out.img"
+    out.write_bytes(b"keep")
+    one_error_line(vp("restore", arc, str(out)), 8, "already exists", "--force")
+    assert out.read_bytes() == b"keep"
+
+
+def test_target_is_the_archive_itself(archive):
+    _, arc = archive
+    before = open(arc, "rb").read()
+    one_error_line(vp("restore", arc, arc, "--force"), 8, "is the archive being restored")
+    assert open(arc, "rb").read() == before
+
+
+def test_unknown_option_values_are_usage_errors(archive, tmp_path):
+    vol, _ = archive
+    one_error_line(vp("backup", vol, str(tmp_path / "a.vpk"), "--block-size", "3000"), 2,
+                   "power of two")
+    one_error_line(vp("backup", vol, str(tmp_path / "b.vpk"), "--compress", "lz4"), 2,
+                   "unknown codec")
+    one_error_line(vp("backup", vol, "nosuch://x"), 2, "unknown medium scheme")
+
+
+def test_disk_full_while_writing_the_archive(archive):
+    vol, _ = archive
+    one_error_line(vp("backup", vol, "/dev/full", "--no-catalog"), 7, "no space left")
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_disk_full_removes_the_partial_archive_and_the_partial_restore(archive, tmp_path):
+    vol, arc = archive
+    small = tmp_path / "small"
+    small.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(small)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs: {r.stderr.strip()}")
+    try:
+        one_error_line(vp("backup", vol, str(small / "a.vpk"), "--compress", "none",
+                          "--no-catalog"), 7, "no space left")
+        assert os.listdir(small) == []
+        one_error_line(vp("restore", arc, str(small / "out.img")), 8, "free")
+        assert os.listdir(small) == []
+    finally:
+        subprocess.run(["umount", str(small)])
