@@ -262,3 +262,22 @@ def test_identity_changes_when_any_file_of_the_chain_changes(tmp_path):
         assert src.identity() == before
         qemu_io(base, "write -P 1 0 64k")
         assert src.identity() != before
+
+
+@pytest.mark.parametrize("prealloc", ["metadata", "falloc", "full"])
+def test_preallocated_images_map_like_qemu(tmp_path, prealloc):
+    image = tmp_path / "vm.qcow2"
+    create(image, "8M", f"preallocation={prealloc}")
+    qemu_io(image, "write -P 1 1M 64k", "write -z 3M 128k")
+    assert_reads_like_qemu(image)
+    assert_maps_like_qemu(image)
+
+
+def test_refuses_a_backing_file_that_is_not_a_local_file(tmp_path):
+    from volpack.errors import SourceError
+
+    image = tmp_path / "vm.qcow2"
+    create(image, "1M")
+    run("qemu-img", "rebase", "-u", "-b", "nbd://127.0.0.1:10809/x", "-F", "raw", str(image))
+    with pytest.raises(SourceError, match="not a local file"):
+        open_qcow2(str(image))

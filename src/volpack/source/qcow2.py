@@ -179,6 +179,11 @@ class Qcow2Source:
                     f"{path}: backing file {hdr.backing_file} is in format {fmt}, which volpack "
                     "does not read; convert the chain with qemu-img convert -O qcow2"
                 )
+            if hdr.backing_file.startswith("json:") or "://" in hdr.backing_file:
+                raise SourceError(
+                    f"{path}: backing file {hdr.backing_file} is not a local file; volpack reads "
+                    "local chains only (qemu-img convert the image to a standalone qcow2 first)"
+                )
             path = _beside(path, hdr.backing_file)
             what = f"backing file of {self._layers[-1].path}"
 
