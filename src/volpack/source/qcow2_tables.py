@@ -23,7 +23,10 @@ KIND_COMPRESSED = 3  # one guest cluster stored compressed at ``host`` (``csize`
 OFFSET_MASK = np.uint64(0x00FFFFFFFFFFFE00)
 _U64 = np.uint64
 _I64 = np.int64
-_BATCH_BYTES = 64 << 20  # L2 tables decoded at once (bounds memory on huge images)
+# L2 entries decoded at once: bounds the temporary arrays on huge images (a mixed extended-L2
+# cluster expands into 32 subcluster rows, so those batches are smaller).
+_BATCH_ENTRIES = 1 << 20
+_BATCH_ENTRIES_EXTL2 = 1 << 17
 _IOV_MAX = 1024
 
 
@@ -168,7 +171,8 @@ def layer_runs(fd: int, hdr: Header, file_size: int, data_size: int, layer: int)
     """
     l1 = read_l1(fd, hdr, file_size)
     present = np.flatnonzero(l1)
-    per_batch = max(1, _BATCH_BYTES // hdr.cluster_size)
+    limit = _BATCH_ENTRIES_EXTL2 if hdr.extended_l2 else _BATCH_ENTRIES
+    per_batch = max(1, limit // hdr.l2_entries)
     parts: list[Runs] = []
     for b in range(0, present.size, per_batch):
         idx = present[b : b + per_batch]
