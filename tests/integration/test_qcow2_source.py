@@ -281,3 +281,18 @@ def test_refuses_a_backing_file_that_is_not_a_local_file(tmp_path):
     run("qemu-img", "rebase", "-u", "-b", "nbd://127.0.0.1:10809/x", "-F", "raw", str(image))
     with pytest.raises(SourceError, match="not a local file"):
         open_qcow2(str(image))
+
+
+@pytest.mark.parametrize("extl2", ["off", "on"])
+def test_decoding_l2_tables_in_many_small_batches_gives_the_same_volume(
+    tmp_path, monkeypatch, extl2
+):
+    from volpack.source import qcow2_tables
+
+    image = tmp_path / "vm.qcow2"
+    create(image, "8M", "cluster_size=16k", f"extended_l2={extl2}")
+    qemu_io(image, *PATTERN)
+    monkeypatch.setattr(qcow2_tables, "_BATCH_ENTRIES", 1)
+    monkeypatch.setattr(qcow2_tables, "_BATCH_ENTRIES_EXTL2", 1)
+    assert_reads_like_qemu(image)
+    assert_maps_like_qemu(image)
