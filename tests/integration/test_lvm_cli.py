@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from test_lvm_source import (  # noqa: F401 (lab_fixture is the shared fixture)
@@ -95,3 +96,36 @@ def test_backup_info_restore_verify_round_trip_an_lv(lab, capsys, tmp_path):
     assert target.read_bytes() == lab.expected_bytes("multi")
     code, _ = run_cli(capsys, "verify", archive)
     assert code == 0
+
+
+def test_restore_layout_physical_puts_the_lv_back_onto_copies_of_its_pvs(lab, capsys, tmp_path):
+    from test_lvm_restore import scribble_copies
+
+    archive = str(tmp_path / "striped.vpk")
+    code, _ = run_cli(
+        capsys, "backup", f"lvm:{lab.vg}/striped", archive, *pv_args(lab), "--allow-mounted"
+    )
+    assert code == 0
+    copies = scribble_copies(lab, tmp_path, ["striped"])
+    code, _ = run_cli(
+        capsys, "restore", archive, copies[1], "--pv", copies[0], "--layout", "physical"
+    )
+    assert code == 8  # TargetError: needs --force
+    code, out = run_cli(
+        capsys,
+        "restore",
+        archive,
+        copies[1],
+        "--pv",
+        copies[0],
+        "--layout",
+        "physical",
+        "--force",
+        "--json",
+    )
+    assert code == 0
+    assert json.loads(out)["used_bytes"] == 8 << 20
+    for copy, img in zip(copies, lab.images, strict=True):
+        assert Path(copy).read_bytes() == img.read_bytes()
+    code, _ = run_cli(capsys, "restore", archive, str(tmp_path / "x.raw"), "--pv", copies[0])
+    assert code == 2

@@ -35,6 +35,11 @@ def register(sub: Any) -> None:
                    help="the device already reads zeros: do not zero unused ranges")
     p.add_argument("--target-format", choices=("raw", "qcow2"), default="raw",
                    help="write the target as raw (default) or qcow2")
+    p.add_argument("--layout", choices=("volume", "physical"), default="volume",
+                   help="physical: write the LV back onto its PVs (TARGET and each --pv) at the "
+                   "offsets the archive's physical map records (needs --force)")
+    p.add_argument("--pv", action="append", default=[], metavar="PATH",
+                   help="with --layout physical: a further physical volume; repeat")
     p.add_argument("--catalog", metavar="PATH", help="catalog for archive ids")
     p.add_argument("--volume", metavar="PATH",
                    help="instead of ARCHIVE: the catalogued backup of this volume made at or "
@@ -72,11 +77,20 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("restore: give ARCHIVE (path, URL or catalog id) or --volume PATH")
     else:
         archive = resolve_archive(args.archive, args.catalog)
+    if args.pv and args.layout != "physical":
+        raise UsageError("restore: --pv is only for --layout physical")
     progress = Progress(args)
     try:
-        result = restore(archive, args.target, force=args.force,
-                         allow_smaller=args.allow_smaller, assume_zeroed=args.assume_zeroed,
-                         target_format=args.target_format, progress=progress)
+        if args.layout == "physical":
+            from volpack.restore.physical import restore_physical
+
+            result = restore_physical(archive, (args.target, *args.pv), force=args.force,
+                                      progress=progress)
+        else:
+            result = restore(archive, args.target, force=args.force,
+                             allow_smaller=args.allow_smaller,
+                             assume_zeroed=args.assume_zeroed,
+                             target_format=args.target_format, progress=progress)
     finally:
         progress.close()
     emit(args, dataclasses.asdict(result), [

@@ -12,6 +12,8 @@ import contextlib
 import errno
 import os
 import stat
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -222,6 +224,60 @@ class PhysicalTarget:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.fds = []
+
+
+def restore_physical(
+    archive_url: str,
+    pv_paths: tuple[str, ...],
+    *,
+    force: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Any:
+    """Restore ``archive_url`` onto ``pv_paths`` at its recorded physical offsets, in one pass over
+    the archive (files, pipes, tape, S3). Returns a ``pipeline.RestoreResult``."""
+    from volpack.format.random_access import Archive
+    from volpack.format.reader import ArchiveStream
+    from volpack.media import open_reader
+    from volpack.pipeline import RestoreResult
+
+    t0 = time.perf_counter()
+    medium = open_reader(archive_url)
+    target = None
+    try:
+        if medium.size is not None:
+            Archive(medium)  # footer and trailer first: refuse an incomplete archive up front
+        stream = ArchiveStream(medium)
+        head = stream.read_head()
+        h = head.header
+        details = (head.desc.get("source") or {}).get("details") or {}
+        pmap = physical_map_from_records(head.devices, head.pmap)
+        target = open_physical_target(pv_paths, pmap, force=force, source_details=details)
+        used = head.table.used_bytes(h.volume_size)
+        target.prepare(h.volume_size, used)
+        for dense_offset, raw in stream.frames():
+            vs, lens, ds = head.table.dense_to_volume(dense_offset, dense_offset + len(raw))
+            for v, n, d in zip(vs.tolist(), lens.tolist(), ds.tolist(), strict=True):
+                n = min(n, h.volume_size - v)
+                if n > 0:
+                    target.write_at(v, raw[d - dense_offset : d - dense_offset + n])
+            if progress is not None:
+                progress("restore", dense_offset + len(raw), h.dense_size)
+        stream.read_tail()
+        target.finish()
+    except BaseException:
+        if target is not None:
+            target.abort()
+        raise
+    finally:
+        medium.close()
+    return RestoreResult(
+        h.uuid,
+        ", ".join(target.paths),
+        h.volume_size,
+        used.total(),
+        h.frame_count,
+        time.perf_counter() - t0,
+    )
 
 
 def physical_map_from_records(devices: tuple[str, ...], runs: np.ndarray) -> PhysicalMap:
