@@ -104,7 +104,7 @@ def _decode_label(path: str, sector: int, block: bytes) -> PVLabel:
     pos += 40
     lists: list[tuple[tuple[int, int], ...]] = []
     for what in ("data", "metadata"):
-        areas = []
+        areas: list[tuple[int, int]] = []
         while True:
             if pos + _DISK_LOCN.size > SECTOR or len(areas) > MAX_AREAS:
                 raise SourceError(f"{path}: PV header {what} area list does not terminate")
