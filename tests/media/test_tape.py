@@ -234,6 +234,7 @@ def test_failing_next_command_stops_the_backup_with_a_medium_error(shelf):
     drive = shelf.drive("d", shelf.cart("a", 2 * MiB, 256 * KiB))
     url = tape_url(f"tape+emu:{drive}", record_size=RS, next_command="exit 3")
     w = open_writer(url)
+    w.mark_head_end()
     with pytest.raises(MediumError, match="exited with status 3 before volume 2"):
         w.write(os.urandom(4 * MiB))
     w.abort()
@@ -339,6 +340,8 @@ def test_archive_cut_off_by_a_killed_writer_is_incomplete(shelf):
         import os
         from volpack.media import open_writer
         w = open_writer("tape+emu:{drive}?record-size={RS}")
+        w.write(b"head")
+        w.mark_head_end()
         w.write(os.urandom(3 << 20))
         os._exit(9)  # no commit, no abort: as if the machine went down
         """
@@ -353,6 +356,8 @@ def test_aborted_archive_is_refused_as_incomplete(shelf):
     cart = shelf.cart("a")
     drive = shelf.drive("d", cart)
     w = open_writer(f"tape+emu:{drive}?record-size={RS}")
+    w.write(b"head")
+    w.mark_head_end()
     w.write(os.urandom(2 * MiB))
     w.abort()
     w.abort()
@@ -499,3 +504,27 @@ def test_reader_accepts_smaller_records_and_names_the_option_for_larger_ones(she
     with pytest.raises(MediumError, match=r"larger than 262144 bytes.*--tape-record-size"):
         read(f"tape+emu:{drive}#2")
     assert read(f"tape+emu:{drive}?record-size=1M#2") == data
+
+
+def test_table_copy_is_exactly_the_marked_head_even_beyond_one_mib(shelf):
+    cart = shelf.cart("a")
+    drive = shelf.drive("d", cart)
+    data = os.urandom(5 * MiB)
+    write(f"tape+emu:{drive}", data, head=3 * MiB + 5)
+    ((_, info),) = volume_headers(cart)
+    assert info.head_length == 3 * MiB + 5 and info.flags & TR.FLAG_HEAD_MARKED
+    r = open_reader(f"tape+emu:{drive}#1")
+    try:
+        assert r.head_copy == data[: 3 * MiB + 5]
+    finally:
+        r.close()
+
+
+def test_without_a_mark_the_table_copy_is_the_first_mib(shelf):
+    cart = shelf.cart("a")
+    drive = shelf.drive("d", cart)
+    data = os.urandom(40 * MiB)
+    write(f"tape+emu:{drive}", data, head=None)
+    ((_, info),) = volume_headers(cart)
+    assert info.head_length == MiB and not info.flags & TR.FLAG_HEAD_MARKED
+    assert read(f"tape+emu:{drive}#1") == data

@@ -35,6 +35,9 @@ log = logging.getLogger("volpack")
 # Without a mark from the archive writer, the table copy is this many leading archive bytes (a
 # quarter of --volume-size at most), enough for the tables of all but very fragmented volumes.
 UNMARKED_HEAD_COPY = 1 << 20
+# Volume 1 waits for the mark while the archive writer is still writing its head; beyond this many
+# bytes it starts with the unmarked copy (memory stays bounded if no mark ever comes).
+MAX_PENDING = 32 << 20
 
 
 class TapeWriter:
@@ -80,7 +83,7 @@ class TapeWriter:
         try:
             if self._pending is not None:
                 self._pending += mv
-                if len(self._pending) >= self._unmarked_copy:
+                if len(self._pending) >= MAX_PENDING:
                     self._start(self._unmarked_copy)
                 return
             self._feed(mv)
