@@ -244,12 +244,12 @@ def start_cluster(workdir: str, timeout: float = 90.0) -> WeedS3:
         ], log("master"), workdir),
         _Proc("volume1", [
             weed, "volume", *common, f"-port={v1}", f"-port.grpc={v1g}",
-            f"-dir={os.path.join(workdir, 'vol1')}", f"-master={master}", "-max=30",
+            f"-dir={os.path.join(workdir, 'vol1')}", f"-master={master}", "-max=0",
             "-rack=rack1", "-preStopSeconds=0",
         ], log("volume1"), workdir),
         _Proc("volume2", [
             weed, "volume", *common, f"-port={v2}", f"-port.grpc={v2g}",
-            f"-dir={os.path.join(workdir, 'vol2')}", f"-master={master}", "-max=30",
+            f"-dir={os.path.join(workdir, 'vol2')}", f"-master={master}", "-max=0",
             "-rack=rack1", "-preStopSeconds=0",
         ], log("volume2"), workdir),
         _Proc("filer", [
