@@ -150,7 +150,24 @@ class LvmSource:
         self.vg = self._newest_vg()
         lv = self.vg.lv(self.lv_name)
         self.lv = lv
-        by_uuid = {pv.label.uuid: pv for pv in self._pvs}
+        by_uuid: dict[str, _PVFile] = {}
+        for pv in self._pvs:
+            twin = by_uuid.get(pv.label.uuid)
+            if twin is not None and os.path.realpath(twin.path) != os.path.realpath(pv.path):
+                raise SourceError(
+                    f"{pv.path}: carries PV uuid {pv.label.uuid} like {twin.path}; a cloned PV "
+                    "is ambiguous: give only one of them"
+                )
+            by_uuid[pv.label.uuid] = pv
+        # Every extent the VG places on a given PV must lie inside it, before any table is built.
+        for vg_pv in self.vg.pvs.values():
+            found = by_uuid.get(vg_pv.uuid)
+            need = vg_pv.pe_start + vg_pv.pe_count * self.vg.extent_size
+            if found is not None and found.size < need:
+                raise SourceError(
+                    f"{found.path}: PV is {found.size} bytes but the VG places extents up to "
+                    f"{need}; the image is truncated"
+                )
         thin = self._thin_segment(lv)
         if thin is None:
             runs = lv_runs(self.vg, lv)
@@ -164,18 +181,12 @@ class LvmSource:
         used = sorted(set(runs.device.tolist()))
         devices: list[_PVFile] = []
         for index in used:
-            pv = self.vg.pvs[order[index]]
-            found = by_uuid.get(pv.uuid)
+            needed = self.vg.pvs[order[index]]
+            found = by_uuid.get(needed.uuid)
             if found is None:
                 raise SourceError(
-                    f"{self.path}: needs PV {pv.uuid} ({pv.name}) which is not among the given "
-                    "--pv paths; add it"
-                )
-            need = pv.pe_start + pv.pe_count * self.vg.extent_size
-            if found.size < need:
-                raise SourceError(
-                    f"{found.path}: PV is {found.size} bytes but the VG places extents up to "
-                    f"{need}; the image is truncated"
+                    f"{self.path}: needs PV {needed.uuid} ({needed.name}) which is not among the "
+                    "given --pv paths; add it"
                 )
             devices.append(found)
         remap = np.full(max(used, default=0) + 1, -1, np.int64)

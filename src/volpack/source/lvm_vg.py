@@ -16,6 +16,8 @@ from volpack.errors import SourceError
 
 SECTOR = 512
 MAX_STACK = 8  # LV areas that point at other LVs (pool data, sub-LVs) never nest deeply
+# One run per stripe chunk: 64 Mi runs (a 4 TiB LV in 64 KiB stripes) is 2 GiB of table.
+MAX_RUNS = 1 << 26
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +231,11 @@ def lv_runs(vg: VG, lv: LV, depth: int = 0) -> Runs:
         per_area = seg.extent_count // n * x
         chunk = seg.stripe_size if n > 1 else per_area
         rows = per_area // chunk
+        if rows * n > MAX_RUNS:
+            raise SourceError(
+                f"lvm:{vg.name}/{lv.name}: segment at extent {seg.start_extent} has {rows * n} "
+                f"stripe chunks, more than {MAX_RUNS} physical-map runs; not supported"
+            )
         c = np.arange(rows * n, dtype=np.int64)
         stripe = c % n
         starts = seg_start + c * chunk
@@ -248,7 +255,13 @@ def lv_runs(vg: VG, lv: LV, depth: int = 0) -> Runs:
                     )
                 )
             else:
-                sub = lv_runs(vg, vg.lv(area.name), depth + 1)
+                sub_lv = vg.lv(area.name)
+                if area.start + seg.extent_count // n > sub_lv.extent_count:
+                    raise SourceError(
+                        f"lvm:{vg.name}/{lv.name}: segment at extent {seg.start_extent} reaches "
+                        f"past the {sub_lv.extent_count} extents of {sub_lv.name}"
+                    )
+                sub = lv_runs(vg, sub_lv, depth + 1)
                 parts.append(sub.compose(starts[sel], lengths[sel], area.start * x + local[sel]))
     return Runs.concat(parts)
 
