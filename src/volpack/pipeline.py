@@ -140,7 +140,7 @@ def backup(source: str, archive_url: str, *, block_size: int = DEFAULT_BLOCK,
     check_block_size(block_size, frame_size)
     codec, level = parse_compress(compress)
     t0 = time.perf_counter()
-    if not allow_mounted:
+    if not allow_mounted and not source.startswith("lvm:"):  # LVM sources are read from PVs
         from volpack.detect.mounted import check_not_mounted
 
         check_not_mounted(source)

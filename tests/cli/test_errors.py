@@ -140,3 +140,53 @@ def test_disk_full_removes_the_partial_archive_and_the_partial_restore(archive, 
         assert os.listdir(small) == []
     finally:
         subprocess.run(["umount", str(small)])
+
+
+def test_source_changed_during_the_backup_fails_and_leaves_no_archive(tmp_path):
+    vol = tmp_path / "v.img"
+    write_sparse(str(vol), 8 << 20, [(0, os.urandom(6 << 20))])
+    arc = tmp_path / "v.vpk"
+    touched = []
+
+    def progress(phase, done, total):
+        if phase == "write" and not touched:
+            with open(vol, "r+b") as f:
+                f.seek(4096)
+                f.write(b"changed")
+            touched.append(True)
+
+    from volpack.errors import SourceError
+
+    with pytest.raises(SourceError, match="changed during the backup"):
+        pipeline.backup(str(vol), str(arc), frame_size=65536, progress=progress)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.img"]
+
+
+def test_staging_device_smaller_than_the_dense_volume_is_refused_before_copying(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("loop devices need root")
+    vol = tmp_path / "v.img"
+    write_sparse(str(vol), 8 << 20, [(0, os.urandom(4 << 20))])
+    small = tmp_path / "stage-backing.img"
+    small.write_bytes(b"\x5a" * (1 << 20))
+    r = subprocess.run(["losetup", "-f", "--show", str(small)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"loop devices unavailable: {r.stderr.strip()}")
+    dev = r.stdout.strip()
+    try:
+        one_error_line(vp("backup", str(vol), str(tmp_path / "a.vpk"), "--staging", dev,
+                          "--force", "--no-catalog"), 2, "use a larger device")
+        assert small.read_bytes() == b"\x5a" * (1 << 20)
+        assert not (tmp_path / "a.vpk").exists()
+    finally:
+        subprocess.run(["losetup", "-d", dev])
+
+
+def test_staging_file_needs_more_space_than_is_free(tmp_path):
+    vol = tmp_path / "v.img"
+    # A sparse volume claiming more used data than any test disk has free.
+    write_sparse(str(vol), 1 << 43, [(0, b"x"), ((1 << 43) - 1, b"y")])
+    one_error_line(vp("backup", str(vol), str(tmp_path / "a.vpk"), "--staging",
+                      str(tmp_path / "stage.img"), "--detect", "all-used", "--no-catalog"), 2,
+                   "free", "dense volume needs")
+    assert not (tmp_path / "stage.img").exists()

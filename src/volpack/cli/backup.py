@@ -16,7 +16,7 @@ from volpack.cli.common import (
     rate,
     size_arg,
 )
-from volpack.errors import EXIT_OK, EXIT_WARNING
+from volpack.errors import EXIT_OK, EXIT_WARNING, VolpackError
 from volpack.units import human
 
 log = logging.getLogger("volpack")
@@ -59,6 +59,15 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+def _mounted(path: str) -> bool:
+    from volpack.detect.mounted import is_mounted
+
+    try:
+        return is_mounted(path)
+    except (OSError, VolpackError):
+        return False
+
+
 def run(args: argparse.Namespace) -> int:
     from volpack.pipeline import backup
 
@@ -80,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     warnings = result.detection.get("warnings", [])
     for w in warnings:
         log.warning("%s", w)
-    if args.allow_mounted:
+    if args.allow_mounted and _mounted(args.source):
         log.warning("%s: backed up with --allow-mounted; the archive may not be point-in-time",
                     args.source)
     if not args.no_catalog and args.archive != "-":
