@@ -587,3 +587,14 @@ def test_thin_pool_with_damaged_metadata_block_is_refused(lab, tmp_path):
         f.write(b"\xff")
     with pytest.raises(SourceError, match="checksum"):
         open_lvm(f"lvm:{lab.vg}/thin2", tuple(str(p) for p in pvs))
+
+
+def test_cloned_pv_and_truncated_pv_are_refused(lab, tmp_path):
+    clone = tmp_path / "clone.img"
+    shutil.copyfile(lab.images[0], clone)
+    with pytest.raises(SourceError, match="cloned PV"):
+        open_lvm(f"lvm:{lab.vg}/lin", (str(lab.images[0]), str(clone)))
+    with open(clone, "r+b") as f:
+        f.truncate(40 * MiB)
+    with pytest.raises(SourceError, match="truncated"):
+        open_lvm(f"lvm:{lab.vg}/lin", (str(clone), str(lab.images[1])))
