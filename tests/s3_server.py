@@ -8,6 +8,7 @@ Servers are stopped by their PID. Nothing here is mocked: the ``weed`` binary co
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -281,3 +282,62 @@ def use_s3_server(server: WeedS3, monkeypatch) -> None:
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
     # A fresh override dict, put back by monkeypatch after the test.
     monkeypatch.setattr(s3_client, "_overrides", {"backoff": 0.05})
+
+
+class CuttingProxy:
+    """A TCP relay on 127.0.0.1 in front of a server that drops one connection after ``cut_after``
+    bytes from the server: a real broken download, for the reader's resume logic."""
+
+    def __init__(self, target_port: int, cut_after: int) -> None:
+        import threading
+
+        self._target = target_port
+        self.cut_after: int | None = cut_after
+        self.cuts = 0
+        self._lock = threading.Lock()
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self._target))
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, from_server: bool) -> None:
+        sent = 0
+        try:
+            while data := src.recv(65536):
+                if from_server:
+                    with self._lock:
+                        limit = self.cut_after
+                    if limit is not None and sent + len(data) > limit:
+                        dst.sendall(data[: max(0, limit - sent)])
+                        with self._lock:
+                            self.cut_after = None
+                            self.cuts += 1
+                        break
+                    sent += len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()

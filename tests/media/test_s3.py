@@ -259,3 +259,18 @@ def test_server_killed_mid_upload_leaves_no_object_and_a_retry_succeeds(tmp_path
         assert _read(url) == data
     finally:
         server.stop()
+
+
+def test_sequential_read_resumes_after_the_connection_breaks(weed_mini, s3_bucket):
+    from s3_server import CuttingProxy
+
+    data = os.urandom(6 * MiB + 3)
+    url = f"s3://{s3_bucket}/resumed.vpk"
+    _write(url, data)
+    proxy = CuttingProxy(weed_mini.s3_port, cut_after=2 * MiB)
+    try:
+        s3_client.configure(endpoint=proxy.endpoint)
+        assert _read(url) == data
+        assert proxy.cuts == 1
+    finally:
+        proxy.close()
