@@ -176,6 +176,7 @@ def read_header(fd: int, path: str, file_size: int) -> Header:
     # Header extensions live in the first cluster, right after the header.
     if cluster_size > len(head):
         head += os.pread(fd, cluster_size - len(head), len(head))
+    head = head[:cluster_size]
     pos = header_length
     names: dict[int, str] = {}
     backing_format = data_file = None
