@@ -28,13 +28,32 @@ def add_medium_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("medium options")
     group.add_argument("--s3-endpoint", metavar="URL", help="S3 endpoint (default: AWS config)")
     group.add_argument("--s3-profile", metavar="NAME", help="AWS profile for credentials")
+    group.add_argument("--tape-record-size", type=size_arg("--tape-record-size"), metavar="SIZE",
+                       help="tape record size (default 256Ki)")
+    group.add_argument("--volume-size", type=size_arg("--volume-size"), metavar="SIZE",
+                       help="tape: start the next volume after this many bytes")
+    group.add_argument("--tape-next", metavar="CMD",
+                       help="tape: command run to load the next volume when one is full")
 
 
 def apply_medium_options(args: argparse.Namespace) -> None:
+    """Configure S3 and fold the tape options into a tape URL in ``args.archive``."""
     if getattr(args, "s3_endpoint", None) or getattr(args, "s3_profile", None):
         from volpack.media.s3_client import configure
 
         configure(endpoint=args.s3_endpoint, profile=args.s3_profile)
+    tape_opts = (args.tape_record_size, args.volume_size, args.tape_next)
+    if any(v is not None for v in tape_opts):
+        from volpack.errors import UsageError
+        from volpack.media import scheme_of
+
+        if not scheme_of(args.archive).startswith("tape"):
+            raise UsageError(f"{args.archive}: --tape-record-size, --volume-size and --tape-next "
+                             "apply to tape: media only")
+        from volpack.media.tape import tape_url
+
+        args.archive = tape_url(args.archive, record_size=args.tape_record_size,
+                                volume_size=args.volume_size, next_command=args.tape_next)
 
 
 def size_arg(what: str):

@@ -26,6 +26,9 @@ class MediumWriter(Protocol):
         """Drop everything written; nothing partial stays visible. Safe to call after a failure."""
         ...
 
+    # Optional: ``mark_head_end()`` is called once after the header and tables are written, for
+    # media that copy them into every volume (tape). Media without it are not told.
+
 
 class MediumReader(Protocol):
     url: str
