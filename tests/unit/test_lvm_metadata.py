@@ -20,7 +20,7 @@ from volpack.source.lvm_metadata import (
     read_metadata,
     read_pv_label,
 )
-from volpack.source.lvm_vg import Runs, lv_runs, vg_from_config
+from volpack.source.lvm_vg import Runs, check_readable, lv_runs, vg_from_config
 
 VG_TEXT = r"""
 vg0 {
@@ -280,3 +280,28 @@ def test_metadata_text_size_beyond_the_area_is_refused(tmp_path):
         f.write(mda)
     with pytest.raises(SourceError, match="outside the"):
         read_texts(pv)
+
+
+def test_cow_store_of_an_old_style_snapshot_is_refused_but_its_origin_is_read():
+    snapshot = """
+		snapshot0 {
+			id = "z"
+			status = ["READ", "WRITE", "VISIBLE"]
+			segment_count = 1
+			segment1 {
+				start_extent = 0
+				extent_count = 6
+				type = "snapshot"
+				chunk_size = 8
+				origin = "odd"
+				cow_store = "stacked"
+			}
+		}
+"""
+    text = VG_TEXT.replace("\tlogical_volumes {\n", "\tlogical_volumes {\n" + snapshot, 1)
+    vg = vg_from_config("vg0", parse_config(text)["vg0"])
+    with pytest.raises(SourceError, match="copy-on-write store of an old-style snapshot of odd"):
+        check_readable(vg, vg.lv("stacked"))
+    check_readable(vg, vg.lv("odd"))
+    with pytest.raises(SourceError, match="'snapshot'"):
+        lv_runs(vg, vg.lv("snapshot0"))

@@ -20,7 +20,15 @@ from volpack.extents import Extents
 from volpack.source.base import PhysicalMap, SourceInfo
 from volpack.source.lvm_metadata import PVLabel, parse_config, read_metadata, read_pv_label
 from volpack.source.lvm_thin import ThinPool
-from volpack.source.lvm_vg import LV, VG, Runs, describe_segments, lv_runs, vg_from_config
+from volpack.source.lvm_vg import (
+    LV,
+    VG,
+    Runs,
+    check_readable,
+    describe_segments,
+    lv_runs,
+    vg_from_config,
+)
 
 BLKGETSIZE64 = 0x80081272
 PREFIX = "lvm:"
@@ -149,6 +157,7 @@ class LvmSource:
     def _open(self, thin_snapshot: bool) -> None:
         self.vg = self._newest_vg()
         lv = self.vg.lv(self.lv_name)
+        check_readable(self.vg, lv)
         self.lv = lv
         by_uuid: dict[str, _PVFile] = {}
         for pv in self._pvs:

@@ -266,6 +266,19 @@ def lv_runs(vg: VG, lv: LV, depth: int = 0) -> Runs:
     return Runs.concat(parts)
 
 
+def check_readable(vg: VG, lv: LV) -> None:
+    """Refuse LVs whose own extents are not their contents: the COW store of an old-style
+    snapshot holds exception chunks, not the snapshot's view of the origin."""
+    for other in vg.lvs.values():
+        for seg in other.segments:
+            if seg.type == "snapshot" and seg.params.get("cow_store") == lv.name:
+                raise SourceError(
+                    f"lvm:{vg.name}/{lv.name}: is the copy-on-write store of an old-style "
+                    f"snapshot of {seg.params.get('origin')}; reading a snapshot's contents is "
+                    "not supported: back up the origin with the VG inactive, or use thin snapshots"
+                )
+
+
 def describe_segments(vg: VG, lv: LV) -> list[dict[str, Any]]:
     """JSON-able segment list for ``info``/``map``."""
     out = []
