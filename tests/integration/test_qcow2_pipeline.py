@@ -117,3 +117,23 @@ def test_source_format_raw_backs_up_the_image_file_itself(tmp_path, chain):
     result = pipeline.backup(str(chain), str(archive), source_format="raw")
     assert result.source["kind"] != "qcow2"
     assert result.volume_size == chain.stat().st_size
+
+
+def test_cli_map_json_lists_the_dirty_bitmaps(tmp_path, chain, capsys):
+    run("qemu-img", "bitmap", "--add", str(chain), "nightly")
+    run("qemu-io", "-c", "write -P 0x55 2M 64k", str(chain))
+    assert cli_main(["map", "--json", str(chain)]) == 0
+    details = json.loads(capsys.readouterr().out)["source"]["details"]
+    (bitmap,) = details["dirty_bitmaps"]
+    assert bitmap["name"] == "nightly" and bitmap["usable"]
+    assert bitmap["dirty_bytes"] == 64 * 1024
+
+
+def test_cli_source_format_qcow2_on_a_raw_file_fails_with_the_source_exit_code(tmp_path, capsys):
+    plain = tmp_path / "plain.img"
+    plain.write_bytes(b"\1" * 65536)
+    code = cli_main(["backup", "--no-catalog", "--source-format", "qcow2", str(plain),
+                     str(tmp_path / "x.vpk")])  # fmt: skip
+    assert code == 3
+    assert "not a qcow2 image" in capsys.readouterr().err
+    assert not (tmp_path / "x.vpk").exists()
