@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 ACCESS_KEY = "volpacktestkey"
 SECRET_KEY = "volpacktestsecret0123456789"
 REGION = "us-east-1"
+VIRTUAL_HOST_DOMAIN = "s3.test"
 
 
 def weed_binary() -> str | None:
@@ -211,6 +212,8 @@ def start_mini(workdir: str, timeout: float = 60.0) -> WeedS3:
         "-webdav=false",
         "-master.telemetry=false",
         "-s3.autoCreateBucket=false",
+        # Virtual-host addressing: {bucket}.s3.test, reached through HTTP_PROXY in the tests.
+        f"-s3.domainName={VIRTUAL_HOST_DOMAIN}",
         f"-s3.config={identities}",
         f"-filer.localSocket={os.path.join(workdir, 'filer.sock')}",
         f"-s3.localSocket={os.path.join(workdir, 's3.sock')}",
@@ -288,12 +291,13 @@ class CuttingProxy:
     """A TCP relay on 127.0.0.1 in front of a server that drops one connection after ``cut_after``
     bytes from the server: a real broken download, for the reader's resume logic."""
 
-    def __init__(self, target_port: int, cut_after: int) -> None:
+    def __init__(self, target_port: int, cut_after: int | None) -> None:
         import threading
 
         self._target = target_port
         self.cut_after: int | None = cut_after
         self.cuts = 0
+        self.request_lines: list[bytes] = []  # first line of each request seen (best effort)
         self._lock = threading.Lock()
         self._listener = socket.socket()
         self._listener.bind(("127.0.0.1", 0))
@@ -334,6 +338,9 @@ class CuttingProxy:
                             self.cuts += 1
                         break
                     sent += len(data)
+                elif data[:5] in (b"GET h", b"PUT h", b"HEAD ", b"POST ", b"DELET"):
+                    with self._lock:
+                        self.request_lines.append(data.split(b"\r\n", 1)[0])
                 dst.sendall(data)
         except OSError:
             pass

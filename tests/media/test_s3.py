@@ -274,3 +274,27 @@ def test_sequential_read_resumes_after_the_connection_breaks(weed_mini, s3_bucke
         assert proxy.cuts == 1
     finally:
         proxy.close()
+
+
+def test_virtual_host_addressing_puts_the_bucket_in_the_host_name(
+    weed_mini, s3_bucket, monkeypatch
+):
+    from s3_server import VIRTUAL_HOST_DOMAIN, CuttingProxy
+
+    # No wildcard DNS here: an HTTP proxy on 127.0.0.1 carries the request to the server, with
+    # the bucket's host name intact in the request line and the Host header.
+    relay = CuttingProxy(weed_mini.s3_port, cut_after=None)
+    try:
+        monkeypatch.setenv("HTTP_PROXY", relay.endpoint)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        endpoint = f"http://{VIRTUAL_HOST_DOMAIN}:{weed_mini.s3_port}"
+        s3_client.configure(endpoint=endpoint, addressing="virtual", part_size=5 * MiB)
+        data = os.urandom(11 * MiB)
+        url = f"s3://{s3_bucket}/virtual.vpk"
+        _write(url, data)
+        assert _read(url) == data
+        host = f"http://{s3_bucket}.{VIRTUAL_HOST_DOMAIN}:{weed_mini.s3_port}/virtual.vpk"
+        assert any(host.encode() in line for line in relay.request_lines), relay.request_lines
+    finally:
+        relay.close()
