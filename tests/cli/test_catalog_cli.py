@@ -166,3 +166,15 @@ def test_catalog_records_filesystem_uuid_that_blkid_reports(env, capsys):
     uid = backup(capsys, image, media / "ext4.vpk")
     code, out, _ = run(capsys, "show", "--json", uid)
     assert code == EXIT_OK and expected and json.loads(out)["fs_uuid"] == expected
+
+
+def test_backup_succeeds_with_warning_when_catalog_cannot_be_written(env, capsys, caplog):
+    tmp, catalog, media, a, b = env
+    blocker = tmp / "not-a-dir"
+    blocker.write_text("x")
+    code, out, err = run(
+        capsys, "backup", "--allow-mounted", "--catalog", str(blocker / "c.sqlite"), a,
+        str(media / "a1.vpk"),
+    )  # fmt: skip
+    assert code == EXIT_OK and (media / "a1.vpk").exists()
+    assert "not recorded in the catalog" in err + caplog.text
