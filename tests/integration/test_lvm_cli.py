@@ -82,10 +82,7 @@ def test_map_of_thin_lv_lists_only_mapped_chunks(lab, capsys):
 
 def test_backup_info_restore_verify_round_trip_an_lv(lab, capsys, tmp_path):
     archive = str(tmp_path / "multi.vpk")
-    # --allow-mounted: the mount check does not know lvm:VG/LV names yet (PVs are opened O_EXCL).
-    code, _ = run_cli(
-        capsys, "backup", f"lvm:{lab.vg}/multi", archive, *pv_args(lab), "--allow-mounted"
-    )
+    code, _ = run_cli(capsys, "backup", f"lvm:{lab.vg}/multi", archive, *pv_args(lab))
     assert code == 0
     code, out = run_cli(capsys, "info", archive, "--json")
     assert code == 0
@@ -102,9 +99,7 @@ def test_restore_layout_physical_puts_the_lv_back_onto_copies_of_its_pvs(lab, ca
     from test_lvm_restore import scribble_copies
 
     archive = str(tmp_path / "striped.vpk")
-    code, _ = run_cli(
-        capsys, "backup", f"lvm:{lab.vg}/striped", archive, *pv_args(lab), "--allow-mounted"
-    )
+    code, _ = run_cli(capsys, "backup", f"lvm:{lab.vg}/striped", archive, *pv_args(lab))
     assert code == 0
     copies = scribble_copies(lab, tmp_path, ["striped"])
     code, _ = run_cli(

@@ -32,7 +32,7 @@ MiB = 1 << 20
 
 def back_up(lab: LvmLab, lv: str, tmp_path) -> str:
     url = str(tmp_path / f"{lv}.vpk")
-    backup(f"lvm:{lab.vg}/{lv}", url, pvs=pvs_of(lab), allow_mounted=True)
+    backup(f"lvm:{lab.vg}/{lv}", url, pvs=pvs_of(lab))
     return url
 
 
