@@ -56,7 +56,7 @@ def skip_reason() -> str | None:
 class LvmLab:
     """PV images on loop devices, a private lvm.conf, and helpers to run and query LVM."""
 
-    def __init__(self, workdir: Path, sizes: list[int], vg: str, metadatasize: str | None = None):
+    def __init__(self, workdir: Path, sizes: list[int], vg: str, pvcreate: tuple[str, ...] = ()):
         self.dir = workdir
         self.vg = vg
         self.images = [workdir / f"pv{i}.img" for i in range(len(sizes))]
@@ -76,8 +76,7 @@ class LvmLab:
         (workdir / "lvm.conf").write_text(conf)
         (workdir / "lock").mkdir()
         self.env = {**os.environ, "LVM_SYSTEM_DIR": str(workdir), "LVM_SUPPRESS_FD_WARNINGS": "1"}
-        extra = ["--metadatasize", metadatasize] if metadatasize else []
-        self.lvm("pvcreate", *extra, *self.loops)
+        self.lvm("pvcreate", *pvcreate, *self.loops)
         self.lvm("vgcreate", "-s", "1M", vg, *self.loops)
 
     def lvm(self, *args: str) -> str:
@@ -151,14 +150,16 @@ class LvmLab:
         return bytes(out)
 
     def fill_data_areas(self, seed: int) -> None:
-        """Random bytes everywhere after pe_start, so every extent is distinguishable."""
+        """Random bytes in every physical extent, so every extent is distinguishable."""
         rng = np.random.default_rng(seed)
+        rows = self.report("pvs", "pv_name,pv_pe_count", *self.loops)
+        count = {r["pv_name"]: int(r["pv_pe_count"]) for r in rows}
         for loop, img in zip(self.loops, self.images, strict=True):
             start = self.pe_start(loop)
-            size = img.stat().st_size
-            with open(img, "r+b") as f:
+            size = count[loop] * self.extent_size()  # not past the extents: a metadata copy
+            with open(img, "r+b") as f:  # may sit at the end of the PV
                 f.seek(start)
-                f.write(rng.integers(0, 256, size - start, dtype=np.uint8).tobytes())
+                f.write(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
 
     def close(self) -> None:
         for loop in self.loops:
@@ -598,3 +599,31 @@ def test_cloned_pv_and_truncated_pv_are_refused(lab, tmp_path):
         f.truncate(40 * MiB)
     with pytest.raises(SourceError, match="truncated"):
         open_lvm(f"lvm:{lab.vg}/lin", (str(clone), str(lab.images[1])))
+
+
+def test_pv_with_two_metadata_copies_reads_either_and_agrees(tmp_path):
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    lab = LvmLab(tmp_path, [32 * MiB], f"vp2m{os.getpid()}", pvcreate=("--pvmetadatacopies", "2"))
+    try:
+        lab.lvcreate("a", "-L", "2M")
+        lab.fill_data_areas(seed=3)
+        fd = os.open(lab.images[0], os.O_RDONLY)
+        try:
+            from volpack.source.lvm_metadata import read_metadata, read_pv_label
+
+            label = read_pv_label(fd, str(lab.images[0]))
+            copies = read_metadata(fd, label, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+        assert len(label.metadata_areas) == 2 and len(copies) == 2
+        assert copies[1].mda_offset > 16 * MiB  # the second copy sits at the end of the PV
+        assert copies[0].text == copies[1].text
+        src = open_lvm(f"lvm:{lab.vg}/a", (str(lab.images[0]),))
+        try:
+            assert read_all(src) == lab.expected_bytes("a")
+        finally:
+            src.close()
+    finally:
+        lab.close()
