@@ -78,10 +78,37 @@ def bit_runs(bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return starts, ends
 
 
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
+
+
+def popcount_rows(bitmaps: np.ndarray) -> np.ndarray:
+    """Set bits per row of a 2-D uint8 array."""
+    return _POPCOUNT[bitmaps].sum(axis=1, dtype=np.int64)
+
+
 def bitmap_runs(bitmap: np.ndarray, nbits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Runs of set bits among the first ``nbits`` of a little-endian (LSB first) byte bitmap."""
-    bits = np.unpackbits(bitmap, count=nbits, bitorder="little")
-    return bit_runs(bits)
+    """Runs of set bits among the first ``nbits`` of a little-endian (LSB first) byte bitmap.
+
+    Whole 0x00/0xFF bytes are handled at byte level; only mixed bytes are expanded to bits, so
+    the cost is one pass over the bytes plus work proportional to fragmentation.
+    """
+    nbytes = -(-nbits // 8)
+    data = np.asarray(bitmap, np.uint8)[:nbytes]
+    if nbits % 8 and data.size == nbytes:
+        data = data.copy()
+        data[-1] &= (1 << (nbits % 8)) - 1
+    full = data == 0xFF
+    mixed = np.flatnonzero(~full & (data != 0))
+    fs, fe = bit_runs(full.view(np.uint8))
+    bits = np.unpackbits(data[mixed][:, None], axis=1, bitorder="little")
+    edges = np.diff(bits.astype(np.int8), axis=1, prepend=np.int8(0), append=np.int8(0))
+    rs, cs = np.nonzero(edges == 1)
+    re, ce = np.nonzero(edges == -1)
+    base = mixed.astype(np.int64) * 8
+    starts = np.concatenate([fs * 8, base[rs] + cs])
+    ends = np.concatenate([fe * 8, base[re] + ce])
+    merged = Extents.from_arrays(starts, ends)
+    return merged.starts, merged.ends
 
 
 def byte_runs(starts: np.ndarray, ends: np.ndarray, unit: int, base: int) -> Extents:

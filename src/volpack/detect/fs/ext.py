@@ -15,10 +15,11 @@ import numpy as np
 from volpack.detect.fs._common import (
     Area,
     FsResult,
-    bit_runs,
+    bitmap_runs,
     crc16,
     crc32c_raw,
     crc_columns,
+    popcount_rows,
     text,
     uuid_str,
 )
@@ -216,22 +217,28 @@ def analyse(area: Area) -> FsResult:
     for g0 in range(0, groups, _GROUP_CHUNK):
         g1 = min(groups, g0 + _GROUP_CHUNK)
         maps = _read_bitmaps(area, block_bitmap[g0:g1], uninit[g0:g1], block_size, bytes_per_map)
-        bits = np.unpackbits(maps, axis=1, bitorder="little")
         valid = min(total_units - g0 * clusters_per_group, (g1 - g0) * clusters_per_group)
-        flat = bits.reshape(-1)
-        # Bits past the last cluster are padding (set on disk); free counts must agree with the
-        # bitmaps of initialised groups (the descriptor counts clusters).
-        flat[valid:] = 1
-        counts = clusters_per_group - bits.sum(axis=1, dtype=np.int64)
+        # The descriptor counts free clusters among the group's real clusters (bits past the
+        # last cluster are padding).
+        used_bits = popcount_rows(maps)
+        free = clusters_per_group - used_bits
+        last = (valid - 1) // clusters_per_group
+        tail = valid - last * clusters_per_group
+        if tail < clusters_per_group:
+            row = maps[last].copy()
+            row[-(-tail // 8) :] = 0
+            if tail % 8:
+                row[tail // 8] &= (1 << (tail % 8)) - 1
+            free[last] = tail - int(popcount_rows(row[None, :])[0])
         check = ~uninit[g0:g1]
-        mismatch = np.flatnonzero(check & (counts != free_blocks[g0:g1]))
+        mismatch = np.flatnonzero(check & (free != free_blocks[g0:g1]))
         if mismatch.size:
             g = g0 + int(mismatch[0])
             raise area.damaged(
                 f"ext group {g} free count {int(free_blocks[g])} disagrees with its bitmap "
-                f"({int(counts[g - g0])} free); bitmaps or descriptors are damaged"
+                f"({int(free[g - g0])} free); bitmaps or descriptors are damaged"
             )
-        s, e = bit_runs(flat[:valid])
+        s, e = bitmap_runs(maps.reshape(-1), valid)
         starts_all.append(s + g0 * clusters_per_group)
         ends_all.append(e + g0 * clusters_per_group)
 
