@@ -33,8 +33,8 @@ def analyse(read_at: ReadAt, size: int) -> tuple[list[Region], list[str]]:
     items: list[tuple[int, int, list[Region]]] = []
     for start, end in table.table_runs:
         used = Extents.span(start, end)
-        info = {"scheme": table.scheme, **table.details}
-        items.append((start, end, [Region(start, end, table.scheme, used, info)]))
+        table_info = {"scheme": table.scheme, **table.details}
+        items.append((start, end, [Region(start, end, table.scheme, used, table_info)]))
     for part in table.partitions:
         end = part.start + part.length
         info: dict[str, Any] = {"partition": part.number, "partition_type": part.type}

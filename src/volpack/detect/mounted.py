@@ -33,7 +33,7 @@ def _unescape(field: str) -> str:
 
 def _mounts() -> list[tuple[int, str, str]]:
     """(st_dev of the mount, mount point, mount source) for every mount."""
-    out = []
+    out: list[tuple[int, str, str]] = []
     try:
         with open(_MOUNTINFO, encoding="utf-8", errors="replace") as f:
             lines = f.read().splitlines()
@@ -107,7 +107,7 @@ def _related_devices(rdev: int) -> set[int]:
 
 def _loops_backed_by(st: os.stat_result) -> list[int]:
     """Loop devices whose backing file is this file (same device and inode)."""
-    out = []
+    out: list[int] = []
     try:
         names = [n for n in os.listdir(_SYS_BLOCK) if n.startswith("loop")]
     except OSError:
