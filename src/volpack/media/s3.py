@@ -13,6 +13,7 @@ import uuid
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 from volpack.errors import MediumError, MediumNotFound
 from volpack.media.base import Buffer
@@ -300,8 +301,11 @@ class S3Writer:
                     self._s,
                     self.url,
                     f"abort the multipart upload of {obj.key}",
-                    lambda key=obj.key, uid=upload_id: self._client.abort_multipart_upload(
-                        Bucket=self._bucket, Key=key, UploadId=uid
+                    partial(
+                        self._client.abort_multipart_upload,
+                        Bucket=self._bucket,
+                        Key=obj.key,
+                        UploadId=upload_id,
                     ),
                 )
                 obj.upload_id = None
@@ -369,7 +373,7 @@ def _list(s: S3Settings, bucket: str, prefix: str, subject: str) -> list[tuple[s
         args: dict[str, object] = {"Bucket": bucket, "Prefix": prefix}
         if token:
             args["ContinuationToken"] = token
-        page = call(s, subject, "list objects", lambda a=args: c.list_objects_v2(**a))
+        page = call(s, subject, "list objects", partial(c.list_objects_v2, **args))
         for item in page.get("Contents", []):
             found.append((item["Key"], int(item["Size"]), item["LastModified"].timestamp()))
         if not page.get("IsTruncated"):
@@ -426,7 +430,7 @@ def delete(url: str) -> None:
     ]
     # The named key first: without it the rest is unreachable, never a truncated archive.
     for name in [key, *continuations]:
-        call(s, url, f"delete {name}", lambda n=name: c.delete_object(Bucket=bucket, Key=n))
+        call(s, url, f"delete {name}", partial(c.delete_object, Bucket=bucket, Key=name))
 
 
 def describe(url: str) -> list[tuple[str, int]]:

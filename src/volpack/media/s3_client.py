@@ -87,7 +87,7 @@ def configure(
 ) -> None:
     """Process-wide overrides (the CLI's ``--s3-endpoint``/``--s3-profile``); ``None`` keeps the
     current value. They win over the ``VOLPACK_S3_*`` environment, which wins over AWS config."""
-    given = {
+    given: dict[str, Any] = {
         "endpoint": endpoint,
         "profile": profile,
         "addressing": addressing,
@@ -98,7 +98,7 @@ def configure(
         "attempts": attempts,
         "backoff": backoff,
     }
-    changes = {k: v for k, v in given.items() if v is not None}
+    changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     _validate(_resolved(replace(S3Settings(), **changes)), "configure()")
     with _lock:
         _overrides.update(changes)
