@@ -49,7 +49,6 @@ def test_four_volumes_backed_up_concurrently_then_listed_pruned_restored(
     weed_mini, tmp_path, monkeypatch
 ):
     from s3_server import use_s3_server
-
     from volpack import media
 
     use_s3_server(weed_mini, monkeypatch)
