@@ -234,7 +234,7 @@ def restore(archive_url: str, target: str, *, force: bool = False, allow_smaller
     from volpack.format.random_access import Archive
     from volpack.format.reader import ArchiveStream
     from volpack.media import open_reader, scheme_of
-    from volpack.restore.targets import open_raw_target
+    from volpack.targets.raw import open_raw_target
 
     t0 = time.perf_counter()
     if scheme_of(archive_url) == "file" and _same_file(archive_url, target):
@@ -252,7 +252,7 @@ def restore(archive_url: str, target: str, *, force: bool = False, allow_smaller
             tgt = open_raw_target(target, force=force, allow_smaller=allow_smaller,
                                   assume_zeroed=assume_zeroed)
         elif target_format == "qcow2":
-            from volpack.restore.qcow2 import open_qcow2_target
+            from volpack.targets.qcow2 import open_qcow2_target
 
             tgt = open_qcow2_target(target, force=force)
         else:
@@ -305,7 +305,7 @@ def verify(archive_url: str, *, against: str | None = None, source_format: str =
     compare a volume with it (used blocks equal, unused blocks zero). Raises on any failure."""
     from volpack.format.reader import ArchiveStream
     from volpack.media import open_reader
-    from volpack.restore.compare import VolumeComparer
+    from volpack.targets.compare import VolumeComparer
 
     t0 = time.perf_counter()
     medium = open_reader(archive_url)

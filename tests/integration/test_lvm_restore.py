@@ -24,7 +24,7 @@ import volpack
 from volpack.errors import TargetError
 from volpack.extents import Extents
 from volpack.pipeline import backup, restore
-from volpack.restore.physical import open_physical_target
+from volpack.targets.physical import open_physical_target
 
 pytestmark = pytest.mark.root
 MiB = 1 << 20

@@ -13,7 +13,7 @@ import pytest
 
 from volpack.errors import TargetError
 from volpack.extents import Extents
-from volpack.restore.qcow2 import open_qcow2_target
+from volpack.targets.qcow2 import open_qcow2_target
 from volpack.source.qcow2 import open_qcow2
 
 pytestmark = pytest.mark.skipif(

@@ -7,7 +7,7 @@ import tempfile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from volpack import pipeline as volpack
+import volpack
 from volpack.format.random_access import open_archive
 from volumes import allocated_bytes, random_pieces, same_bytes, write_sparse
 

@@ -19,3 +19,11 @@ def test_bad_sizes_are_usage_errors_naming_the_text(text):
 
 def test_human_sizes():
     assert human(1536) == "1.5 KiB" and human(10) == "10 B"
+
+
+def test_public_api_functions_stay_callable_after_their_subpackages_are_imported():
+    import volpack
+    import volpack.targets.raw  # noqa: F401  (a subpackage import must not shadow the API)
+
+    assert callable(volpack.restore) and callable(volpack.backup) and callable(volpack.verify)
+    assert callable(volpack.open_archive) and callable(volpack.map_volume)

@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress(args)
     try:
         if args.layout == "physical":
-            from volpack.restore.physical import restore_physical
+            from volpack.targets.physical import restore_physical
 
             result = restore_physical(archive, (args.target, *args.pv), force=args.force,
                                       progress=progress)
