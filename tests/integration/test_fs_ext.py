@@ -191,3 +191,32 @@ def test_ext_detection_of_large_filesystems_is_fast_and_matches_partclone(tmp_pa
     oracle = partclone_used("partclone.extfs", img, tmp_path)
     assert oracle.subtract(fs.used).total() == 0
     assert fs.used.subtract(oracle).total() == 0
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("kind", ["ext2", "ext4"])
+def test_ext_snapshot_of_a_mounted_filesystem_is_not_trusted(tmp_path, kind):
+    import os
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or subprocess.run(["losetup", "-f"], capture_output=True).returncode:
+        pytest.skip("needs root and a free loop device")
+    need("mkfs.ext4")
+    img = sparse_file(tmp_path / "fs.img", 64 << 20)
+    run("mkfs.ext4", "-q", "-F", "-t", kind, img)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], capture_output=True)
+    if proc.returncode:
+        pytest.skip(f"loop mount failed: {proc.stderr.decode(errors='replace').strip()}")
+    try:
+        random_tree(mnt / "t", 11, count=5)
+        os.sync()
+        shutil.copyfile(img, tmp_path / "snap.img")
+    finally:
+        run("umount", mnt)
+    regions, warnings = analyse_file(tmp_path / "snap.img")
+    assert len(warnings) == 1 and regions[0].used is None
+    assert ("not cleanly unmounted" if kind == "ext2" else "needs recovery") in warnings[0]
+    single_fs(img)  # after the unmount it is trusted again

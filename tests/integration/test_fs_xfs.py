@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import subprocess
 import tempfile
 from pathlib import Path
@@ -165,3 +166,58 @@ def test_xfs_written_by_the_kernel_with_deletes_keeps_every_live_file(tmp_path):
         sums[f"t4/{rel}"] = sha(p.read_bytes())
         sums[f"t0/{rel}"] = sums[f"t4/{rel}"]
     files_match(kept, sums)
+
+
+def _mounted(img: Path, mnt: Path):
+    reason = _can_loop_mount()
+    if reason:
+        pytest.skip(reason)
+    proc = subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], capture_output=True)
+    if proc.returncode:
+        pytest.skip(f"loop mount failed: {proc.stderr.decode(errors='replace').strip()}")
+
+
+@pytest.mark.root
+def test_xfs_snapshot_with_a_dirty_log_falls_back_and_a_wrapped_clean_log_does_not(tmp_path):
+    need("mkfs.xfs", "xfs_io", "xfs_logprint")
+    img = sparse_file(tmp_path / "xfs.img", 320 << 20)
+    run("mkfs.xfs", "-q", "-f", img)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    _mounted(img, mnt)
+    try:
+        # Enough metadata traffic to wrap the 64 MiB log at least once.
+        for r in range(6):
+            d = mnt / f"r{r}"
+            d.mkdir()
+            for i in range(20000):
+                (d / str(i)).touch()
+            os.sync()
+            shutil.rmtree(d)
+            os.sync()
+        random_tree(mnt / "live", 10, count=6)
+        os.sync()
+        snap = tmp_path / "snap.img"
+        shutil.copyfile(img, snap)  # what a block-level snapshot of the mounted volume holds
+    finally:
+        run("umount", mnt)
+    assert "DIRTY" in run("xfs_logprint", "-t", snap)
+    regions, warnings = analyse_file(snap)
+    assert len(warnings) == 1 and "unmount record" in warnings[0]
+    assert regions[0].used is None
+    assert "CLEAN" in run("xfs_logprint", "-t", img)
+    vals = dict(
+        line.split(" = ")
+        for line in run(
+            "xfs_db", "-r", "-c", "sb 0", "-c", "p logstart agblocks agblklog blocksize", img
+        )
+        .strip()
+        .splitlines()
+    )
+    start = int(vals["logstart"])
+    ag, agbno = start >> int(vals["agblklog"]), start & ((1 << int(vals["agblklog"])) - 1)
+    with open(img, "rb") as f:
+        f.seek((ag * int(vals["agblocks"]) + agbno) * int(vals["blocksize"]))
+        w0, w1 = struct.unpack(">II", f.read(8))
+    assert (w1 if w0 == 0xFEEDBABE else w0) >= 2, "the log wrapped at least once"
+    single_fs(img, "xfs")

@@ -40,6 +40,8 @@ RO_GDT_CSUM = 0x10
 RO_BIGALLOC = 0x200
 RO_METADATA_CSUM = 0x400
 BG_BLOCK_UNINIT = 0x2
+STATE_VALID = 0x1
+STATE_ERROR = 0x2
 
 # Groups whose bitmaps are expanded at once; bounds memory on multi-TiB filesystems.
 _GROUP_CHUNK = 2048
@@ -95,6 +97,12 @@ def analyse(area: Area) -> FsResult:
         raise area.damaged("is an external ext journal device, not a filesystem")
     if ro_compat & RO_METADATA_CSUM and crc32c_raw(sb[:0x3FC]) != sb_checksum:
         raise area.damaged(f"ext superblock checksum mismatch (stored {sb_checksum:#010x})")
+    (state,) = struct.unpack_from("<H", sb, 0x3A)
+    if not state & STATE_VALID or state & STATE_ERROR:
+        # Without a journal, a mounted or crashed ext2 has VALID cleared; ERROR means the kernel
+        # found an inconsistency. Either way the bitmaps are not to be trusted.
+        what = "has errors recorded" if state & STATE_ERROR else "was not cleanly unmounted"
+        raise area.damaged(f"ext filesystem {what} (state {state:#x}); run e2fsck first")
     if incompat & INCOMPAT_RECOVER:
         raise area.damaged("ext journal needs recovery, bitmaps may be stale; run e2fsck or mount")
     if log_block > 6 or log_cluster < log_block or log_cluster > log_block + 16:

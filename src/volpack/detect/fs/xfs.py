@@ -19,6 +19,12 @@ _SB_CRC = 224
 _AGF_CRC = 216
 _MAX_AGS = 1 << 20
 _MAX_LEVELS = 9
+_LOG_MAGIC = 0xFEEDBABE
+_BB = 512
+# In-core logs may reach the disk out of order: 8 iclogs of up to 256 KiB around the head.
+_LOG_WINDOW = (8 * 256 * 1024) // _BB
+_UNMOUNT_TRANS = 0x20
+_CLIENT_LOG = 0xAA
 
 
 def probe(area: Area) -> bool:
@@ -55,6 +61,7 @@ def analyse(area: Area) -> FsResult:
         full = area.read(0, sectsize)
         if not _crc_ok(full, _SB_CRC):
             raise area.damaged("XFS superblock CRC mismatch")
+    _check_log_clean(area, sb, block_size, agblocks, dblocks)
     hdr = 56 if v5 else 16
     magic = b"AB3B" if v5 else b"ABTB"
     maxrecs = (block_size - hdr) // 12
@@ -145,3 +152,81 @@ def _walk(
         if (counts <= 0).any() or (ends > ag_len).any() or (starts[1:] < ends[:-1]).any():
             raise area.damaged(f"XFS AG {agno} free-space records overlap or leave the AG")
     return recs
+
+
+def _check_log_clean(area: Area, sb: bytes, block_size: int, agblocks: int, dblocks: int) -> None:
+    """Raise FsDamaged unless the internal log ends with an unmount record (a clean unmount).
+
+    A dirty log holds allocations the free-space trees do not show yet (a snapshot of a mounted
+    filesystem, a crash): trusting the trees then would drop used blocks.
+    """
+    (logstart,) = struct.unpack_from(">Q", sb, 48)
+    (logblocks,) = struct.unpack_from(">I", sb, 96)
+    agblklog = sb[124]
+    if logstart == 0:
+        raise area.damaged("XFS has an external log that cannot be checked for a clean unmount")
+    if agblklog > 31 or logblocks == 0:
+        raise area.damaged(f"XFS log of {logblocks} blocks, AG block log {agblklog}")
+    agno, agbno = logstart >> agblklog, logstart & ((1 << agblklog) - 1)
+    base = (agno * agblocks + agbno) * block_size
+    n = logblocks * block_size // _BB
+    if base + n * _BB > dblocks * block_size:
+        raise area.damaged(f"XFS log at block {logstart} of {logblocks} blocks leaves the device")
+
+    def sectors(first: int, count: int) -> np.ndarray:
+        return np.frombuffer(area.read(base + first * _BB, count * _BB), np.uint8).reshape(
+            count, _BB
+        )
+
+    def cycles(rows: np.ndarray) -> np.ndarray:
+        # The first word of every log sector is its cycle, except record headers (magic first).
+        w0 = rows[:, 0:4].copy().view(">u4")[:, 0].astype(np.int64)
+        w1 = rows[:, 4:8].copy().view(">u4")[:, 0].astype(np.int64)
+        return np.where(w0 == _LOG_MAGIC, w1, w0)
+
+    first, last = (int(cycles(sectors(b, 1))[0]) for b in (0, n - 1))
+    if first == last:
+        head = n  # the log wrapped exactly: the newest record ends at the log's end
+    else:
+        lo, hi = 0, n - 1  # cycle(lo) == first, cycle(hi) != first
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if int(cycles(sectors(mid, 1))[0]) == first:
+                lo = mid
+            else:
+                hi = mid
+        head = hi
+        after = min(n - head, _LOG_WINDOW)
+        if after and (cycles(sectors(head, after)) == first).any():
+            raise area.damaged("XFS log has out-of-order writes past its head; the log is dirty")
+    lo = max(0, head - _LOG_WINDOW)
+    if head == 0:
+        raise area.damaged("XFS log head could not be located")
+    rows = sectors(lo, head - lo)
+    w0 = rows[:, 0:4].copy().view(">u4")[:, 0]
+    found = np.flatnonzero(w0 == _LOG_MAGIC)
+    if not found.size:
+        raise area.damaged("XFS log has no record header before its head; the log is dirty")
+    rec = lo + int(found[-1])
+    header = rows[rec - lo].tobytes()
+    _cycle, version, length = struct.unpack_from(">III", header, 4)
+    (lsn,) = struct.unpack_from(">Q", header, 16)
+    (nops,) = struct.unpack_from(">I", header, 40)
+    (h_size,) = struct.unpack_from(">I", header, 320)
+    extra = max(0, -(-h_size // 32768) - 1) if version == 2 else 0
+    data_at = rec + 1 + extra
+    clean = (
+        nops == 1
+        and 0 < length <= _BB
+        and (lsn & 0xFFFFFFFF) == rec
+        and data_at + 1 <= head
+        and data_at < n
+    )
+    if clean:
+        op = sectors(data_at, 1)[0].tobytes()
+        clean = op[8] == _CLIENT_LOG and bool(op[9] & _UNMOUNT_TRANS)
+    if not clean:
+        raise area.damaged(
+            "XFS log does not end with an unmount record (dirty log: mounted or crashed); "
+            "mount and unmount it, or run xfs_repair"
+        )
