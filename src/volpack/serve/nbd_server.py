@@ -153,7 +153,18 @@ class NbdServer:
                         self._accept()
         finally:
             sel.close()
+            self._drop_backlog()
             self._stop_clients()
+
+    def _drop_backlog(self) -> None:
+        """Close connections still queued in the listen backlog, so no client waits forever."""
+        self._listener.setblocking(False)
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            conn.close()
 
     def shutdown(self) -> None:
         """Ask the server to stop (safe from signal handlers and other threads)."""
