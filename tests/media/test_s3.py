@@ -298,3 +298,19 @@ def test_virtual_host_addressing_puts_the_bucket_in_the_host_name(
         assert any(host.encode() in line for line in relay.request_lines), relay.request_lines
     finally:
         relay.close()
+
+
+@pytest.mark.parametrize("size", [1000, 12 * MiB], ids=["single-put", "multipart"])
+def test_key_created_by_another_writer_during_the_upload_is_not_replaced(
+    weed_mini, s3_bucket, size
+):
+    s3_client.configure(part_size=5 * MiB)
+    url = f"s3://{s3_bucket}/contested.vpk"
+    writer = open_writer(url)
+    writer.write(os.urandom(size))
+    weed_mini.client().put_object(Bucket=s3_bucket, Key="contested.vpk", Body=b"the other one")
+    with pytest.raises(MediumError, match="another writer"):
+        writer.commit()
+    assert _read(url) == b"the other one"
+    uploads = weed_mini.client().list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])
+    assert uploads == []

@@ -227,16 +227,17 @@ class S3Writer:
         """A small archive (under one part) goes up in one PUT: no upload to clean up."""
         body = bytes(memoryview(self._buf)[: self._fill])
         extra = {} if self._force else {"IfNoneMatch": "*"}
-        self._objects[0].size = len(body)
-        call(
-            self._s,
-            self.url,
+        obj = self._objects[0]
+        obj.size = len(body)
+        self._guarded(
+            obj,
             f"put {len(body)} bytes",
-            lambda: self._client.put_object(
+            partial(
+                self._client.put_object,
                 Bucket=self._bucket,
                 Key=self._key,
                 Body=body,
-                Metadata=self._metadata(self._objects[0]),
+                Metadata=self._metadata(obj),
                 **extra,
             ),
         )
@@ -259,28 +260,48 @@ class S3Writer:
         ]
         # Only the named key is guarded: continuations are private names of this archive.
         extra = {"IfNoneMatch": "*"} if obj.index == 1 and not self._force else {}
+        self._guarded(
+            obj,
+            f"complete the upload of {obj.key} ({obj.parts} parts, {obj.size} bytes)",
+            partial(
+                self._client.complete_multipart_upload,
+                Bucket=self._bucket,
+                Key=obj.key,
+                UploadId=obj.upload_id,
+                MultipartUpload={"Parts": parts},
+                **extra,
+            ),
+        )
+        obj.upload_id = None
+
+    def _guarded(self, obj: _Object, what: str, request) -> None:
+        """Run the request that makes ``obj`` visible. When an attempt succeeded but its answer
+        was lost, the retry sees PreconditionFailed or NoSuchUpload: then the object on the
+        server is checked, and accepted if it carries this archive's split id and size."""
         try:
-            call(
-                self._s,
-                self.url,
-                f"complete the upload of {obj.key} ({obj.parts} parts, {obj.size} bytes)",
-                lambda: self._client.complete_multipart_upload(
-                    Bucket=self._bucket,
-                    Key=obj.key,
-                    UploadId=obj.upload_id,
-                    MultipartUpload={"Parts": parts},
-                    **extra,
-                ),
-            )
+            call(self._s, self.url, what, request)
         except MediumError as exc:
-            cause = exc.__cause__
-            if cause is not None and error_code(cause)[0] == "PreconditionFailed":
+            code = error_code(exc.__cause__)[0] if exc.__cause__ is not None else ""
+            if code not in ("PreconditionFailed", "NoSuchUpload"):
+                raise
+            if self._is_ours(obj):
+                return
+            if code == "PreconditionFailed":
                 raise MediumError(
                     f"{self.url}: another writer created this key during the upload; "
                     "nothing was replaced; pass --force to replace it"
                 ) from exc
             raise
-        obj.upload_id = None
+
+    def _is_ours(self, obj: _Object) -> bool:
+        try:
+            head = head_object(self._client, self._s, self._bucket, obj.key, self.url, "check")
+        except MediumError:
+            return False
+        if head is None:
+            return False
+        meta = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
+        return meta.get(META_SPLIT_ID) == self._split_id and head["ContentLength"] == obj.size
 
     def abort(self) -> None:
         """Drop the upload: pending parts are cancelled and every open multipart upload aborted,
