@@ -100,3 +100,24 @@ def test_fat_backup_restore_gives_a_clean_filesystem_with_identical_files(tmp_pa
     assert result.detection["regions"][0]["detector"] == "fat32"
     run("fsck.vfat", "-n", restored)
     files_match(restored, sums, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("kind", "where"), [("fat16", "state"), ("fat32", "state"), ("fat32", "fat1")]
+)
+def test_fat_volume_marked_dirty_falls_back(tmp_path, kind, where):
+    img, _sums = build(tmp_path, kind)
+    data = bytearray(img.read_bytes()[:512])
+    reserved = int.from_bytes(data[14:16], "little")
+    with open(img, "r+b") as f:
+        if where == "state":  # Linux: bit 0 of the boot sector's state byte while mounted
+            f.seek(65 if kind == "fat32" else 37)
+            f.write(bytes([data[65 if kind == "fat32" else 37] | 1]))
+        else:  # Windows: the clean-shutdown bit of FAT entry 1 cleared, in both copies
+            fat_sectors = int.from_bytes(data[36:40], "little")
+            for copy in (0, 1):
+                f.seek((reserved + copy * fat_sectors) * 512 + 4)
+                f.write((0x07FFFFFF).to_bytes(4, "little"))
+    regions, warnings = analyse_file(img)
+    assert len(warnings) == 1 and "dirty" in warnings[0]
+    assert regions[0].used is None

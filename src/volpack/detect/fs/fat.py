@@ -102,6 +102,13 @@ def analyse(area: Area) -> FsResult:
                 f"{kind} FAT copies differ at cluster {diff}; the tables are damaged"
             )
         used |= table != 0
+    # Dirty marks: Linux sets bit 0 of the boot sector's state byte while mounted; Windows clears
+    # the clean-shutdown bit of FAT entry 1. Directory entries may then point at clusters whose
+    # FAT entries were not written yet.
+    state = boot[65 if kind == "fat32" else 37]
+    clean_bit = {"fat12": 0, "fat16": 0x8000, "fat32": 0x08000000}[kind]
+    if state & 1 or (clean_bit and not int(tables[0][1]) & clean_bit):
+        raise area.damaged(f"{kind} volume is marked dirty (not cleanly unmounted); run fsck.vfat")
     used[:2] = False
     starts, ends = bit_runs(used[2:].astype(np.uint8))
     cluster_bytes = spc * bps
