@@ -28,7 +28,6 @@ ROOT_ITEM = 132
 EXTENT_ITEM = 168
 METADATA_ITEM = 169
 EXTENT_TREE = 2
-_SINGLE_DEVICE_PROFILES = 0x20  # DUP; "single" has no profile bit
 _PROFILE_MASK = 0xFF8  # RAID0/1/DUP/10/5/6/1C3/1C4
 _MIRRORED = 0x10 | 0x20 | 0x200 | 0x400  # RAID1, DUP, RAID1C3, RAID1C4
 _MAX_NODES = 1 << 22
@@ -61,8 +60,8 @@ class _Chunks:
         self.items[logical] = (length, ctype, stripes)
         self._sorted = []
 
-    def map(self, area: Area, logical: int) -> int:
-        """Physical offset of a logical address (first stripe; for reading tree nodes)."""
+    def map(self, area: Area, logical: int, devid: int) -> int:
+        """Physical offset on this device of a logical address (for reading tree nodes)."""
         if not self._sorted:
             self._sorted = sorted(self.items)
         i = bisect.bisect_right(self._sorted, logical) - 1
@@ -70,15 +69,23 @@ class _Chunks:
             start = self._sorted[i]
             length, ctype, stripes = self.items[start]
             if logical < start + length:
-                # Mirrored profiles (DUP, RAID1*) hold a full copy in every stripe.
-                if ctype & _PROFILE_MASK & ~_MIRRORED and len(stripes) > 1:
+                if ctype & _PROFILE_MASK & ~_MIRRORED:
                     raise area.damaged(f"btrfs striped chunk at {start}: cannot read tree nodes")
-                return stripes[0][1] + logical - start
+                # Mirrored profiles (DUP, RAID1*) hold a full copy in every stripe.
+                for dev, phys in stripes:
+                    if dev == devid:
+                        return phys + logical - start
+                raise area.damaged(
+                    f"btrfs tree block at logical {logical} is on another device of the "
+                    "filesystem; this device alone cannot be parsed"
+                )
         raise area.damaged(f"btrfs logical address {logical} is in no chunk")
 
 
-def _node(area: Area, chunks: _Chunks, logical: int, nodesize: int, fsid: bytes) -> bytes:
-    phys = chunks.map(area, logical)
+def _node(
+    area: Area, chunks: _Chunks, logical: int, nodesize: int, fsid: bytes, devid: int
+) -> bytes:
+    phys = chunks.map(area, logical, devid)
     node = area.read(phys, nodesize)
     (bytenr,) = struct.unpack_from("<Q", node, 48)
     if node[32:48] != fsid or bytenr != logical:
@@ -87,7 +94,7 @@ def _node(area: Area, chunks: _Chunks, logical: int, nodesize: int, fsid: bytes)
 
 
 def _walk(
-    area: Area, chunks: _Chunks, root: int, level: int, nodesize: int, fsid: bytes
+    area: Area, chunks: _Chunks, root: int, level: int, nodesize: int, fsid: bytes, devid: int
 ) -> list[tuple[bytes, np.ndarray]]:
     """All leaves of a tree: (leaf bytes, item headers)."""
     out: list[tuple[bytes, np.ndarray]] = []
@@ -98,7 +105,7 @@ def _walk(
         seen += 1
         if seen > _MAX_NODES:
             raise area.damaged("btrfs tree has too many nodes")
-        node = _node(area, chunks, logical, nodesize, fsid)
+        node = _node(area, chunks, logical, nodesize, fsid, devid)
         (nritems,) = struct.unpack_from("<I", node, 96)
         lvl = node[100]
         if lvl != want:
@@ -159,14 +166,14 @@ def analyse(area: Area) -> FsResult:
         chunks.add(area, logical, arr[pos:end])
         pos = end
 
-    for leaf, items in _walk(area, chunks, chunk_root, chunk_level, nodesize, fsid):
+    for leaf, items in _walk(area, chunks, chunk_root, chunk_level, nodesize, fsid, devid):
         for i in np.flatnonzero(items["type"] == CHUNK_ITEM):
             at = _HDR + int(items["doff"][i])
             chunks.add(area, int(items["off"][i]), leaf[at : at + int(items["size"][i])])
 
     # Logical extents: the extent tree's EXTENT_ITEM (data) and METADATA_ITEM (tree blocks).
     ext_root = ext_level = None
-    for leaf, items in _walk(area, chunks, root, root_level, nodesize, fsid):
+    for leaf, items in _walk(area, chunks, root, root_level, nodesize, fsid, devid):
         hit = np.flatnonzero((items["oid"] == EXTENT_TREE) & (items["type"] == ROOT_ITEM))
         for i in hit:
             at = _HDR + int(items["doff"][i])
@@ -178,7 +185,7 @@ def analyse(area: Area) -> FsResult:
         raise area.damaged("btrfs root tree has no extent tree")
     starts: list[np.ndarray] = []
     lens: list[np.ndarray] = []
-    for _leaf, items in _walk(area, chunks, ext_root, ext_level, nodesize, fsid):
+    for _leaf, items in _walk(area, chunks, ext_root, ext_level, nodesize, fsid, devid):
         data = items["type"] == EXTENT_ITEM
         meta = items["type"] == METADATA_ITEM
         starts.append(items["oid"][data | meta].astype(np.int64))
@@ -199,7 +206,8 @@ def analyse(area: Area) -> FsResult:
         chunk_list.append([logical, length, ctype, [[d, p] for d, p in stripes]])
         if not mine:
             continue
-        fine = not (ctype & _PROFILE_MASK & ~_SINGLE_DEVICE_PROFILES) and not log_root
+        # Single and mirrored profiles keep the whole chunk, in order, in each stripe.
+        fine = not (ctype & _PROFILE_MASK & ~_MIRRORED) and not log_root
         for phys in mine:
             if phys + length > dev_total and fine:
                 raise area.damaged(f"btrfs chunk at logical {logical} ends past the device")
