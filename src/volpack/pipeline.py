@@ -23,6 +23,7 @@ from volpack.extents import Extents
 from volpack.format import records as R
 from volpack.source import open_source
 from volpack.source.base import PhysicalMap
+from volpack.targets.base import Target
 
 DEFAULT_BLOCK = 4096
 DEFAULT_FRAME = 4 << 20
@@ -140,10 +141,12 @@ def backup(source: str, archive_url: str, *, block_size: int = DEFAULT_BLOCK,
     check_block_size(block_size, frame_size)
     codec, level = parse_compress(compress)
     t0 = time.perf_counter()
-    if not allow_mounted and not source.startswith("lvm:"):  # LVM sources are read from PVs
+    if not allow_mounted:
         from volpack.detect.mounted import check_not_mounted
 
-        check_not_mounted(source)
+        # An LVM volume is in use when one of its PVs is (an active VG on a loop device).
+        for path in pvs if source.startswith("lvm:") else (source,):
+            check_not_mounted(path)
     src = open_source(source, source_format, pvs=pvs)
     medium = None
     stage = None
@@ -240,7 +243,7 @@ def restore(archive_url: str, target: str, *, force: bool = False, allow_smaller
     if scheme_of(archive_url) == "file" and _same_file(archive_url, target):
         raise TargetError(f"{target}: is the archive being restored; choose another target")
     medium = open_reader(archive_url)
-    tgt = None
+    tgt: Target | None = None
     try:
         if medium.size is not None:
             Archive(medium)  # footer and trailer first: refuse incomplete archives up front

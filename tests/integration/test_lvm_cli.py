@@ -87,11 +87,17 @@ def test_backup_info_restore_verify_round_trip_an_lv(lab, capsys, tmp_path):
     code, out = run_cli(capsys, "info", archive, "--json")
     assert code == 0
     assert '"segments"' in out and f'"{lab.vg}"' in out
+    code, out = run_cli(capsys, "info", archive)
+    assert code == 0
+    assert f"VG {lab.vg}, LV multi" in out and out.count("segment      extents") >= 2
     target = tmp_path / "multi.raw"
     code, _ = run_cli(capsys, "restore", archive, str(target))
     assert code == 0
     assert target.read_bytes() == lab.expected_bytes("multi")
     code, _ = run_cli(capsys, "verify", archive)
+    assert code == 0
+    code, _ = run_cli(capsys, "verify", archive, "--against", f"lvm:{lab.vg}/multi",
+                      *pv_args(lab))
     assert code == 0
 
 

@@ -57,6 +57,20 @@ def describe(archive: str) -> dict[str, Any]:
     }
 
 
+def segment_text(seg: dict[str, Any]) -> str:
+    """'extents 0+100 striped (64 KiB) on pv0@0, pv1@0' from an LVM segment description."""
+    text = f"extents {seg.get('start_extent')}+{seg.get('extent_count')} {seg.get('type')}"
+    if seg.get("stripe_size"):
+        text += f" ({human(seg['stripe_size'])} stripes)"
+    areas = [f"{a.get('pv') or a.get('lv')}@{a.get('start')}" for a in seg.get("areas", [])]
+    if areas:
+        text += " on " + ", ".join(areas)
+    for key in ("thin_pool", "device_id", "pool"):
+        if key in seg:
+            text += f", {key} {seg[key]}"
+    return text
+
+
 def run(args: argparse.Namespace) -> int:
     apply_medium_options(args)
     d = describe(args.archive)
@@ -78,6 +92,11 @@ def run(args: argparse.Namespace) -> int:
         lines.append(f"physical map {d['physical_map_runs']} runs on {', '.join(d['devices'])}")
     else:
         lines.append("trailer      not read (stream): run 'volpack verify' to check the whole")
+    details = (d["source"] or {}).get("details") or {}
+    if details.get("vg"):
+        lines.append(f"lvm          VG {details.get('vg')}, LV {details.get('lv')}")
+    for seg in details.get("segments") or []:
+        lines.append(f"segment      {segment_text(seg)}")
     for r in (d.get("detection") or {}).get("regions", []):
         lines.append(f"detector     [{r['start']}, {r['end']}) {r['detector']}")
     for w in (d.get("detection") or {}).get("warnings", []):

@@ -30,33 +30,57 @@ def register(sub: Any) -> None:
 
 
 def entries(vmap: Any) -> list[dict[str, Any]]:
-    """One entry per run: used runs split at physical-map and detector-region boundaries."""
+    """One entry per run, in volume order: used runs split at physical-map and detector-region
+    boundaries (with location and flags); unused runs say whether they read as zeros (a hole or
+    a zero cluster) or still hold stale data the detector found unused."""
+    import bisect
+
+    from volpack.source.base import PM_COMPRESSED, PM_UNWRITTEN, PM_ZERO
+
     bs = vmap.detection.block_size
     used = vmap.detection.used.scale_in(bs).clip(0, vmap.size)
     regions = vmap.detection.regions
     starts = [r.start for r in regions]
-    devices = vmap.physical_map.devices
+    pmap = vmap.physical_map
     out: list[dict[str, Any]] = []
-    import bisect
-
-    pos = 0
-    for start, length, dev, phys, flags in vmap.physical_map.locate(used):
-        if start > pos:
-            out.append({"start": pos, "length": start - pos, "data": False})
+    for start, length, dev, phys, flags in pmap.locate(used):
         i = max(0, bisect.bisect_right(starts, start) - 1)
         entry: dict[str, Any] = {"start": start, "length": length, "data": True,
                                  "detector": regions[i].detector if regions else "?"}
         if dev >= 0:
-            entry["device"] = devices[dev]
+            entry["device"] = pmap.devices[dev]
         if phys >= 0:
             entry["offset"] = phys
+        if flags & PM_COMPRESSED:
+            entry["compressed"] = True
         if flags:
             entry["flags"] = flags
         out.append(entry)
-        pos = start + length
-    if pos < vmap.size:
-        out.append({"start": pos, "length": vmap.size - pos, "data": False})
-    return out
+    for start, length, dev, _, flags in pmap.locate(used.complement(0, vmap.size)):
+        zero = dev < 0 or bool(flags & (PM_ZERO | PM_UNWRITTEN))
+        out.append({"start": start, "length": length, "data": False, "zero": zero})
+    out.sort(key=lambda e: e["start"])
+    merged: list[dict[str, Any]] = []
+    for e in out:  # unused neighbours with the same zero flag read alike: one entry
+        last = merged[-1] if merged else None
+        if (last is not None and not e["data"] and not last["data"] and last["zero"] == e["zero"]
+                and last["start"] + last["length"] == e["start"]):
+            last["length"] += e["length"]
+        else:
+            merged.append(e)
+    return merged
+
+
+def bitmap_lines(source: dict[str, Any]) -> list[str]:
+    """qcow2 persistent dirty bitmaps, one line each (for later incrementals)."""
+    lines = []
+    for b in source.get("details", {}).get("dirty_bitmaps", []) or []:
+        state = "enabled" if b.get("enabled") else "disabled"
+        if not b.get("usable", True):
+            state += " (in use, not trusted)"
+        lines.append(f"bitmap {b.get('name')}: granularity {human(b.get('granularity', 0))}, "
+                     f"dirty {human(b.get('dirty_bytes', 0))}, {state}")
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,16 +103,19 @@ def run(args: argparse.Namespace) -> int:
                    "extents": items}, sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
-        print(f"{'START':>16} {'LENGTH':>16}  USED  {'DETECTOR':<12} LOCATION")
+        print(f"{'START':>16} {'LENGTH':>16}  {'USED':<10}  {'DETECTOR':<12} LOCATION")
         for e in items:
             where = ""
             if "device" in e:
                 where = f"{e['device']}+{e['offset']}" if "offset" in e else e["device"]
-            print(f"{e['start']:>16} {e['length']:>16}  {'yes' if e['data'] else 'no ':<4}  "
-                  f"{e.get('detector', ''):<12} {where}")
+            what = "yes" if e["data"] else ("no" if e.get("zero") else "no (stale)")
+            print(f"{e['start']:>16} {e['length']:>16}  {what:<10}  {e.get('detector', ''):<12} "
+                  f"{where}")
         pct = 100.0 * used / vmap.size if vmap.size else 0.0
         print(f"{vmap.source['path']}: {human(vmap.size)}, used {human(used)} ({pct:.1f}%) in "
               f"{len(det.used)} runs of {det.block_size} B blocks; {vmap.elapsed:.2f} s")
+        for line in bitmap_lines(vmap.source):
+            print(line)
     for w in det.warnings:
         print(f"volpack: warning: {w}", file=sys.stderr)
     return EXIT_WARNING if det.warnings else EXIT_OK

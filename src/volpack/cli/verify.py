@@ -23,6 +23,10 @@ def register(sub: Any) -> None:
     p.add_argument("archive", help="archive path, '-' for stdin, or a URL")
     p.add_argument("--against", metavar="VOLUME",
                    help="compare this volume (original or restored) with the archive")
+    p.add_argument("--source-format", default="auto", metavar="auto|raw|qcow2|lvm",
+                   help="format of the --against volume (default: detect)")
+    p.add_argument("--pv", action="append", default=[], metavar="PATH",
+                   help="an LVM physical volume for --against lvm:VG/LV; repeat")
     p.add_argument("--catalog", metavar="PATH", help="catalog to record the verdict in")
     add_medium_options(p)
     add_output_options(p)
@@ -36,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     apply_medium_options(args)
     progress = Progress(args)
     try:
-        result = verify(args.archive, against=args.against, progress=progress)
+        result = verify(args.archive, against=args.against, source_format=args.source_format,
+                        pvs=tuple(args.pv), progress=progress)
     except VolpackError as exc:
         uuid = getattr(exc, "archive_uuid", None)
         if uuid:

@@ -68,7 +68,7 @@ class AddressTable:
         lo = int(np.searchsorted(dend, d0, side="right"))
         hi = int(np.searchsorted(dstart, d1, side="left"))
         if hi <= lo:
-            return (np.zeros(0, np.int64),) * 3  # type: ignore[return-value]
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
         ds = np.maximum(dstart[lo:hi], d0)
         de = np.minimum(dend[lo:hi], d1)
         vs = self.volume_block[lo:hi] * bs + (ds - dstart[lo:hi])
@@ -82,7 +82,7 @@ class AddressTable:
         lo = int(np.searchsorted(vend, v0, side="right"))
         hi = int(np.searchsorted(vstart, v1, side="left"))
         if hi <= lo:
-            return (np.zeros(0, np.int64),) * 3  # type: ignore[return-value]
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
         vs = np.maximum(vstart[lo:hi], v0)
         ve = np.minimum(vend[lo:hi], v1)
         ds = self.dense_block[lo:hi] * bs + (vs - vstart[lo:hi])
