@@ -126,3 +126,42 @@ def test_btrfs_written_by_the_kernel_with_deletes_and_subvolumes_keeps_every_fil
     kept = keep_only(img, fs.used, tmp_path / "kept.img")
     run("btrfs", "check", "--readonly", kept)
     assert restored_sums(kept, tmp_path) == restored_sums(img, tmp_path)
+
+
+@pytest.mark.root
+def test_btrfs_raid1_device_alone_keeps_a_complete_copy(tmp_path):
+    if os.geteuid() != 0 or subprocess.run(["losetup", "-f"], capture_output=True).returncode:
+        pytest.skip("needs root and free loop devices")
+    need("mkfs.btrfs", "btrfs")
+    a = sparse_file(tmp_path / "a.img", 300 << 20)
+    b = sparse_file(tmp_path / "b.img", 300 << 20)
+    run("mkfs.btrfs", "-q", "-f", "-d", "raid1", "-m", "raid1", a, b)
+    tree = tmp_path / "tree"
+    random_tree(tree, 12, count=10)
+    loops = [run("losetup", "-f", "--show", img).strip() for img in (a, b)]
+    mnt = Path(tempfile.mkdtemp(dir=tmp_path))
+    try:
+        opts = ",".join(f"device={dev}" for dev in loops)
+        proc = subprocess.run(["mount", "-o", opts, loops[0], str(mnt)], capture_output=True)
+        if proc.returncode:
+            pytest.skip(f"mount failed: {proc.stderr.decode(errors='replace').strip()}")
+        try:
+            shutil.copytree(tree, mnt / "t")
+            shutil.copytree(tree, mnt / "gone")
+            shutil.rmtree(mnt / "gone")
+        finally:
+            run("umount", mnt)
+    finally:
+        for dev in loops:
+            run("losetup", "-d", dev)
+    expected = {
+        f"t/{p.relative_to(tree).as_posix()}": hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in tree.rglob("*")
+        if p.is_file()
+    }
+    for devid, img in ((1, a), (2, b)):
+        fs = single_fs(img, "btrfs")
+        assert fs.details["devid"] == devid and fs.details["num_devices"] == 2
+        kept = keep_only(img, fs.used, tmp_path / f"kept{devid}.img")
+        # Each device alone (degraded) gives back every file.
+        assert restored_sums(kept, tmp_path) == expected
