@@ -81,7 +81,7 @@ class Archive:
         self.table: AddressTable = table
         self._offsets = offsets
         self._stored = stored
-        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._cache: OrderedDict[int, memoryview] = OrderedDict()
         self._cache_frames = max(1, cache_frames)
         self._lock = threading.Lock()
 
@@ -126,7 +126,7 @@ class Archive:
                            r["flags"].astype(np.uint32))
 
     # -- data ----------------------------------------------------------------------------------
-    def frame(self, seq: int) -> bytes:
+    def frame(self, seq: int) -> memoryview:
         """Decoded, checked raw bytes of frame ``seq`` (cached)."""
         with self._lock:
             hit = self._cache.get(seq)
@@ -142,8 +142,9 @@ class Archive:
         if fh.stored_length != int(self._stored[seq]):
             raise CorruptArchive(f"{where}: frame {seq} stored length {fh.stored_length}, index "
                                  f"says {int(self._stored[seq])}")
-        raw = bytes(decode_frame_payload(zstandard.ZstdDecompressor(), fh,
-                                         memoryview(data)[R.FRAME_HEADER_SIZE:], where))
+        # A view, not a copy: for raw frames it points into the bytes just read.
+        raw = decode_frame_payload(zstandard.ZstdDecompressor(), fh,
+                                   memoryview(data)[R.FRAME_HEADER_SIZE:], where)
         with self._lock:
             self._cache[seq] = raw
             while len(self._cache) > self._cache_frames:
@@ -163,7 +164,7 @@ class Archive:
             while n > 0:
                 seq, within = divmod(d, fs)
                 take = min(n, fs - within)
-                out[pos:pos + take] = self.frame(seq)[within:within + take]
+                out[pos:pos + take] = self.frame(seq)[within:within + take]  # one copy
                 pos, d, n = pos + take, d + take, n - take
         return bytes(out)
 
