@@ -31,23 +31,14 @@ def physical_order(table: AddressTable, pmap: PhysicalMap, volume_size: int
     order after the located ones.
     """
     bs = table.block_size
-    us = table.volume_block * bs
-    ue = np.minimum(us + table.count * bs, max(volume_size, 0))
-    ps, pe = pmap.starts, pmap.starts + pmap.lengths
-    cuts = np.unique(np.concatenate([us, ue, ps, pe]))
-    a, b = cuts[:-1], cuts[1:]
-    run = np.searchsorted(us, a, side="right") - 1
-    inside = (run >= 0) & (a < ue[np.maximum(run, 0)])
-    a, b, run = a[inside], b[inside], run[inside]
-    dense = table.dense_block[run] * bs + (a - us[run])
-    j = np.searchsorted(ps, a, side="right") - 1
-    located = (j >= 0) & (a < pe[np.maximum(j, 0)])
-    jj = np.maximum(j, 0)
-    known = located & (pmap.offsets[jj] >= 0) if len(ps) else np.zeros(len(a), bool)
-    dev = np.where(known, pmap.device[jj] if len(ps) else 0, np.iinfo(np.int32).max)
-    phys = np.where(known, (pmap.offsets[jj] + (a - ps[jj])) if len(ps) else 0, a)
-    order = np.lexsort((phys, dev))
-    return a[order], (b - a)[order], dense[order]
+    a, n, dev, phys, _ = pmap.locate_arrays(table.used_bytes(volume_size))
+    vstart = table.volume_block * bs
+    run = np.searchsorted(vstart, a, side="right") - 1
+    dense = table.dense_block[run] * bs + (a - vstart[run]) if len(a) else a
+    located = phys >= 0
+    order = np.lexsort((np.where(located, phys, a),
+                        np.where(located, dev, np.iinfo(np.int64).max)))
+    return a[order], n[order], dense[order]
 
 
 class Staging:

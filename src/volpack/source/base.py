@@ -68,25 +68,31 @@ class PhysicalMap:
     def locate(self, used: Extents) -> list[tuple[int, int, int, int, int]]:
         """Byte runs of ``used`` split at this map's boundaries, in volume order, as
         ``(start, length, device, physical_offset, flags)``; ``device = -1`` where unmapped."""
-        cuts = np.unique(np.concatenate([used.starts, used.ends, self.starts,
-                                         self.starts + self.lengths]))
+        cols = self.locate_arrays(used)
+        return list(zip(*(c.tolist() for c in cols), strict=True))
+
+    def locate_arrays(self, used: Extents) -> tuple[np.ndarray, ...]:
+        """``locate`` as five int64 arrays (starts, lengths, device, physical, flags)."""
+        ends = self.starts + self.lengths
+        cuts = np.unique(np.concatenate([used.starts, used.ends, self.starts, ends]))
         a, b = cuts[:-1], cuts[1:]
-        k = np.searchsorted(used.starts, a, side="right") - 1
-        inside = (k >= 0) & (a < used.ends[np.maximum(k, 0)]) if len(used) else a < a
-        a, b = a[inside], b[inside]
+        if len(used):
+            k = np.searchsorted(used.starts, a, side="right") - 1
+            inside = (k >= 0) & (a < used.ends[np.maximum(k, 0)])
+            a, b = a[inside], b[inside]
+        else:
+            a, b = a[:0], b[:0]
+        if not len(self):
+            none = np.full(len(a), -1, np.int64)
+            return a, b - a, none, none.copy(), np.zeros(len(a), np.int64)
         j = np.searchsorted(self.starts, a, side="right") - 1
         jj = np.maximum(j, 0)
-        if len(self):
-            hit = (j >= 0) & (a < (self.starts + self.lengths)[jj])
-            dev = np.where(hit, self.device[jj], -1)
-            known = hit & (self.offsets[jj] >= 0)
-            phys = np.where(known, self.offsets[jj] + (a - self.starts[jj]), -1)
-            flags = np.where(hit, self.flags[jj], 0)
-        else:
-            dev = phys = np.full(len(a), -1)
-            flags = np.zeros(len(a), np.int64)
-        return list(zip(a.tolist(), (b - a).tolist(), dev.tolist(), phys.tolist(),
-                        flags.tolist(), strict=True))
+        hit = (j >= 0) & (a < ends[jj])
+        dev = np.where(hit, self.device[jj], -1).astype(np.int64)
+        known = hit & (self.offsets[jj] >= 0)
+        phys = np.where(known, self.offsets[jj] + (a - self.starts[jj]), -1).astype(np.int64)
+        flags = np.where(hit, self.flags[jj], 0).astype(np.int64)
+        return a, b - a, dev, phys, flags
 
     def runs(self) -> list[tuple[int, int, int, int, int]]:
         return list(
