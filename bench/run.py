@@ -167,6 +167,7 @@ def main() -> int:
     for img in imgs:
         out = args.workdir / "out" / img.name
         out.mkdir(parents=True, exist_ok=True)
+        measure.prefault_bytes = int(img.shape["allocated"] * 1.25) + (256 << 20)
         specs = peers.peer_specs(img, out) + peers.volpack_specs(img, out)
         rows = []
         for spec in specs:

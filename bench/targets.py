@@ -56,7 +56,7 @@ def _ratio_check(
     """rows[name].wall / min(rows[others].wall) must be <= limit (< limit when strict)."""
     mine = _row(rows, name)
     theirs = [r for r in (_row(rows, o) for o in others) if r is not None]
-    target = f"{what}: `{name}` {'<' if strict else '≤'} {limit}x fastest of " + ", ".join(
+    target = f"{what}: `{name}` {'<' if strict else '≤'} {limit:.3g}x fastest of " + ", ".join(
         f"`{o}`" for o in others
     )
     if mine is None or not theirs:
