@@ -2,6 +2,7 @@
 the target is never touched."""
 
 import os
+import pathlib
 import subprocess
 
 import pytest
@@ -54,9 +55,9 @@ def test_unreadable_source(tmp_path):
 
 def test_existing_archive_is_not_replaced_without_force(archive, tmp_path):
     vol, arc = archive
-    before = open(arc, "rb").read()
+    before = pathlib.Path(arc).read_bytes()
     one_error_line(vp("backup", vol, arc, "--no-catalog"), 7, "already exists", "--force")
-    assert open(arc, "rb").read() == before
+    assert pathlib.Path(arc).read_bytes() == before
 
 
 def test_not_a_volpack_archive(tmp_path):
@@ -71,7 +72,7 @@ def test_not_a_volpack_archive(tmp_path):
 def test_truncated_archive_is_incomplete_and_restores_nothing(archive, tmp_path):
     _, arc = archive
     cut = tmp_path / "cut.vpk"
-    cut.write_bytes(open(arc, "rb").read()[:-100])
+    cut.write_bytes(pathlib.Path(arc).read_bytes()[:-100])
     out = tmp_path / "out.img"
     one_error_line(vp("restore", str(cut), str(out)), 5, "incomplete archive")
     one_error_line(vp("verify", str(cut)), 5, "incomplete archive")
@@ -82,7 +83,7 @@ def test_truncated_archive_is_incomplete_and_restores_nothing(archive, tmp_path)
 
 def test_corrupt_frame_stops_restore_and_keeps_the_existing_target(archive, tmp_path):
     _, arc = archive
-    data = bytearray(open(arc, "rb").read())
+    data = bytearray(pathlib.Path(arc).read_bytes())
     data[len(data) // 2] ^= 1
     bad = tmp_path / "bad.vpk"
     bad.write_bytes(bytes(data))
@@ -103,9 +104,9 @@ def test_existing_target_needs_force(archive, tmp_path):
 
 def test_target_is_the_archive_itself(archive):
     _, arc = archive
-    before = open(arc, "rb").read()
+    before = pathlib.Path(arc).read_bytes()
     one_error_line(vp("restore", arc, arc, "--force"), 8, "is the archive being restored")
-    assert open(arc, "rb").read() == before
+    assert pathlib.Path(arc).read_bytes() == before
 
 
 def test_unknown_option_values_are_usage_errors(archive, tmp_path):

@@ -148,7 +148,7 @@ def forge_header(data: bytes, **fields) -> bytes:
     """Rewrite header fields and recompute its checksum (a hostile but well-formed header)."""
     names = ["magic", "major", "minor", "hlen", "incompat", "compat", "uuid", "bs", "fs",
              "vsize", "used", "created", "codec", "level", "csum", "dig", "reserved"]
-    values = dict(zip(names, R.HEADER.unpack_from(data)))
+    values = dict(zip(names, R.HEADER.unpack_from(data), strict=True))
     values.update(fields)
     body = R.HEADER.pack(*[values[n] for n in names])
     return body + R.checksum(body).to_bytes(8, "little") + data[R.HEADER_SIZE:]

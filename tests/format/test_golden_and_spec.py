@@ -4,6 +4,7 @@ match the structs in the code."""
 import hashlib
 import json
 import os
+import pathlib
 import re
 
 import pytest
@@ -24,13 +25,13 @@ def test_there_is_a_golden_archive_for_the_current_version():
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_golden_archive_restores_to_the_recorded_volume(version, tmp_path):
-    facts = json.load(open(os.path.join(GOLDEN, f"{version}.json")))
+    facts = json.loads(pathlib.Path(os.path.join(GOLDEN, f"{version}.json")).read_text())
     archive = os.path.join(GOLDEN, f"{version}.vpk")
     v = pipeline.verify(archive)
     assert v.digest == facts["digest"] and v.frame_count == facts["frame_count"]
     out = str(tmp_path / "out.img")
     pipeline.restore(archive, out)
-    data = open(out, "rb").read()
+    data = pathlib.Path(out).read_bytes()
     assert len(data) == facts["volume_size"]
     assert hashlib.sha256(data).hexdigest() == facts["volume_sha256"]
     with open_archive(archive) as a:
@@ -45,8 +46,8 @@ def test_golden_volume_generator_still_makes_the_recorded_volume(version, tmp_pa
     if version != f"v{R.MAJOR}.{R.MINOR}":
         pytest.skip("only the current version's generator is kept")
     make_golden.golden_volume(str(tmp_path / "v.img"))
-    facts = json.load(open(os.path.join(GOLDEN, f"{version}.json")))
-    digest = hashlib.sha256(open(tmp_path / "v.img", "rb").read()).hexdigest()
+    facts = json.loads(pathlib.Path(os.path.join(GOLDEN, f"{version}.json")).read_text())
+    digest = hashlib.sha256(pathlib.Path(tmp_path / "v.img").read_bytes()).hexdigest()
     assert digest == facts["volume_sha256"]
 
 
@@ -54,7 +55,7 @@ def spec_tables() -> dict[str, list[tuple[int, int]]]:
     """Byte tables of docs/format.md by the heading above them: [(offset, size)]."""
     tables: dict[str, list[tuple[int, int]]] = {}
     heading = ""
-    for line in open(SPEC, encoding="utf-8"):
+    for line in pathlib.Path(SPEC).read_text(encoding="utf-8").splitlines(keepends=True):
         if line.startswith("#"):
             heading = line.strip("# \n")
         elif line.startswith("Run (") or line.startswith("Run,"):
@@ -66,7 +67,7 @@ def spec_tables() -> dict[str, list[tuple[int, int]]]:
 
 
 def _span(rows: list[tuple[int, int]]) -> int:
-    for (o1, s1), (o2, _) in zip(rows, rows[1:]):
+    for (o1, s1), (o2, _) in zip(rows, rows[1:], strict=False):
         assert o1 + s1 == o2, f"spec table has a gap or overlap at offset {o1}"
     return rows[-1][0] + rows[-1][1]
 

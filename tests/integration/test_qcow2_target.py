@@ -13,8 +13,8 @@ import pytest
 
 from volpack.errors import TargetError
 from volpack.extents import Extents
-from volpack.targets.qcow2 import open_qcow2_target
 from volpack.source.qcow2 import open_qcow2
+from volpack.targets.qcow2 import open_qcow2_target
 
 pytestmark = pytest.mark.skipif(
     shutil.which("qemu-img") is None or shutil.which("qemu-io") is None,

@@ -1,6 +1,7 @@
 """restore(backup(v)) == v for random volumes, in every mode that must agree."""
 
 import os
+import pathlib
 import random
 import tempfile
 
@@ -66,7 +67,7 @@ def test_random_access_reads_equal_the_volume(tmp_path):
     size = 5 << 20
     write_sparse(src, size, random_pieces(rng, size, 30, max_len=300_000))
     volpack.backup(src, str(tmp_path / "v.vpk"), frame_size=65536, allow_mounted=True)
-    data = open(src, "rb").read()
+    data = pathlib.Path(src).read_bytes()
     with open_archive(str(tmp_path / "v.vpk"), cache_frames=4) as a:
         for _ in range(300):
             off = rng.randrange(size)

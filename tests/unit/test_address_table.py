@@ -26,8 +26,8 @@ def test_dense_and_volume_lookups_are_inverse(used, a, b):
     lo, hi = sorted((a, b))
     vs, lens, ds = t.volume_to_dense(lo, hi)
     expect = used.scale_in(bs).clip(lo, hi)
-    assert list(zip(vs.tolist(), (vs + lens).tolist())) == list(expect)
-    for v, n, d in zip(vs.tolist(), lens.tolist(), ds.tolist()):
+    assert list(zip(vs.tolist(), (vs + lens).tolist(), strict=True)) == list(expect)
+    for v, n, d in zip(vs.tolist(), lens.tolist(), ds.tolist(), strict=True):
         v2, n2, d2 = t.dense_to_volume(d, d + n)
         assert v2.tolist()[0] == v and int(n2.sum()) == n
 

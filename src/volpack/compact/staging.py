@@ -7,6 +7,7 @@ Space is checked before anything is copied.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -127,10 +128,8 @@ class Staging:
             os.close(self.fd)
             self.fd = -1
         if self.created:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
-            except FileNotFoundError:
-                pass
             self.created = False
 
 

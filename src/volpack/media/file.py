@@ -7,6 +7,7 @@ only replaced with ``force``. Character devices (``/dev/null``) are written in p
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -96,10 +97,8 @@ class FileWriter:
             os.close(self.fd)
             self.fd = -1
         if self._tmp is not None:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._tmp)
-            except FileNotFoundError:
-                pass
             self._tmp = None
 
 

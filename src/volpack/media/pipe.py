@@ -6,6 +6,7 @@ reader refuses as incomplete. Random access is not possible on a pipe.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from volpack.errors import MediumError
@@ -33,10 +34,9 @@ class PipeWriter:
             raise MediumError(f"-: {exc.strerror} while writing the archive to stdout") from None
 
     def commit(self) -> None:
-        try:
+        # Pipes and sockets cannot fsync; the reader sees the trailer, which is enough.
+        with contextlib.suppress(OSError):
             os.fsync(self.fd)
-        except OSError:
-            pass  # pipes and sockets cannot fsync; the reader sees the trailer, which is enough
 
     def abort(self) -> None:
         pass
