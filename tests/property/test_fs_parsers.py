@@ -116,32 +116,57 @@ def test_ext4_used_map_is_exactly_the_bitmap_pattern_plus_metadata(ext4_image, r
 # -- FAT16: random cluster chains ------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def fat_image(tmp_path_factory):
-    img = _sparse(tmp_path_factory.mktemp("fat") / "f.img", 64 * MiB)
-    _tool("mkfs.vfat", "-F", "16", img)
-    return img
+@pytest.fixture(scope="module", params=["12", "16", "32"])
+def fat_image(tmp_path_factory, request):
+    size = {"12": 2 * MiB, "16": 24 * MiB, "32": 64 * MiB}[request.param]
+    img = _sparse(tmp_path_factory.mktemp("fat") / f"f{request.param}.img", size)
+    _tool("mkfs.vfat", "-F", request.param, "-s", "1", img)
+    return img, int(request.param)
+
+
+def _set_entry(fat: bytearray, bits: int, cluster: int, value: int) -> None:
+    if bits == 16:
+        struct.pack_into("<H", fat, 2 * cluster, value & 0xFFFF)
+    elif bits == 32:
+        struct.pack_into("<I", fat, 4 * cluster, value & 0x0FFFFFFF)
+    else:
+        at = cluster * 3 // 2
+        pair = struct.unpack_from("<H", fat, at)[0]
+        # Odd clusters take the high 12 bits of the byte pair, even ones the low 12.
+        shift, keep = (4, 0x000F) if cluster & 1 else (0, 0xF000)
+        pair = (pair & keep) | ((value & 0xFFF) << shift)
+        struct.pack_into("<H", fat, at, pair)
 
 
 @SETTINGS
-@given(clusters=st.lists(st.integers(2, 30000), max_size=200))
-def test_fat_used_map_is_exactly_the_allocated_clusters_plus_metadata(fat_image, clusters):
-    base = Overlay(fat_image)
+@given(picks=st.lists(st.floats(0, 1, exclude_max=True), max_size=200))
+def test_fat_used_map_is_exactly_the_allocated_clusters_plus_metadata(fat_image, picks):
+    image, bits = fat_image
+    base = Overlay(image)
     boot = base.read_at(0, 512)
-    bps, spc, reserved, fats, root_entries = struct.unpack_from("<HBHBH", boot, 11)
-    (fat_sectors,) = struct.unpack_from("<H", boot, 22)
-    data_start = (reserved + fats * fat_sectors) * bps + root_entries * 32
+    bps, spc, reserved, fats, root_entries, total16 = struct.unpack_from("<HBHBHH", boot, 11)
+    (fat16,) = struct.unpack_from("<H", boot, 22)
+    (total32, fat32) = struct.unpack_from("<II", boot, 32)
+    fat_sectors = fat16 or fat32
+    total = total16 or total32
+    root_sectors = -(-(root_entries * 32) // bps)
+    data_sectors = reserved + fats * fat_sectors + root_sectors
+    clusters = (total - data_sectors) // spc
+    data_start = data_sectors * bps
     fat = bytearray(base.read_at(reserved * bps, fat_sectors * bps))
-    for c in clusters:
-        struct.pack_into("<H", fat, 2 * c, 0xFFFF)
+    # Clusters mkfs already allocated (the FAT32 root directory) stay allocated.
+    regions, _w = base.analyse()
+    chosen = sorted({2 + int(p * clusters) for p in picks})
+    for c in chosen:
+        _set_entry(fat, bits, c, 0x0FFFFFFF)  # end of chain, truncated to the entry width
     patches = [((reserved + i * fat_sectors) * bps, bytes(fat)) for i in range(fats)]
-    regions, warnings = Overlay(fat_image, patches).analyse()
+    new_regions, warnings = Overlay(image, patches).analyse()
     assert warnings == []
     cb = spc * bps
-    expected = Extents.span(0, data_start).union(
-        Extents.from_pairs((data_start + (c - 2) * cb, data_start + (c - 1) * cb) for c in clusters)
+    expected = regions[0].used.union(
+        Extents.from_pairs((data_start + (c - 2) * cb, data_start + (c - 1) * cb) for c in chosen)
     )
-    assert regions[0].used == expected
+    assert new_regions[0].used == expected
 
 
 # -- fuzz: mutated metadata of every filesystem ---------------------------------------------
