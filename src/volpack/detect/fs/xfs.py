@@ -64,6 +64,7 @@ def analyse(area: Area) -> FsResult:
     _check_log_clean(area, sb, block_size, agblocks, dblocks)
     hdr = 56 if v5 else 16
     magic = b"AB3B" if v5 else b"ABTB"
+    cnt_magic = b"AB3C" if v5 else b"ABTC"
     maxrecs = (block_size - hdr) // 12
 
     free_starts: list[np.ndarray] = []
@@ -74,16 +75,34 @@ def analyse(area: Area) -> FsResult:
         agf_at = ag_first * block_size + sectsize
         agf = area.read(agf_at, sectsize)
         seqno, length = struct.unpack_from(">II", agf, 8)
-        root = struct.unpack_from(">I", agf, 16)[0]
-        levels = struct.unpack_from(">I", agf, 28)[0]
+        root, cnt_root = struct.unpack_from(">II", agf, 16)
+        levels, cnt_levels = struct.unpack_from(">II", agf, 28)
         (freeblks,) = struct.unpack_from(">I", agf, 52)
         if agf[:4] != b"XAGF" or seqno != agno or length != ag_len:
             raise area.damaged(f"XFS AG {agno} header (AGF) is not valid")
         if v5 and not _crc_ok(agf, _AGF_CRC):
             raise area.damaged(f"XFS AG {agno} header (AGF) CRC mismatch")
-        if not 1 <= levels <= _MAX_LEVELS or not 0 < root < ag_len:
-            raise area.damaged(f"XFS AG {agno} free-space tree root {root}, {levels} levels")
+        for r, lv in ((root, levels), (cnt_root, cnt_levels)):
+            if not 1 <= lv <= _MAX_LEVELS or not 0 < r < ag_len:
+                raise area.damaged(f"XFS AG {agno} free-space tree root {r}, {lv} levels")
         recs = _walk(area, agno, ag_first, ag_len, root, levels, block_size, hdr, magic, maxrecs)
+        # The by-size tree lists the same extents: a flipped record in either one shows here.
+        by_size = _walk(
+            area,
+            agno,
+            ag_first,
+            ag_len,
+            cnt_root,
+            cnt_levels,
+            block_size,
+            hdr,
+            cnt_magic,
+            maxrecs,
+            sorted_by_start=False,
+        )
+        by_size = by_size[np.lexsort((by_size[:, 1], by_size[:, 0]))]
+        if not np.array_equal(recs, by_size):
+            raise area.damaged(f"XFS AG {agno} free-space trees by block and by size disagree")
         total = int(recs[:, 1].sum()) if recs.size else 0
         if total != freeblks:
             raise area.damaged(
@@ -116,6 +135,7 @@ def _walk(
     hdr: int,
     magic: bytes,
     maxrecs: int,
+    sorted_by_start: bool = True,
 ) -> np.ndarray:
     """Leaf records ``(agbno, count)`` of one AG's bno tree, as an (n, 2) int64 array."""
     leaves: list[np.ndarray] = []
@@ -149,7 +169,8 @@ def _walk(
     if recs.size:
         starts, counts = recs[:, 0], recs[:, 1]
         ends = starts + counts
-        if (counts <= 0).any() or (ends > ag_len).any() or (starts[1:] < ends[:-1]).any():
+        overlap = sorted_by_start and bool((starts[1:] < ends[:-1]).any())
+        if (counts <= 0).any() or (ends > ag_len).any() or overlap:
             raise area.damaged(f"XFS AG {agno} free-space records overlap or leave the AG")
     return recs
 
