@@ -220,3 +220,23 @@ def test_ext_snapshot_of_a_mounted_filesystem_is_not_trusted(tmp_path, kind):
     assert len(warnings) == 1 and regions[0].used is None
     assert ("not cleanly unmounted" if kind == "ext2" else "needs recovery") in warnings[0]
     single_fs(img)  # after the unmount it is trusted again
+
+
+def test_ext_bitmap_with_moved_bits_fails_its_checksum_and_falls_back(tmp_path):
+    # Free counts still agree (one bit cleared, another set); only the metadata_csum bitmap
+    # checksum can tell, and the region must not trust the bitmap.
+    img, _sums = build(tmp_path, VARIANTS["ext4"])
+    with open(img, "rb") as f:
+        f.seek(4096)
+        (bitmap,) = struct.unpack("<I", f.read(4))
+        f.seek(bitmap * 4096)
+        first = f.read(4096)
+    data = bytearray(first)
+    used_byte = next(i for i, b in enumerate(data) if b == 0xFF)
+    free_byte = next(i for i, b in enumerate(data) if b == 0x00 and i > used_byte)
+    data[used_byte] = 0xFE
+    data[free_byte] = 0x01
+    _poke(img, bitmap * 4096, bytes(data))
+    regions, warnings = analyse_file(img)
+    assert len(warnings) == 1 and "block bitmap checksum" in warnings[0]
+    assert regions[0].used is None

@@ -18,6 +18,7 @@ from volpack.detect.fs._common import (
     bitmap_runs,
     crc16,
     crc32c_raw,
+    crc32c_rows,
     crc_columns,
     popcount_rows,
     text,
@@ -197,8 +198,15 @@ def analyse(area: Area) -> FsResult:
             np.ascontiguousarray(desc[:, 44:46]).view("<u2")[:, 0].astype(np.int64)
         ) << 16
 
+    csum_seed = checksum_seed if incompat & INCOMPAT_CSUM_SEED else crc32c_raw(uuid)
     if ro_compat & (RO_GDT_CSUM | RO_METADATA_CSUM):
-        _check_gdt_csums(area, desc, stored_csum, uuid, incompat, ro_compat, checksum_seed)
+        _check_gdt_csums(area, desc, stored_csum, uuid, ro_compat, csum_seed)
+    bitmap_csum: np.ndarray | None = None
+    if ro_compat & RO_METADATA_CSUM:
+        bitmap_csum = np.ascontiguousarray(desc[:, 0x18:0x1A]).view("<u2")[:, 0].astype(np.int64)
+        if desc_size >= 64:
+            hi = np.ascontiguousarray(desc[:, 0x38:0x3A]).view("<u2")[:, 0].astype(np.int64)
+            bitmap_csum |= hi << 16
 
     itable_blocks = -(-(inodes_per_group * inode_size) // block_size)
     for name, arr, span in (
@@ -239,6 +247,8 @@ def analyse(area: Area) -> FsResult:
                 row[tail // 8] &= (1 << (tail % 8)) - 1
             free[last] = tail - int(popcount_rows(row[None, :])[0])
         check = ~uninit[g0:g1]
+        if bitmap_csum is not None:
+            _check_bitmap_csums(area, maps, check, bitmap_csum[g0:g1], csum_seed, desc_size, g0)
         mismatch = np.flatnonzero(check & (free != free_blocks[g0:g1]))
         if mismatch.size:
             g = g0 + int(mismatch[0])
@@ -299,13 +309,7 @@ def _read_bitmaps(
 
 
 def _check_gdt_csums(
-    area: Area,
-    desc: np.ndarray,
-    stored: np.ndarray,
-    uuid: bytes,
-    incompat: int,
-    ro_compat: int,
-    checksum_seed: int,
+    area: Area, desc: np.ndarray, stored: np.ndarray, uuid: bytes, ro_compat: int, csum_seed: int
 ) -> None:
     groups, desc_size = desc.shape
     group_le = np.arange(groups, dtype="<u4").view(np.uint8).reshape(groups, 4)
@@ -315,8 +319,7 @@ def _check_gdt_csums(
         body = np.concatenate(
             [group_le, desc[:, :0x1E], np.zeros((groups, 2), np.uint8), desc[:, 0x20:]], axis=1
         )
-        seed = checksum_seed if incompat & INCOMPAT_CSUM_SEED else crc32c_raw(uuid)
-        crc = crc_columns(body, np.full(groups, seed, np.uint32)) & 0xFFFF
+        crc = crc_columns(body, np.full(groups, csum_seed, np.uint32)) & 0xFFFF
     else:
         seed = crc16(uuid)
         if desc_size <= 32:
@@ -328,4 +331,29 @@ def _check_gdt_csums(
         raise area.damaged(
             f"ext group descriptor {g} checksum {int(stored[g]):#06x}, computed "
             f"{int(crc[g]):#06x}; group descriptors are damaged"
+        )
+
+
+def _check_bitmap_csums(
+    area: Area,
+    maps: np.ndarray,
+    check: np.ndarray,
+    stored: np.ndarray,
+    seed: int,
+    desc_size: int,
+    g0: int,
+) -> None:
+    """metadata_csum: each initialised block bitmap's CRC32C (16 or 32 bits kept)."""
+    idx = np.flatnonzero(check)
+    if not idx.size:
+        return
+    crc = crc32c_rows(maps[idx], seed).astype(np.int64)
+    if desc_size < 64:
+        crc &= 0xFFFF
+    bad = np.flatnonzero(crc != stored[idx])
+    if bad.size:
+        g = g0 + int(idx[bad[0]])
+        raise area.damaged(
+            f"ext group {g} block bitmap checksum {int(stored[idx[bad[0]]]):#x}, computed "
+            f"{int(crc[bad[0]]):#x}; the bitmap is damaged"
         )
