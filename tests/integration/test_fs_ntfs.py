@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 
+import pytest
 from test_fs_images import (
     analyse_file,
     backup_restore,
@@ -95,3 +96,43 @@ def test_ntfs_backup_restore_gives_a_clean_filesystem_with_identical_files(tmp_p
     assert result.detection["regions"][0]["detector"] == "ntfs"
     assert "processed successfully" in run("ntfsfix", "-n", restored)
     files_match(restored, sums)
+
+
+@pytest.mark.root
+def test_ntfs_written_through_ntfs3g_with_deletes_keeps_every_live_file(tmp_path):
+    import os
+    import shutil
+    import subprocess
+
+    need("mkntfs", "ntfs-3g", "ntfscat", "ntfsfix")
+    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
+        pytest.skip("needs root and /dev/fuse for ntfs-3g")
+    img = sparse_file(tmp_path / "ntfs.img", 96 << 20)
+    run("mkntfs", "-q", "-F", "-Q", img)
+    tree = tmp_path / "tree"
+    random_tree(tree, 13, count=12)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.run(["ntfs-3g", str(img), str(mnt)], capture_output=True, timeout=60)
+    if proc.returncode:
+        pytest.skip(f"ntfs-3g mount failed: {proc.stderr.decode(errors='replace').strip()}")
+    try:
+        shutil.copytree(tree, mnt / "a")
+        shutil.copytree(tree, mnt / "b")
+        shutil.rmtree(mnt / "a")
+        shutil.copytree(tree, mnt / "c")
+    finally:
+        run("umount", mnt)
+    fs = single_fs(img, "ntfs")
+    oracle = partclone_used("partclone.ntfs", img, tmp_path)
+    assert oracle.subtract(fs.used).total() == 0
+    assert fs.used.subtract(oracle).total() <= 512
+    kept = keep_only(img, fs.used, tmp_path / "kept.img")
+    assert "processed successfully" in run("ntfsfix", "-n", kept)
+    for p in tree.rglob("*.bin"):
+        rel = p.relative_to(tree).as_posix()
+        for top in ("b", "c"):
+            data = subprocess.run(
+                ["ntfscat", str(kept), f"/{top}/{rel}"], capture_output=True, check=True
+            )
+            assert sha(data.stdout) == sha(p.read_bytes()), rel
