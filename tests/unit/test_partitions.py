@@ -27,11 +27,12 @@ def mbr(entries, sig=b"\x55\xaa") -> bytes:
     return bytes(sector)
 
 
-def gpt_disk(size: int, parts: list[tuple[int, int]]) -> bytearray:
-    """A GPT disk (512-byte sectors) with 128 entries; ``parts`` are (first, last) LBAs."""
+def gpt_disk(size: int, parts: list[tuple[int, int]], ss: int = 512) -> bytearray:
+    """A GPT disk with ``ss``-byte sectors and 128 entries; ``parts`` are (first, last) LBAs."""
     buf = bytearray(size)
-    last = size // 512 - 1
+    last = size // ss - 1
     entries = bytearray(128 * 128)
+    array_lbas = len(entries) // ss
     for i, (first, end) in enumerate(parts):
         e = LINUX + uuid.uuid4().bytes_le + struct.pack("<QQQ", first, end, 0)
         entries[i * 128 : i * 128 + len(e)] = e
@@ -41,17 +42,18 @@ def gpt_disk(size: int, parts: list[tuple[int, int]]) -> bytearray:
         h = bytearray(92)
         h[:8] = b"EFI PART"
         struct.pack_into("<IIII", h, 8, 0x10000, 92, 0, 0)
-        struct.pack_into("<QQQQ", h, 24, my, alt, 34, last - 33)
+        struct.pack_into("<QQQQ", h, 24, my, alt, 2 + array_lbas, last - 1 - array_lbas)
         h[56:72] = uuid.uuid4().bytes_le
         struct.pack_into("<QIII", h, 72, entries_lba, 128, 128, ecrc)
         struct.pack_into("<I", h, 16, zlib.crc32(h))
         return bytes(h)
 
     buf[0:512] = mbr([(0, 0xEE, 1, min(last, 0xFFFFFFFF))])
-    buf[512 : 512 + 92] = header(1, last, 2)
-    buf[1024 : 1024 + len(entries)] = entries
-    buf[(last - 32) * 512 : (last - 32) * 512 + len(entries)] = entries
-    buf[last * 512 : last * 512 + 92] = header(last, 1, last - 32)
+    buf[ss : ss + 92] = header(1, last, 2)
+    buf[2 * ss : 2 * ss + len(entries)] = entries
+    backup_array = (last - array_lbas) * ss
+    buf[backup_array : backup_array + len(entries)] = entries
+    buf[last * ss : last * ss + 92] = header(last, 1, last - array_lbas)
     return buf
 
 
@@ -161,3 +163,15 @@ def test_gpt_with_corrupt_entries_everywhere_lists_no_partitions():
 def test_guid_text_uses_mixed_endian_fields():
     raw = uuid.UUID("C12A7328-F81F-11D2-BA4B-00A0C93EC93B").bytes_le
     assert guid_str(raw) == "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+
+
+def test_gpt_with_4096_byte_sectors_is_found_at_lba_1_of_4096():
+    size = 64 * MiB
+    buf = gpt_disk(size, [(256, 511)], ss=4096)
+    warnings: list[str] = []
+    table = read_table(reader(buf), size, warnings)
+    assert warnings == []
+    assert table.sector_size == 4096
+    assert [(p.start, p.length) for p in table.partitions] == [(256 * 4096, 256 * 4096)]
+    # MBR + header + 4 LBAs of entries; backup entries + header at the end.
+    assert table.table_runs == ((0, 6 * 4096), (size - 5 * 4096, size))
