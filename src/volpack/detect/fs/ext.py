@@ -94,6 +94,10 @@ def analyse(area: Area) -> FsResult:
     (checksum_seed,) = struct.unpack_from("<I", sb, 0x270)
     (sb_checksum,) = struct.unpack_from("<I", sb, 0x3FC)
 
+    (group_nr,) = struct.unpack_from("<H", sb, 0x5A)
+    if group_nr != 0:
+        # A backup superblock where a primary should be: the region does not start the filesystem.
+        raise area.damaged(f"ext superblock of group {group_nr} where the primary should be")
     if incompat & INCOMPAT_JOURNAL_DEV:
         raise area.damaged("is an external ext journal device, not a filesystem")
     if ro_compat & RO_METADATA_CSUM and crc32c_raw(sb[:0x3FC]) != sb_checksum:
