@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Any
 
+from volpack.cli.common import add_medium_options, apply_medium_options
 from volpack.errors import EXIT_OK, EXIT_WARNING
 
 
@@ -56,10 +57,12 @@ def register(subparsers: Any) -> None:
     rebuild.add_argument("url", metavar="URL", help="directory, archive or s3://bucket/prefix")
     add_catalog_option(rebuild)
     rebuild.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_medium_options(rebuild, tape=False)
     rebuild.set_defaults(func=run_rebuild)
 
 
 def run_rebuild(args: argparse.Namespace) -> int:
+    apply_medium_options(args)
     from volpack.catalog import Catalog
     from volpack.catalog.rebuild import rebuild
     from volpack.catalog.record import catalog_path

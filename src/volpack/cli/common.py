@@ -24,10 +24,12 @@ def add_output_options(parser: argparse.ArgumentParser, *, json_flag: bool = Tru
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
-def add_medium_options(parser: argparse.ArgumentParser) -> None:
+def add_medium_options(parser: argparse.ArgumentParser, *, tape: bool = True) -> None:
     group = parser.add_argument_group("medium options")
     group.add_argument("--s3-endpoint", metavar="URL", help="S3 endpoint (default: AWS config)")
     group.add_argument("--s3-profile", metavar="NAME", help="AWS profile for credentials")
+    if not tape:
+        return
     group.add_argument("--tape-record-size", type=size_arg("--tape-record-size"), metavar="SIZE",
                        help="tape record size (default 256Ki)")
     group.add_argument("--volume-size", type=size_arg("--volume-size"), metavar="SIZE",
@@ -42,7 +44,8 @@ def apply_medium_options(args: argparse.Namespace) -> None:
         from volpack.media.s3_client import configure
 
         configure(endpoint=args.s3_endpoint, profile=args.s3_profile)
-    tape_opts = (args.tape_record_size, args.volume_size, args.tape_next)
+    tape_opts = tuple(getattr(args, name, None) for name in
+                      ("tape_record_size", "volume_size", "tape_next"))
     if any(v is not None for v in tape_opts):
         from volpack.errors import UsageError
         from volpack.media import scheme_of
@@ -52,8 +55,8 @@ def apply_medium_options(args: argparse.Namespace) -> None:
                              "apply to tape: media only")
         from volpack.media.tape import tape_url
 
-        args.archive = tape_url(args.archive, record_size=args.tape_record_size,
-                                volume_size=args.volume_size, next_command=args.tape_next)
+        args.archive = tape_url(args.archive, record_size=tape_opts[0], volume_size=tape_opts[1],
+                                next_command=tape_opts[2])
 
 
 def size_arg(what: str):

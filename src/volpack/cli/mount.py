@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 
+from volpack.cli.common import add_medium_options, apply_medium_options
 from volpack.errors import EXIT_OK
 from volpack.serve.fuse import DEFAULT_FILE_NAME, mount
 from volpack.units import human
@@ -48,10 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     parser.add_argument("-v", "--verbose", action="store_true", help="also log FUSE requests")
+    add_medium_options(parser, tape=False)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    apply_medium_options(args)
     from volpack import open_archive
     from volpack.errors import UsageError
 

@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from volpack.cli.catalog import add_catalog_option, local_time, print_json
+from volpack.cli.common import add_medium_options, apply_medium_options
 from volpack.errors import EXIT_OK
 
 log = logging.getLogger("volpack")
@@ -38,10 +39,12 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the plan and outcome as JSON")
     add_catalog_option(parser)
+    add_medium_options(parser, tape=False)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    apply_medium_options(args)
     from volpack.catalog import Catalog, Policy, source_key
     from volpack.catalog.prune import check, execute, plan
     from volpack.catalog.record import catalog_path

@@ -13,6 +13,7 @@ import sys
 from contextlib import ExitStack
 from pathlib import PurePosixPath
 
+from volpack.cli.common import add_medium_options, apply_medium_options
 from volpack.errors import EXIT_OK, UsageError
 from volpack.serve.export import Export
 from volpack.serve.nbd_server import DEFAULT_PORT, NbdServer
@@ -66,6 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every connection")
+    add_medium_options(parser, tape=False)
     parser.set_defaults(func=run)
 
 
@@ -99,6 +101,7 @@ def export_name(url: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    apply_medium_options(args)
     from volpack import open_archive
 
     if len(args.name) > len(args.archives):
