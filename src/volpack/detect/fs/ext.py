@@ -56,20 +56,22 @@ def probe(area: Area) -> bool:
     return struct.unpack_from("<H", sb, 0x38)[0] == MAGIC
 
 
-def _has_super(group: int, compat: int, ro_compat: int, backup_bgs: tuple[int, int]) -> bool:
-    if group == 0:
-        return True
+def _super_groups(
+    groups: int, compat: int, ro_compat: int, backup_bgs: tuple[int, int]
+) -> set[int]:
+    """Groups holding a superblock copy: all, sparse_super (0, 1, powers of 3, 5, 7) or
+    sparse_super2 (0 and the two listed groups). O(log groups) unless sparse_super is off."""
     if compat & COMPAT_SPARSE_SUPER2:
-        return group in backup_bgs
-    if not ro_compat & RO_SPARSE_SUPER or group == 1:
-        return True
+        return {0} | {g for g in backup_bgs if 0 < g < groups}
+    if not ro_compat & RO_SPARSE_SUPER:
+        return set(range(groups))
+    out = {0, 1} if groups > 1 else {0}
     for base in (3, 5, 7):
         n = base
-        while n < group:
+        while n < groups:
+            out.add(n)
             n *= base
-        if n == group:
-            return True
-    return False
+    return out
 
 
 def analyse(area: Area) -> FsResult:
@@ -83,6 +85,8 @@ def analyse(area: Area) -> FsResult:
     (inodes_count,) = struct.unpack_from("<I", sb, 0)
     (rev_level,) = struct.unpack_from("<I", sb, 0x4C)
     inode_size = struct.unpack_from("<H", sb, 0x58)[0] if rev_level >= 1 else 128
+    if inode_size < 128 or inode_size > 1024 << min(log_block, 6) or inode_size & (inode_size - 1):
+        raise area.damaged(f"ext inode size {inode_size}")
     compat, incompat, ro_compat = struct.unpack_from("<III", sb, 0x5C)
     uuid = sb[0x68:0x78]
     label = text(sb[0x78:0x88])
@@ -151,8 +155,10 @@ def analyse(area: Area) -> FsResult:
     def group_first(g: int) -> int:
         return first_data_block + g * blocks_per_group
 
+    super_groups = _super_groups(groups, compat, ro_compat, backup_bgs)
+
     def has_super(g: int) -> bool:
-        return _has_super(g, compat, ro_compat, backup_bgs)
+        return g in super_groups
 
     # -- group descriptor table ------------------------------------------------------------
     meta_blocks: list[tuple[int, int]] = [(0, first_data_block + 1)]  # boot block + superblock
@@ -178,11 +184,9 @@ def analyse(area: Area) -> FsResult:
 
     # Superblock backups, and (outside meta_bg) GDT + reserved GDT copies.
     reserved = reserved_gdt if compat & COMPAT_RESIZE_INODE else 0
-    for g in range(groups):
-        if has_super(g):
-            first = group_first(g)
-            span = 1 + (plain + reserved)
-            meta_blocks.append((first, first + span))
+    for g in sorted(super_groups):
+        first = group_first(g)
+        meta_blocks.append((first, first + 1 + plain + reserved))
 
     desc = gdt.view(np.uint8)
     words = np.ascontiguousarray(desc[:, :32]).view("<u4")  # 8 little-endian u32 per row
