@@ -6,7 +6,7 @@ searches over run arrays, so memory and time are O(runs), never O(blocks). Pure:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -19,6 +19,19 @@ class AddressTable:
     volume_block: np.ndarray  # int64, sorted, disjoint, non-touching
     dense_block: np.ndarray  # int64, cumulative sum of counts
     count: np.ndarray  # int64, > 0
+    # Byte offsets, computed once: lookups run per frame and per read, tables can be millions long.
+    _vstart: np.ndarray = field(init=False, repr=False)
+    _vend: np.ndarray = field(init=False, repr=False)
+    _dstart: np.ndarray = field(init=False, repr=False)
+    _dend: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        bs = self.block_size
+        span = self.count * bs
+        object.__setattr__(self, "_vstart", self.volume_block * bs)
+        object.__setattr__(self, "_vend", self._vstart + span)
+        object.__setattr__(self, "_dstart", self.dense_block * bs)
+        object.__setattr__(self, "_dend", self._dstart + span)
 
     @staticmethod
     def from_used(used: Extents, block_size: int) -> AddressTable:
@@ -62,28 +75,24 @@ class AddressTable:
 
     def dense_to_volume(self, d0: int, d1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Pieces of dense bytes ``[d0, d1)``: (volume_offsets, lengths, dense_offsets), in order."""
-        bs = self.block_size
-        dstart = self.dense_block * bs
-        dend = dstart + self.count * bs
+        dstart, dend = self._dstart, self._dend
         lo = int(np.searchsorted(dend, d0, side="right"))
         hi = int(np.searchsorted(dstart, d1, side="left"))
         if hi <= lo:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
         ds = np.maximum(dstart[lo:hi], d0)
         de = np.minimum(dend[lo:hi], d1)
-        vs = self.volume_block[lo:hi] * bs + (ds - dstart[lo:hi])
+        vs = self._vstart[lo:hi] + (ds - dstart[lo:hi])
         return vs, de - ds, ds
 
     def volume_to_dense(self, v0: int, v1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Used pieces of volume bytes ``[v0, v1)``: (volume_offsets, lengths, dense_offsets)."""
-        bs = self.block_size
-        vstart = self.volume_block * bs
-        vend = vstart + self.count * bs
+        vstart, vend = self._vstart, self._vend
         lo = int(np.searchsorted(vend, v0, side="right"))
         hi = int(np.searchsorted(vstart, v1, side="left"))
         if hi <= lo:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
         vs = np.maximum(vstart[lo:hi], v0)
         ve = np.minimum(vend[lo:hi], v1)
-        ds = self.dense_block[lo:hi] * bs + (vs - vstart[lo:hi])
+        ds = self._dstart[lo:hi] + (vs - vstart[lo:hi])
         return vs, ve - vs, ds
