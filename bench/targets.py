@@ -26,9 +26,10 @@ class Check:
         return asdict(self)
 
 
-def _row(rows: list[Row], name: str) -> Row | None:
+def _row(rows: list[Row], name: str, kind: str | None = None) -> Row | None:
+    """The measured row of that name (peers share names across kinds: cp backs up and restores)."""
     for r in rows:
-        if r.name == name and r.wall is not None:
+        if r.name == name and r.wall is not None and kind in (None, r.kind):
             return r
     return None
 
@@ -55,7 +56,8 @@ def _ratio_check(
 ) -> Check:
     """rows[name].wall / min(rows[others].wall) must be <= limit (< limit when strict)."""
     mine = _row(rows, name)
-    theirs = [r for r in (_row(rows, o) for o in others) if r is not None]
+    kind = mine.kind if mine is not None else None
+    theirs = [r for r in (_row(rows, o, kind) for o in others) if r is not None]
     target = f"{what}: `{name}` {'<' if strict else '≤'} {limit:.3g}x fastest of " + ", ".join(
         f"`{o}`" for o in others
     )
@@ -134,7 +136,7 @@ def evaluate(img: Image, rows: list[Row], levels: list[Row]) -> list[Check]:
                 strict=True,
             )
         )
-        mine, pc = _row(rows, fs), _row(rows, "partclone.ext4 -c")
+        mine, pc = _row(rows, fs), _row(rows, "partclone.ext4 -c", "backup")
         target = f"fs archive size: `{fs}` ≤ `partclone.ext4 -c` image"
         if mine is None or pc is None:
             checks.append(
