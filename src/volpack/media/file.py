@@ -10,10 +10,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import stat
 from urllib.parse import unquote, urlparse
 
+from volpack.atomic import discard, publish, temp_path_for
 from volpack.errors import MediumError, MediumFull, MediumNotFound
 from volpack.media.base import Buffer
 
@@ -57,7 +57,7 @@ class FileWriter:
         directory, name = os.path.split(os.path.abspath(self.path))
         if not os.path.isdir(directory):
             raise MediumNotFound(f"{self.path}: directory {directory} does not exist; create it first")
-        self._tmp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.partial")
+        self._tmp = temp_path_for(self.path)
         self.fd = self._open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
 
     def _open(self, path: str, flags: int) -> int:
@@ -75,31 +75,21 @@ class FileWriter:
             raise _os_error(self.path, exc, "writing the archive") from None
 
     def commit(self) -> None:
+        fd, self.fd = self.fd, -1
         try:
-            os.fsync(self.fd)
-            os.close(self.fd)
-            self.fd = -1
-            if self._tmp is not None:
-                os.replace(self._tmp, self.path)
-                self._tmp = None
-                dfd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
-                try:
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
+            if self._tmp is None:  # a character device written in place
+                with contextlib.suppress(OSError):  # /dev/null and friends cannot fsync
+                    os.fsync(fd)
+                os.close(fd)
+                return
+            publish(fd, self._tmp, self.path)
+            self._tmp = None
         except OSError as exc:
-            if exc.errno == errno.EINVAL and self._tmp is None:
-                return  # character devices such as /dev/null cannot fsync
             raise _os_error(self.path, exc, "completing the archive") from None
 
     def abort(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        if self._tmp is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._tmp)
-            self._tmp = None
+        discard(self.fd, self._tmp)
+        self.fd, self._tmp = -1, None
 
 
 class FileReader:

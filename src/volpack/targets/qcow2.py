@@ -8,15 +8,14 @@ renamed over the target. It never touches an existing target before success.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import secrets
 import stat
 import struct
 
 import numpy as np
 
+from volpack.atomic import discard, publish, temp_path_for
 from volpack.errors import TargetError
 from volpack.extents import Extents
 from volpack.units import human
@@ -57,10 +56,10 @@ class Qcow2Target:
                 f"{path}: already exists; use --force to replace it (it is kept until the "
                 "restore has fully succeeded)"
             )
-        directory, name = os.path.split(os.path.abspath(path))
+        directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
             raise TargetError(f"{path}: directory {directory} does not exist; create it first")
-        self.tmp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.partial")
+        self.tmp = temp_path_for(path)
         self.fd = -1
         self.size = 0
         self.header_size = 0
@@ -130,15 +129,8 @@ class Qcow2Target:
         self._flush_partial()
         try:
             self._write_metadata()
-            os.fsync(self.fd)
-            os.close(self.fd)
-            self.fd = -1
-            os.replace(self.tmp, self.path)
-            dfd = os.open(os.path.dirname(self.tmp), os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            fd, self.fd = self.fd, -1
+            publish(fd, self.tmp, self.path)
         except OSError as exc:
             raise TargetError(
                 f"{self.path}: could not complete the qcow2 image ({exc.strerror}); the previous "
@@ -146,11 +138,8 @@ class Qcow2Target:
             ) from None
 
     def abort(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.tmp)
+        discard(self.fd, self.tmp)
+        self.fd = -1
 
     # -- data --------------------------------------------------------------------------------
     def _flush_partial(self) -> None:

@@ -9,13 +9,12 @@ device already reads zeros.
 from __future__ import annotations
 
 import array
-import contextlib
 import errno
 import fcntl
 import os
-import secrets
 import stat
 
+from volpack.atomic import discard, publish, temp_path_for
 from volpack.errors import TargetError
 from volpack.extents import Extents
 from volpack.units import human
@@ -46,10 +45,10 @@ class FileTarget:
         if os.path.lexists(path) and not force:
             raise TargetError(f"{path}: already exists; use --force to replace it (it is kept "
                               "until the restore has fully succeeded)")
-        directory, name = os.path.split(os.path.abspath(path))
+        directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
             raise TargetError(f"{path}: directory {directory} does not exist; create it first")
-        self.tmp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.partial")
+        self.tmp = temp_path_for(path)
         self.fd = -1
         self.size = 0
 
@@ -71,27 +70,17 @@ class FileTarget:
         _pwrite_all(self.fd, self.path, offset, data)
 
     def finish(self) -> None:
+        fd, self.fd = self.fd, -1
         try:
-            os.ftruncate(self.fd, self.size)
-            os.fsync(self.fd)
-            os.close(self.fd)
-            self.fd = -1
-            os.replace(self.tmp, self.path)
-            dfd = os.open(os.path.dirname(self.tmp), os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            os.ftruncate(fd, self.size)
+            publish(fd, self.tmp, self.path)
         except OSError as exc:
             raise TargetError(f"{self.path}: could not complete the restore ({exc.strerror}); "
                               "the previous file, if any, is unchanged") from None
 
     def abort(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.tmp)
+        discard(self.fd, self.tmp)
+        self.fd = -1
 
 
 class DeviceTarget:
