@@ -262,8 +262,14 @@ def level_specs(img: Image, out: Path, levels: list[str]) -> list[Spec]:
         _vp(
             f"--compress {lv}",
             "level",
-            ("backup", str(img.path), str(out / f"lv-{lv}.vpk"), "--compress", lv),
-            out / f"lv-{lv}.vpk",
+            (
+                "backup",
+                str(img.path),
+                str(out / f"lv-{lv.replace(':', '-')}.vpk"),
+                "--compress",
+                lv,
+            ),
+            out / f"lv-{lv.replace(':', '-')}.vpk",
             img.path,
         )
         for lv in levels
