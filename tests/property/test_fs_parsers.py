@@ -178,6 +178,17 @@ def images(tmp_path_factory):
     out = {}
     out["ext4"] = _sparse(d / "ext4.img", 16 * MiB)
     _tool("mkfs.ext4", "-q", "-F", "-b", "1024", out["ext4"])
+    # No metadata checksums, and a journal left needing recovery (a transaction holding a copy
+    # of the first block bitmap): mutations reach the jbd2 parser.
+    out["ext4-journal"] = _sparse(d / "ext4j.img", 16 * MiB)
+    _tool("mkfs.ext4", "-q", "-F", "-b", "1024", "-O", "^metadata_csum", out["ext4-journal"])
+    with open(out["ext4-journal"], "rb") as f:
+        f.seek(2048)
+        (bitmap,) = struct.unpack("<I", f.read(4))
+        f.seek(bitmap * 1024)
+        (d / "bitmap.bin").write_bytes(f.read(1024))
+    (d / "jw.cmd").write_text(f"jo\njw -b {bitmap} {d / 'bitmap.bin'}\njc\n")
+    _tool("debugfs", "-w", "-f", d / "jw.cmd", out["ext4-journal"])
     out["fat12"] = _sparse(d / "fat12.img", 2 * MiB)
     _tool("mkfs.vfat", "-F", "12", out["fat12"])
     out["fat32"] = _sparse(d / "fat32.img", 40 * MiB)
@@ -210,7 +221,8 @@ def images(tmp_path_factory):
 @SETTINGS
 @given(data=st.data())
 @pytest.mark.parametrize(
-    "name", ["ext4", "fat12", "fat32", "ntfs", "xfs", "btrfs", "swap", "gpt", "mbr"]
+    "name",
+    ["ext4", "ext4-journal", "fat12", "fat32", "ntfs", "xfs", "btrfs", "swap", "gpt", "mbr"],
 )
 def test_mutated_metadata_gives_warnings_and_fallback_regions_never_exceptions(images, name, data):
     paths, used = images

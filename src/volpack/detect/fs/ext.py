@@ -24,11 +24,13 @@ from volpack.detect.fs._common import (
     text,
     uuid_str,
 )
+from volpack.detect.fs.ext_journal import journal_block_map, journaled_blocks
 from volpack.extents import Extents
 
 MAGIC = 0xEF53
 SB_OFFSET = 1024
 
+COMPAT_HAS_JOURNAL = 0x4
 COMPAT_RESIZE_INODE = 0x10
 COMPAT_SPARSE_SUPER2 = 0x200
 INCOMPAT_RECOVER = 0x4
@@ -112,8 +114,9 @@ def analyse(area: Area) -> FsResult:
         # found an inconsistency. Either way the bitmaps are not to be trusted.
         what = "has errors recorded" if state & STATE_ERROR else "was not cleanly unmounted"
         raise area.damaged(f"ext filesystem {what} (state {state:#x}); run e2fsck first")
-    if incompat & INCOMPAT_RECOVER:
-        raise area.damaged("ext journal needs recovery, bitmaps may be stale; run e2fsck or mount")
+    needs_recovery = bool(incompat & INCOMPAT_RECOVER)
+    if needs_recovery and not compat & COMPAT_HAS_JOURNAL:
+        raise area.damaged("ext journal needs recovery but there is no internal journal")
     if log_block > 6 or log_cluster < log_block or log_cluster > log_block + 16:
         raise area.damaged(f"ext block size log {log_block}, cluster size log {log_cluster}")
     block_size = 1024 << log_block
@@ -238,9 +241,21 @@ def analyse(area: Area) -> FsResult:
     uninit = (flags & BG_BLOCK_UNINIT).astype(bool)
     if not ro_compat & (RO_GDT_CSUM | RO_METADATA_CSUM):
         uninit[:] = False  # the flag means nothing without group checksums
+    # A journal that needs recovery holds newer copies of some bitmaps: OR every copy in (the
+    # used set only grows) and skip the count and checksum checks of those groups, whose
+    # descriptors are just as stale.
+    journaled: dict[int, list[bytes]] = {}
+    if needs_recovery:
+        journaled = _journal_bitmaps(
+            area, sb, block_bitmap, inode_table, inodes_per_group, inode_size, block_size, blocks
+        )
+    in_journal = np.isin(block_bitmap, np.fromiter(journaled, np.int64, len(journaled)))
     for g0 in range(0, groups, _GROUP_CHUNK):
         g1 = min(groups, g0 + _GROUP_CHUNK)
         maps = _read_bitmaps(area, block_bitmap[g0:g1], uninit[g0:g1], block_size, bytes_per_map)
+        for i in np.flatnonzero(in_journal[g0:g1]).tolist():
+            for image in journaled[int(block_bitmap[g0 + i])]:
+                maps[i] |= np.frombuffer(image, np.uint8)[:bytes_per_map]
         valid = min(total_units - g0 * clusters_per_group, (g1 - g0) * clusters_per_group)
         # The descriptor counts free clusters among the group's real clusters (bits past the
         # last cluster are padding).
@@ -254,7 +269,7 @@ def analyse(area: Area) -> FsResult:
             if tail % 8:
                 row[tail // 8] &= (1 << (tail % 8)) - 1
             free[last] = tail - int(popcount_rows(row[None, :])[0])
-        check = ~uninit[g0:g1]
+        check = ~uninit[g0:g1] & ~in_journal[g0:g1]
         if bitmap_csum is not None:
             _check_bitmap_csums(area, maps, check, bitmap_csum[g0:g1], csum_seed, desc_size, g0)
         mismatch = np.flatnonzero(check & (free != free_blocks[g0:g1]))
@@ -294,7 +309,30 @@ def analyse(area: Area) -> FsResult:
     }
     if bigalloc:
         details["cluster_size"] = unit
+    if needs_recovery:
+        details["journal_bitmaps"] = int(sum(len(v) for v in journaled.values()))
     return FsResult(kind, size, used, details)
+
+
+def _journal_bitmaps(
+    area: Area,
+    sb: bytes,
+    block_bitmap: np.ndarray,
+    inode_table: np.ndarray,
+    inodes_per_group: int,
+    inode_size: int,
+    block_size: int,
+    blocks: int,
+) -> dict[int, list[bytes]]:
+    """Journaled images of block bitmaps, from the internal journal inode."""
+    (ino,) = struct.unpack_from("<I", sb, 0xE0)
+    if ino == 0 or (ino - 1) // inodes_per_group >= inode_table.size:
+        raise area.damaged(f"ext journal inode {ino} does not exist")
+    group, index = divmod(ino - 1, inodes_per_group)
+    inode = area.read(int(inode_table[group]) * block_size + index * inode_size, 128)
+    size = struct.unpack_from("<I", inode, 4)[0] | (struct.unpack_from("<I", inode, 0x6C)[0] << 32)
+    jmap = journal_block_map(area, inode, block_size, blocks, size // block_size)
+    return journaled_blocks(area, jmap, block_size, set(block_bitmap.tolist()))
 
 
 def _read_bitmaps(
