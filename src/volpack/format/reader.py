@@ -7,7 +7,11 @@ stream ends there. Any shortfall is an IncompleteArchive; any mismatch a Corrupt
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,23 +139,62 @@ class ArchiveStream:
         self.head = Head(header, header_bytes, desc, devices, pmap, table, head_records)
         return self.head
 
-    def frames(self) -> Iterator[tuple[int, memoryview]]:
-        """(dense_offset, raw bytes) per frame; the view is valid until the next iteration."""
+    def frames(self, threads: int = 2) -> Iterator[tuple[int, memoryview]]:
+        """(dense_offset, raw bytes) per frame, in order, each checked.
+
+        A reader thread pulls frames off the medium (and feeds the digest) while a small pool
+        decompresses and checksums them, so reading, decoding and the caller's writes overlap.
+        """
         if self.head is None:
             raise RuntimeError("read_head() first")
+        h = self.head.header
+        if h.frame_count == 0:
+            return
         import zstandard
 
-        h = self.head.header
-        dec = zstandard.ZstdDecompressor()
-        for seq in range(h.frame_count):
-            where = self._where()
-            self._frame_offsets.append(self.offset)
-            fh = R.decode_frame_header(self._read(R.FRAME_HEADER_SIZE, f"frame {seq}'s header"),
-                                       h, seq, where)
-            stored = self._read(fh.stored_length, f"frame {seq}")
-            self.stored_bytes += fh.stored_length
-            raw = decode_frame_payload(dec, fh, stored, where)
-            yield fh.dense_offset, raw
+        local = threading.local()
+
+        def decode(fh: R.FrameHeader, stored: bytes, where: str) -> tuple[int, memoryview]:
+            dec = getattr(local, "dec", None)
+            if dec is None:
+                dec = local.dec = zstandard.ZstdDecompressor()
+            return fh.dense_offset, decode_frame_payload(dec, fh, stored, where)
+
+        pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="vp-decode")
+        ready: queue.Queue[Future | BaseException | None] = queue.Queue(maxsize=2 * threads + 1)
+        stop = threading.Event()
+
+        def read_frames() -> None:
+            try:
+                for seq in range(h.frame_count):
+                    if stop.is_set():
+                        return
+                    where = self._where()
+                    self._frame_offsets.append(self.offset)
+                    head = self._read(R.FRAME_HEADER_SIZE, f"frame {seq}'s header")
+                    fh = R.decode_frame_header(head, h, seq, where)
+                    stored = bytes(self._read(fh.stored_length, f"frame {seq}"))
+                    self.stored_bytes += fh.stored_length
+                    ready.put(pool.submit(decode, fh, stored, where))
+            except BaseException as exc:  # handed to the consuming thread, in order
+                ready.put(exc)
+                return
+            ready.put(None)
+
+        reader = threading.Thread(target=read_frames, name="vp-read", daemon=True)
+        reader.start()
+        try:
+            while (item := ready.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item.result()
+        finally:
+            stop.set()
+            while reader.is_alive():  # free a slot so a blocked reader sees the stop
+                with contextlib.suppress(queue.Empty):
+                    ready.get_nowait()
+                reader.join(0.01)
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def read_tail(self) -> R.Trailer:
         """Check trailer, digest, footer and end of stream; returns the trailer."""
