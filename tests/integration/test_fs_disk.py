@@ -145,3 +145,29 @@ def test_regions_tile_the_disk_without_gaps_or_overlaps(tmp_path, scheme):
     assert all(
         a.end == b.start and a.start < a.end for a, b in zip(regions, regions[1:], strict=False)
     )
+
+
+@pytest.mark.root
+def test_lvm_physical_volume_is_named_and_left_to_the_conservative_detectors(tmp_path):
+    import os
+    import subprocess
+
+    need("pvcreate", "losetup")
+    if os.geteuid() != 0 or subprocess.run(["losetup", "-f"], capture_output=True).returncode:
+        pytest.skip("needs root and a free loop device")
+    img = sparse_file(tmp_path / "pv.img", 32 * MiB)
+    loop = run("losetup", "-f", "--show", img).strip()
+    try:
+        env = {**os.environ, "LVM_SUPPRESS_FD_WARNINGS": "1"}
+        proc = subprocess.run(
+            ["pvcreate", "-q", "-ff", "-y", "--config", "devices { use_devicesfile=0 }", loop],
+            capture_output=True,
+            env=env,
+        )
+        if proc.returncode:
+            pytest.skip(f"pvcreate failed: {proc.stderr.decode(errors='replace').strip()}")
+    finally:
+        run("losetup", "-d", loop)
+    regions, warnings = analyse_file(img)
+    assert warnings == []
+    assert [(r.detector, r.used) for r in regions] == [("lvm2-pv", None)]
