@@ -94,22 +94,33 @@ def _node(
 
 
 def _walk(
-    area: Area, chunks: _Chunks, root: int, level: int, nodesize: int, fsid: bytes, devid: int
+    area: Area,
+    chunks: _Chunks,
+    root: tuple[int, int, int],
+    nodesize: int,
+    fsid: bytes,
+    devid: int,
 ) -> list[tuple[bytes, np.ndarray]]:
-    """All leaves of a tree: (leaf bytes, item headers)."""
+    """All leaves of a tree given (root logical address, level, generation)."""
     out: list[tuple[bytes, np.ndarray]] = []
-    todo = [(root, level)]
+    todo = [root]
     seen = 0
     while todo:
-        logical, want = todo.pop()
+        logical, want, generation = todo.pop()
         seen += 1
         if seen > _MAX_NODES:
             raise area.damaged("btrfs tree has too many nodes")
         node = _node(area, chunks, logical, nodesize, fsid, devid)
         (nritems,) = struct.unpack_from("<I", node, 96)
         lvl = node[100]
-        if lvl != want:
-            raise area.damaged(f"btrfs tree node at {logical} has level {lvl}, expected {want}")
+        (node_gen,) = struct.unpack_from("<Q", node, 80)
+        if lvl != want or node_gen != generation:
+            # The parent records each child's level and generation: a stale, misdirected or
+            # foreign node shows here.
+            raise area.damaged(
+                f"btrfs tree node at {logical} has level {lvl} generation {node_gen}, "
+                f"expected {want} and {generation}"
+            )
         if lvl == 0:
             if _HDR + nritems * _ITEM.itemsize > nodesize:
                 raise area.damaged(f"btrfs leaf at {logical} holds {nritems} items")
@@ -121,7 +132,10 @@ def _walk(
             if _HDR + nritems * _KEYPTR.itemsize > nodesize:
                 raise area.damaged(f"btrfs node at {logical} holds {nritems} pointers")
             ptrs = np.frombuffer(node, _KEYPTR, count=nritems, offset=_HDR)
-            todo.extend((int(p), lvl - 1) for p in ptrs["ptr"][::-1])
+            todo.extend(
+                (int(p), lvl - 1, int(g))
+                for p, g in zip(ptrs["ptr"][::-1], ptrs["gen"][::-1], strict=True)
+            )
     return out
 
 
@@ -133,7 +147,9 @@ def analyse(area: Area) -> FsResult:
     if csum_type == 0 and struct.unpack_from("<I", sb, 0)[0] != crc32c(sb[0x20:]):
         raise area.damaged("btrfs superblock checksum mismatch")
     fsid = sb[0x20:0x30]
+    (generation,) = struct.unpack_from("<Q", sb, 0x48)
     root, chunk_root, log_root, total_bytes = struct.unpack_from("<QQQQ", sb, 0x50)
+    (chunk_gen,) = struct.unpack_from("<Q", sb, 0xA4)
     (num_devices,) = struct.unpack_from("<Q", sb, 0x88)
     sectorsize, nodesize = struct.unpack_from("<II", sb, 0x90)
     (sys_size,) = struct.unpack_from("<I", sb, 0xA0)
@@ -166,26 +182,28 @@ def analyse(area: Area) -> FsResult:
         chunks.add(area, logical, arr[pos:end])
         pos = end
 
-    for leaf, items in _walk(area, chunks, chunk_root, chunk_level, nodesize, fsid, devid):
+    for leaf, items in _walk(
+        area, chunks, (chunk_root, chunk_level, chunk_gen), nodesize, fsid, devid
+    ):
         for i in np.flatnonzero(items["type"] == CHUNK_ITEM):
             at = _HDR + int(items["doff"][i])
             chunks.add(area, int(items["off"][i]), leaf[at : at + int(items["size"][i])])
 
     # Logical extents: the extent tree's EXTENT_ITEM (data) and METADATA_ITEM (tree blocks).
-    ext_root = ext_level = None
-    for leaf, items in _walk(area, chunks, root, root_level, nodesize, fsid, devid):
+    ext_root = ext_level = ext_gen = None
+    for leaf, items in _walk(area, chunks, (root, root_level, generation), nodesize, fsid, devid):
         hit = np.flatnonzero((items["oid"] == EXTENT_TREE) & (items["type"] == ROOT_ITEM))
         for i in hit:
             at = _HDR + int(items["doff"][i])
             if int(items["size"][i]) < 239:
                 raise area.damaged("btrfs extent tree root item is truncated")
-            ext_root = struct.unpack_from("<Q", leaf, at + 176)[0]
+            ext_gen, _dirid, ext_root = struct.unpack_from("<QQQ", leaf, at + 160)
             ext_level = leaf[at + 238]
-    if ext_root is None or ext_level is None:
+    if ext_root is None or ext_level is None or ext_gen is None:
         raise area.damaged("btrfs root tree has no extent tree")
     starts: list[np.ndarray] = []
     lens: list[np.ndarray] = []
-    for _leaf, items in _walk(area, chunks, ext_root, ext_level, nodesize, fsid, devid):
+    for _leaf, items in _walk(area, chunks, (ext_root, ext_level, ext_gen), nodesize, fsid, devid):
         data = items["type"] == EXTENT_ITEM
         meta = items["type"] == METADATA_ITEM
         starts.append(items["oid"][data | meta].astype(np.int64))
