@@ -175,3 +175,16 @@ def test_gpt_with_4096_byte_sectors_is_found_at_lba_1_of_4096():
     assert [(p.start, p.length) for p in table.partitions] == [(256 * 4096, 256 * 4096)]
     # MBR + header + 4 LBAs of entries; backup entries + header at the end.
     assert table.table_runs == ((0, 6 * 4096), (size - 5 * 4096, size))
+
+
+def test_overlapping_partitions_give_one_warning_and_regions_that_still_tile():
+    from volpack.detect.layout import analyse
+
+    buf = bytearray(16 * MiB)
+    buf[:512] = mbr([(0, 0x83, 2048, 8192), (0, 0x83, 6144, 8192)])
+    regions, warnings = analyse(reader(buf), len(buf))
+    assert len(warnings) == 1 and "overlaps" in warnings[0]
+    assert regions[0].start == 0 and regions[-1].end == len(buf)
+    assert all(a.end == b.start for a, b in zip(regions, regions[1:], strict=False))
+    assert [r.detector for r in regions] == ["mbr", "gap", "unknown", "overlap", "gap"]
+    assert all(r.used is None for r in regions[1:])
