@@ -157,9 +157,12 @@ def crc32c_rows(rows: np.ndarray, seed: int) -> np.ndarray:
         m = np.uint32(0xFF)
         for col in range(words):
             x = crc ^ packed[:, col]
-            crc = t3[x & m] ^ t2[(x >> np.uint32(8)) & m] ^ t1[(x >> np.uint32(16)) & m] ^ t0[
-                x >> np.uint32(24)
-            ]
+            crc = (
+                t3[x & m]
+                ^ t2[(x >> np.uint32(8)) & m]
+                ^ t1[(x >> np.uint32(16)) & m]
+                ^ t0[x >> np.uint32(24)]
+            )
     for col in range(words * 4, width):
         crc = t0[(crc ^ rows[:, col]) & np.uint32(0xFF)] ^ (crc >> np.uint32(8))
     return crc
