@@ -171,3 +171,24 @@ def test_lvm_physical_volume_is_named_and_left_to_the_conservative_detectors(tmp
     regions, warnings = analyse_file(img)
     assert warnings == []
     assert [(r.detector, r.used) for r in regions] == [("lvm2-pv", None)]
+
+
+def test_tables_larger_than_one_read_are_read_in_pieces_with_the_same_result(tmp_path, monkeypatch):
+    from volpack.detect.fs import _common
+
+    need("sfdisk")
+    ext, fat, ntfs, _swap = make_parts(tmp_path)
+    disk = sparse_file(tmp_path / "disk.img", 160 * MiB)
+    run("sfdisk", "-q", disk, stdin=b"label: gpt\nsize=60MiB\nsize=40MiB\nsize=40MiB\n")
+    _table, parts = sfdisk_parts(disk)
+    for img, (start, _len) in zip((ext, fat, ntfs), parts, strict=True):
+        dd_in(disk, img, start)
+    whole, _w = analyse_file(disk)
+    # 1 KiB pieces: the ext bitmaps (flex_bg runs), the FAT and NTFS's $Bitmap all span several.
+    monkeypatch.setattr(_common, "MAX_READ", 1024)
+    pieces, warnings = analyse_file(disk)
+    assert warnings == []
+    assert [(r.start, r.end, r.detector) for r in pieces] == [
+        (r.start, r.end, r.detector) for r in whole
+    ]
+    assert all(a.used == b.used for a, b in zip(whole, pieces, strict=True))

@@ -18,6 +18,8 @@ from volpack.extents import Extents
 
 # Upper bound for one metadata read; bitmaps and tables are read in pieces no larger than this.
 MAX_READ = 64 << 20
+# Upper bound for one whole table (a FAT copy, an NTFS $Bitmap run, a run of ext bitmaps).
+MAX_TABLE = 1 << 30
 
 
 class FsDamaged(SourceError):
@@ -62,6 +64,21 @@ class Area:
                 f"volume: read of {length} bytes at {self.start + offset} returned {len(data)}"
             )
         return data
+
+    def read_array(self, offset: int, length: int) -> np.ndarray:
+        """A large table as a uint8 array, read in pieces of at most MAX_READ bytes."""
+        if length > MAX_TABLE:
+            raise FsDamaged(
+                f"{self.name} at byte {self.start}: table of {length} bytes at {offset} exceeds "
+                f"the {MAX_TABLE}-byte bound; metadata is damaged"
+            )
+        if length <= MAX_READ:
+            return np.frombuffer(self.read(offset, length), np.uint8)
+        out = np.empty(length, np.uint8)
+        for pos in range(0, length, MAX_READ):
+            n = min(MAX_READ, length - pos)
+            out[pos : pos + n] = np.frombuffer(self.read(offset + pos, n), np.uint8)
+        return out
 
     def damaged(self, problem: str) -> FsDamaged:
         return FsDamaged(f"{self.name} at byte {self.start}: {problem}")

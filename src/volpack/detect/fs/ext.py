@@ -165,25 +165,23 @@ def analyse(area: Area) -> FsResult:
 
     # -- group descriptor table ------------------------------------------------------------
     meta_blocks: list[tuple[int, int]] = [(0, first_data_block + 1)]  # boot block + superblock
-    gdt_parts: list[bytes] = []
+    gdt_parts: list[np.ndarray] = []
     # Outside meta_bg the GDT follows the superblock; meta groups keep their own blocks.
     plain = first_meta_bg if meta_bg else gdt_blocks
     gdt_start = first_data_block + 1
     if plain:
-        gdt_parts.append(area.read(gdt_start * block_size, plain * block_size))
+        gdt_parts.append(area.read_array(gdt_start * block_size, plain * block_size))
     for b in range(plain, gdt_blocks):
         g = b * per_block
         loc = group_first(g) + (1 if has_super(g) else 0)
-        gdt_parts.append(area.read(loc * block_size, block_size))
+        gdt_parts.append(area.read_array(loc * block_size, block_size))
         # Each meta group keeps its descriptor block in its first, second and last group.
         last = min(g + per_block, groups) - 1
         for copy in {g, g + 1, last}:
             if copy < groups:
                 c = group_first(copy) + (1 if has_super(copy) else 0)
                 meta_blocks.append((c, c + 1))
-    gdt = np.frombuffer(b"".join(gdt_parts), np.uint8)[: groups * desc_size].reshape(
-        groups, desc_size
-    )
+    gdt = np.concatenate(gdt_parts)[: groups * desc_size].reshape(groups, desc_size)
 
     # Superblock backups, and (outside meta_bg) GDT + reserved GDT copies.
     reserved = reserved_gdt if compat & COMPAT_RESIZE_INODE else 0
@@ -349,7 +347,7 @@ def _read_bitmaps(
     for run in np.split(np.arange(order.size), breaks):
         first = int(locs[run[0]])
         count = run.size
-        data = np.frombuffer(area.read(first * block_size, count * block_size), np.uint8)
+        data = area.read_array(first * block_size, count * block_size)
         out[order[run]] = data.reshape(count, block_size)[:, :nbytes]
     return out
 

@@ -14,7 +14,7 @@ import numpy as np
 from volpack.detect.fs._common import Area, FsResult, bit_runs, text
 from volpack.extents import Extents
 
-_MAX_FAT_BYTES = 512 << 20
+_MAX_FAT_BYTES = 1 << 30  # 2^28 FAT32 entries
 
 
 def _bpb(boot: bytes) -> tuple[int, int, int, int, int, int, int, int] | None:
@@ -78,7 +78,7 @@ def analyse(area: Area) -> FsResult:
         raise area.damaged(f"{kind} table of {fat_bytes} bytes for {clusters} clusters")
 
     tables = [
-        _entries(area.read((reserved + i * fat_sectors) * bps, need), bits, entries)
+        _entries(area.read_array((reserved + i * fat_sectors) * bps, need), bits, entries)
         for i in range(fats)
     ]
     if kind == "fat32":
@@ -130,9 +130,8 @@ def analyse(area: Area) -> FsResult:
     return FsResult(kind, size, used_runs, details)
 
 
-def _entries(raw: bytes, bits: int, count: int) -> np.ndarray:
+def _entries(data: np.ndarray, bits: int, count: int) -> np.ndarray:
     """FAT entries as int64 (FAT12 packs two 12-bit entries in three bytes)."""
-    data = np.frombuffer(raw, np.uint8)
     if bits == 32:
         return data[: count * 4].view("<u4").astype(np.int64)
     if bits == 16:

@@ -189,7 +189,7 @@ def analyse(area: Area) -> FsResult:
         n = min(length * geo.cluster, need - lo)
         if lcn < 0:
             raise area.damaged(f"NTFS $Bitmap is sparse at VCN {vcn}")
-        bitmap[lo : lo + n] = np.frombuffer(area.read(lcn * geo.cluster, n), np.uint8)
+        bitmap[lo : lo + n] = area.read_array(lcn * geo.cluster, n)
     starts, ends = bitmap_runs(bitmap, geo.clusters)
 
     extra = [(0, geo.bps)]
