@@ -18,6 +18,7 @@ from volpack.extents import Extents
 _FIXUP_STRIDE = 512
 _MAX_RUNS = 1 << 20
 _VOLUME_DIRTY = 0x0001
+_PIECE = 16 << 20  # bytes of $Bitmap turned into runs at a time
 
 
 def probe(area: Area) -> bool:
@@ -181,16 +182,28 @@ def analyse(area: Area) -> FsResult:
     need = -(-geo.clusters // 8)
     if data_size < need:
         raise area.damaged(f"NTFS $Bitmap holds {data_size} bytes for {geo.clusters} clusters")
-    bitmap = np.zeros(need, np.uint8)
+    # The bitmap is consumed piece by piece so a multi-TiB volume never holds it all at once.
+    starts_l: list[np.ndarray] = []
+    ends_l: list[np.ndarray] = []
+    covered = 0
     for vcn, length, lcn in runs:
         lo = vcn * geo.cluster
         if lo >= need:
             break
-        n = min(length * geo.cluster, need - lo)
         if lcn < 0:
             raise area.damaged(f"NTFS $Bitmap is sparse at VCN {vcn}")
-        bitmap[lo : lo + n] = area.read_array(lcn * geo.cluster, n)
-    starts, ends = bitmap_runs(bitmap, geo.clusters)
+        n = min(length * geo.cluster, need - lo)
+        for pos in range(0, n, _PIECE):
+            piece = area.read_array(lcn * geo.cluster + pos, min(_PIECE, n - pos))
+            first_bit = (lo + pos) * 8
+            s, e = bitmap_runs(piece, min(piece.size * 8, geo.clusters - first_bit))
+            starts_l.append(s + first_bit)
+            ends_l.append(e + first_bit)
+        covered = max(covered, lo + n)
+    if covered < need:
+        raise area.damaged(f"NTFS $Bitmap runs cover {covered} of {need} bytes")
+    starts = np.concatenate(starts_l) if starts_l else np.zeros(0, np.int64)
+    ends = np.concatenate(ends_l) if ends_l else np.zeros(0, np.int64)
 
     extra = [(0, geo.bps)]
     backup_boot = geo.total_sectors * geo.bps
