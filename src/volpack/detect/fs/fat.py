@@ -77,17 +77,16 @@ def analyse(area: Area) -> FsResult:
     if need > fat_bytes or fat_bytes > _MAX_FAT_BYTES:
         raise area.damaged(f"{kind} table of {fat_bytes} bytes for {clusters} clusters")
 
-    tables = [
-        _entries(area.read_array((reserved + i * fat_sectors) * bps, need), bits, entries)
-        for i in range(fats)
-    ]
     if kind == "fat32":
         mask, first_reserved = 0x0FFFFFFF, 0x0FFFFFF0
     else:
         mask, first_reserved = (1 << bits) - 1, (1 << bits) - 16
+    # One copy at a time, as uint32: a FAT32 of 2^28 entries stays at two tables in memory.
+    first_table = None
     used = np.zeros(entries, bool)
-    for i, table in enumerate(tables):
-        table = table & mask
+    for i in range(fats):
+        raw = area.read_array((reserved + i * fat_sectors) * bps, need)
+        table = _entries(raw, bits, entries) & np.uint32(mask)
         nxt = table[2:]
         bad = np.flatnonzero((nxt == 1) | ((nxt >= entries) & (nxt < first_reserved)))
         if bad.size:
@@ -96,18 +95,22 @@ def analyse(area: Area) -> FsResult:
                 f"{kind} FAT {i + 1} entry {c} points to cluster {int(nxt[bad[0]])}, "
                 f"outside 2..{entries - 1}; the table is damaged"
             )
-        if i and not np.array_equal(table[2:], tables[0][2:] & mask):
-            diff = int(np.flatnonzero(table[2:] != (tables[0][2:] & mask))[0]) + 2
+        if first_table is None:
+            first_table = table
+        elif not np.array_equal(table[2:], first_table[2:]):
+            diff = int(np.flatnonzero(table[2:] != first_table[2:])[0]) + 2
             raise area.damaged(
                 f"{kind} FAT copies differ at cluster {diff}; the tables are damaged"
             )
         used |= table != 0
+    if first_table is None:
+        raise area.damaged(f"{kind} has no FAT")
     # Dirty marks: Linux sets bit 0 of the boot sector's state byte while mounted; Windows clears
     # the clean-shutdown bit of FAT entry 1. Directory entries may then point at clusters whose
     # FAT entries were not written yet.
     state = boot[65 if kind == "fat32" else 37]
     clean_bit = {"fat12": 0, "fat16": 0x8000, "fat32": 0x08000000}[kind]
-    if state & 1 or (clean_bit and not int(tables[0][1]) & clean_bit):
+    if state & 1 or (clean_bit and not int(first_table[1]) & clean_bit):
         raise area.damaged(f"{kind} volume is marked dirty (not cleanly unmounted); run fsck.vfat")
     used[:2] = False
     starts, ends = bit_runs(used[2:].astype(np.uint8))
@@ -131,15 +134,15 @@ def analyse(area: Area) -> FsResult:
 
 
 def _entries(data: np.ndarray, bits: int, count: int) -> np.ndarray:
-    """FAT entries as int64 (FAT12 packs two 12-bit entries in three bytes)."""
+    """FAT entries as uint32 (FAT12 packs two 12-bit entries in three bytes)."""
     if bits == 32:
-        return data[: count * 4].view("<u4").astype(np.int64)
+        return data[: count * 4].view("<u4").astype(np.uint32)
     if bits == 16:
-        return data[: count * 2].view("<u2").astype(np.int64)
+        return data[: count * 2].view("<u2").astype(np.uint32)
     pairs = -(-count // 2)
     buf = np.zeros(pairs * 3, np.uint8)
     buf[: min(data.size, pairs * 3)] = data[: pairs * 3]
     trip = buf.reshape(pairs, 3).astype(np.int64)
     even = trip[:, 0] | ((trip[:, 1] & 0x0F) << 8)
     odd = (trip[:, 1] >> 4) | (trip[:, 2] << 4)
-    return np.stack([even, odd], axis=1).reshape(-1)[:count]
+    return np.stack([even, odd], axis=1).reshape(-1)[:count].astype(np.uint32)
