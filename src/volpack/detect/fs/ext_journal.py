@@ -40,7 +40,7 @@ def journal_block_map(
     area: Area, inode: bytes, block_size: int, fs_blocks: int, length: int
 ) -> np.ndarray:
     """Physical block of each of the first ``length`` logical blocks of the journal inode."""
-    if length > _MAX_JOURNAL_BLOCKS:
+    if not 2 <= length <= _MAX_JOURNAL_BLOCKS:
         raise area.damaged(f"ext journal of {length} blocks")
     out = np.full(length, -1, np.int64)
     (flags,) = struct.unpack_from("<I", inode, 0x20)
@@ -128,6 +128,8 @@ def journaled_blocks(
     """Every image of a block in ``wanted`` found in the live part of the journal."""
 
     def jread(n: int) -> bytes:
+        if not 0 <= n < jmap.size:
+            raise area.damaged(f"ext journal block {n} beyond the journal's {jmap.size} blocks")
         return area.read(int(jmap[n]) * block_size, block_size)
 
     sb = jread(0)
