@@ -165,3 +165,26 @@ def test_btrfs_raid1_device_alone_keeps_a_complete_copy(tmp_path):
         kept = keep_only(img, fs.used, tmp_path / f"kept{devid}.img")
         # Each device alone (degraded) gives back every file.
         assert restored_sums(kept, tmp_path) == expected
+
+
+@pytest.mark.parametrize("csum", ["crc32c", "xxhash", "sha256", "blake2"])
+def test_btrfs_tree_node_with_a_flipped_byte_fails_its_checksum_and_falls_back(tmp_path, csum):
+    img, _sums = build(tmp_path, ("--csum", csum))
+    fs = single_fs(img)
+    data = img.read_bytes()
+    sb_root = int.from_bytes(data[0x10000 + 0x50 : 0x10000 + 0x58], "little")
+    phys = next(
+        stripes[0][1] + sb_root - logical
+        for logical, length, _t, stripes in fs.details["chunks"]
+        if logical <= sb_root < logical + length
+    )
+    # Item data sits at the end of a leaf: a flip there passes every structural check.
+    at = phys + fs.details["node_size"] - 40
+    with open(img, "r+b") as f:
+        f.seek(at)
+        byte = f.read(1)
+        f.seek(at)
+        f.write(bytes([byte[0] ^ 0x10]))
+    regions, warnings = analyse_file(img)
+    assert len(warnings) == 1 and "checksum" in warnings[0]
+    assert regions[0].used is None

@@ -9,11 +9,13 @@ several devices count the whole device stripe as used (chunk granularity). Reads
 from __future__ import annotations
 
 import bisect
+import hashlib
 import struct
 
 import numpy as np
+import xxhash
 
-from volpack.detect.fs._common import Area, FsResult, crc32c, text, uuid_str
+from volpack.detect.fs._common import Area, FsResult, crc32c, crc32c_rows, text, uuid_str
 from volpack.extents import Extents
 
 SB_OFFSET = 0x10000
@@ -32,6 +34,9 @@ _PROFILE_MASK = 0xFF8  # RAID0/1/DUP/10/5/6/1C3/1C4
 _MIRRORED = 0x10 | 0x20 | 0x200 | 0x400  # RAID1, DUP, RAID1C3, RAID1C4
 _MAX_NODES = 1 << 22
 _INCOMPAT_METADATA_UUID = 0x400
+_MAX_ADDR = 1 << 62
+CSUM_CRC32C, CSUM_XXHASH, CSUM_SHA256, CSUM_BLAKE2 = 0, 1, 2, 3
+_CSUM_BATCH = 1024
 _INCOMPAT_EXTENT_TREE_V2 = 0x2000
 _RESERVED = 1 << 20
 
@@ -57,6 +62,10 @@ class _Chunks:
         if num_stripes == 0 or len(data) < 48 + 32 * num_stripes or length == 0:
             raise area.damaged(f"btrfs chunk at logical {logical} has {num_stripes} stripes")
         stripes = [struct.unpack_from("<QQ", data, 48 + 32 * i) for i in range(num_stripes)]
+        # Addresses are u64 on disk; real ones stay far below 2^62 (4 EiB), which keeps all the
+        # arithmetic below in int64.
+        if logical + length >= _MAX_ADDR or any(phys + length >= _MAX_ADDR for _d, phys in stripes):
+            raise area.damaged(f"btrfs chunk at logical {logical} has out-of-range addresses")
         self.items[logical] = (length, ctype, stripes)
         self._sorted = []
 
@@ -100,8 +109,10 @@ def _walk(
     nodesize: int,
     fsid: bytes,
     devid: int,
+    nodes: list[bytes],
 ) -> list[tuple[bytes, np.ndarray]]:
-    """All leaves of a tree given (root logical address, level, generation)."""
+    """All leaves of a tree given (root logical address, level, generation). Every node read is
+    appended to ``nodes``; the caller verifies their checksums before trusting the result."""
     out: list[tuple[bytes, np.ndarray]] = []
     todo = [root]
     seen = 0
@@ -111,6 +122,7 @@ def _walk(
         if seen > _MAX_NODES:
             raise area.damaged("btrfs tree has too many nodes")
         node = _node(area, chunks, logical, nodesize, fsid, devid)
+        nodes.append(node)
         (nritems,) = struct.unpack_from("<I", node, 96)
         lvl = node[100]
         (node_gen,) = struct.unpack_from("<Q", node, 80)
@@ -139,12 +151,45 @@ def _walk(
     return out
 
 
+def _csum_ok(block: bytes, csum_type: int) -> bool:
+    """One block's checksum (superblock or tree node): bytes 32.. hashed into bytes 0..31."""
+    body = block[32:]
+    if csum_type == CSUM_CRC32C:
+        return struct.unpack_from("<I", block, 0)[0] == crc32c(body)
+    if csum_type == CSUM_XXHASH:
+        return struct.unpack_from("<Q", block, 0)[0] == xxhash.xxh64_intdigest(body)
+    if csum_type == CSUM_SHA256:
+        return block[:32] == hashlib.sha256(body).digest()
+    return block[:32] == hashlib.blake2b(body, digest_size=32).digest()
+
+
+def _verify_csums(area: Area, nodes: list[bytes], csum_type: int) -> None:
+    if csum_type != CSUM_CRC32C:
+        for node in nodes:
+            if not _csum_ok(node, csum_type):
+                logical = struct.unpack_from("<Q", node, 48)[0]
+                raise area.damaged(f"btrfs tree node at logical {logical} fails its checksum")
+        return
+    # CRC32C of many nodes at once, four bytes per numpy step over all of them.
+    for i in range(0, len(nodes), _CSUM_BATCH):
+        batch = nodes[i : i + _CSUM_BATCH]
+        rows = np.frombuffer(b"".join(batch), np.uint8).reshape(len(batch), -1)
+        crc = crc32c_rows(rows[:, 32:], 0xFFFFFFFF) ^ np.uint32(0xFFFFFFFF)
+        stored = np.ascontiguousarray(rows[:, :4]).view("<u4")[:, 0]
+        bad = np.flatnonzero(crc != stored)
+        if bad.size:
+            logical = struct.unpack_from("<Q", batch[int(bad[0])], 48)[0]
+            raise area.damaged(f"btrfs tree node at logical {logical} fails its checksum")
+
+
 def analyse(area: Area) -> FsResult:
     sb = area.read(SB_OFFSET, 4096)
     if sb[0x40:0x48] != MAGIC:
         raise area.damaged("btrfs superblock has no magic")
     (csum_type,) = struct.unpack_from("<H", sb, 0xC4)
-    if csum_type == 0 and struct.unpack_from("<I", sb, 0)[0] != crc32c(sb[0x20:]):
+    if csum_type not in (CSUM_CRC32C, CSUM_XXHASH, CSUM_SHA256, CSUM_BLAKE2):
+        raise area.damaged(f"btrfs checksum type {csum_type} is unknown")
+    if not _csum_ok(sb, csum_type):
         raise area.damaged("btrfs superblock checksum mismatch")
     fsid = sb[0x20:0x30]
     (generation,) = struct.unpack_from("<Q", sb, 0x48)
@@ -170,6 +215,7 @@ def analyse(area: Area) -> FsResult:
         )
 
     chunks = _Chunks()
+    nodes: list[bytes] = []
     arr = sb[0x32B : 0x32B + sys_size]
     pos = 0
     while pos + 17 <= len(arr):
@@ -183,7 +229,7 @@ def analyse(area: Area) -> FsResult:
         pos = end
 
     for leaf, items in _walk(
-        area, chunks, (chunk_root, chunk_level, chunk_gen), nodesize, fsid, devid
+        area, chunks, (chunk_root, chunk_level, chunk_gen), nodesize, fsid, devid, nodes
     ):
         for i in np.flatnonzero(items["type"] == CHUNK_ITEM):
             at = _HDR + int(items["doff"][i])
@@ -191,7 +237,9 @@ def analyse(area: Area) -> FsResult:
 
     # Logical extents: the extent tree's EXTENT_ITEM (data) and METADATA_ITEM (tree blocks).
     ext_root = ext_level = ext_gen = None
-    for leaf, items in _walk(area, chunks, (root, root_level, generation), nodesize, fsid, devid):
+    for leaf, items in _walk(
+        area, chunks, (root, root_level, generation), nodesize, fsid, devid, nodes
+    ):
         hit = np.flatnonzero((items["oid"] == EXTENT_TREE) & (items["type"] == ROOT_ITEM))
         for i in hit:
             at = _HDR + int(items["doff"][i])
@@ -203,14 +251,21 @@ def analyse(area: Area) -> FsResult:
         raise area.damaged("btrfs root tree has no extent tree")
     starts: list[np.ndarray] = []
     lens: list[np.ndarray] = []
-    for _leaf, items in _walk(area, chunks, (ext_root, ext_level, ext_gen), nodesize, fsid, devid):
+    for _leaf, items in _walk(
+        area, chunks, (ext_root, ext_level, ext_gen), nodesize, fsid, devid, nodes
+    ):
         data = items["type"] == EXTENT_ITEM
         meta = items["type"] == METADATA_ITEM
+        big = (items["oid"] >= _MAX_ADDR) | (data & (items["off"] >= _MAX_ADDR))
+        if big.any():
+            raise area.damaged("btrfs extent item with an out-of-range address or length")
         starts.append(items["oid"][data | meta].astype(np.int64))
         lens.append(np.where(data, items["off"], nodesize)[data | meta].astype(np.int64))
     ls = np.concatenate(starts) if starts else np.zeros(0, np.int64)
     le = ls + (np.concatenate(lens) if lens else np.zeros(0, np.int64))
     logical_used = Extents.from_arrays(ls, le)
+    # All nodes of the three trees at once: one batched checksum pass.
+    _verify_csums(area, nodes, csum_type)
 
     # Map to this device through the chunks; coarse (whole stripe) unless the chunk is single/DUP
     # or a log tree is pending (its blocks are not in the extent tree).
