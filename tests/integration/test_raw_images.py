@@ -149,3 +149,46 @@ def test_restore_to_a_loop_device_zeroes_unused_ranges_and_refuses_a_small_devic
         assert small.read_bytes() == b"\xbb" * (size // 2), "refused target untouched"
     finally:
         subprocess.run(["losetup", "-d", dev, sdev])
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="loop devices need root")
+def test_block_device_source_backs_up_through_a_pipe_and_restores_equal(ext4_image, tmp_path):
+    dev = loop_device(ext4_image)
+    try:
+        out = tmp_path / "from-dev.img"
+        run(f"python3 -m volpack backup {dev} - -q --no-catalog | "
+            f"python3 -m volpack restore - {out}")
+        assert same_bytes(ext4_image, str(out))
+        r = vp("map", dev, "--json", "--detect", "holes")
+        assert json.loads(r.stdout)["source"]["kind"] == "blockdev"
+    finally:
+        subprocess.run(["losetup", "-d", dev])
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="loop devices need root")
+def test_allow_smaller_accepts_a_device_holding_every_used_block_and_assume_zeroed_skips_zeroing(
+        tmp_path):
+    vol = tmp_path / "v.img"
+    with open(vol, "wb") as f:
+        f.truncate(16 << 20)
+        f.write(os.urandom(1 << 20))
+    arc = str(tmp_path / "v.vpk")
+    assert vp("backup", str(vol), arc, "--no-catalog").returncode == 0
+    backing = tmp_path / "dev.img"
+    backing.write_bytes(b"\xcc" * (4 << 20))  # smaller than the volume, larger than its data
+    dev = loop_device(str(backing))
+    try:
+        r = vp("restore", arc, dev, "--force")
+        assert r.returncode == 8 and "--allow-smaller" in r.stderr
+        r = vp("restore", arc, dev, "--force", "--allow-smaller", "--assume-zeroed")
+        assert r.returncode == 0, r.stderr
+        data = backing.read_bytes()
+        assert data[: 1 << 20] == vol.read_bytes()[: 1 << 20]
+        assert data[1 << 20 :] == b"\xcc" * (3 << 20), "--assume-zeroed left unused bytes alone"
+        r = vp("restore", arc, dev, "--force", "--allow-smaller")
+        assert r.returncode == 0, r.stderr
+        assert backing.read_bytes()[1 << 20 :] == bytes(3 << 20), "unused range zeroed"
+    finally:
+        subprocess.run(["losetup", "-d", dev])
