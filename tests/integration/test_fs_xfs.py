@@ -240,3 +240,18 @@ def test_xfs_free_record_moved_without_crc_is_caught_by_the_by_size_tree(tmp_pat
     regions, warnings = analyse_file(img)
     assert len(warnings) == 1 and "disagree" in warnings[0]
     assert regions[0].used is None
+
+
+def test_xfs_v5_tree_block_with_a_flipped_byte_fails_its_crc(tmp_path):
+    img, _sums = build(tmp_path)
+    data = img.read_bytes()
+    block_size = struct.unpack_from(">I", data, 4)[0]
+    root = struct.unpack_from(">I", data, 512 + 16)[0]
+    leaf = root * block_size
+    assert data[leaf : leaf + 4] == b"AB3B"
+    with open(img, "r+b") as f:
+        f.seek(leaf + 24)  # the block's LSN: no structural check looks at it
+        f.write(bytes([data[leaf + 24] ^ 0x01]))
+    regions, warnings = analyse_file(img)
+    assert len(warnings) == 1 and "CRC" in warnings[0]
+    assert regions[0].used is None

@@ -12,11 +12,12 @@ import struct
 
 import numpy as np
 
-from volpack.detect.fs._common import Area, FsResult, crc32c, text, uuid_str
+from volpack.detect.fs._common import Area, FsResult, crc32c, crc32c_rows, text, uuid_str
 from volpack.extents import Extents
 
 _SB_CRC = 224
 _AGF_CRC = 216
+_BTREE_CRC = 52
 _MAX_AGS = 1 << 20
 _MAX_LEVELS = 9
 _LOG_MAGIC = 0xFEEDBABE
@@ -69,6 +70,7 @@ def analyse(area: Area) -> FsResult:
 
     free_starts: list[np.ndarray] = []
     free_lens: list[np.ndarray] = []
+    blocks: list[bytes] = []  # every B+tree block read, for the batched CRC check (v5)
     for agno in range(agcount):
         ag_first = agno * agblocks
         ag_len = min(agblocks, dblocks - ag_first)
@@ -85,7 +87,9 @@ def analyse(area: Area) -> FsResult:
         for r, lv in ((root, levels), (cnt_root, cnt_levels)):
             if not 1 <= lv <= _MAX_LEVELS or not 0 < r < ag_len:
                 raise area.damaged(f"XFS AG {agno} free-space tree root {r}, {lv} levels")
-        recs = _walk(area, agno, ag_first, ag_len, root, levels, block_size, hdr, magic, maxrecs)
+        recs = _walk(
+            area, agno, ag_first, ag_len, root, levels, block_size, hdr, magic, maxrecs, blocks
+        )
         # The by-size tree lists the same extents: a flipped record in either one shows here.
         by_size = _walk(
             area,
@@ -98,6 +102,7 @@ def analyse(area: Area) -> FsResult:
             hdr,
             cnt_magic,
             maxrecs,
+            blocks,
             sorted_by_start=False,
         )
         by_size = by_size[np.lexsort((by_size[:, 1], by_size[:, 0]))]
@@ -110,6 +115,8 @@ def analyse(area: Area) -> FsResult:
             )
         free_starts.append(recs[:, 0] + ag_first)
         free_lens.append(recs[:, 1])
+    if v5:
+        _check_block_crcs(area, blocks)
     fs = np.concatenate(free_starts) * block_size
     fl = np.concatenate(free_lens) * block_size
     free = Extents.from_arrays(fs + area.start, fs + fl + area.start)
@@ -135,6 +142,7 @@ def _walk(
     hdr: int,
     magic: bytes,
     maxrecs: int,
+    blocks: list[bytes],
     sorted_by_start: bool = True,
 ) -> np.ndarray:
     """Leaf records ``(agbno, count)`` of one AG's bno tree, as an (n, 2) int64 array."""
@@ -145,6 +153,7 @@ def _walk(
         for agbno in level_blocks:
             where = (ag_first + agbno) * block_size
             block = area.read(where, block_size)
+            blocks.append(block)
             blevel, numrecs = struct.unpack_from(">HH", block, 4)
             if block[:4] != magic or blevel != expect or numrecs > maxrecs:
                 raise area.damaged(f"XFS AG {agno} free-space tree block {agbno} is not valid")
@@ -173,6 +182,20 @@ def _walk(
         if (counts <= 0).any() or (ends > ag_len).any() or overlap:
             raise area.damaged(f"XFS AG {agno} free-space records overlap or leave the AG")
     return recs
+
+
+def _check_block_crcs(area: Area, blocks: list[bytes]) -> None:
+    """v5 short-form B+tree blocks: CRC32C with the CRC field zeroed, all blocks in one pass."""
+    for i in range(0, len(blocks), 1024):
+        batch = blocks[i : i + 1024]
+        rows = np.frombuffer(b"".join(batch), np.uint8).reshape(len(batch), -1).copy()
+        stored = np.ascontiguousarray(rows[:, _BTREE_CRC : _BTREE_CRC + 4]).view("<u4")[:, 0]
+        rows[:, _BTREE_CRC : _BTREE_CRC + 4] = 0
+        crc = crc32c_rows(rows, 0xFFFFFFFF) ^ np.uint32(0xFFFFFFFF)
+        bad = np.flatnonzero(crc != stored)
+        if bad.size:
+            (daddr,) = struct.unpack_from(">Q", batch[int(bad[0])], 16)
+            raise area.damaged(f"XFS free-space tree block at sector {daddr} fails its CRC")
 
 
 def _check_log_clean(area: Area, sb: bytes, block_size: int, agblocks: int, dblocks: int) -> None:
