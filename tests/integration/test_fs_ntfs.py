@@ -136,3 +136,25 @@ def test_ntfs_written_through_ntfs3g_with_deletes_keeps_every_live_file(tmp_path
                 ["ntfscat", str(kept), f"/{top}/{rel}"], capture_output=True, check=True
             )
             assert sha(data.stdout) == sha(p.read_bytes()), rel
+
+
+def test_ntfs_bitmap_that_frees_the_mft_falls_back(tmp_path):
+    img, _sums = build(tmp_path)
+    data = img.read_bytes()
+    cluster = struct.unpack_from("<H", data, 0x0B)[0] * data[0x0D]
+    mft_lcn = struct.unpack_from("<Q", data, 0x30)[0]
+    # The first run of $Bitmap's $DATA: where the cluster bitmap lives.
+    rec_at = _bitmap_record(img)
+    rec = data[rec_at : rec_at + 1024]
+    pos = struct.unpack_from("<H", rec, 0x14)[0]
+    while struct.unpack_from("<I", rec, pos)[0] != 0x80:
+        pos += struct.unpack_from("<I", rec, pos + 4)[0]
+    runs = pos + struct.unpack_from("<H", rec, pos + 0x20)[0]
+    lsz, osz = rec[runs] & 0x0F, rec[runs] >> 4
+    bitmap_lcn = int.from_bytes(rec[runs + 1 + lsz : runs + 1 + lsz + osz], "little", signed=True)
+    with open(img, "r+b") as f:
+        f.seek(bitmap_lcn * cluster + mft_lcn // 8)  # clear the bits of $MFT's first clusters
+        f.write(b"\x00")
+    regions, warnings = analyse_file(img)
+    assert len(warnings) == 1 and "marks" in warnings[0]
+    assert regions[0].used is None

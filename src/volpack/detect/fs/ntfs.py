@@ -204,6 +204,16 @@ def analyse(area: Area) -> FsResult:
         raise area.damaged(f"NTFS $Bitmap runs cover {covered} of {need} bytes")
     starts = np.concatenate(starts_l) if starts_l else np.zeros(0, np.int64)
     ends = np.concatenate(ends_l) if ends_l else np.zeros(0, np.int64)
+    # The bitmap must at least mark the clusters of $MFT and of its own data, and the boot
+    # sector's cluster: a bitmap that does not is damaged (NTFS has no checksum for it).
+    marked = Extents.from_arrays(starts, ends)
+    must = [(lcn, lcn + n) for _v, n, lcn in (*mft_runs, *runs) if lcn >= 0] + [(0, 1)]
+    missing = Extents.from_pairs(must).subtract(marked)
+    if missing.total():
+        raise area.damaged(
+            f"NTFS $Bitmap marks {missing.first} free although $MFT, $Bitmap or the boot "
+            "sector uses it; the bitmap is damaged"
+        )
 
     extra = [(0, geo.bps)]
     backup_boot = geo.total_sectors * geo.bps
