@@ -234,7 +234,9 @@ def _gpt(read_at: ReadAt, size: int, warnings: list[str]) -> Table | None:
             if entries is not None:
                 good = h
                 break
-            warnings.append(f"volume: GPT {which} partition entries fail their checksum")
+            warnings.append(
+                f"volume: GPT {which} partition entries lie outside the volume or fail their checksum"
+            )
         if primary is None:
             warnings.append("volume: primary GPT header is damaged; using the backup header")
         elif backup is None:
