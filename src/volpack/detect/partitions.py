@@ -171,7 +171,8 @@ class _Header:
     entries_crc: int
 
 
-def _header(raw: bytes, ss: int) -> _Header | None:
+def _header(raw: bytes, ss: int, lba: int) -> _Header | None:
+    """The GPT header read at ``lba``, or None when it does not check out."""
     if raw[:8] != b"EFI PART":
         return None
     (hsize,) = struct.unpack_from("<I", raw, 12)
@@ -184,6 +185,8 @@ def _header(raw: bytes, ss: int) -> _Header | None:
     entries_lba, count, esize, ecrc = struct.unpack_from("<QIII", raw, 72)
     if esize < 128 or esize % 8 or count > _MAX_GPT_ENTRIES or count * esize > _MAX_ENTRY_ARRAY:
         return None
+    if my != lba:
+        return None  # a header that does not know where it is was not written here
     return _Header(my, alt, first, last, guid_str(raw[56:72]), entries_lba, count, esize, ecrc)
 
 
@@ -210,13 +213,13 @@ def _gpt(read_at: ReadAt, size: int, warnings: list[str]) -> Table | None:
         if size < 3 * ss:
             continue
         raw = read_at(ss, ss)
-        primary = _header(raw, ss)
+        primary = _header(raw, ss, 1)
         last_lba = size // ss - 1
         backup = None
         if primary is not None and primary.alt_lba * ss + ss <= size:
-            backup = _header(read_at(primary.alt_lba * ss, ss), ss)
+            backup = _header(read_at(primary.alt_lba * ss, ss), ss, primary.alt_lba)
         if backup is None:
-            backup = _header(read_at(last_lba * ss, ss), ss)
+            backup = _header(read_at(last_lba * ss, ss), ss, last_lba)
         if primary is None and backup is None:
             if raw[:8] == b"EFI PART":
                 warnings.append(
@@ -256,7 +259,7 @@ def _gpt(read_at: ReadAt, size: int, warnings: list[str]) -> Table | None:
             # Where the backup should be, keep everything after the last usable LBA.
             alt = head.alt_lba if head.alt_lba * ss + ss <= size else last_lba
             runs.append(((good.last_usable + 1) * ss, (alt + 1) * ss))
-        runs = _merge(runs)
+        runs = _merge([(min(a, size), min(b, size)) for a, b in runs])
         parts = []
         for i in range(good.count):
             e = entries[i * good.entry_size : (i + 1) * good.entry_size]
@@ -269,7 +272,7 @@ def _gpt(read_at: ReadAt, size: int, warnings: list[str]) -> Table | None:
                     "ignored (holes and zero scan cover it)"
                 )
                 continue
-            name = e[56 : good.entry_size if good.entry_size < 128 else 128]
+            name = e[56:128]
             parts.append(
                 Partition(
                     i + 1,
