@@ -1,9 +1,8 @@
 """btrfs: used bytes from the chunk tree (logical → physical) and the extent tree.
 
-Reads the primary superblock, bootstraps the chunk map from its sys_chunk_array, walks the chunk
-tree, the root tree and the extent tree, and maps every allocated extent to this device through
-the chunks. The first MiB and all superblock mirrors are used. Profiles that spread a chunk over
-several devices count the whole device stripe as used (chunk granularity). Reads only.
+Walks the chunk, root and extent trees (checksums, generations and identities checked) and maps
+each allocated extent to this device; the first MiB and superblock mirrors are used, striped
+profiles count whole stripes. Raises FsDamaged for anything inconsistent; reads only.
 """
 
 from __future__ import annotations

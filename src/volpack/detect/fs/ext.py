@@ -1,9 +1,8 @@
 """ext2/3/4: used blocks from the superblock, group descriptors and block bitmaps.
 
-Reads the primary superblock, the group descriptor table (32/64-bit, meta_bg) and every
-initialised block bitmap; BLOCK_UNINIT groups count only their metadata. All metadata (superblock
-backups, GDT, reserved GDT, bitmaps, inode tables) is added explicitly so a stale bitmap bit can
-never drop it. Any inconsistency raises FsDamaged. Reads only.
+BLOCK_UNINIT groups count only their metadata; all metadata is added explicitly so a stale bit
+never drops it; a journal needing recovery adds its bitmap copies (ext_journal). Checksums, free
+counts and pointers are checked: any inconsistency raises FsDamaged. Reads only.
 """
 
 from __future__ import annotations

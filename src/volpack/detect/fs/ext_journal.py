@@ -1,10 +1,8 @@
-"""ext3/4 journal (jbd2) scan: the block images a recovery would write, for a filesystem whose
-journal needs recovery (a snapshot of a mounted filesystem, or a crash).
+"""ext3/4 journal (jbd2) scan: journaled copies of block bitmaps, for a filesystem whose journal
+needs recovery (a snapshot of a mounted filesystem, or a crash).
 
-Only used to find journaled copies of block bitmaps, which ``ext`` ORs into the on-disk ones:
-every transaction from the journal's start is taken, committed or not, and revoke records are
-ignored, so the result can only grow the used set. Reads only; raises FsDamaged when the journal
-cannot be walked.
+Every transaction is taken, committed or not, and revokes are ignored, so the copies can only
+grow the used set. Reads only; raises FsDamaged when the journal cannot be walked.
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
-"""NTFS: used clusters from ``$Bitmap``, located through the MFT and its runlists.
+"""NTFS: used clusters from ``$Bitmap``, located through the MFT records 0, 3 and 6.
 
-Reads the boot sector, MFT record 0 ($MFT, for the runlist that locates record 6) and record 6
-($Bitmap, whose non-resident $DATA is the cluster bitmap). The MFT, $MFTMirr and both boot sectors
-are added explicitly. A failed fixup, a runlist outside the volume or a dirty volume raises
-FsDamaged. Reads only.
+The MFT, $MFTMirr and both boot sectors are added explicitly. A failed fixup, a runlist outside
+the volume, a bitmap that frees the MFT, or a dirty volume raises FsDamaged. Reads only.
 """
 
 from __future__ import annotations

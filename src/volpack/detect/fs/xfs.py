@@ -1,9 +1,8 @@
-"""XFS: used blocks are everything the per-AG free-space B+tree (by block number) does not list.
+"""XFS: used blocks are everything the per-AG free-space B+trees do not list.
 
-Reads the primary superblock, each allocation group's AGF and the bno B+tree blocks. AG headers,
-the internal log, inode chunks and every B+tree block are not free, so they count as used without
-special cases. Bad magic, CRC, levels, owners or free counts that disagree raise FsDamaged.
-Reads only; a realtime or external log device is outside this region and not looked at.
+AG headers, the internal log, inode chunks and tree blocks are simply not free. CRCs, the two
+trees' agreement, free counts and a clean log are checked: else FsDamaged. Reads only; realtime
+and external log devices are other devices and not looked at.
 """
 
 from __future__ import annotations
