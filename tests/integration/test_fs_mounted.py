@@ -110,3 +110,24 @@ def test_active_swap_file_is_refused(tmp_path):
         assert "active swap" in mount_users(str(swap))
     finally:
         run("swapoff", swap)
+
+
+@pytest.mark.root
+def test_btrfs_mount_with_an_anonymous_device_number_is_found_by_its_source(tmp_path):
+    # btrfs reports a 0:NN device in mountinfo; the mount source (the loop device) still names it.
+    reason = _loop_ok()
+    if reason:
+        pytest.skip(reason)
+    need("mkfs.btrfs")
+    img = sparse_file(tmp_path / "b.img", 160 << 20)
+    run("mkfs.btrfs", "-q", "-f", img)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], capture_output=True)
+    if proc.returncode:
+        pytest.skip(f"loop mount failed: {proc.stderr.decode(errors='replace').strip()}")
+    try:
+        assert mount_users(str(img)) == [f"mounted on {mnt}"]
+    finally:
+        run("umount", mnt)
+    assert not is_mounted(str(img))
