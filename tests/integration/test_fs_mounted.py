@@ -131,3 +131,32 @@ def test_btrfs_mount_with_an_anonymous_device_number_is_found_by_its_source(tmp_
     finally:
         run("umount", mnt)
     assert not is_mounted(str(img))
+
+
+@pytest.mark.root
+def test_disk_image_with_a_partition_mounted_by_offset_is_refused(tmp_path):
+    reason = _loop_ok()
+    if reason:
+        pytest.skip(reason)
+    need("sfdisk", "mkfs.ext4")
+    disk = sparse_file(tmp_path / "d.img", 64 << 20)
+    run("sfdisk", "-q", disk, stdin=b"label: gpt\nstart=2048, size=32MiB\n")
+    part = sparse_file(tmp_path / "p.img", 32 << 20)
+    run("mkfs.ext4", "-q", "-F", part)
+    with open(part, "rb") as src, open(disk, "r+b") as dst:
+        dst.seek(1 << 20)
+        dst.write(src.read())
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.run(
+        ["mount", "-o", "loop,ro,offset=1048576,sizelimit=33554432", str(disk), str(mnt)],
+        capture_output=True,
+    )
+    if proc.returncode:
+        pytest.skip(f"loop mount failed: {proc.stderr.decode(errors='replace').strip()}")
+    try:
+        with pytest.raises(SourceError, match=f"mounted on {mnt}"):
+            check_not_mounted(str(disk))
+    finally:
+        run("umount", mnt)
+    check_not_mounted(str(disk))
