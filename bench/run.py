@@ -108,6 +108,51 @@ def level_table(rows: list[measure.Row]) -> str:
     return "\n".join(lines)
 
 
+def report(
+    img: images.Image, rows: list[measure.Row], levels: list[measure.Row]
+) -> tuple[str, list[targets.Check]]:
+    """One image's section: the run table, the level table, the targets."""
+    checks = targets.evaluate(img, rows, levels)
+    shape = ", ".join(
+        f"{k} {fmt_size(v)}"
+        for k, v in img.shape.items()
+        if k in ("size", "allocated", "nonzero", "live") and v
+    )
+    text = f"## {img.name} ({img.fmt}: {shape})\n\n{table(rows)}\n\n"
+    if levels:
+        text += f"Compression levels (volpack backup of {img.name}):\n\n{level_table(levels)}\n\n"
+    return text + targets.render(checks) + "\n", checks
+
+
+def report_saved(path: Path) -> int:
+    """Print the tables again from a --json file (e.g. after changing how they are shown)."""
+    data = json.loads(path.read_text())
+    info = data["machine"]
+    print(header(info, data["repeat"]))
+    for name, saved in data["images"].items():
+        fmt = saved.get("fmt", "qcow2" if name == "qcow2" else "raw")
+        img = images.Image(name, Path(name), fmt, saved["shape"])
+        rows = [_row_from(d) for d in saved["rows"]]
+        levels = [_row_from(d) for d in saved["levels"]]
+        print(report(img, rows, levels)[0])
+    return 0
+
+
+def _row_from(d: dict) -> measure.Row:
+    row = measure.Row(d["image"], d["name"], d["kind"], d["peer"])
+    for key, value in d.items():
+        setattr(row, key, value)
+    return row
+
+
+def header(info: dict, repeat: int) -> str:
+    return (
+        f"# volpack benchmark, {info['date']}, commit {info['commit']}, {info['nproc']} CPUs, "
+        f"{info['ram_gib']} GiB RAM, median of {repeat}, load average {info['loadavg_at_start']:.1f}"
+        " at start\n"
+    )
+
+
 def machine() -> dict:
     with open("/proc/meminfo") as f:
         mem = next(int(line.split()[1]) for line in f if "MemTotal" in line)
@@ -147,7 +192,12 @@ def main() -> int:
         help="--compress settings for the level table on the ext4 image",
     )
     ap.add_argument("--json", type=Path, help="also write all results to this file")
+    ap.add_argument(
+        "--report", type=Path, metavar="JSON", help="only print the tables of a --json file"
+    )
     args = ap.parse_args()
+    if args.report:
+        return report_saved(args.report)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = set(names) - set(images.ORDER)
     if unknown:
@@ -157,11 +207,7 @@ def main() -> int:
     imgs = images.ensure(names, args.workdir, args.rebuild, log)
 
     info = machine()
-    print(
-        f"# volpack benchmark, {info['date']}, commit {info['commit']}, {info['nproc']} CPUs, "
-        f"{info['ram_gib']} GiB RAM, median of {repeat}, load average {info['loadavg_at_start']:.1f}"
-        " at start\n"
-    )
+    print(header(info, repeat))
     results: dict = {"machine": info, "repeat": repeat, "images": {}}
     all_checks = []
     for img in imgs:
@@ -181,18 +227,11 @@ def main() -> int:
                 levels.append(measure_spec(img, spec, repeat))
         for child in list(out.iterdir()):
             measure.remove(child)
-        checks = targets.evaluate(img, rows, levels)
+        text, checks = report(img, rows, levels)
+        print(text, flush=True)
         all_checks += checks
-        shape = ", ".join(
-            f"{k} {fmt_size(v)}"
-            for k, v in img.shape.items()
-            if k in ("size", "allocated", "nonzero", "live") and v
-        )
-        print(f"## {img.name} ({img.fmt}: {shape})\n\n{table(rows)}\n")
-        if levels:
-            print(f"Compression levels (volpack backup of {img.name}):\n\n{level_table(levels)}\n")
-        print(targets.render(checks) + "\n", flush=True)
         results["images"][img.name] = {
+            "fmt": img.fmt,
             "shape": img.shape,
             "rows": [r.as_dict() for r in rows],
             "levels": [r.as_dict() for r in levels],

@@ -67,6 +67,9 @@ def _ratio_check(
     ratio = (mine.wall or 0.0) / (best.wall or 1e-9)
     ok = ratio < limit if strict else ratio <= limit
     measured = f"{mine.wall:.2f} s vs {best.wall:.2f} s ({best.name}) = {ratio:.2f}x"
+    if len(mine.walls) > 1:
+        low = min(mine.walls) / min(min(r.walls) for r in theirs if r.walls)
+        measured += f"; best of each: {low:.2f}x"
     return Check(issue, img.name, target, measured, ok)
 
 
