@@ -193,6 +193,9 @@ def main() -> int:
     )
     ap.add_argument("--json", type=Path, help="also write all results to this file")
     ap.add_argument(
+        "--skip", default="", help="optional row modules to leave out: s3_rows,nbd_rows"
+    )
+    ap.add_argument(
         "--report", type=Path, metavar="JSON", help="only print the tables of a --json file"
     )
     args = ap.parse_args()
@@ -219,7 +222,7 @@ def main() -> int:
         for spec in specs:
             log(f"{img.name}: {spec.name}")
             rows.append(measure_spec(img, spec, repeat))
-        rows += extra_rows(img, out, repeat)
+        rows += extra_rows(img, out, repeat, set(args.skip.split(",")))
         levels = []
         if img.name == "ext4" and not args.quick:
             for spec in peers.level_specs(img, out, args.levels.split(",")):
@@ -271,12 +274,12 @@ def detect_row(img: images.Image, repeat: int) -> measure.Row:
     return row
 
 
-def extra_rows(img: images.Image, out: Path, repeat: int) -> list[measure.Row]:
+def extra_rows(img: images.Image, out: Path, repeat: int, skip: set[str]) -> list[measure.Row]:
     """Rows from optional modules of later features (S3 medium, NBD serving), when present."""
     rows: list[measure.Row] = [detect_row(img, max(3, repeat))] if img.name == "ext4" else []
     for mod_name in ("s3_rows", "nbd_rows"):
         path = HERE / f"{mod_name}.py"
-        if not path.exists():
+        if not path.exists() or mod_name in skip:
             continue
         spec = importlib.util.spec_from_file_location(mod_name, path)
         if spec is None or spec.loader is None:
