@@ -1,7 +1,7 @@
 """Deterministic benchmark images: scattered ext4, 8 GiB sparse, 1 GiB dense random, qcow2 of ext4.
 
 Every byte comes from numpy generators with fixed seeds; data is a mix of random bytes
-(incompressible) and generated text (compresses about 2.5x with zstd -1), like a real disk.
+(incompressible) and generated text (about 3x with zstd -1), like a real disk.
 Images are cached under the work directory with a stamp recording the recipe version and the
 measured shape; they are rebuilt only when the recipe changes or --rebuild is given.
 """

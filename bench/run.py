@@ -1,6 +1,6 @@
 """volpack benchmark: time backup and restore against peer tools on deterministic images.
 
-Usage: python3 bench/run.py [--only ext4,sparse] [--quick] [--repeat N] [--json FILE]
+Usage: python3 bench/run.py [--only ext4,sparse] [--quick] [--repeat N] [--json FILE] [--skip …]
 Prints one markdown table per image (wall time, output size, peak RSS, ratio to the fastest peer)
 and the issues' targets with pass/fail. Never run by the test suite.
 """
