@@ -15,8 +15,9 @@ def write_sparse(path: str, size: int, pieces: list[tuple[int, bytes]]) -> None:
             f.write(data[: max(0, size - offset)])
 
 
-def random_pieces(rng: random.Random, size: int, count: int, max_len: int = 200_000,
-                  zero_share: float = 0.2) -> list[tuple[int, bytes]]:
+def random_pieces(
+    rng: random.Random, size: int, count: int, max_len: int = 200_000, zero_share: float = 0.2
+) -> list[tuple[int, bytes]]:
     """Random data pieces (some all-zero, so holes and zero blocks both occur)."""
     pieces = []
     for _ in range(count):

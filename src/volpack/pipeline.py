@@ -59,8 +59,10 @@ def check_block_size(block_size: int, frame_size: int) -> None:
 
 
 def _region_json(detection: Detection) -> list[dict[str, Any]]:
-    return [{"start": r.start, "end": r.end, "detector": r.detector, "details": r.details}
-            for r in detection.regions]
+    return [
+        {"start": r.start, "end": r.end, "detector": r.detector, "details": r.details}
+        for r in detection.regions
+    ]
 
 
 def pmap_array(pmap: PhysicalMap):  # -> np.ndarray of PMAP_DTYPE
@@ -69,8 +71,9 @@ def pmap_array(pmap: PhysicalMap):  # -> np.ndarray of PMAP_DTYPE
     runs = np.zeros(len(pmap), R.PMAP_DTYPE)
     runs["volume_offset"] = pmap.starts
     runs["length"] = pmap.lengths
-    runs["physical"] = np.where(pmap.offsets < 0, np.uint64(R.UNKNOWN_OFFSET),
-                                pmap.offsets.astype(np.uint64))
+    runs["physical"] = np.where(
+        pmap.offsets < 0, np.uint64(R.UNKNOWN_OFFSET), pmap.offsets.astype(np.uint64)
+    )
     runs["device"] = pmap.device
     runs["flags"] = pmap.flags
     return runs
@@ -87,9 +90,15 @@ class VolumeMap:
     elapsed: float
 
 
-def map_volume(source: str, *, block_size: int = DEFAULT_BLOCK, detect: str = "auto",
-               source_format: str = "auto", pvs: tuple[str, ...] = (),
-               progress: Progress | None = None) -> VolumeMap:
+def map_volume(
+    source: str,
+    *,
+    block_size: int = DEFAULT_BLOCK,
+    detect: str = "auto",
+    source_format: str = "auto",
+    pvs: tuple[str, ...] = (),
+    progress: Progress | None = None,
+) -> VolumeMap:
     """Used map and physical map of a volume, without writing anything."""
     check_block_size(block_size, DEFAULT_FRAME)
     t0 = time.perf_counter()
@@ -99,9 +108,14 @@ def map_volume(source: str, *, block_size: int = DEFAULT_BLOCK, detect: str = "a
         detection = used_map(src, block_size, detect, scan)
         pmap = src.physical_map()
         info = src.info
-        return VolumeMap(source, src.size, {"kind": info.kind, "path": info.path,
-                                            "details": info.details}, detection, pmap,
-                         time.perf_counter() - t0)
+        return VolumeMap(
+            source,
+            src.size,
+            {"kind": info.kind, "path": info.path, "details": info.details},
+            detection,
+            pmap,
+            time.perf_counter() - t0,
+        )
     finally:
         src.close()
 
@@ -126,12 +140,23 @@ class BackupResult:
     staging: str | None = None
 
 
-def backup(source: str, archive_url: str, *, block_size: int = DEFAULT_BLOCK,
-           detect: str = "auto", compress: str = DEFAULT_COMPRESS, frame_size: int = DEFAULT_FRAME,
-           staging: str | None = None, force: bool = False, source_format: str = "auto",
-           pvs: tuple[str, ...] = (), allow_mounted: bool = False, threads: int = 2,
-           progress: Progress | None = None,
-           on_source_released: Callable[[], None] | None = None) -> BackupResult:
+def backup(
+    source: str,
+    archive_url: str,
+    *,
+    block_size: int = DEFAULT_BLOCK,
+    detect: str = "auto",
+    compress: str = DEFAULT_COMPRESS,
+    frame_size: int = DEFAULT_FRAME,
+    staging: str | None = None,
+    force: bool = False,
+    source_format: str = "auto",
+    pvs: tuple[str, ...] = (),
+    allow_mounted: bool = False,
+    threads: int = 2,
+    progress: Progress | None = None,
+    on_source_released: Callable[[], None] | None = None,
+) -> BackupResult:
     """Back up the used blocks of ``source`` to a new archive at ``archive_url``."""
     from volpack.compact.dense import DenseReader
     from volpack.compact.staging import Staging
@@ -159,16 +184,34 @@ def backup(source: str, archive_url: str, *, block_size: int = DEFAULT_BLOCK,
         pmap = src.physical_map()
         info = src.info
         created = time.time_ns()
-        header = R.Header(str(uuidlib.uuid4()), block_size, frame_size, src.size,
-                          table.used_blocks, created, codec, level)
+        header = R.Header(
+            str(uuidlib.uuid4()),
+            block_size,
+            frame_size,
+            src.size,
+            table.used_blocks,
+            created,
+            codec,
+            level,
+        )
         source_desc = {"kind": info.kind, "path": info.path, "details": info.details}
-        detection_desc = {"mode": detect, "regions": _region_json(detection),
-                          "warnings": list(detection.warnings)}
-        desc = {"tool": f"volpack {__version__}", "host": socket.gethostname(),
-                "source": source_desc, "detection": detection_desc,
-                "options": {"compress": compress, "staging": staging is not None}}
-        head = (R.encode_desc(desc) + R.encode_pmap(pmap.devices, pmap_array(pmap))
-                + R.encode_atab(table.volume_block, table.count))
+        detection_desc = {
+            "mode": detect,
+            "regions": _region_json(detection),
+            "warnings": list(detection.warnings),
+        }
+        desc = {
+            "tool": f"volpack {__version__}",
+            "host": socket.gethostname(),
+            "source": source_desc,
+            "detection": detection_desc,
+            "options": {"compress": compress, "staging": staging is not None},
+        }
+        head = (
+            R.encode_desc(desc)
+            + R.encode_pmap(pmap.devices, pmap_array(pmap))
+            + R.encode_atab(table.volume_block, table.count)
+        )
         writer = ArchiveWriter(medium, header, head, threads=threads)
         total = table.dense_size
         if staging is not None:
@@ -184,8 +227,10 @@ def backup(source: str, archive_url: str, *, block_size: int = DEFAULT_BLOCK,
             read = DenseReader(src, table).read
         fs = frame_size
         writer.write_head()
-        writer.write_frames(lambda seq, view: read(seq * fs, view),
-                            (lambda done: progress("write", done, total)) if progress else None)
+        writer.write_frames(
+            lambda seq, view: read(seq * fs, view),
+            (lambda done: progress("write", done, total)) if progress else None,
+        )
         if staging is None:
             _check_unchanged(src, before, source)
         written = writer.finish()
@@ -198,16 +243,31 @@ def backup(source: str, archive_url: str, *, block_size: int = DEFAULT_BLOCK,
         src.close()
         if stage is not None:
             stage.close()
-    return BackupResult(header.uuid, archive_url, header.volume_size, block_size,
-                        header.used_blocks, header.dense_size, written.archive_size,
-                        written.stored_bytes, written.frame_count, written.digest,
-                        time.perf_counter() - t0, created, source_desc, detection_desc, staging)
+    return BackupResult(
+        header.uuid,
+        archive_url,
+        header.volume_size,
+        block_size,
+        header.used_blocks,
+        header.dense_size,
+        written.archive_size,
+        written.stored_bytes,
+        written.frame_count,
+        written.digest,
+        time.perf_counter() - t0,
+        created,
+        source_desc,
+        detection_desc,
+        staging,
+    )
 
 
 def _check_unchanged(src: Any, before: tuple[object, ...], path: str) -> None:
     if src.identity() != before:
-        raise SourceError(f"{path}: the volume changed during the backup (size or modification "
-                          "time); back up a snapshot or an unmounted, inactive volume")
+        raise SourceError(
+            f"{path}: the volume changed during the backup (size or modification "
+            "time); back up a snapshot or an unmounted, inactive volume"
+        )
 
 
 # -- restore ------------------------------------------------------------------------------------
@@ -227,12 +287,20 @@ def _same_file(a: str, b: str) -> bool:
     except OSError:
         return False
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino) or (
-        sa.st_rdev != 0 and sa.st_rdev == sb.st_rdev)
+        sa.st_rdev != 0 and sa.st_rdev == sb.st_rdev
+    )
 
 
-def restore(archive_url: str, target: str, *, force: bool = False, allow_smaller: bool = False,
-            assume_zeroed: bool = False, target_format: str = "raw",
-            progress: Progress | None = None) -> RestoreResult:
+def restore(
+    archive_url: str,
+    target: str,
+    *,
+    force: bool = False,
+    allow_smaller: bool = False,
+    assume_zeroed: bool = False,
+    target_format: str = "raw",
+    progress: Progress | None = None,
+) -> RestoreResult:
     """Restore the volume in ``archive_url`` to ``target`` (thin file or block device)."""
     from volpack.format.random_access import Archive
     from volpack.format.reader import ArchiveStream
@@ -252,8 +320,9 @@ def restore(archive_url: str, target: str, *, force: bool = False, allow_smaller
         h = head.header
         used_bytes = head.table.used_bytes(h.volume_size)
         if target_format == "raw":
-            tgt = open_raw_target(target, force=force, allow_smaller=allow_smaller,
-                                  assume_zeroed=assume_zeroed)
+            tgt = open_raw_target(
+                target, force=force, allow_smaller=allow_smaller, assume_zeroed=assume_zeroed
+            )
         elif target_format == "qcow2":
             from volpack.targets.qcow2 import open_qcow2_target
 
@@ -270,13 +339,19 @@ def restore(archive_url: str, target: str, *, force: bool = False, allow_smaller
         raise
     finally:
         medium.close()
-    return RestoreResult(h.uuid, target, h.volume_size, used_bytes.total(), h.frame_count,
-                         time.perf_counter() - t0)
+    return RestoreResult(
+        h.uuid, target, h.volume_size, used_bytes.total(), h.frame_count, time.perf_counter() - t0
+    )
 
 
-def _scatter(stream: Any, table: AddressTable, volume_size: int,
-             write_at: Callable[[int, memoryview], None], total: int,
-             progress: Progress | None) -> None:
+def _scatter(
+    stream: Any,
+    table: AddressTable,
+    volume_size: int,
+    write_at: Callable[[int, memoryview], None],
+    total: int,
+    progress: Progress | None,
+) -> None:
     """Frames in dense order → writes at volume offsets (increasing), clipped to the volume."""
     for dense_offset, raw in stream.frames():
         vs, lens, ds = table.dense_to_volume(dense_offset, dense_offset + len(raw))
@@ -284,7 +359,7 @@ def _scatter(stream: Any, table: AddressTable, volume_size: int,
             n = min(n, volume_size - v)
             if n > 0:
                 pos = d - dense_offset
-                write_at(v, raw[pos:pos + n])
+                write_at(v, raw[pos : pos + n])
         if progress is not None:
             progress("restore", dense_offset + len(raw), total)
 
@@ -302,8 +377,14 @@ class VerifyResult:
     elapsed: float
 
 
-def verify(archive_url: str, *, against: str | None = None, source_format: str = "auto",
-           pvs: tuple[str, ...] = (), progress: Progress | None = None) -> VerifyResult:
+def verify(
+    archive_url: str,
+    *,
+    against: str | None = None,
+    source_format: str = "auto",
+    pvs: tuple[str, ...] = (),
+    progress: Progress | None = None,
+) -> VerifyResult:
     """Read the whole archive checking every frame, count and the digest; with ``against``, also
     compare a volume with it (used blocks equal, unused blocks zero). Raises on any failure."""
     from volpack.format.reader import ArchiveStream
@@ -330,15 +411,34 @@ def verify(archive_url: str, *, against: str | None = None, source_format: str =
         medium.close()
         if comparer is not None:
             comparer.close()
-    result = VerifyResult(h.uuid, archive_url, h.frame_count, stream.offset, trailer.digest.hex(),
-                          against, diffs, time.perf_counter() - t0)
+    result = VerifyResult(
+        h.uuid,
+        archive_url,
+        h.frame_count,
+        stream.offset,
+        trailer.digest.hex(),
+        against,
+        diffs,
+        time.perf_counter() - t0,
+    )
     if diffs:
         first = ", ".join(f"[{a}, {b})" for a, b in diffs[:5])
-        raise VolumeDiffers(f"{against}: differs from archive {archive_url} in "
-                            f"{len(diffs)}{'+' if len(diffs) >= 64 else ''} byte range(s), first "
-                            f"{first}; the archive itself is intact")
+        raise VolumeDiffers(
+            f"{against}: differs from archive {archive_url} in "
+            f"{len(diffs)}{'+' if len(diffs) >= 64 else ''} byte range(s), first "
+            f"{first}; the archive itself is intact"
+        )
     return result
 
 
-__all__ = ["BackupResult", "Extents", "RestoreResult", "VerifyResult", "VolumeMap", "backup",
-           "map_volume", "restore", "verify"]
+__all__ = [
+    "BackupResult",
+    "Extents",
+    "RestoreResult",
+    "VerifyResult",
+    "VolumeMap",
+    "backup",
+    "map_volume",
+    "restore",
+    "verify",
+]

@@ -12,8 +12,9 @@ from volumes import write_sparse
 
 
 def vp(*args: str, stdin=None) -> subprocess.CompletedProcess:
-    return subprocess.run(["python3", "-m", "volpack", *args], capture_output=True, text=True,
-                          stdin=stdin)
+    return subprocess.run(
+        ["python3", "-m", "volpack", *args], capture_output=True, text=True, stdin=stdin
+    )
 
 
 def one_error_line(r: subprocess.CompletedProcess, code: int, *words: str) -> str:
@@ -36,8 +37,12 @@ def archive(tmp_path):
 
 
 def test_missing_source(tmp_path):
-    one_error_line(vp("backup", str(tmp_path / "nope.img"), str(tmp_path / "a.vpk")), 3,
-                   "nope.img", "no such file")
+    one_error_line(
+        vp("backup", str(tmp_path / "nope.img"), str(tmp_path / "a.vpk")),
+        3,
+        "nope.img",
+        "no such file",
+    )
     assert not any(tmp_path.iterdir())
 
 
@@ -111,10 +116,12 @@ def test_target_is_the_archive_itself(archive):
 
 def test_unknown_option_values_are_usage_errors(archive, tmp_path):
     vol, _ = archive
-    one_error_line(vp("backup", vol, str(tmp_path / "a.vpk"), "--block-size", "3000"), 2,
-                   "power of two")
-    one_error_line(vp("backup", vol, str(tmp_path / "b.vpk"), "--compress", "lz4"), 2,
-                   "unknown codec")
+    one_error_line(
+        vp("backup", vol, str(tmp_path / "a.vpk"), "--block-size", "3000"), 2, "power of two"
+    )
+    one_error_line(
+        vp("backup", vol, str(tmp_path / "b.vpk"), "--compress", "lz4"), 2, "unknown codec"
+    )
     one_error_line(vp("backup", vol, "nosuch://x"), 2, "unknown medium scheme")
 
 
@@ -129,13 +136,19 @@ def test_disk_full_removes_the_partial_archive_and_the_partial_restore(archive, 
     vol, arc = archive
     small = tmp_path / "small"
     small.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(small)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(small)],
+        capture_output=True,
+        text=True,
+    )
     if r.returncode != 0:
         pytest.skip(f"cannot mount tmpfs: {r.stderr.strip()}")
     try:
-        one_error_line(vp("backup", vol, str(small / "a.vpk"), "--compress", "none",
-                          "--no-catalog"), 7, "no space left")
+        one_error_line(
+            vp("backup", vol, str(small / "a.vpk"), "--compress", "none", "--no-catalog"),
+            7,
+            "no space left",
+        )
         assert os.listdir(small) == []
         one_error_line(vp("restore", arc, str(small / "out.img")), 8, "free")
         assert os.listdir(small) == []
@@ -175,8 +188,19 @@ def test_staging_device_smaller_than_the_dense_volume_is_refused_before_copying(
         pytest.skip(f"loop devices unavailable: {r.stderr.strip()}")
     dev = r.stdout.strip()
     try:
-        one_error_line(vp("backup", str(vol), str(tmp_path / "a.vpk"), "--staging", dev,
-                          "--force", "--no-catalog"), 2, "use a larger device")
+        one_error_line(
+            vp(
+                "backup",
+                str(vol),
+                str(tmp_path / "a.vpk"),
+                "--staging",
+                dev,
+                "--force",
+                "--no-catalog",
+            ),
+            2,
+            "use a larger device",
+        )
         assert small.read_bytes() == b"\x5a" * (1 << 20)
         assert not (tmp_path / "a.vpk").exists()
     finally:
@@ -187,7 +211,19 @@ def test_staging_file_needs_more_space_than_is_free(tmp_path):
     vol = tmp_path / "v.img"
     # A sparse volume claiming more used data than any test disk has free.
     write_sparse(str(vol), 1 << 43, [(0, b"x"), ((1 << 43) - 1, b"y")])
-    one_error_line(vp("backup", str(vol), str(tmp_path / "a.vpk"), "--staging",
-                      str(tmp_path / "stage.img"), "--detect", "all-used", "--no-catalog"), 2,
-                   "free", "dense volume needs")
+    one_error_line(
+        vp(
+            "backup",
+            str(vol),
+            str(tmp_path / "a.vpk"),
+            "--staging",
+            str(tmp_path / "stage.img"),
+            "--detect",
+            "all-used",
+            "--no-catalog",
+        ),
+        2,
+        "free",
+        "dense volume needs",
+    )
     assert not (tmp_path / "stage.img").exists()

@@ -11,8 +11,9 @@ from volumes import write_sparse
 
 
 def vp(*args: str, stdin=None) -> subprocess.CompletedProcess:
-    return subprocess.run(["python3", "-m", "volpack", *args], capture_output=True, text=True,
-                          stdin=stdin)
+    return subprocess.run(
+        ["python3", "-m", "volpack", *args], capture_output=True, text=True, stdin=stdin
+    )
 
 
 @pytest.fixture
@@ -65,8 +66,12 @@ def test_backup_json_result_and_no_progress_bar_off_a_terminal(tmp_path, archive
 def test_backup_to_stdout_keeps_the_result_off_the_archive_stream(tmp_path, archive):
     vol, _, _ = archive
     with open(tmp_path / "s.vpk", "wb") as out:
-        p = subprocess.run(["python3", "-m", "volpack", "backup", vol, "-", "--json",
-                            "--no-catalog"], stdout=out, stderr=subprocess.PIPE, text=True)
+        p = subprocess.run(
+            ["python3", "-m", "volpack", "backup", vol, "-", "--json", "--no-catalog"],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     assert p.returncode == 0
     assert '"archive_uuid"' in p.stderr
     assert pipeline.verify(str(tmp_path / "s.vpk")).frame_count >= 1

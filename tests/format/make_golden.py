@@ -45,13 +45,27 @@ def main() -> int:
         vol = os.path.join(tmp, "golden.img")
         golden_volume(vol)
         archive = os.path.join(GOLDEN, f"{name}.vpk")
-        r = pipeline.backup(vol, archive, frame_size=65536, compress="zstd:3", force=True,
-                            detect="zeros", allow_mounted=True)
+        r = pipeline.backup(
+            vol,
+            archive,
+            frame_size=65536,
+            compress="zstd:3",
+            force=True,
+            detect="zeros",
+            allow_mounted=True,
+        )
         with open(vol, "rb") as f:
             digest = hashlib.sha256(f.read()).hexdigest()
-    facts = {"uuid": r.archive_uuid, "volume_size": r.volume_size, "block_size": r.block_size,
-             "used_blocks": r.used_blocks, "frame_count": r.frame_count, "digest": r.digest,
-             "archive_size": r.archive_size, "volume_sha256": digest}
+    facts = {
+        "uuid": r.archive_uuid,
+        "volume_size": r.volume_size,
+        "block_size": r.block_size,
+        "used_blocks": r.used_blocks,
+        "frame_count": r.frame_count,
+        "digest": r.digest,
+        "archive_size": r.archive_size,
+        "volume_sha256": digest,
+    }
     with open(os.path.join(GOLDEN, f"{name}.json"), "w") as f:
         json.dump(facts, f, indent=1, sort_keys=True)
         f.write("\n")

@@ -112,14 +112,16 @@ def test_a_flip_in_any_header_trailer_or_footer_byte_is_detected(small_archive, 
 
 
 def test_flips_in_tables_and_sampled_frame_bytes_are_detected_by_verify_and_refused_by_restore(
-        small_archive, tmp_path):
+    small_archive, tmp_path
+):
     _, _, data = small_archive
     with open_archive_bytes(data, tmp_path) as a:
         first_frame = int(a.trailer.index["offset"][0])
         trailer = a.footer.trailer_offset
     rng = random.Random(5)
     positions = list(range(R.HEADER_SIZE, first_frame)) + rng.sample(
-        range(first_frame, trailer), 300)
+        range(first_frame, trailer), 300
+    )
     out = tmp_path / "out.img"
     for pos in positions:
         with pytest.raises(FormatError):
@@ -146,22 +148,42 @@ class open_archive_bytes:
 
 def forge_header(data: bytes, **fields) -> bytes:
     """Rewrite header fields and recompute its checksum (a hostile but well-formed header)."""
-    names = ["magic", "major", "minor", "hlen", "incompat", "compat", "uuid", "bs", "fs",
-             "vsize", "used", "created", "codec", "level", "csum", "dig", "reserved"]
+    names = [
+        "magic",
+        "major",
+        "minor",
+        "hlen",
+        "incompat",
+        "compat",
+        "uuid",
+        "bs",
+        "fs",
+        "vsize",
+        "used",
+        "created",
+        "codec",
+        "level",
+        "csum",
+        "dig",
+        "reserved",
+    ]
     values = dict(zip(names, R.HEADER.unpack_from(data), strict=True))
     values.update(fields)
     body = R.HEADER.pack(*[values[n] for n in names])
-    return body + R.checksum(body).to_bytes(8, "little") + data[R.HEADER_SIZE:]
+    return body + R.checksum(body).to_bytes(8, "little") + data[R.HEADER_SIZE :]
 
 
-@pytest.mark.parametrize("fields,message", [
-    ({"bs": 0}, "block_size 0"),
-    ({"bs": 3000}, "block_size 3000"),
-    ({"fs": 1 << 40 & 0xFFFFFFFF or 3}, "frame_size"),
-    ({"vsize": (1 << 64) - 1}, "volume_size"),
-    ({"used": 1 << 62}, "used_blocks"),
-    ({"codec": 9}, "codec"),
-])
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        ({"bs": 0}, "block_size 0"),
+        ({"bs": 3000}, "block_size 3000"),
+        ({"fs": 1 << 40 & 0xFFFFFFFF or 3}, "frame_size"),
+        ({"vsize": (1 << 64) - 1}, "volume_size"),
+        ({"used": 1 << 62}, "used_blocks"),
+        ({"codec": 9}, "codec"),
+    ],
+)
 def test_hostile_checksummed_header_fields_are_refused(small_archive, tmp_path, fields, message):
     _, _, data = small_archive
     with pytest.raises(CorruptArchive, match=message):
@@ -180,16 +202,19 @@ def test_unimplemented_incompatible_feature_is_refused_by_name(small_archive, tm
         stream_check(forge_header(data, incompat=R.FEATURE_ENCRYPTED), tmp_path)
 
 
-def test_table_length_larger_than_the_archive_fails_without_allocating_it(small_archive,
-                                                                            tmp_path):
+def test_table_length_larger_than_the_archive_fails_without_allocating_it(small_archive, tmp_path):
     _, _, data = small_archive
     pos = R.HEADER_SIZE  # the DESC record header
     tag, flags, length, psum = R.RECORD.unpack_from(data, pos)
     desc_end = pos + R.RECORD_SIZE + length
     # A PMAP record claiming 3 GiB (under the 4 GiB bound) in a 150 KB archive.
     head = R.RECORD.pack(b"PMAP", 0, 3 << 30, 0)
-    forged = data[:desc_end] + head + R.checksum(head).to_bytes(8, "little") + data[
-        desc_end + R.RECORD_SIZE:]
+    forged = (
+        data[:desc_end]
+        + head
+        + R.checksum(head).to_bytes(8, "little")
+        + data[desc_end + R.RECORD_SIZE :]
+    )
     import resource
 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

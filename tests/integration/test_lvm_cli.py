@@ -96,8 +96,7 @@ def test_backup_info_restore_verify_round_trip_an_lv(lab, capsys, tmp_path):
     assert target.read_bytes() == lab.expected_bytes("multi")
     code, _ = run_cli(capsys, "verify", archive)
     assert code == 0
-    code, _ = run_cli(capsys, "verify", archive, "--against", f"lvm:{lab.vg}/multi",
-                      *pv_args(lab))
+    code, _ = run_cli(capsys, "verify", archive, "--against", f"lvm:{lab.vg}/multi", *pv_args(lab))
     assert code == 0
 
 

@@ -15,8 +15,7 @@ pytestmark = pytest.mark.skipif(shutil.which("mkfs.ext4") is None, reason="needs
 
 
 def vp(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(["python3", "-m", "volpack", *args], capture_output=True, text=True,
-                          **kw)
+    return subprocess.run(["python3", "-m", "volpack", *args], capture_output=True, text=True, **kw)
 
 
 def run(cmd: list[str] | str, **kw) -> subprocess.CompletedProcess:
@@ -41,14 +40,16 @@ def ext4_image(tmp_path_factory):
     extra = d / "extra.bin"
     extra.write_bytes(rng.randbytes(2_000_000))
     cmds = [f"rm rand{i}.bin" for i in range(0, 40, 3)] + [
-        f"write {extra} new{i}.bin" for i in range(5)]
+        f"write {extra} new{i}.bin" for i in range(5)
+    ]
     run(["debugfs", "-w", "-f", "-", str(img)], input="\n".join(cmds) + "\n")
     run(["e2fsck", "-fn", str(img)])
     return str(img)
 
 
-def test_ext4_image_backup_and_restore_are_identical_by_cmp_qemu_img_and_e2fsck(ext4_image,
-                                                                               tmp_path):
+def test_ext4_image_backup_and_restore_are_identical_by_cmp_qemu_img_and_e2fsck(
+    ext4_image, tmp_path
+):
     arc, out = str(tmp_path / "d.vpk"), str(tmp_path / "out.img")
     r = vp("backup", ext4_image, arc, "--json", "--no-catalog")
     assert r.returncode == 0, r.stderr
@@ -66,14 +67,17 @@ def test_ext4_image_backup_and_restore_are_identical_by_cmp_qemu_img_and_e2fsck(
 
 def test_pipe_backup_to_stdout_restores_from_stdin_in_one_pass(ext4_image, tmp_path):
     out = tmp_path / "piped.img"
-    r = run(f"python3 -m volpack backup {ext4_image} - -q --no-catalog --compress none | "
-            f"python3 -m volpack restore - {out}")
+    r = run(
+        f"python3 -m volpack backup {ext4_image} - -q --no-catalog --compress none | "
+        f"python3 -m volpack restore - {out}"
+    )
     assert r.returncode == 0
     assert same_bytes(ext4_image, str(out))
 
 
-def test_staging_mode_archive_restores_identically_and_removes_its_staging_file(ext4_image,
-                                                                              tmp_path):
+def test_staging_mode_archive_restores_identically_and_removes_its_staging_file(
+    ext4_image, tmp_path
+):
     arc, out, stage = tmp_path / "s.vpk", tmp_path / "s.img", tmp_path / "stage.img"
     r = vp("backup", ext4_image, str(arc), "--staging", str(stage), "--no-catalog")
     assert r.returncode == 0, r.stderr
@@ -92,8 +96,9 @@ def test_holes_map_agrees_with_qemu_img_map(tmp_path):
             f.write(os.urandom(8192))
     r = vp("map", str(img), "--detect", "holes", "--json")
     assert r.returncode == 0, r.stderr
-    ours = [(e["start"], e["start"] + e["length"]) for e in json.loads(r.stdout)["extents"]
-            if e["data"]]
+    ours = [
+        (e["start"], e["start"] + e["length"]) for e in json.loads(r.stdout)["extents"] if e["data"]
+    ]
     q = json.loads(run(["qemu-img", "map", "--output=json", "-f", "raw", str(img)]).stdout)
     theirs = [(e["start"], e["start"] + e["length"]) for e in q if e["data"]]
     merged: list[tuple[int, int]] = []
@@ -127,8 +132,9 @@ def loop_device(path: str) -> str:
 
 @pytest.mark.root
 @pytest.mark.skipif(os.geteuid() != 0, reason="loop devices need root")
-def test_restore_to_a_loop_device_zeroes_unused_ranges_and_refuses_a_small_device(ext4_image,
-                                                                                 tmp_path):
+def test_restore_to_a_loop_device_zeroes_unused_ranges_and_refuses_a_small_device(
+    ext4_image, tmp_path
+):
     arc = str(tmp_path / "d.vpk")
     assert vp("backup", ext4_image, arc, "--no-catalog").returncode == 0
     size = os.path.getsize(ext4_image)
@@ -157,8 +163,10 @@ def test_block_device_source_backs_up_through_a_pipe_and_restores_equal(ext4_ima
     dev = loop_device(ext4_image)
     try:
         out = tmp_path / "from-dev.img"
-        run(f"python3 -m volpack backup {dev} - -q --no-catalog | "
-            f"python3 -m volpack restore - {out}")
+        run(
+            f"python3 -m volpack backup {dev} - -q --no-catalog | "
+            f"python3 -m volpack restore - {out}"
+        )
         assert same_bytes(ext4_image, str(out))
         r = vp("map", dev, "--json", "--detect", "holes")
         assert json.loads(r.stdout)["source"]["kind"] == "blockdev"
@@ -169,7 +177,8 @@ def test_block_device_source_backs_up_through_a_pipe_and_restores_equal(ext4_ima
 @pytest.mark.root
 @pytest.mark.skipif(os.geteuid() != 0, reason="loop devices need root")
 def test_allow_smaller_accepts_a_device_holding_every_used_block_and_assume_zeroed_skips_zeroing(
-        tmp_path):
+    tmp_path,
+):
     vol = tmp_path / "v.img"
     with open(vol, "wb") as f:
         f.truncate(16 << 20)

@@ -12,16 +12,25 @@ import volpack
 from volpack.format.random_access import open_archive
 from volumes import allocated_bytes, random_pieces, same_bytes, write_sparse
 
-SIZES = st.one_of(st.sampled_from([0, 1, 511, 4095, 4096, 4097, 65536 + 3]),
-                  st.integers(0, 3 << 20))
+SIZES = st.one_of(
+    st.sampled_from([0, 1, 511, 4095, 4096, 4097, 65536 + 3]), st.integers(0, 3 << 20)
+)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(size=SIZES, seed=st.integers(0, 2**32), count=st.integers(0, 12),
-       block_size=st.sampled_from([512, 4096, 65536]), compress=st.sampled_from(["none", "zstd:1"]),
-       detect=st.sampled_from(["auto", "holes", "zeros", "all-used"]))
-def test_restore_of_backup_is_byte_identical(tmp_path, size, seed, count, block_size, compress,
-                                             detect):
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    size=SIZES,
+    seed=st.integers(0, 2**32),
+    count=st.integers(0, 12),
+    block_size=st.sampled_from([512, 4096, 65536]),
+    compress=st.sampled_from(["none", "zstd:1"]),
+    detect=st.sampled_from(["auto", "holes", "zeros", "all-used"]),
+)
+def test_restore_of_backup_is_byte_identical(
+    tmp_path, size, seed, count, block_size, compress, detect
+):
     rng = random.Random(seed)
     d = tmp_path.__class__(tempfile.mkdtemp(dir=tmp_path))
     src, arc, out = str(d / "v.img"), str(d / "v.vpk"), str(d / "out.img")
@@ -29,9 +38,15 @@ def test_restore_of_backup_is_byte_identical(tmp_path, size, seed, count, block_
     if size and rng.random() < 0.3:  # data touching the very first and last byte
         pieces += [(0, rng.randbytes(min(size, 700))), (max(0, size - 900), rng.randbytes(900))]
     write_sparse(src, size, pieces)
-    r = volpack.backup(src, arc, block_size=block_size, compress=compress, detect=detect,
-                       frame_size=65536 if block_size <= 65536 else block_size,
-                       allow_mounted=True)
+    r = volpack.backup(
+        src,
+        arc,
+        block_size=block_size,
+        compress=compress,
+        detect=detect,
+        frame_size=65536 if block_size <= 65536 else block_size,
+        allow_mounted=True,
+    )
     assert r.volume_size == size
     volpack.restore(arc, out)
     assert os.path.getsize(out) == size
@@ -40,17 +55,19 @@ def test_restore_of_backup_is_byte_identical(tmp_path, size, seed, count, block_
     assert allocated_bytes(out) <= r.used_blocks * block_size + 64 * 1024
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(size=SIZES, seed=st.integers(0, 2**32), count=st.integers(0, 10))
-def test_staging_mode_and_direct_mode_produce_the_same_tables_and_data(tmp_path, size, seed,
-                                                                      count):
+def test_staging_mode_and_direct_mode_produce_the_same_tables_and_data(tmp_path, size, seed, count):
     rng = random.Random(seed)
     d = tmp_path.__class__(tempfile.mkdtemp(dir=tmp_path))
     src = str(d / "v.img")
     write_sparse(src, size, random_pieces(rng, size, count))
     a = volpack.backup(src, str(d / "direct.vpk"), frame_size=65536, allow_mounted=True)
-    b = volpack.backup(src, str(d / "staged.vpk"), frame_size=65536, staging=str(d / "stage"),
-                       allow_mounted=True)
+    b = volpack.backup(
+        src, str(d / "staged.vpk"), frame_size=65536, staging=str(d / "stage"), allow_mounted=True
+    )
     assert not os.path.exists(d / "stage"), "a staging file volpack created is removed"
     with open_archive(str(d / "direct.vpk")) as x, open_archive(str(d / "staged.vpk")) as y:
         assert x.table == y.table
@@ -72,4 +89,4 @@ def test_random_access_reads_equal_the_volume(tmp_path):
         for _ in range(300):
             off = rng.randrange(size)
             n = rng.randrange(0, min(200_000, size - off) + 1)
-            assert a.read(off, n) == data[off:off + n]
+            assert a.read(off, n) == data[off : off + n]

@@ -6,7 +6,8 @@ from volpack.compact.table import AddressTable
 from volpack.extents import Extents
 
 used_maps = st.lists(st.tuples(st.integers(0, 500), st.integers(1, 30)), max_size=20).map(
-    lambda xs: Extents.from_pairs([(a, a + n) for a, n in xs]))
+    lambda xs: Extents.from_pairs([(a, a + n) for a, n in xs])
+)
 
 
 def test_address_table_maps_used_runs_to_sequential_dense_blocks():
@@ -34,8 +35,9 @@ def test_dense_and_volume_lookups_are_inverse(used, a, b):
 
 def test_table_of_a_16_tib_sparse_volume_is_tiny():
     tib_blocks = (16 << 40) // 4096
-    used = Extents.from_pairs([(i * (tib_blocks // 1000), i * (tib_blocks // 1000) + 64)
-                               for i in range(1000)])
+    used = Extents.from_pairs(
+        [(i * (tib_blocks // 1000), i * (tib_blocks // 1000) + 64) for i in range(1000)]
+    )
     t = AddressTable.from_used(used, 4096)
     assert t.volume_block.nbytes + t.count.nbytes + t.dense_block.nbytes < 64 * 1024
     assert np.all(np.diff(t.dense_block) == 64)

@@ -4,7 +4,8 @@ from hypothesis import strategies as st
 from volpack.extents import Extents
 
 runs = st.lists(st.tuples(st.integers(0, 300), st.integers(0, 40)), max_size=30).map(
-    lambda xs: Extents.from_pairs([(a, a + n) for a, n in xs]))
+    lambda xs: Extents.from_pairs([(a, a + n) for a, n in xs])
+)
 
 
 def as_set(e: Extents) -> set[int]:

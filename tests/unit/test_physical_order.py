@@ -6,8 +6,9 @@ from volpack.source.base import PM_UNKNOWN, PhysicalMap
 
 def test_staging_reads_used_pieces_in_physical_order_split_at_physical_runs():
     # Volume blocks 0-3 live at physical 900.., blocks 4-7 at physical 100.. (reversed on disk).
-    pmap = PhysicalMap.build(("disk",), [(0, 4 * 512, 0, 900 * 512, 0),
-                                         (4 * 512, 4 * 512, 0, 100 * 512, 0)])
+    pmap = PhysicalMap.build(
+        ("disk",), [(0, 4 * 512, 0, 900 * 512, 0), (4 * 512, 4 * 512, 0, 100 * 512, 0)]
+    )
     table = AddressTable.from_used(Extents.from_pairs([(2, 6)]), 512)
     vs, lens, ds = physical_order(table, pmap, 8 * 512)
     assert vs.tolist() == [4 * 512, 2 * 512]
@@ -16,8 +17,7 @@ def test_staging_reads_used_pieces_in_physical_order_split_at_physical_runs():
 
 
 def test_pieces_with_unknown_or_no_location_come_last_in_volume_order():
-    pmap = PhysicalMap.build(("disk",), [(0, 1024, -1, -1, PM_UNKNOWN),
-                                         (2048, 1024, 0, 0, 0)])
+    pmap = PhysicalMap.build(("disk",), [(0, 1024, -1, -1, PM_UNKNOWN), (2048, 1024, 0, 0, 0)])
     table = AddressTable.from_used(Extents.from_pairs([(0, 8)]), 512)
     vs, lens, _ = physical_order(table, pmap, 8 * 512)
     assert vs.tolist() == [2048, 0, 1024, 3072]

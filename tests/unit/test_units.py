@@ -4,9 +4,19 @@ from volpack.errors import UsageError
 from volpack.units import human, parse_size
 
 
-@pytest.mark.parametrize("text,value", [("4096", 4096), ("4K", 4096), ("4Ki", 4096),
-                                        ("4KiB", 4096), ("4KB", 4000), ("1M", 1 << 20),
-                                        ("1.5G", 3 << 29), ("2Gi", 2 << 30)])
+@pytest.mark.parametrize(
+    "text,value",
+    [
+        ("4096", 4096),
+        ("4K", 4096),
+        ("4Ki", 4096),
+        ("4KiB", 4096),
+        ("4KB", 4000),
+        ("1M", 1 << 20),
+        ("1.5G", 3 << 29),
+        ("2Gi", 2 << 30),
+    ],
+)
 def test_sizes_accept_binary_and_decimal_suffixes(text, value):
     assert parse_size(text) == value
 

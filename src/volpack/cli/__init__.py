@@ -15,7 +15,19 @@ from volpack.errors import EXIT_INTERRUPTED, VolpackError
 
 # Verb modules under volpack.cli, in help order. Each has register(subparsers) -> None, which
 # sets ``func`` (args -> exit code) on its parser.
-VERBS = ("backup", "restore", "verify", "info", "map", "serve", "mount", "list", "show", "prune", "catalog")
+VERBS = (
+    "backup",
+    "restore",
+    "verify",
+    "info",
+    "map",
+    "serve",
+    "mount",
+    "list",
+    "show",
+    "prune",
+    "catalog",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

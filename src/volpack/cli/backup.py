@@ -26,32 +26,71 @@ def register(sub: Any) -> None:
     from volpack.detect import DETECT_MODES
     from volpack.source import SOURCE_FORMATS
 
-    p = sub.add_parser("backup", help="back up the used blocks of a volume",
-                       description="Back up the used blocks of a volume (image file, block device, "
-                       "qcow2, lvm:VG/LV) into a self-describing archive.")
+    p = sub.add_parser(
+        "backup",
+        help="back up the used blocks of a volume",
+        description="Back up the used blocks of a volume (image file, block device, "
+        "qcow2, lvm:VG/LV) into a self-describing archive.",
+    )
     p.add_argument("source", help="image file, block device, qcow2 image or lvm:VG/LV")
-    p.add_argument("archive", help="archive path, '-' for stdout, or a URL (s3://bucket/key, tape:)")
-    p.add_argument("--detect", choices=DETECT_MODES, default="auto",
-                   help="used-block detector (default auto: partitions and filesystems, then "
-                   "holes and zero scan)")
-    p.add_argument("--block-size", type=size_arg("--block-size"), default=4096,
-                   help="used-map block size, power of two 512..1Mi (default 4K)")
-    p.add_argument("--frame-size", type=size_arg("--frame-size"), default=4 << 20,
-                   help="dense bytes per frame, power of two 64K..64Mi (default 4Mi)")
-    p.add_argument("--compress", default="zstd:1", metavar="none|zstd[:LEVEL]",
-                   help="frame compression (default zstd:1)")
-    p.add_argument("--staging", metavar="PATH",
-                   help="two-phase mode: copy the used data to this new file or block device "
-                   "first, release the source, then stream the copy")
-    p.add_argument("--source-format", choices=SOURCE_FORMATS, default="auto",
-                   help="source format (default: detect from content)")
-    p.add_argument("--pv", action="append", default=[], metavar="PATH",
-                   help="an LVM physical volume (image or device) for lvm:VG/LV sources; repeat")
-    p.add_argument("--allow-mounted", action="store_true",
-                   help="back up a mounted filesystem anyway (not point-in-time)")
+    p.add_argument(
+        "archive", help="archive path, '-' for stdout, or a URL (s3://bucket/key, tape:)"
+    )
+    p.add_argument(
+        "--detect",
+        choices=DETECT_MODES,
+        default="auto",
+        help="used-block detector (default auto: partitions and filesystems, then "
+        "holes and zero scan)",
+    )
+    p.add_argument(
+        "--block-size",
+        type=size_arg("--block-size"),
+        default=4096,
+        help="used-map block size, power of two 512..1Mi (default 4K)",
+    )
+    p.add_argument(
+        "--frame-size",
+        type=size_arg("--frame-size"),
+        default=4 << 20,
+        help="dense bytes per frame, power of two 64K..64Mi (default 4Mi)",
+    )
+    p.add_argument(
+        "--compress",
+        default="zstd:1",
+        metavar="none|zstd[:LEVEL]",
+        help="frame compression (default zstd:1)",
+    )
+    p.add_argument(
+        "--staging",
+        metavar="PATH",
+        help="two-phase mode: copy the used data to this new file or block device "
+        "first, release the source, then stream the copy",
+    )
+    p.add_argument(
+        "--source-format",
+        choices=SOURCE_FORMATS,
+        default="auto",
+        help="source format (default: detect from content)",
+    )
+    p.add_argument(
+        "--pv",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="an LVM physical volume (image or device) for lvm:VG/LV sources; repeat",
+    )
+    p.add_argument(
+        "--allow-mounted",
+        action="store_true",
+        help="back up a mounted filesystem anyway (not point-in-time)",
+    )
     p.add_argument("--threads", type=int, default=2, help="compression threads (default 2)")
-    p.add_argument("--force", action="store_true",
-                   help="replace an existing archive / use a block device as staging")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing archive / use a block device as staging",
+    )
     p.add_argument("--catalog", metavar="PATH", help="catalog file (default: the user's catalog)")
     p.add_argument("--no-catalog", action="store_true", help="do not record the backup")
     add_medium_options(p)
@@ -75,23 +114,36 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress(args)
 
     def released() -> None:
-        log.info("source %s copied to staging %s; it may be released now", args.source,
-                 args.staging)
+        log.info(
+            "source %s copied to staging %s; it may be released now", args.source, args.staging
+        )
 
     try:
-        result = backup(args.source, args.archive, block_size=args.block_size, detect=args.detect,
-                        compress=args.compress, frame_size=args.frame_size, staging=args.staging,
-                        force=args.force, source_format=args.source_format, pvs=tuple(args.pv),
-                        allow_mounted=args.allow_mounted, threads=args.threads, progress=progress,
-                        on_source_released=released)
+        result = backup(
+            args.source,
+            args.archive,
+            block_size=args.block_size,
+            detect=args.detect,
+            compress=args.compress,
+            frame_size=args.frame_size,
+            staging=args.staging,
+            force=args.force,
+            source_format=args.source_format,
+            pvs=tuple(args.pv),
+            allow_mounted=args.allow_mounted,
+            threads=args.threads,
+            progress=progress,
+            on_source_released=released,
+        )
     finally:
         progress.close()
     warnings = result.detection.get("warnings", [])
     for w in warnings:
         log.warning("%s", w)
     if args.allow_mounted and _mounted(args.source):
-        log.warning("%s: backed up with --allow-mounted; the archive may not be point-in-time",
-                    args.source)
+        log.warning(
+            "%s: backed up with --allow-mounted; the archive may not be point-in-time", args.source
+        )
     if not args.no_catalog and args.archive != "-":
         from volpack.catalog import record_after_backup
 

@@ -13,13 +13,18 @@ from volpack.units import human, parse_size
 log = logging.getLogger("volpack")
 
 
-def add_output_options(parser: argparse.ArgumentParser, *, json_flag: bool = True,
-                       progress: bool = True) -> None:
+def add_output_options(
+    parser: argparse.ArgumentParser, *, json_flag: bool = True, progress: bool = True
+) -> None:
     if json_flag:
         parser.add_argument("--json", action="store_true", help="print the result as JSON")
     if progress:
-        parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                            help="progress bar on stderr (default: when stderr is a terminal)")
+        parser.add_argument(
+            "--progress",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="progress bar on stderr (default: when stderr is a terminal)",
+        )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
@@ -30,12 +35,23 @@ def add_medium_options(parser: argparse.ArgumentParser, *, tape: bool = True) ->
     group.add_argument("--s3-profile", metavar="NAME", help="AWS profile for credentials")
     if not tape:
         return
-    group.add_argument("--tape-record-size", type=size_arg("--tape-record-size"), metavar="SIZE",
-                       help="tape record size (default 256Ki)")
-    group.add_argument("--volume-size", type=size_arg("--volume-size"), metavar="SIZE",
-                       help="tape: start the next volume after this many bytes")
-    group.add_argument("--tape-next", metavar="CMD",
-                       help="tape: command run to load the next volume when one is full")
+    group.add_argument(
+        "--tape-record-size",
+        type=size_arg("--tape-record-size"),
+        metavar="SIZE",
+        help="tape record size (default 256Ki)",
+    )
+    group.add_argument(
+        "--volume-size",
+        type=size_arg("--volume-size"),
+        metavar="SIZE",
+        help="tape: start the next volume after this many bytes",
+    )
+    group.add_argument(
+        "--tape-next",
+        metavar="CMD",
+        help="tape: command run to load the next volume when one is full",
+    )
 
 
 def apply_medium_options(args: argparse.Namespace) -> None:
@@ -44,19 +60,26 @@ def apply_medium_options(args: argparse.Namespace) -> None:
         from volpack.media.s3_client import configure
 
         configure(endpoint=args.s3_endpoint, profile=args.s3_profile)
-    tape_opts = tuple(getattr(args, name, None) for name in
-                      ("tape_record_size", "volume_size", "tape_next"))
+    tape_opts = tuple(
+        getattr(args, name, None) for name in ("tape_record_size", "volume_size", "tape_next")
+    )
     if any(v is not None for v in tape_opts):
         from volpack.errors import UsageError
         from volpack.media import scheme_of
 
         if not scheme_of(args.archive).startswith("tape"):
-            raise UsageError(f"{args.archive}: --tape-record-size, --volume-size and --tape-next "
-                             "apply to tape: media only")
+            raise UsageError(
+                f"{args.archive}: --tape-record-size, --volume-size and --tape-next "
+                "apply to tape: media only"
+            )
         from volpack.media.tape import tape_url
 
-        args.archive = tape_url(args.archive, record_size=tape_opts[0], volume_size=tape_opts[1],
-                                next_command=tape_opts[2])
+        args.archive = tape_url(
+            args.archive,
+            record_size=tape_opts[0],
+            volume_size=tape_opts[1],
+            next_command=tape_opts[2],
+        )
 
 
 def size_arg(what: str):
@@ -69,13 +92,19 @@ def size_arg(what: str):
 class Progress:
     """A tqdm bar per phase on stderr, only on a terminal unless forced."""
 
-    LABELS = {"scan": "scanning", "stage": "staging", "write": "writing", "restore": "restoring",
-              "verify": "verifying"}
+    LABELS = {
+        "scan": "scanning",
+        "stage": "staging",
+        "write": "writing",
+        "restore": "restoring",
+        "verify": "verifying",
+    }
 
     def __init__(self, args: argparse.Namespace) -> None:
         wanted = getattr(args, "progress", None)
         self.enabled = (sys.stderr.isatty() if wanted is None else wanted) and not getattr(
-            args, "quiet", False)
+            args, "quiet", False
+        )
         self._bar: Any = None
         self._phase = ""
 
@@ -87,9 +116,16 @@ class Progress:
             from tqdm import tqdm
 
             self._phase = phase
-            self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                             desc=self.LABELS.get(phase, phase), file=sys.stderr, leave=False,
-                             dynamic_ncols=True)
+            self._bar = tqdm(
+                total=total,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=self.LABELS.get(phase, phase),
+                file=sys.stderr,
+                leave=False,
+                dynamic_ncols=True,
+            )
         self._bar.update(done - self._bar.n)
 
     def close(self) -> None:
@@ -99,8 +135,9 @@ class Progress:
             self._phase = ""
 
 
-def emit(args: argparse.Namespace, result: dict[str, Any], lines: list[str], *,
-         to_stderr: bool = False) -> None:
+def emit(
+    args: argparse.Namespace, result: dict[str, Any], lines: list[str], *, to_stderr: bool = False
+) -> None:
     """Results on stdout (stderr when stdout carries an archive): JSON with --json, else lines."""
     out = sys.stderr if to_stderr else sys.stdout
     if getattr(args, "json", False):

@@ -12,9 +12,12 @@ from volpack.units import human
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("info", help="describe an archive",
-                       description="Describe an archive from its footer, trailer and tables "
-                       "(random access); from a stream ('-'), from its head only.")
+    p = sub.add_parser(
+        "info",
+        help="describe an archive",
+        description="Describe an archive from its footer, trailer and tables "
+        "(random access); from a stream ('-'), from its head only.",
+    )
     p.add_argument("archive", help="archive path, '-' for stdin, or a URL")
     add_medium_options(p)
     add_output_options(p, progress=False)
@@ -33,8 +36,13 @@ def describe(archive: str) -> dict[str, Any]:
         if medium.size is not None:
             a = Archive(medium)
             h, desc, table, pmap = a.header, a.description, a.table, a.physical_map
-            extra = {"complete": True, "archive_size": a.archive_size, "stored_bytes":
-                     a.stored_bytes, "frames": a.trailer.frame_count, "digest": a.digest}
+            extra = {
+                "complete": True,
+                "archive_size": a.archive_size,
+                "stored_bytes": a.stored_bytes,
+                "frames": a.trailer.frame_count,
+                "digest": a.digest,
+            }
         else:
             head = ArchiveStream(medium).read_head()
             h, desc, table = head.header, head.desc, head.table
@@ -44,16 +52,23 @@ def describe(archive: str) -> dict[str, Any]:
         medium.close()
     used = h.used_blocks * h.block_size
     return {
-        "uuid": h.uuid, "format": f"{h.major}.{h.minor}",
+        "uuid": h.uuid,
+        "format": f"{h.major}.{h.minor}",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(h.created_ns / 1e9)),
-        "volume_size": h.volume_size, "block_size": h.block_size, "frame_size": h.frame_size,
-        "used_blocks": h.used_blocks, "used_bytes": used,
+        "volume_size": h.volume_size,
+        "block_size": h.block_size,
+        "frame_size": h.frame_size,
+        "used_blocks": h.used_blocks,
+        "used_bytes": used,
         "codec": CODECS[h.codec] + (f":{h.codec_level}" if h.codec else ""),
         "address_table_runs": len(table),
         "physical_map_runs": len(pmap) if pmap is not None else None,
         "devices": list(pmap.devices) if pmap is not None else None,
-        "source": desc.get("source"), "detection": desc.get("detection"),
-        "tool": desc.get("tool"), "host": desc.get("host"), **extra,
+        "source": desc.get("source"),
+        "detection": desc.get("detection"),
+        "tool": desc.get("tool"),
+        "host": desc.get("host"),
+        **extra,
     }
 
 

@@ -16,15 +16,23 @@ def register(sub: Any) -> None:
     from volpack.detect import DETECT_MODES
     from volpack.source import SOURCE_FORMATS
 
-    p = sub.add_parser("map", help="show the used map and physical map of a volume",
-                       description="Show which extents of a volume are used, which detector "
-                       "decided, and their physical locations (like qemu-img map).")
+    p = sub.add_parser(
+        "map",
+        help="show the used map and physical map of a volume",
+        description="Show which extents of a volume are used, which detector "
+        "decided, and their physical locations (like qemu-img map).",
+    )
     p.add_argument("source", help="image file, block device, qcow2 image or lvm:VG/LV")
     p.add_argument("--detect", choices=DETECT_MODES, default="auto")
     p.add_argument("--block-size", type=size_arg("--block-size"), default=4096)
     p.add_argument("--source-format", choices=SOURCE_FORMATS, default="auto")
-    p.add_argument("--pv", action="append", default=[], metavar="PATH",
-                   help="an LVM physical volume for lvm:VG/LV sources; repeat")
+    p.add_argument(
+        "--pv",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="an LVM physical volume for lvm:VG/LV sources; repeat",
+    )
     add_output_options(p)
     p.set_defaults(func=run)
 
@@ -45,8 +53,12 @@ def entries(vmap: Any) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for start, length, dev, phys, flags in pmap.locate(used):
         i = max(0, bisect.bisect_right(starts, start) - 1)
-        entry: dict[str, Any] = {"start": start, "length": length, "data": True,
-                                 "detector": regions[i].detector if regions else "?"}
+        entry: dict[str, Any] = {
+            "start": start,
+            "length": length,
+            "data": True,
+            "detector": regions[i].detector if regions else "?",
+        }
         if dev >= 0:
             entry["device"] = pmap.devices[dev]
         if phys >= 0:
@@ -63,8 +75,13 @@ def entries(vmap: Any) -> list[dict[str, Any]]:
     merged: list[dict[str, Any]] = []
     for e in out:  # unused neighbours with the same zero flag read alike: one entry
         last = merged[-1] if merged else None
-        if (last is not None and not e["data"] and not last["data"] and last["zero"] == e["zero"]
-                and last["start"] + last["length"] == e["start"]):
+        if (
+            last is not None
+            and not e["data"]
+            and not last["data"]
+            and last["zero"] == e["zero"]
+            and last["start"] + last["length"] == e["start"]
+        ):
             last["length"] += e["length"]
         else:
             merged.append(e)
@@ -78,8 +95,10 @@ def bitmap_lines(source: dict[str, Any]) -> list[str]:
         state = "enabled" if b.get("enabled") else "disabled"
         if not b.get("usable", True):
             state += " (in use, not trusted)"
-        lines.append(f"bitmap {b.get('name')}: granularity {human(b.get('granularity', 0))}, "
-                     f"dirty {human(b.get('dirty_bytes', 0))}, {state}")
+        lines.append(
+            f"bitmap {b.get('name')}: granularity {human(b.get('granularity', 0))}, "
+            f"dirty {human(b.get('dirty_bytes', 0))}, {state}"
+        )
     return lines
 
 
@@ -88,19 +107,36 @@ def run(args: argparse.Namespace) -> int:
 
     progress = Progress(args)
     try:
-        vmap = map_volume(args.source, block_size=args.block_size, detect=args.detect,
-                          source_format=args.source_format, pvs=tuple(args.pv), progress=progress)
+        vmap = map_volume(
+            args.source,
+            block_size=args.block_size,
+            detect=args.detect,
+            source_format=args.source_format,
+            pvs=tuple(args.pv),
+            progress=progress,
+        )
     finally:
         progress.close()
     items = entries(vmap)
     det = vmap.detection
     used = det.used.total() * det.block_size
     if args.json:
-        json.dump({"size": vmap.size, "block_size": det.block_size, "used_bytes": used,
-                   "source": vmap.source, "warnings": list(det.warnings),
-                   "regions": [{"start": r.start, "end": r.end, "detector": r.detector,
-                                "details": r.details} for r in det.regions],
-                   "extents": items}, sys.stdout, indent=1)
+        json.dump(
+            {
+                "size": vmap.size,
+                "block_size": det.block_size,
+                "used_bytes": used,
+                "source": vmap.source,
+                "warnings": list(det.warnings),
+                "regions": [
+                    {"start": r.start, "end": r.end, "detector": r.detector, "details": r.details}
+                    for r in det.regions
+                ],
+                "extents": items,
+            },
+            sys.stdout,
+            indent=1,
+        )
         sys.stdout.write("\n")
     else:
         print(f"{'START':>16} {'LENGTH':>16}  {'USED':<10}  {'DETECTOR':<12} LOCATION")
@@ -109,11 +145,15 @@ def run(args: argparse.Namespace) -> int:
             if "device" in e:
                 where = f"{e['device']}+{e['offset']}" if "offset" in e else e["device"]
             what = "yes" if e["data"] else ("no" if e.get("zero") else "no (stale)")
-            print(f"{e['start']:>16} {e['length']:>16}  {what:<10}  {e.get('detector', ''):<12} "
-                  f"{where}")
+            print(
+                f"{e['start']:>16} {e['length']:>16}  {what:<10}  {e.get('detector', ''):<12} "
+                f"{where}"
+            )
         pct = 100.0 * used / vmap.size if vmap.size else 0.0
-        print(f"{vmap.source['path']}: {human(vmap.size)}, used {human(used)} ({pct:.1f}%) in "
-              f"{len(det.used)} runs of {det.block_size} B blocks; {vmap.elapsed:.2f} s")
+        print(
+            f"{vmap.source['path']}: {human(vmap.size)}, used {human(used)} ({pct:.1f}%) in "
+            f"{len(det.used)} runs of {det.block_size} B blocks; {vmap.elapsed:.2f} s"
+        )
         for line in bitmap_lines(vmap.source):
             print(line)
     for w in det.warnings:

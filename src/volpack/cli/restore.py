@@ -20,33 +20,65 @@ from volpack.units import human
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("restore", help="restore a volume from an archive",
-                       description="Restore the volume held in an archive. Nothing is written "
-                       "before the archive's header and tables check out; a file target is "
-                       "replaced only when the whole archive checked out.")
-    p.add_argument("archive", nargs="?",
-                   help="archive path, '-' for stdin, a URL, or a catalog id (omit with --volume)")
+    p = sub.add_parser(
+        "restore",
+        help="restore a volume from an archive",
+        description="Restore the volume held in an archive. Nothing is written "
+        "before the archive's header and tables check out; a file target is "
+        "replaced only when the whole archive checked out.",
+    )
+    p.add_argument(
+        "archive",
+        nargs="?",
+        help="archive path, '-' for stdin, a URL, or a catalog id (omit with --volume)",
+    )
     p.add_argument("target", help="file (restored thin) or block device (needs --force)")
-    p.add_argument("--force", action="store_true",
-                   help="replace an existing file or overwrite a block device")
-    p.add_argument("--allow-smaller", action="store_true",
-                   help="accept a device smaller than the volume if it holds every used block")
-    p.add_argument("--assume-zeroed", action="store_true",
-                   help="the device already reads zeros: do not zero unused ranges")
-    p.add_argument("--target-format", choices=("raw", "qcow2"), default="raw",
-                   help="write the target as raw (default) or qcow2")
-    p.add_argument("--layout", choices=("volume", "physical"), default="volume",
-                   help="physical: write the LV back onto its PVs (TARGET and each --pv) at the "
-                   "offsets the archive's physical map records (needs --force)")
-    p.add_argument("--pv", action="append", default=[], metavar="PATH",
-                   help="with --layout physical: a further physical volume; repeat")
+    p.add_argument(
+        "--force", action="store_true", help="replace an existing file or overwrite a block device"
+    )
+    p.add_argument(
+        "--allow-smaller",
+        action="store_true",
+        help="accept a device smaller than the volume if it holds every used block",
+    )
+    p.add_argument(
+        "--assume-zeroed",
+        action="store_true",
+        help="the device already reads zeros: do not zero unused ranges",
+    )
+    p.add_argument(
+        "--target-format",
+        choices=("raw", "qcow2"),
+        default="raw",
+        help="write the target as raw (default) or qcow2",
+    )
+    p.add_argument(
+        "--layout",
+        choices=("volume", "physical"),
+        default="volume",
+        help="physical: write the LV back onto its PVs (TARGET and each --pv) at the "
+        "offsets the archive's physical map records (needs --force)",
+    )
+    p.add_argument(
+        "--pv",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="with --layout physical: a further physical volume; repeat",
+    )
     p.add_argument("--catalog", metavar="PATH", help="catalog for archive ids")
-    p.add_argument("--volume", metavar="PATH",
-                   help="instead of ARCHIVE: the catalogued backup of this volume made at or "
-                   "before --at")
-    p.add_argument("--at", metavar="TIME", default="now",
-                   help="with --volume: ISO 8601 time (local unless a zone is given; a bare date "
-                   "is the end of that day), 'now' (default) or @SECONDS")
+    p.add_argument(
+        "--volume",
+        metavar="PATH",
+        help="instead of ARCHIVE: the catalogued backup of this volume made at or before --at",
+    )
+    p.add_argument(
+        "--at",
+        metavar="TIME",
+        default="now",
+        help="with --volume: ISO 8601 time (local unless a zone is given; a bare date "
+        "is the end of that day), 'now' (default) or @SECONDS",
+    )
     add_medium_options(p)
     add_output_options(p)
     p.set_defaults(func=run)
@@ -84,18 +116,28 @@ def run(args: argparse.Namespace) -> int:
         if args.layout == "physical":
             from volpack.targets.physical import restore_physical
 
-            result = restore_physical(archive, (args.target, *args.pv), force=args.force,
-                                      progress=progress)
+            result = restore_physical(
+                archive, (args.target, *args.pv), force=args.force, progress=progress
+            )
         else:
-            result = restore(archive, args.target, force=args.force,
-                             allow_smaller=args.allow_smaller,
-                             assume_zeroed=args.assume_zeroed,
-                             target_format=args.target_format, progress=progress)
+            result = restore(
+                archive,
+                args.target,
+                force=args.force,
+                allow_smaller=args.allow_smaller,
+                assume_zeroed=args.assume_zeroed,
+                target_format=args.target_format,
+                progress=progress,
+            )
     finally:
         progress.close()
-    emit(args, dataclasses.asdict(result), [
-        f"restored archive {result.archive_uuid} to {result.target}",
-        f"volume {human(result.volume_size)}, {human(result.used_bytes)} written, "
-        f"{result.elapsed:.2f} s, {rate(result.used_bytes, result.elapsed)}",
-    ])
+    emit(
+        args,
+        dataclasses.asdict(result),
+        [
+            f"restored archive {result.archive_uuid} to {result.target}",
+            f"volume {human(result.volume_size)}, {human(result.used_bytes)} written, "
+            f"{result.elapsed:.2f} s, {rate(result.used_bytes, result.elapsed)}",
+        ],
+    )
     return EXIT_OK

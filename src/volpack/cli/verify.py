@@ -17,16 +17,31 @@ from volpack.errors import EXIT_OK, VolpackError
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("verify", help="check every frame, count and the digest of an archive",
-                       description="Read the whole archive and check every checksum, count and "
-                       "the digest. With --against, also compare a volume with it.")
+    p = sub.add_parser(
+        "verify",
+        help="check every frame, count and the digest of an archive",
+        description="Read the whole archive and check every checksum, count and "
+        "the digest. With --against, also compare a volume with it.",
+    )
     p.add_argument("archive", help="archive path, '-' for stdin, or a URL")
-    p.add_argument("--against", metavar="VOLUME",
-                   help="compare this volume (original or restored) with the archive")
-    p.add_argument("--source-format", default="auto", metavar="auto|raw|qcow2|lvm",
-                   help="format of the --against volume (default: detect)")
-    p.add_argument("--pv", action="append", default=[], metavar="PATH",
-                   help="an LVM physical volume for --against lvm:VG/LV; repeat")
+    p.add_argument(
+        "--against",
+        metavar="VOLUME",
+        help="compare this volume (original or restored) with the archive",
+    )
+    p.add_argument(
+        "--source-format",
+        default="auto",
+        metavar="auto|raw|qcow2|lvm",
+        help="format of the --against volume (default: detect)",
+    )
+    p.add_argument(
+        "--pv",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="an LVM physical volume for --against lvm:VG/LV; repeat",
+    )
     p.add_argument("--catalog", metavar="PATH", help="catalog to record the verdict in")
     add_medium_options(p)
     add_output_options(p)
@@ -40,8 +55,13 @@ def run(args: argparse.Namespace) -> int:
     apply_medium_options(args)
     progress = Progress(args)
     try:
-        result = verify(args.archive, against=args.against, source_format=args.source_format,
-                        pvs=tuple(args.pv), progress=progress)
+        result = verify(
+            args.archive,
+            against=args.against,
+            source_format=args.source_format,
+            pvs=tuple(args.pv),
+            progress=progress,
+        )
     except VolpackError as exc:
         uuid = getattr(exc, "archive_uuid", None)
         if uuid:
@@ -50,8 +70,10 @@ def run(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     record_after_verify(result.archive_uuid, True, args.catalog)
-    lines = [f"archive {result.archive_uuid} ok: {result.frame_count} frames, "
-             f"{result.archive_size} bytes, digest blake3:{result.digest}"]
+    lines = [
+        f"archive {result.archive_uuid} ok: {result.frame_count} frames, "
+        f"{result.archive_size} bytes, digest blake3:{result.digest}"
+    ]
     if result.against:
         lines.append(f"{result.against}: identical to the archive's volume")
     emit(args, dataclasses.asdict(result), lines)

@@ -23,6 +23,6 @@ class DenseReader:
             pos = d - dense_offset
             readable = max(0, min(n, self.size - v))
             if readable:
-                self.source.read_into(v, view[pos:pos + readable])
+                self.source.read_into(v, view[pos : pos + readable])
             if readable < n:
-                view[pos + readable:pos + n] = bytes(n - readable)
+                view[pos + readable : pos + n] = bytes(n - readable)

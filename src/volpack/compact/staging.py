@@ -24,8 +24,9 @@ from volpack.units import human
 _CHUNK = 8 << 20
 
 
-def physical_order(table: AddressTable, pmap: PhysicalMap, volume_size: int
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def physical_order(
+    table: AddressTable, pmap: PhysicalMap, volume_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Used byte pieces split at physical-map boundaries, sorted by (device, physical offset).
 
     Returns (volume_offsets, lengths, dense_offsets); pieces with no known location keep volume
@@ -37,8 +38,7 @@ def physical_order(table: AddressTable, pmap: PhysicalMap, volume_size: int
     run = np.searchsorted(vstart, a, side="right") - 1
     dense = table.dense_block[run] * bs + (a - vstart[run]) if len(a) else a
     located = phys >= 0
-    order = np.lexsort((np.where(located, phys, a),
-                        np.where(located, dev, np.iinfo(np.int64).max)))
+    order = np.lexsort((np.where(located, phys, a), np.where(located, dev, np.iinfo(np.int64).max)))
     return a[order], n[order], dense[order]
 
 
@@ -54,19 +54,25 @@ class Staging:
             st = None
         if st is not None and stat.S_ISBLK(st.st_mode):
             if not force:
-                raise UsageError(f"staging {path}: is a block device; its contents will be "
-                                 "overwritten, add --force")
+                raise UsageError(
+                    f"staging {path}: is a block device; its contents will be "
+                    "overwritten, add --force"
+                )
             self.fd = os.open(path, os.O_RDWR | os.O_EXCL | os.O_CLOEXEC)
             capacity = os.lseek(self.fd, 0, os.SEEK_END)
             if capacity < dense_size:
                 os.close(self.fd)
-                raise UsageError(f"staging {path}: device holds {human(capacity)} ({capacity} B), "
-                                 f"the dense volume needs {human(dense_size)} ({dense_size} B); "
-                                 "use a larger device")
+                raise UsageError(
+                    f"staging {path}: device holds {human(capacity)} ({capacity} B), "
+                    f"the dense volume needs {human(dense_size)} ({dense_size} B); "
+                    "use a larger device"
+                )
             return
         if st is not None:
-            raise UsageError(f"staging {path}: already exists; give a new file name or a block "
-                             "device (an existing file is never overwritten)")
+            raise UsageError(
+                f"staging {path}: already exists; give a new file name or a block "
+                "device (an existing file is never overwritten)"
+            )
         directory = os.path.dirname(os.path.abspath(path))
         try:
             vfs = os.statvfs(directory)
@@ -74,14 +80,21 @@ class Staging:
             raise UsageError(f"staging {path}: directory {directory}: {exc.strerror}") from None
         free = vfs.f_bavail * vfs.f_frsize
         if free < dense_size:
-            raise UsageError(f"staging {path}: {human(free)} ({free} B) free in {directory}, the "
-                             f"dense volume needs {human(dense_size)} ({dense_size} B); free "
-                             "space or choose another staging path")
+            raise UsageError(
+                f"staging {path}: {human(free)} ({free} B) free in {directory}, the "
+                f"dense volume needs {human(dense_size)} ({dense_size} B); free "
+                "space or choose another staging path"
+            )
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self.created = True
 
-    def fill(self, source: Source, table: AddressTable, pmap: PhysicalMap,
-             progress: Callable[[int], None] | None = None) -> None:
+    def fill(
+        self,
+        source: Source,
+        table: AddressTable,
+        pmap: PhysicalMap,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
         vs, lens, ds = physical_order(table, pmap, source.size)
         buf = bytearray(_CHUNK)
         view = memoryview(buf)
@@ -110,8 +123,10 @@ class Staging:
                 data, offset = data[n:], offset + n
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise SourceError(f"staging {self.path}: no space left at offset {offset}; "
-                                  "free space or use a larger staging device") from None
+                raise SourceError(
+                    f"staging {self.path}: no space left at offset {offset}; "
+                    "free space or use a larger staging device"
+                ) from None
             raise SourceError(f"staging {self.path}: write error ({exc.strerror})") from None
 
     def read(self, dense_offset: int, view: memoryview) -> None:

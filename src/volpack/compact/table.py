@@ -36,16 +36,22 @@ class AddressTable:
     @staticmethod
     def from_used(used: Extents, block_size: int) -> AddressTable:
         counts = used.ends - used.starts
-        dense = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64) if len(used) else (
-            np.zeros(0, np.int64))
+        dense = (
+            np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+            if len(used)
+            else (np.zeros(0, np.int64))
+        )
         return AddressTable(block_size, used.starts.copy(), dense, counts.astype(np.int64))
 
     @staticmethod
     def from_arrays(block_size: int, volume_block: np.ndarray, count: np.ndarray) -> AddressTable:
         vb = np.asarray(volume_block, np.int64)
         cnt = np.asarray(count, np.int64)
-        dense = np.concatenate([[0], np.cumsum(cnt)[:-1]]).astype(np.int64) if len(cnt) else (
-            np.zeros(0, np.int64))
+        dense = (
+            np.concatenate([[0], np.cumsum(cnt)[:-1]]).astype(np.int64)
+            if len(cnt)
+            else (np.zeros(0, np.int64))
+        )
         return AddressTable(block_size, vb, dense, cnt)
 
     def __len__(self) -> int:
@@ -54,9 +60,11 @@ class AddressTable:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, AddressTable):
             return NotImplemented
-        return (self.block_size == other.block_size
-                and np.array_equal(self.volume_block, other.volume_block)
-                and np.array_equal(self.count, other.count))
+        return (
+            self.block_size == other.block_size
+            and np.array_equal(self.volume_block, other.volume_block)
+            and np.array_equal(self.count, other.count)
+        )
 
     @property
     def used_blocks(self) -> int:

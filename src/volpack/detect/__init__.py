@@ -23,14 +23,18 @@ def _read_at(source: Source) -> Callable[[int, int], bytes]:
         buf = bytearray(length)
         end = min(offset + length, source.size)
         if end > offset:
-            source.read_into(offset, memoryview(buf)[:end - offset])
+            source.read_into(offset, memoryview(buf)[: end - offset])
         return bytes(buf)
 
     return read_at
 
 
-def used_map(source: Source, block_size: int, mode: str = "auto",
-             progress: Callable[[int], None] | None = None) -> Detection:
+def used_map(
+    source: Source,
+    block_size: int,
+    mode: str = "auto",
+    progress: Callable[[int], None] | None = None,
+) -> Detection:
     """The used map of ``source`` in ``block_size`` blocks, and which detector decided where.
 
     auto/fs: partition tables and filesystems decide their regions; the rest falls back to holes
@@ -44,8 +48,7 @@ def used_map(source: Source, block_size: int, mode: str = "auto",
     size = source.size
     nblocks = -(-size // block_size)
     if mode == "all-used":
-        return Detection(block_size, Extents.span(0, nblocks), (Region(0, size, "all-used",
-                                                                       None),))
+        return Detection(block_size, Extents.span(0, nblocks), (Region(0, size, "all-used", None),))
     data = source.data_extents().scale_out(block_size).clip(0, nblocks)
     if mode == "holes":
         return Detection(block_size, data, (Region(0, size, "holes", None),))
@@ -67,8 +70,11 @@ def used_map(source: Source, block_size: int, mode: str = "auto",
             known = known.union(r.used)
             out.append(r)
     if mode == "fs" and not any(r.used is not None for r in regions):
-        warnings = [*warnings, "no partition table or filesystem recognised; used holes + zero "
-                               "scan for the whole volume"]
+        warnings = [
+            *warnings,
+            "no partition table or filesystem recognised; used holes + zero "
+            "scan for the whole volume",
+        ]
     # A region's used bytes widen to whole blocks; a block shared with a fallback region is
     # scanned too, so neither side can lose data.
     known_blocks = known.scale_out(block_size).intersect(data)

@@ -16,8 +16,12 @@ from volpack.source.base import Source
 CHUNK = 8 << 20
 
 
-def nonzero_blocks(source: Source, candidates: Extents, block_size: int,
-                   progress: Callable[[int], None] | None = None) -> Extents:
+def nonzero_blocks(
+    source: Source,
+    candidates: Extents,
+    block_size: int,
+    progress: Callable[[int], None] | None = None,
+) -> Extents:
     """The blocks of ``candidates`` that hold at least one non-zero byte (block runs in, out)."""
     size = source.size
     per_chunk = max(1, CHUNK // block_size)
@@ -34,7 +38,7 @@ def nonzero_blocks(source: Source, candidates: Extents, block_size: int,
             length = min(n * block_size, size - off)
             source.read_into(off, view[:length])
             if length < n * block_size:  # the volume's short last block
-                view[length:n * block_size] = bytes(n * block_size - length)
+                view[length : n * block_size] = bytes(n * block_size - length)
             mask = words[:n].any(axis=1)
             if mask.all():
                 found_starts.append(np.array([b0], np.int64))

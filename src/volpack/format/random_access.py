@@ -31,46 +31,62 @@ class Archive:
         self.url = medium.url
         size = medium.size
         if size is None:
-            raise MediumError(f"{self.url}: a stream cannot be opened for random access; use a "
-                              "file or URL (or pipe it to 'volpack restore -')")
+            raise MediumError(
+                f"{self.url}: a stream cannot be opened for random access; use a "
+                "file or URL (or pipe it to 'volpack restore -')"
+            )
         self.archive_size = size
         if size < R.HEADER_SIZE + R.FOOTER_SIZE:
             head = medium.read_at(0, min(size, 8))
             R.Header.decode(head + bytes(R.HEADER_SIZE - len(head)), f"{self.url} at offset 0")
-            raise IncompleteArchive(f"{self.url}: incomplete archive: {size} bytes, shorter than "
-                                    "a header and footer; use a complete copy")
+            raise IncompleteArchive(
+                f"{self.url}: incomplete archive: {size} bytes, shorter than "
+                "a header and footer; use a complete copy"
+            )
         first = medium.read_at(0, R.HEADER_SIZE)
         # Decode the header first so that "not an archive" wins over "incomplete".
         head_header = R.Header.decode(first, f"{self.url} at offset 0")
         foot_at = size - R.FOOTER_SIZE
-        footer = R.decode_footer(medium.read_at(foot_at, R.FOOTER_SIZE),
-                                 f"{self.url} at offset {foot_at}", size)
+        footer = R.decode_footer(
+            medium.read_at(foot_at, R.FOOTER_SIZE), f"{self.url} at offset {foot_at}", size
+        )
         where = f"{self.url} at offset {footer.trailer_offset}"
         trailer_bytes = medium.read_at(footer.trailer_offset, footer.trailer_length)
-        plen, psum = R.decode_record_header(trailer_bytes[:R.RECORD_SIZE], where, R.TAG_TRLR,
-                                            footer.trailer_length)
+        plen, psum = R.decode_record_header(
+            trailer_bytes[: R.RECORD_SIZE], where, R.TAG_TRLR, footer.trailer_length
+        )
         if plen != footer.trailer_length - R.RECORD_SIZE:
-            raise CorruptArchive(f"{where}: trailer payload {plen} B, footer says "
-                                 f"{footer.trailer_length - R.RECORD_SIZE} B")
-        payload = trailer_bytes[R.RECORD_SIZE:]
+            raise CorruptArchive(
+                f"{where}: trailer payload {plen} B, footer says "
+                f"{footer.trailer_length - R.RECORD_SIZE} B"
+            )
+        payload = trailer_bytes[R.RECORD_SIZE :]
         R.check_payload(payload, psum, where, R.TAG_TRLR)
         t = R.split_trailer(payload, where)
         header = R.Header.decode(t.header_bytes, where)
         if header.uuid != footer.uuid or head_header.uuid != header.uuid:
-            raise CorruptArchive(f"{where}: header uuid {header.uuid} differs from footer "
-                                 f"{footer.uuid} / head {head_header.uuid}")
+            raise CorruptArchive(
+                f"{where}: header uuid {header.uuid} differs from footer "
+                f"{footer.uuid} / head {head_header.uuid}"
+            )
         desc, devices, pmap, table, used_len = parse_head_records(t.head_records, header, where)
         if used_len != len(t.head_records):
-            raise CorruptArchive(f"{where}: {len(t.head_records) - used_len} stray bytes after "
-                                 "the table copies")
+            raise CorruptArchive(
+                f"{where}: {len(t.head_records) - used_len} stray bytes after the table copies"
+            )
         if t.frame_count != header.frame_count or t.dense_size != header.dense_size:
-            raise CorruptArchive(f"{where}: trailer counts {t.frame_count} frames / "
-                                 f"{t.dense_size} B disagree with the header")
+            raise CorruptArchive(
+                f"{where}: trailer counts {t.frame_count} frames / "
+                f"{t.dense_size} B disagree with the header"
+            )
         offsets = t.index["offset"].astype(np.int64)
         stored = t.index["stored"].astype(np.int64)
         ends = offsets + R.FRAME_HEADER_SIZE + stored
-        if t.frame_count and (int(offsets[0]) < R.HEADER_SIZE or int(ends[-1]) !=
-                              footer.trailer_offset or bool((offsets[1:] != ends[:-1]).any())):
+        if t.frame_count and (
+            int(offsets[0]) < R.HEADER_SIZE
+            or int(ends[-1]) != footer.trailer_offset
+            or bool((offsets[1:] != ends[:-1]).any())
+        ):
             raise CorruptArchive(f"{where}: frame index does not tile the data section")
         self.header = header
         self.trailer = t
@@ -121,9 +137,14 @@ class Archive:
     def physical_map(self) -> PhysicalMap:
         r = self._pmap_runs
         offsets = r["physical"].astype(np.int64)  # UNKNOWN_OFFSET wraps to -1
-        return PhysicalMap(self.devices, r["volume_offset"].astype(np.int64),
-                           r["length"].astype(np.int64), r["device"].astype(np.int32), offsets,
-                           r["flags"].astype(np.uint32))
+        return PhysicalMap(
+            self.devices,
+            r["volume_offset"].astype(np.int64),
+            r["length"].astype(np.int64),
+            r["device"].astype(np.int32),
+            offsets,
+            r["flags"].astype(np.uint32),
+        )
 
     # -- data ----------------------------------------------------------------------------------
     def frame(self, seq: int) -> memoryview:
@@ -138,13 +159,16 @@ class Archive:
         off = int(self._offsets[seq])
         data = self.medium.read_at(off, R.FRAME_HEADER_SIZE + int(self._stored[seq]))
         where = f"{self.url} at offset {off}"
-        fh = R.decode_frame_header(data[:R.FRAME_HEADER_SIZE], self.header, seq, where)
+        fh = R.decode_frame_header(data[: R.FRAME_HEADER_SIZE], self.header, seq, where)
         if fh.stored_length != int(self._stored[seq]):
-            raise CorruptArchive(f"{where}: frame {seq} stored length {fh.stored_length}, index "
-                                 f"says {int(self._stored[seq])}")
+            raise CorruptArchive(
+                f"{where}: frame {seq} stored length {fh.stored_length}, index "
+                f"says {int(self._stored[seq])}"
+            )
         # A view, not a copy: for raw frames it points into the bytes just read.
-        raw = decode_frame_payload(zstandard.ZstdDecompressor(), fh,
-                                   memoryview(data)[R.FRAME_HEADER_SIZE:], where)
+        raw = decode_frame_payload(
+            zstandard.ZstdDecompressor(), fh, memoryview(data)[R.FRAME_HEADER_SIZE :], where
+        )
         with self._lock:
             self._cache[seq] = raw
             while len(self._cache) > self._cache_frames:
@@ -154,8 +178,9 @@ class Archive:
     def read(self, offset: int, length: int) -> bytes:
         """Volume bytes ``[offset, offset+length)``; zeros where nothing is used."""
         if offset < 0 or length < 0 or offset + length > self.size:
-            raise ValueError(f"read of {length} bytes at {offset} outside the volume of "
-                             f"{self.size} bytes")
+            raise ValueError(
+                f"read of {length} bytes at {offset} outside the volume of {self.size} bytes"
+            )
         out = bytearray(length)
         vs, lens, ds = self.table.volume_to_dense(offset, offset + length)
         fs = self.frame_size
@@ -164,7 +189,7 @@ class Archive:
             while n > 0:
                 seq, within = divmod(d, fs)
                 take = min(n, fs - within)
-                out[pos:pos + take] = self.frame(seq)[within:within + take]  # one copy
+                out[pos : pos + take] = self.frame(seq)[within : within + take]  # one copy
                 pos, d, n = pos + take, d + take, n - take
         return bytes(out)
 

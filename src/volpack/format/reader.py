@@ -37,19 +37,24 @@ class Head:
     head_records: bytes
 
 
-def parse_head_records(data: bytes, header: R.Header, where: str) -> tuple[
-        dict[str, Any], tuple[str, ...], np.ndarray, AddressTable, int]:
+def parse_head_records(
+    data: bytes, header: R.Header, where: str
+) -> tuple[dict[str, Any], tuple[str, ...], np.ndarray, AddressTable, int]:
     """Decode DESC, PMAP, ATAB from ``data`` (records back to back); returns them and the length used."""
     pos = 0
     out: list[bytes] = []
-    for tag, limit in ((R.TAG_DESC, R.MAX_DESC), (R.TAG_PMAP, R.MAX_TABLE), (R.TAG_ATAB, R.MAX_TABLE)):
+    for tag, limit in (
+        (R.TAG_DESC, R.MAX_DESC),
+        (R.TAG_PMAP, R.MAX_TABLE),
+        (R.TAG_ATAB, R.MAX_TABLE),
+    ):
         if pos + R.RECORD_SIZE > len(data):
             raise CorruptArchive(f"{where}: {tag.decode()} record missing from the table copies")
-        length, psum = R.decode_record_header(data[pos:pos + R.RECORD_SIZE], where, tag, limit)
+        length, psum = R.decode_record_header(data[pos : pos + R.RECORD_SIZE], where, tag, limit)
         pos += R.RECORD_SIZE
         if pos + length > len(data):
             raise CorruptArchive(f"{where}: {tag.decode()} record runs past the table copies")
-        payload = data[pos:pos + length]
+        payload = data[pos : pos + length]
         R.check_payload(payload, psum, where, tag)
         out.append(payload)
         pos += length
@@ -59,8 +64,9 @@ def parse_head_records(data: bytes, header: R.Header, where: str) -> tuple[
 
 
 def table_from_atab(runs: np.ndarray, header: R.Header) -> AddressTable:
-    return AddressTable.from_arrays(header.block_size, runs["volume_block"].astype(np.int64),
-                                    runs["count"].astype(np.int64))
+    return AddressTable.from_arrays(
+        header.block_size, runs["volume_block"].astype(np.int64), runs["count"].astype(np.int64)
+    )
 
 
 class ArchiveStream:
@@ -86,14 +92,14 @@ class ArchiveStream:
             remaining = self._end - self._pos
             if len(self._buf) < n:
                 grown = bytearray(max(n, min(2 * len(self._buf), _CHUNK)))
-                grown[:remaining] = self._buf[self._pos:self._end]
+                grown[:remaining] = self._buf[self._pos : self._end]
                 self._buf = grown
             else:
-                self._buf[:remaining] = self._buf[self._pos:self._end]
+                self._buf[:remaining] = self._buf[self._pos : self._end]
             self._pos, self._end = 0, remaining
             view = memoryview(self._buf)
             while self._end < n:
-                got = self.medium.readinto(view[self._end:])
+                got = self.medium.readinto(view[self._end :])
                 if got == 0:
                     raise IncompleteArchive(
                         f"{self.name}: incomplete archive: it ends at offset "
@@ -101,7 +107,7 @@ class ArchiveStream:
                         f"offset {self.offset}); the backup was interrupted or the copy truncated"
                     )
                 self._end += got
-        out = memoryview(self._buf)[self._pos:self._pos + n]
+        out = memoryview(self._buf)[self._pos : self._pos + n]
         self._pos += n
         self.offset += n
         if self._hashing:
@@ -131,8 +137,11 @@ class ArchiveStream:
         header_bytes = bytes(first) + bytes(self._read(R.HEADER_SIZE - 8, "the header"))
         header = R.Header.decode(header_bytes, self._where(0))
         records = []
-        for tag, limit in ((R.TAG_DESC, R.MAX_DESC), (R.TAG_PMAP, R.MAX_TABLE),
-                           (R.TAG_ATAB, R.MAX_TABLE)):
+        for tag, limit in (
+            (R.TAG_DESC, R.MAX_DESC),
+            (R.TAG_PMAP, R.MAX_TABLE),
+            (R.TAG_ATAB, R.MAX_TABLE),
+        ):
             records.append(self._read_record(tag, limit))
         head_records = b"".join(h + p for h, p in records)
         desc, devices, pmap, table, _ = parse_head_records(head_records, header, self.name)
@@ -204,8 +213,12 @@ class ArchiveStream:
         self._hashing = False
         digest = self._digest.digest()
         offset = self.offset
-        expect = R.TRAILER_FIXED.size + R.HEADER_SIZE + len(self.head.head_records) + (
-            h.frame_count * R.INDEX_DTYPE.itemsize)
+        expect = (
+            R.TRAILER_FIXED.size
+            + R.HEADER_SIZE
+            + len(self.head.head_records)
+            + (h.frame_count * R.INDEX_DTYPE.itemsize)
+        )
         thdr, payload = self._read_record(R.TAG_TRLR, expect)
         where = self._where(offset)
         t = R.split_trailer(payload, where)
@@ -220,28 +233,40 @@ class ArchiveStream:
             if actual != wanted:
                 raise CorruptArchive(f"{where}: trailer {what} {actual}, expected {wanted}")
         if t.digest != digest:
-            raise CorruptArchive(f"{where}: archive digest {digest.hex()} does not match the "
-                                 f"trailer's {t.digest.hex()}; the archive is damaged")
+            raise CorruptArchive(
+                f"{where}: archive digest {digest.hex()} does not match the "
+                f"trailer's {t.digest.hex()}; the archive is damaged"
+            )
         if t.header_bytes != self.head.header_bytes or t.head_records != self.head.head_records:
-            raise CorruptArchive(f"{where}: the trailer's copy of header and tables differs "
-                                 "from the head")
+            raise CorruptArchive(
+                f"{where}: the trailer's copy of header and tables differs from the head"
+            )
         if t.index["offset"].tolist() != self._frame_offsets:
             raise CorruptArchive(f"{where}: the trailer's frame index does not match the frames")
         foot_at = self.offset
-        footer = R.decode_footer(bytes(self._read(R.FOOTER_SIZE, "the footer")),
-                                 self._where(foot_at), self.offset)
-        if footer.uuid != h.uuid or footer.trailer_offset != offset or (
-                footer.trailer_length != len(thdr) + len(payload)):
-            raise CorruptArchive(f"{self._where(foot_at)}: footer does not match the trailer "
-                                 f"(uuid {footer.uuid}, trailer at {footer.trailer_offset})")
+        footer = R.decode_footer(
+            bytes(self._read(R.FOOTER_SIZE, "the footer")), self._where(foot_at), self.offset
+        )
+        if (
+            footer.uuid != h.uuid
+            or footer.trailer_offset != offset
+            or (footer.trailer_length != len(thdr) + len(payload))
+        ):
+            raise CorruptArchive(
+                f"{self._where(foot_at)}: footer does not match the trailer "
+                f"(uuid {footer.uuid}, trailer at {footer.trailer_offset})"
+            )
         if self._end > self._pos or self.medium.readinto(memoryview(bytearray(1))) != 0:
-            raise CorruptArchive(f"{self._where()}: unexpected bytes after the footer; "
-                                 "the medium holds more than one archive or trailing garbage")
+            raise CorruptArchive(
+                f"{self._where()}: unexpected bytes after the footer; "
+                "the medium holds more than one archive or trailing garbage"
+            )
         return t
 
 
-def decode_frame_payload(dec: Any, fh: R.FrameHeader, stored: memoryview | bytes, where: str
-                         ) -> memoryview:
+def decode_frame_payload(
+    dec: Any, fh: R.FrameHeader, stored: memoryview | bytes, where: str
+) -> memoryview:
     """Decompress (when needed) and check a frame's raw bytes against its checksum."""
     if fh.codec == R.CODEC_ZSTD:
         import zstandard
@@ -249,15 +274,19 @@ def decode_frame_payload(dec: Any, fh: R.FrameHeader, stored: memoryview | bytes
         try:
             raw: memoryview | bytes = dec.decompress(stored, max_output_size=fh.raw_length)
         except zstandard.ZstdError as exc:
-            raise CorruptArchive(f"{where}: frame {fh.seq} does not decompress ({exc}); the "
-                                 "archive is damaged") from None
+            raise CorruptArchive(
+                f"{where}: frame {fh.seq} does not decompress ({exc}); the archive is damaged"
+            ) from None
     else:
         raw = stored
     if len(raw) != fh.raw_length:
-        raise CorruptArchive(f"{where}: frame {fh.seq} holds {len(raw)} bytes, expected "
-                             f"{fh.raw_length}")
+        raise CorruptArchive(
+            f"{where}: frame {fh.seq} holds {len(raw)} bytes, expected {fh.raw_length}"
+        )
     actual = R.checksum(raw)
     if actual != fh.raw_checksum:
-        raise CorruptArchive(f"{where}: frame {fh.seq} checksum {actual:#018x}, recorded "
-                             f"{fh.raw_checksum:#018x}; the archive is damaged")
+        raise CorruptArchive(
+            f"{where}: frame {fh.seq} checksum {actual:#018x}, recorded "
+            f"{fh.raw_checksum:#018x}; the archive is damaged"
+        )
     return memoryview(raw)

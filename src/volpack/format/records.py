@@ -44,8 +44,13 @@ TRAILER_FIXED = struct.Struct("<QQQQ32s")
 INDEX_DTYPE = np.dtype([("offset", "<u8"), ("stored", "<u4"), ("codec", "u1"), ("pad", "V3")])
 ATAB_DTYPE = np.dtype([("volume_block", "<u8"), ("dense_block", "<u8"), ("count", "<u8")])
 PMAP_DTYPE = np.dtype(
-    [("volume_offset", "<u8"), ("length", "<u8"), ("physical", "<u8"), ("device", "<i4"),
-     ("flags", "<u4")]
+    [
+        ("volume_offset", "<u8"),
+        ("length", "<u8"),
+        ("physical", "<u8"),
+        ("device", "<i4"),
+        ("flags", "<u4"),
+    ]
 )
 HEADER_SIZE = HEADER.size + 8  # 256
 RECORD_SIZE = RECORD.size + 8  # 32
@@ -101,29 +106,62 @@ class Header:
 
     def encode(self) -> bytes:
         body = HEADER.pack(
-            MAGIC, self.major, self.minor, HEADER_SIZE, self.incompat_features,
-            self.compat_features, uuidlib.UUID(self.uuid).bytes, self.block_size,
-            self.frame_size, self.volume_size, self.used_blocks, self.created_ns, self.codec,
-            self.codec_level, CHECKSUM_XXH3, DIGEST_BLAKE3, bytes(164),
+            MAGIC,
+            self.major,
+            self.minor,
+            HEADER_SIZE,
+            self.incompat_features,
+            self.compat_features,
+            uuidlib.UUID(self.uuid).bytes,
+            self.block_size,
+            self.frame_size,
+            self.volume_size,
+            self.used_blocks,
+            self.created_ns,
+            self.codec,
+            self.codec_level,
+            CHECKSUM_XXH3,
+            DIGEST_BLAKE3,
+            bytes(164),
         )
         return body + checksum(body).to_bytes(8, "little")
 
     @staticmethod
     def decode(data: bytes, where: str = "header at offset 0") -> Header:
         if len(data) < 8 or data[:8] != MAGIC:
-            raise NotAnArchive(f"{where}: not a volpack archive (magic {bytes(data[:8])!r}); "
-                               "check the path or URL")
+            raise NotAnArchive(
+                f"{where}: not a volpack archive (magic {bytes(data[:8])!r}); check the path or URL"
+            )
         _check(len(data) >= HEADER_SIZE, where, f"only {len(data)} of {HEADER_SIZE} header bytes")
-        (_, major, minor, hlen, incompat, compat, uid, bs, fs, vsize, used, created, codec,
-         level, csum, dig, _) = HEADER.unpack_from(data)
+        (
+            _,
+            major,
+            minor,
+            hlen,
+            incompat,
+            compat,
+            uid,
+            bs,
+            fs,
+            vsize,
+            used,
+            created,
+            codec,
+            level,
+            csum,
+            dig,
+            _,
+        ) = HEADER.unpack_from(data)
         if major != MAJOR:
             raise UnsupportedArchive(
                 f"{where}: archive format version {major}.{minor}, this volpack reads "
                 f"{MAJOR}.x; use a volpack release that supports format {major}"
             )
-        stored = int.from_bytes(data[HEADER.size:HEADER_SIZE], "little")
-        actual = checksum(data[:HEADER.size])
-        _check(stored == actual, where, f"header checksum {stored:#018x} != computed {actual:#018x}")
+        stored = int.from_bytes(data[HEADER.size : HEADER_SIZE], "little")
+        actual = checksum(data[: HEADER.size])
+        _check(
+            stored == actual, where, f"header checksum {stored:#018x} != computed {actual:#018x}"
+        )
         unknown = incompat & ~KNOWN_INCOMPAT
         if unknown:
             names = [INCOMPAT_NAMES.get(1 << b, f"bit {b}") for b in range(64) if unknown >> b & 1]
@@ -132,18 +170,42 @@ class Header:
                 f"{MAJOR}.{MINOR} does not implement; use a newer volpack"
             )
         _check(hlen == HEADER_SIZE, where, f"header_length {hlen}, expected {HEADER_SIZE}")
-        _check(_power_of_two(bs) and MIN_BLOCK <= bs <= MAX_BLOCK, where,
-               f"block_size {bs} is not a power of two in {MIN_BLOCK}..{MAX_BLOCK}")
-        _check(_power_of_two(fs) and MIN_FRAME <= fs <= MAX_FRAME and fs >= bs, where,
-               f"frame_size {fs} is not a power of two in {MIN_FRAME}..{MAX_FRAME} and >= block_size")
+        _check(
+            _power_of_two(bs) and MIN_BLOCK <= bs <= MAX_BLOCK,
+            where,
+            f"block_size {bs} is not a power of two in {MIN_BLOCK}..{MAX_BLOCK}",
+        )
+        _check(
+            _power_of_two(fs) and MIN_FRAME <= fs <= MAX_FRAME and fs >= bs,
+            where,
+            f"frame_size {fs} is not a power of two in {MIN_FRAME}..{MAX_FRAME} and >= block_size",
+        )
         _check(vsize <= MAX_VOLUME, where, f"volume_size {vsize} exceeds {MAX_VOLUME}")
-        _check(used <= -(-vsize // bs), where,
-               f"used_blocks {used} exceeds the volume's {-(-vsize // bs)} blocks")
+        _check(
+            used <= -(-vsize // bs),
+            where,
+            f"used_blocks {used} exceeds the volume's {-(-vsize // bs)} blocks",
+        )
         _check(codec in CODECS, where, f"unknown codec {codec}")
-        _check(csum == CHECKSUM_XXH3 and dig == DIGEST_BLAKE3, where,
-               f"unknown checksum/digest algorithm {csum}/{dig}")
-        return Header(str(uuidlib.UUID(bytes=uid)), bs, fs, vsize, used, created, codec, level,
-                      incompat, compat, major, minor)
+        _check(
+            csum == CHECKSUM_XXH3 and dig == DIGEST_BLAKE3,
+            where,
+            f"unknown checksum/digest algorithm {csum}/{dig}",
+        )
+        return Header(
+            str(uuidlib.UUID(bytes=uid)),
+            bs,
+            fs,
+            vsize,
+            used,
+            created,
+            codec,
+            level,
+            incompat,
+            compat,
+            major,
+            minor,
+        )
 
 
 # -- generic records ----------------------------------------------------------------------------
@@ -156,8 +218,8 @@ def decode_record_header(data: bytes, where: str, expect: bytes, limit: int) -> 
     """Check a record header; returns (payload_length, payload_checksum)."""
     _check(len(data) == RECORD_SIZE, where, f"short record header ({len(data)} bytes)")
     tag, _flags, length, psum = RECORD.unpack_from(data)
-    stored = int.from_bytes(data[RECORD.size:], "little")
-    actual = checksum(data[:RECORD.size])
+    stored = int.from_bytes(data[RECORD.size :], "little")
+    actual = checksum(data[: RECORD.size])
     _check(stored == actual, where, f"record header checksum {stored:#018x} != {actual:#018x}")
     _check(tag == expect, where, f"record tag {tag!r}, expected {expect!r}")
     _check(length <= limit, where, f"{expect.decode()} payload of {length} bytes exceeds {limit}")
@@ -166,8 +228,11 @@ def decode_record_header(data: bytes, where: str, expect: bytes, limit: int) -> 
 
 def check_payload(payload: bytes, psum: int, where: str, tag: bytes) -> None:
     actual = checksum(payload)
-    _check(actual == psum, where,
-           f"{tag.decode()} payload checksum {actual:#018x}, recorded {psum:#018x}")
+    _check(
+        actual == psum,
+        where,
+        f"{tag.decode()} payload checksum {actual:#018x}, recorded {psum:#018x}",
+    )
 
 
 def encode_desc(desc: dict[str, Any]) -> bytes:
@@ -196,8 +261,11 @@ def decode_atab(payload: bytes, header: Header, where: str) -> np.ndarray:
     """Validated ATAB runs (structured array with volume_block, dense_block, count)."""
     _check(len(payload) >= 8, where, "address table shorter than its count")
     n = int.from_bytes(payload[:8], "little")
-    _check(len(payload) == 8 + n * ATAB_DTYPE.itemsize, where,
-           f"address table of {len(payload)} bytes does not hold {n} runs")
+    _check(
+        len(payload) == 8 + n * ATAB_DTYPE.itemsize,
+        where,
+        f"address table of {len(payload)} bytes does not hold {n} runs",
+    )
     runs = np.frombuffer(payload, ATAB_DTYPE, count=n, offset=8)
     if n == 0:
         _check(header.used_blocks == 0, where, f"no runs but used_blocks {header.used_blocks}")
@@ -206,20 +274,34 @@ def decode_atab(payload: bytes, header: Header, where: str) -> np.ndarray:
     starts = runs["volume_block"]
     vblocks = header.volume_blocks
     # Bound each field first so that the sums below cannot wrap around 2^64.
-    _check(bool((counts > 0).all()) and bool((counts <= vblocks).all()), where,
-           f"address table run with a block count of 0 or above the volume's {vblocks} blocks")
+    _check(
+        bool((counts > 0).all()) and bool((counts <= vblocks).all()),
+        where,
+        f"address table run with a block count of 0 or above the volume's {vblocks} blocks",
+    )
     _check(bool((starts <= vblocks).all()), where, f"address table run starts past block {vblocks}")
     ends = starts + counts
-    _check(bool((starts[1:] > ends[:-1]).all()), where,
-           "address table runs out of order, overlapping or touching")
-    _check(int(ends[-1]) <= vblocks, where,
-           f"address table reaches block {int(ends[-1])}, volume has {vblocks}")
+    _check(
+        bool((starts[1:] > ends[:-1]).all()),
+        where,
+        "address table runs out of order, overlapping or touching",
+    )
+    _check(
+        int(ends[-1]) <= vblocks,
+        where,
+        f"address table reaches block {int(ends[-1])}, volume has {vblocks}",
+    )
     # Disjoint runs inside the volume: the sum is at most vblocks and cannot wrap.
     total = int(counts.sum(dtype=np.uint64))
-    _check(total == header.used_blocks, where,
-           f"address table holds {total} blocks, header says used_blocks {header.used_blocks}")
+    _check(
+        total == header.used_blocks,
+        where,
+        f"address table holds {total} blocks, header says used_blocks {header.used_blocks}",
+    )
     dense = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.uint64)
-    _check(bool((runs["dense_block"] == dense).all()), where, "address table dense blocks have gaps")
+    _check(
+        bool((runs["dense_block"] == dense).all()), where, "address table dense blocks have gaps"
+    )
     return runs
 
 
@@ -239,34 +321,47 @@ def decode_pmap(payload: bytes, header: Header, where: str) -> tuple[tuple[str, 
     pos, devices = 16, []
     for i in range(ndev):
         _check(pos + 2 <= len(payload), where, f"device name {i} past the record end")
-        n = int.from_bytes(payload[pos:pos + 2], "little")
+        n = int.from_bytes(payload[pos : pos + 2], "little")
         _check(n <= 4096 and pos + 2 + n <= len(payload), where, f"device name {i} of {n} bytes")
         try:
-            devices.append(bytes(payload[pos + 2:pos + 2 + n]).decode("utf-8"))
+            devices.append(bytes(payload[pos + 2 : pos + 2 + n]).decode("utf-8"))
         except UnicodeDecodeError:
             raise CorruptArchive(f"{where}: device name {i} is not UTF-8") from None
         pos += 2 + n
     pos += -pos % 8
-    _check(len(payload) == pos + nruns * PMAP_DTYPE.itemsize, where,
-           f"physical map of {len(payload)} bytes does not hold {nruns} runs")
+    _check(
+        len(payload) == pos + nruns * PMAP_DTYPE.itemsize,
+        where,
+        f"physical map of {len(payload)} bytes does not hold {nruns} runs",
+    )
     runs = np.frombuffer(payload, PMAP_DTYPE, count=nruns, offset=pos)
     if nruns:
         starts, lengths = runs["volume_offset"], runs["length"]
         _check(bool((lengths > 0).all()), where, "physical map run of length 0")
-        _check(bool((starts <= header.volume_size).all())
-               and bool((lengths <= header.volume_size).all()), where,
-               "physical map run outside the volume")
+        _check(
+            bool((starts <= header.volume_size).all())
+            and bool((lengths <= header.volume_size).all()),
+            where,
+            "physical map run outside the volume",
+        )
         ends = starts + lengths
         _check(bool((ends <= header.volume_size).all()), where, "physical map run past the volume")
-        _check(bool((starts[1:] >= ends[:-1]).all()), where, "physical map runs overlap or unsorted")
+        _check(
+            bool((starts[1:] >= ends[:-1]).all()), where, "physical map runs overlap or unsorted"
+        )
         dev = runs["device"]
-        _check(bool(((dev >= -1) & (dev < ndev)).all()), where, "physical map device index out of range")
+        _check(
+            bool(((dev >= -1) & (dev < ndev)).all()),
+            where,
+            "physical map device index out of range",
+        )
     return tuple(devices), runs
 
 
 # -- frames -------------------------------------------------------------------------------------
-def encode_frame_header(codec: int, seq: int, dense_offset: int, raw_len: int, stored_len: int,
-                        raw_sum: int) -> bytes:
+def encode_frame_header(
+    codec: int, seq: int, dense_offset: int, raw_len: int, stored_len: int, raw_sum: int
+) -> bytes:
     body = FRAME.pack(TAG_FRAME, codec, 0, 0, seq, dense_offset, raw_len, stored_len, raw_sum)
     return body + checksum(body).to_bytes(8, "little")
 
@@ -281,21 +376,28 @@ class FrameHeader:
     raw_checksum: int
 
 
-def decode_frame_header(data: bytes | memoryview, header: Header, seq: int, where: str
-                        ) -> FrameHeader:
+def decode_frame_header(
+    data: bytes | memoryview, header: Header, seq: int, where: str
+) -> FrameHeader:
     _check(len(data) == FRAME_HEADER_SIZE, where, f"short frame header ({len(data)} bytes)")
     tag, codec, _f, _r, fseq, doff, raw, stored, rsum = FRAME.unpack_from(data)
-    hsum = int.from_bytes(data[FRAME.size:FRAME_HEADER_SIZE], "little")
-    actual = checksum(data[:FRAME.size])
+    hsum = int.from_bytes(data[FRAME.size : FRAME_HEADER_SIZE], "little")
+    actual = checksum(data[: FRAME.size])
     _check(tag == TAG_FRAME, where, f"frame {seq}: tag {bytes(tag)!r}, expected b'FRAM'")
     _check(hsum == actual, where, f"frame {seq}: header checksum {hsum:#018x} != {actual:#018x}")
     _check(fseq == seq, where, f"frame sequence {fseq}, expected {seq}")
-    _check(doff == seq * header.frame_size, where,
-           f"frame {seq}: dense offset {doff}, expected {seq * header.frame_size}")
+    _check(
+        doff == seq * header.frame_size,
+        where,
+        f"frame {seq}: dense offset {doff}, expected {seq * header.frame_size}",
+    )
     expect = header.frame_length(seq)
     _check(raw == expect, where, f"frame {seq}: raw length {raw}, expected {expect}")
-    _check(stored <= raw and (codec != CODEC_NONE or stored == raw) and codec in CODECS, where,
-           f"frame {seq}: stored length {stored} with codec {codec} for {raw} raw bytes")
+    _check(
+        stored <= raw and (codec != CODEC_NONE or stored == raw) and codec in CODECS,
+        where,
+        f"frame {seq}: stored length {stored} with codec {codec} for {raw} raw bytes",
+    )
     return FrameHeader(codec, fseq, doff, raw, stored, rsum)
 
 
@@ -313,8 +415,9 @@ class Trailer:
 
 
 def encode_trailer(t: Trailer) -> bytes:
-    fixed = TRAILER_FIXED.pack(t.frame_count, t.dense_size, t.stored_bytes, t.trailer_offset,
-                               t.digest)
+    fixed = TRAILER_FIXED.pack(
+        t.frame_count, t.dense_size, t.stored_bytes, t.trailer_offset, t.digest
+    )
     return encode_record(TAG_TRLR, fixed + t.header_bytes + t.head_records + t.index.tobytes())
 
 
@@ -324,10 +427,13 @@ def split_trailer(payload: bytes, where: str) -> Trailer:
     frames, dense, stored, toff, digest = TRAILER_FIXED.unpack_from(payload)
     index_len = frames * INDEX_DTYPE.itemsize
     rest = TRAILER_FIXED.size + HEADER_SIZE
-    _check(index_len <= len(payload) - rest, where,
-           f"trailer names {frames} frames but has room for {(len(payload) - rest) // 16}")
-    hdr = bytes(payload[TRAILER_FIXED.size:rest])
-    records = bytes(payload[rest:len(payload) - index_len])
+    _check(
+        index_len <= len(payload) - rest,
+        where,
+        f"trailer names {frames} frames but has room for {(len(payload) - rest) // 16}",
+    )
+    hdr = bytes(payload[TRAILER_FIXED.size : rest])
+    records = bytes(payload[rest : len(payload) - index_len])
     index = np.frombuffer(payload, INDEX_DTYPE, count=frames, offset=len(payload) - index_len)
     return Trailer(frames, dense, stored, toff, bytes(digest), hdr, records, index)
 
@@ -343,8 +449,16 @@ class Footer:
 
 
 def encode_footer(f: Footer) -> bytes:
-    body = FOOTER.pack(END_MAGIC, f.trailer_offset, f.trailer_length, uuidlib.UUID(f.uuid).bytes,
-                       f.major, f.minor, 0, f.archive_length)
+    body = FOOTER.pack(
+        END_MAGIC,
+        f.trailer_offset,
+        f.trailer_length,
+        uuidlib.UUID(f.uuid).bytes,
+        f.major,
+        f.minor,
+        0,
+        f.archive_length,
+    )
     return body + checksum(body).to_bytes(8, "little")
 
 
@@ -357,15 +471,23 @@ def decode_footer(data: bytes, where: str, archive_length: int | None) -> Footer
             "the copy truncated); use a complete copy"
         )
     _, toff, tlen, uid, major, minor, _, alen = FOOTER.unpack_from(data)
-    stored = int.from_bytes(data[FOOTER.size:FOOTER_SIZE], "little")
-    actual = checksum(data[:FOOTER.size])
+    stored = int.from_bytes(data[FOOTER.size : FOOTER_SIZE], "little")
+    actual = checksum(data[: FOOTER.size])
     _check(stored == actual, where, f"footer checksum {stored:#018x} != {actual:#018x}")
     if major != MAJOR:
-        raise UnsupportedArchive(f"{where}: archive format version {major}.{minor}, this volpack "
-                                 f"reads {MAJOR}.x; use a volpack release that supports it")
+        raise UnsupportedArchive(
+            f"{where}: archive format version {major}.{minor}, this volpack "
+            f"reads {MAJOR}.x; use a volpack release that supports it"
+        )
     if archive_length is not None:
-        _check(alen == archive_length, where,
-               f"footer says archive length {alen}, medium has {archive_length} bytes")
-    _check(toff + tlen + FOOTER_SIZE == alen and tlen >= RECORD_SIZE, where,
-           f"footer trailer offset {toff} + length {tlen} + {FOOTER_SIZE} != length {alen}")
+        _check(
+            alen == archive_length,
+            where,
+            f"footer says archive length {alen}, medium has {archive_length} bytes",
+        )
+    _check(
+        toff + tlen + FOOTER_SIZE == alen and tlen >= RECORD_SIZE,
+        where,
+        f"footer trailer offset {toff} + length {tlen} + {FOOTER_SIZE} != length {alen}",
+    )
     return Footer(toff, tlen, str(uuidlib.UUID(bytes=uid)), major, minor, alen)

@@ -41,11 +41,12 @@ class _Encoder:
         self.codec, self.level = codec, level
         self._local = threading.local()
 
-    def encode(self, seq: int, buf: bytearray, raw_len: int, frame_size: int
-               ) -> tuple[memoryview, memoryview | None]:
+    def encode(
+        self, seq: int, buf: bytearray, raw_len: int, frame_size: int
+    ) -> tuple[memoryview, memoryview | None]:
         """Returns (bytes to write, optional second part); the frame header goes in buf[:48]."""
         view = memoryview(buf)
-        raw = view[_HDR:_HDR + raw_len]
+        raw = view[_HDR : _HDR + raw_len]
         raw_sum = R.checksum(raw)
         if self.codec == R.CODEC_ZSTD:
             comp = getattr(self._local, "c", None)
@@ -55,18 +56,21 @@ class _Encoder:
                 comp = self._local.c = zstandard.ZstdCompressor(level=self.level)
             packed = comp.compress(raw)
             if len(packed) < raw_len:
-                head = R.encode_frame_header(R.CODEC_ZSTD, seq, seq * frame_size, raw_len,
-                                             len(packed), raw_sum)
+                head = R.encode_frame_header(
+                    R.CODEC_ZSTD, seq, seq * frame_size, raw_len, len(packed), raw_sum
+                )
                 view[:_HDR] = head
                 return view[:_HDR], memoryview(packed)
-        view[:_HDR] = R.encode_frame_header(R.CODEC_NONE, seq, seq * frame_size, raw_len, raw_len,
-                                            raw_sum)
-        return view[:_HDR + raw_len], None
+        view[:_HDR] = R.encode_frame_header(
+            R.CODEC_NONE, seq, seq * frame_size, raw_len, raw_len, raw_sum
+        )
+        return view[: _HDR + raw_len], None
 
 
 class ArchiveWriter:
-    def __init__(self, medium: MediumWriter, header: R.Header, head_records: bytes,
-                 threads: int = 2) -> None:
+    def __init__(
+        self, medium: MediumWriter, header: R.Header, head_records: bytes, threads: int = 2
+    ) -> None:
         self.medium = medium
         self.header = header
         self.head_records = head_records  # DESC + PMAP + ATAB records
@@ -111,8 +115,12 @@ class ArchiveWriter:
                     fut, buf, seq = item
                     first, second = fut.result()
                     stored = len(first) - _HDR + (len(second) if second is not None else 0)
-                    self._index[seq] = (self._offset, stored, R.CODEC_NONE if second is None
-                                        else R.CODEC_ZSTD, b"")
+                    self._index[seq] = (
+                        self._offset,
+                        stored,
+                        R.CODEC_NONE if second is None else R.CODEC_ZSTD,
+                        b"",
+                    )
                     self._emit(first)
                     if second is not None:
                         self._emit(second)
@@ -134,7 +142,7 @@ class ArchiveWriter:
                 if failure:
                     break
                 raw_len = h.frame_length(seq)
-                produce(seq, memoryview(buf)[_HDR:_HDR + raw_len])
+                produce(seq, memoryview(buf)[_HDR : _HDR + raw_len])
                 fut = pool.submit(encoder.encode, seq, buf, raw_len, h.frame_size)
                 pending.put((fut, buf, seq))
         finally:
@@ -149,11 +157,23 @@ class ArchiveWriter:
         h = self.header
         trailer_offset = self._offset
         digest = self._digest.digest()
-        trailer = R.encode_trailer(R.Trailer(
-            h.frame_count, h.dense_size, self._stored, trailer_offset, digest, self._header_bytes,
-            self.head_records, self._index))
+        trailer = R.encode_trailer(
+            R.Trailer(
+                h.frame_count,
+                h.dense_size,
+                self._stored,
+                trailer_offset,
+                digest,
+                self._header_bytes,
+                self.head_records,
+                self._index,
+            )
+        )
         self.medium.write(trailer)
         length = trailer_offset + len(trailer) + R.FOOTER_SIZE
-        self.medium.write(R.encode_footer(R.Footer(trailer_offset, len(trailer), h.uuid, h.major,
-                                                   h.minor, length)))
+        self.medium.write(
+            R.encode_footer(
+                R.Footer(trailer_offset, len(trailer), h.uuid, h.major, h.minor, length)
+            )
+        )
         return WriteResult(length, self._stored, h.frame_count, digest.hex())

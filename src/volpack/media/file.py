@@ -22,14 +22,18 @@ def path_of(url: str) -> str:
     if url.startswith("file:"):
         parsed = urlparse(url)
         if parsed.netloc not in ("", "localhost"):
-            raise MediumError(f"{url}: file URLs on other hosts are not supported; use a local path")
+            raise MediumError(
+                f"{url}: file URLs on other hosts are not supported; use a local path"
+            )
         return unquote(parsed.path)
     return url
 
 
 def _os_error(path: str, exc: OSError, doing: str) -> MediumError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return MediumFull(f"{path}: no space left while {doing}; free space or choose another medium")
+        return MediumFull(
+            f"{path}: no space left while {doing}; free space or choose another medium"
+        )
     if exc.errno == errno.ENOENT:
         return MediumNotFound(f"{path}: not found while {doing}; check the path")
     return MediumError(f"{path}: {exc.strerror} while {doing}")
@@ -52,11 +56,15 @@ class FileWriter:
             self.fd = self._open(self.path, os.O_WRONLY)
             return
         if st is not None and not force:
-            raise MediumError(f"{self.path}: already exists ({st.st_size} bytes); use --force to "
-                              "replace it (the old archive stays until the new one is complete)")
+            raise MediumError(
+                f"{self.path}: already exists ({st.st_size} bytes); use --force to "
+                "replace it (the old archive stays until the new one is complete)"
+            )
         directory, name = os.path.split(os.path.abspath(self.path))
         if not os.path.isdir(directory):
-            raise MediumNotFound(f"{self.path}: directory {directory} does not exist; create it first")
+            raise MediumNotFound(
+                f"{self.path}: directory {directory} does not exist; create it first"
+            )
         self._tmp = temp_path_for(self.path)
         self.fd = self._open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
 
@@ -70,7 +78,7 @@ class FileWriter:
         view = memoryview(data)
         try:
             while view:
-                view = view[os.write(self.fd, view):]
+                view = view[os.write(self.fd, view) :]
         except OSError as exc:
             raise _os_error(self.path, exc, "writing the archive") from None
 
@@ -129,15 +137,19 @@ class FileReader:
         if self._size is None:
             raise MediumError(f"{self.path}: not seekable; random access needs a regular file")
         if offset < 0 or offset + length > self._size:
-            raise MediumError(f"{self.path}: read of {length} bytes at {offset} is past the end "
-                              f"({self._size} bytes)")
+            raise MediumError(
+                f"{self.path}: read of {length} bytes at {offset} is past the end "
+                f"({self._size} bytes)"
+            )
         try:
             data = os.pread(self.fd, length, offset)
         except OSError as exc:
             raise _os_error(self.path, exc, f"reading the archive at offset {offset}") from None
         if len(data) != length:
-            raise MediumError(f"{self.path}: short read at {offset} ({len(data)} of {length} "
-                              "bytes); the file changed while being read")
+            raise MediumError(
+                f"{self.path}: short read at {offset} ({len(data)} of {length} "
+                "bytes); the file changed while being read"
+            )
         return data
 
     def close(self) -> None:
@@ -168,7 +180,9 @@ def list_archives(url_prefix: str) -> list[tuple[str, int, float]]:
                 st = entry.stat(follow_symlinks=False)
                 found.append((os.path.join(directory, entry.name), st.st_size, st.st_mtime))
     except NotADirectoryError:
-        raise MediumError(f"{directory}: not a directory; list the directory that holds archives") from None
+        raise MediumError(
+            f"{directory}: not a directory; list the directory that holds archives"
+        ) from None
     except OSError as exc:
         raise _os_error(directory, exc, "listing archives") from None
     return sorted(found)

@@ -19,17 +19,20 @@ class PipeWriter:
     def __init__(self) -> None:
         self.fd = 1
         if os.isatty(self.fd):
-            raise MediumError("-: refusing to write an archive to a terminal; redirect stdout to "
-                              "a file or pipe it to another command")
+            raise MediumError(
+                "-: refusing to write an archive to a terminal; redirect stdout to "
+                "a file or pipe it to another command"
+            )
 
     def write(self, data: Buffer) -> None:
         view = memoryview(data)
         try:
             while view:
-                view = view[os.write(self.fd, view):]
+                view = view[os.write(self.fd, view) :]
         except BrokenPipeError:
-            raise MediumError("-: the reader of stdout went away (broken pipe); the archive "
-                              "is incomplete") from None
+            raise MediumError(
+                "-: the reader of stdout went away (broken pipe); the archive is incomplete"
+            ) from None
         except OSError as exc:
             raise MediumError(f"-: {exc.strerror} while writing the archive to stdout") from None
 

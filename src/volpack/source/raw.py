@@ -57,8 +57,9 @@ class RawSource:
             raise SourceError(f"{path}: is a directory; give an image file or a block device")
         self.is_device = stat.S_ISBLK(st.st_mode)
         if not (self.is_device or stat.S_ISREG(st.st_mode)):
-            raise SourceError(f"{path}: not a regular file or block device; volpack reads "
-                              "volumes, not streams")
+            raise SourceError(
+                f"{path}: not a regular file or block device; volpack reads volumes, not streams"
+            )
         flags = os.O_RDONLY | os.O_CLOEXEC
         if self.is_device:
             flags |= os.O_EXCL  # fails while mounted or opened exclusively by someone else
@@ -66,8 +67,10 @@ class RawSource:
             self.fd = os.open(path, flags)
         except OSError as exc:
             if exc.errno == errno.EBUSY:
-                raise SourceError(f"{path}: device is busy (mounted or in use); back up a snapshot "
-                                  "or unmount it first") from None
+                raise SourceError(
+                    f"{path}: device is busy (mounted or in use); back up a snapshot "
+                    "or unmount it first"
+                ) from None
             raise SourceError(f"{path}: cannot open for reading ({exc.strerror})") from None
         self._stat = os.fstat(self.fd)
         if self.is_device:
@@ -76,9 +79,11 @@ class RawSource:
             self._size = int.from_bytes(buf.tobytes(), "little")
         else:
             self._size = self._stat.st_size
-        self.device_name = (f"dev:{os.major(self._stat.st_rdev)}:{os.minor(self._stat.st_rdev)}"
-                            if self.is_device else
-                            f"dev:{os.major(self._stat.st_dev)}:{os.minor(self._stat.st_dev)}")
+        self.device_name = (
+            f"dev:{os.major(self._stat.st_rdev)}:{os.minor(self._stat.st_rdev)}"
+            if self.is_device
+            else f"dev:{os.major(self._stat.st_dev)}:{os.minor(self._stat.st_dev)}"
+        )
 
     @property
     def size(self) -> int:
@@ -128,18 +133,24 @@ class RawSource:
     def read_into(self, offset: int, buf: memoryview) -> None:
         want = len(buf)
         if offset + want > self._size:
-            raise SourceError(f"{self.path}: read of {want} bytes at {offset} past the end "
-                              f"({self._size} bytes); the volume shrank during the backup")
+            raise SourceError(
+                f"{self.path}: read of {want} bytes at {offset} past the end "
+                f"({self._size} bytes); the volume shrank during the backup"
+            )
         got = 0
         while got < want:
             try:
                 n = os.preadv(self.fd, [buf[got:]], offset + got)
             except OSError as exc:
-                raise SourceError(f"{self.path}: read error at offset {offset + got} "
-                                  f"({exc.strerror}); the source device may be failing") from None
+                raise SourceError(
+                    f"{self.path}: read error at offset {offset + got} "
+                    f"({exc.strerror}); the source device may be failing"
+                ) from None
             if n == 0:
-                raise SourceError(f"{self.path}: unexpected end at offset {offset + got} "
-                                  f"(size {self._size}); the volume shrank during the backup")
+                raise SourceError(
+                    f"{self.path}: unexpected end at offset {offset + got} "
+                    f"(size {self._size}); the volume shrank during the backup"
+                )
             got += n
 
     def close(self) -> None:
@@ -167,7 +178,8 @@ def _fiemap(fd: int, size: int) -> list[tuple[int, int, int, int, int]] | None:
         last = False
         for i in range(mapped):
             logical, physical, length, _, _, flags, _, _, _ = _EXTENT.unpack_from(
-                req, _FIEMAP.size + i * _EXTENT.size)
+                req, _FIEMAP.size + i * _EXTENT.size
+            )
             end = min(logical + length, size)
             pm_flags = 0
             if flags & (FIEMAP_EXTENT_UNKNOWN | FIEMAP_EXTENT_DATA_INLINE):
@@ -180,8 +192,15 @@ def _fiemap(fd: int, size: int) -> list[tuple[int, int, int, int, int]] | None:
                 pm_flags |= PM_ENCODED
             if end > logical:
                 known = not pm_flags & PM_UNKNOWN
-                runs.append((logical, end - logical, 0 if known else -1,
-                             physical if known else -1, pm_flags))
+                runs.append(
+                    (
+                        logical,
+                        end - logical,
+                        0 if known else -1,
+                        physical if known else -1,
+                        pm_flags,
+                    )
+                )
             start = logical + length
             last = bool(flags & FIEMAP_EXTENT_LAST)
         if last:

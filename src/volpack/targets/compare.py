@@ -45,8 +45,8 @@ class VolumeComparer:
             n = min(_CHUNK, end - offset - pos)
             view = memoryview(self._buf)[:n]
             self.source.read_into(offset + pos, view)
-            if view != data[pos:pos + n]:
-                self._mismatch(offset + pos, view, data[pos:pos + n])
+            if view != data[pos : pos + n]:
+                self._mismatch(offset + pos, view, data[pos : pos + n])
             pos += n
 
     def check_unused(self, used_bytes: Extents) -> None:

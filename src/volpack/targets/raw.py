@@ -31,8 +31,10 @@ def _pwrite_all(fd: int, path: str, offset: int, data: memoryview) -> None:
             data, offset = data[n:], offset + n
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise TargetError(f"{path}: no space left at offset {offset}; free space or choose "
-                              "another target (nothing was replaced)") from None
+            raise TargetError(
+                f"{path}: no space left at offset {offset}; free space or choose "
+                "another target (nothing was replaced)"
+            ) from None
         raise TargetError(f"{path}: write error at offset {offset} ({exc.strerror})") from None
 
 
@@ -43,8 +45,10 @@ class FileTarget:
         self.path = path
         self.description = f"thin file {path}"
         if os.path.lexists(path) and not force:
-            raise TargetError(f"{path}: already exists; use --force to replace it (it is kept "
-                              "until the restore has fully succeeded)")
+            raise TargetError(
+                f"{path}: already exists; use --force to replace it (it is kept "
+                "until the restore has fully succeeded)"
+            )
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
             raise TargetError(f"{path}: directory {directory} does not exist; create it first")
@@ -58,8 +62,10 @@ class FileTarget:
         free = vfs.f_bavail * vfs.f_frsize
         need = used_bytes.total()
         if free < need:
-            raise TargetError(f"{self.path}: {human(free)} ({free} B) free in {directory}, the "
-                              f"restore needs {human(need)} ({need} B); free space first")
+            raise TargetError(
+                f"{self.path}: {human(free)} ({free} B) free in {directory}, the "
+                f"restore needs {human(need)} ({need} B); free space first"
+            )
         self.size = volume_size
         try:
             self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -75,8 +81,10 @@ class FileTarget:
             os.ftruncate(fd, self.size)
             publish(fd, self.tmp, self.path)
         except OSError as exc:
-            raise TargetError(f"{self.path}: could not complete the restore ({exc.strerror}); "
-                              "the previous file, if any, is unchanged") from None
+            raise TargetError(
+                f"{self.path}: could not complete the restore ({exc.strerror}); "
+                "the previous file, if any, is unchanged"
+            ) from None
 
     def abort(self) -> None:
         discard(self.fd, self.tmp)
@@ -86,13 +94,13 @@ class FileTarget:
 class DeviceTarget:
     """A block device written in place; unused ranges zeroed (BLKZEROOUT, else zero writes)."""
 
-    def __init__(self, path: str, *, force: bool, allow_smaller: bool, assume_zeroed: bool
-                 ) -> None:
+    def __init__(self, path: str, *, force: bool, allow_smaller: bool, assume_zeroed: bool) -> None:
         self.path = path
         self.description = f"block device {path}"
         if not force:
-            raise TargetError(f"{path}: is a block device; restoring overwrites all of it, add "
-                              "--force")
+            raise TargetError(
+                f"{path}: is a block device; restoring overwrites all of it, add --force"
+            )
         try:
             self.fd = os.open(path, os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC)
         except OSError as exc:
@@ -114,10 +122,13 @@ class DeviceTarget:
                 raise TargetError(
                     f"{self.path}: device holds {self.capacity} B, the volume is {volume_size} B; "
                     f"use a larger device, or --allow-smaller (needs at least {highest} B, the "
-                    "end of the highest used block)")
+                    "end of the highest used block)"
+                )
             if self.capacity < highest:
-                raise TargetError(f"{self.path}: device holds {self.capacity} B, the highest used "
-                                  f"byte ends at {highest} B; use a device of at least that size")
+                raise TargetError(
+                    f"{self.path}: device holds {self.capacity} B, the highest used "
+                    f"byte ends at {highest} B; use a device of at least that size"
+                )
         self.limit = min(volume_size, self.capacity)
 
     def _zero(self, start: int, end: int) -> None:
@@ -131,7 +142,7 @@ class DeviceTarget:
                 self._zeroout_ok = False  # not supported here: fall back to writing zeros
         zeros = memoryview(bytes(min(_ZERO_CHUNK, end - start)))
         for off in range(start, end, _ZERO_CHUNK):
-            _pwrite_all(self.fd, self.path, off, zeros[:min(_ZERO_CHUNK, end - off)])
+            _pwrite_all(self.fd, self.path, off, zeros[: min(_ZERO_CHUNK, end - off)])
 
     def write_at(self, offset: int, data: memoryview) -> None:
         self._zero(self.zeroed_to, offset)
@@ -145,8 +156,10 @@ class DeviceTarget:
             os.close(self.fd)
             self.fd = -1
         except OSError as exc:
-            raise TargetError(f"{self.path}: flushing the device failed ({exc.strerror}); its "
-                              "contents are not reliable") from None
+            raise TargetError(
+                f"{self.path}: flushing the device failed ({exc.strerror}); its "
+                "contents are not reliable"
+            ) from None
 
     def abort(self) -> None:
         if self.fd >= 0:
@@ -154,8 +167,9 @@ class DeviceTarget:
             self.fd = -1
 
 
-def open_raw_target(path: str, *, force: bool = False, allow_smaller: bool = False,
-                    assume_zeroed: bool = False) -> FileTarget | DeviceTarget:
+def open_raw_target(
+    path: str, *, force: bool = False, allow_smaller: bool = False, assume_zeroed: bool = False
+) -> FileTarget | DeviceTarget:
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -165,8 +179,9 @@ def open_raw_target(path: str, *, force: bool = False, allow_smaller: bool = Fal
     if st is not None and stat.S_ISDIR(st.st_mode):
         raise TargetError(f"{path}: is a directory; give a file name or a block device")
     if st is not None and stat.S_ISBLK(st.st_mode):
-        return DeviceTarget(path, force=force, allow_smaller=allow_smaller,
-                            assume_zeroed=assume_zeroed)
+        return DeviceTarget(
+            path, force=force, allow_smaller=allow_smaller, assume_zeroed=assume_zeroed
+        )
     if st is not None and not stat.S_ISREG(st.st_mode):
         raise TargetError(f"{path}: not a regular file or block device")
     return FileTarget(path, force=force)
