@@ -121,9 +121,15 @@ class ArchiveWriter:
                         R.CODEC_NONE if second is None else R.CODEC_ZSTD,
                         b"",
                     )
-                    self._emit(first)
-                    if second is not None:
-                        self._emit(second)
+                    # The digest runs on its own thread (in order, one worker) while the same
+                    # bytes go to the medium; the buffer is reused only after both are done.
+                    parts = (first,) if second is None else (first, second)
+                    hashed = [hasher.submit(self._digest.update, part) for part in parts]
+                    for part in parts:
+                        self.medium.write(part)
+                        self._offset += len(part)
+                    for f in hashed:
+                        f.result()
                     self._stored += stored
                     done += h.frame_length(seq)
                     free.put(buf)
@@ -134,6 +140,7 @@ class ArchiveWriter:
                 free.put(bytearray(0))  # wake the producer if it waits for a buffer
 
         pool = ThreadPoolExecutor(self.threads if compress else 1, thread_name_prefix="vp-encode")
+        hasher = ThreadPoolExecutor(1, thread_name_prefix="vp-digest")
         thread = threading.Thread(target=writer, name="vp-write", daemon=True)
         thread.start()
         try:
@@ -149,6 +156,7 @@ class ArchiveWriter:
             pending.put(None)
             thread.join()
             pool.shutdown(wait=True)
+            hasher.shutdown(wait=True)
         if failure:
             raise failure[0]
 
