@@ -6,7 +6,9 @@ so the cost is one sequential read of the candidate data.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -21,32 +23,47 @@ def nonzero_blocks(
     candidates: Extents,
     block_size: int,
     progress: Callable[[int], None] | None = None,
+    threads: int = 2,
 ) -> Extents:
-    """The blocks of ``candidates`` that hold at least one non-zero byte (block runs in, out)."""
+    """The blocks of ``candidates`` that hold at least one non-zero byte (block runs in, out).
+
+    Chunks are scanned by ``threads`` workers (preadv and numpy release the GIL), each with its
+    own buffer, so the scan uses both cores of a small machine.
+    """
     size = source.size
     per_chunk = max(1, CHUNK // block_size)
-    buf = bytearray(per_chunk * block_size)
-    view = memoryview(buf)
-    words = np.frombuffer(buf, np.uint64).reshape(per_chunk, block_size // 8)
+    chunks = [
+        (b0, min(per_chunk, end - b0))
+        for start, end in candidates
+        for b0 in range(start, end, per_chunk)
+    ]
+    local = threading.local()
+
+    def scan(chunk: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, int]:
+        b0, n = chunk
+        if getattr(local, "buf", None) is None:
+            local.buf = bytearray(per_chunk * block_size)
+        buf = local.buf
+        view = memoryview(buf)
+        off = b0 * block_size
+        length = min(n * block_size, size - off)
+        source.read_into(off, view[:length])
+        if length < n * block_size:  # the volume's short last block
+            view[length : n * block_size] = bytes(n * block_size - length)
+        words = np.frombuffer(buf, np.uint64, count=n * block_size // 8).reshape(n, -1)
+        mask = words.any(axis=1)
+        if mask.all():
+            return np.array([b0], np.int64), np.array([b0 + n], np.int64), length
+        edges = np.diff(np.concatenate([[False], mask, [False]]).astype(np.int8))
+        return np.flatnonzero(edges == 1) + b0, np.flatnonzero(edges == -1) + b0, length
+
     found_starts: list[np.ndarray] = []
     found_ends: list[np.ndarray] = []
     done = 0
-    for start, end in candidates:
-        for b0 in range(start, end, per_chunk):
-            n = min(per_chunk, end - b0)
-            off = b0 * block_size
-            length = min(n * block_size, size - off)
-            source.read_into(off, view[:length])
-            if length < n * block_size:  # the volume's short last block
-                view[length : n * block_size] = bytes(n * block_size - length)
-            mask = words[:n].any(axis=1)
-            if mask.all():
-                found_starts.append(np.array([b0], np.int64))
-                found_ends.append(np.array([b0 + n], np.int64))
-            elif mask.any():
-                edges = np.diff(np.concatenate([[False], mask, [False]]).astype(np.int8))
-                found_starts.append(np.flatnonzero(edges == 1) + b0)
-                found_ends.append(np.flatnonzero(edges == -1) + b0)
+    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="vp-scan") as pool:
+        for starts, ends, length in pool.map(scan, chunks):
+            found_starts.append(starts)
+            found_ends.append(ends)
             done += length
             if progress is not None:
                 progress(done)
