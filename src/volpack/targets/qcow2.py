@@ -15,9 +15,10 @@ import struct
 
 import numpy as np
 
-from volpack.atomic import discard, publish, temp_path_for
+from volpack.atomic import discard, publish
 from volpack.errors import TargetError
 from volpack.extents import Extents
+from volpack.targets.raw import new_file_temp
 from volpack.units import human
 
 COPIED = np.uint64(1 << 63)  # refcount is exactly one: qemu may write in place
@@ -51,15 +52,7 @@ class Qcow2Target:
             raise TargetError(f"{path}: cannot stat ({exc.strerror})") from None
         if st is not None and not stat.S_ISREG(st.st_mode):
             raise TargetError(f"{path}: a qcow2 target must be a regular file or a new name")
-        if st is not None and not force:
-            raise TargetError(
-                f"{path}: already exists; use --force to replace it (it is kept until the "
-                "restore has fully succeeded)"
-            )
-        directory = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(directory):
-            raise TargetError(f"{path}: directory {directory} does not exist; create it first")
-        self.tmp = temp_path_for(path)
+        self.tmp = new_file_temp(path, exists=st is not None, force=force)
         self.fd = -1
         self.size = 0
         self.header_size = 0

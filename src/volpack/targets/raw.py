@@ -38,21 +38,27 @@ def _pwrite_all(fd: int, path: str, offset: int, data: memoryview) -> None:
         raise TargetError(f"{path}: write error at offset {offset} ({exc.strerror})") from None
 
 
+def new_file_temp(path: str, *, exists: bool, force: bool) -> str:
+    """The temporary name a file target writes before it replaces ``path``; refuses an existing
+    file without ``force`` and a missing directory."""
+    if exists and not force:
+        raise TargetError(
+            f"{path}: already exists; use --force to replace it (it is kept until the restore "
+            "has fully succeeded)"
+        )
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise TargetError(f"{path}: directory {directory} does not exist; create it first")
+    return temp_path_for(path)
+
+
 class FileTarget:
     """A thin file: unused blocks stay holes; the exact volume size is set at the end."""
 
     def __init__(self, path: str, *, force: bool) -> None:
         self.path = path
         self.description = f"thin file {path}"
-        if os.path.lexists(path) and not force:
-            raise TargetError(
-                f"{path}: already exists; use --force to replace it (it is kept "
-                "until the restore has fully succeeded)"
-            )
-        directory = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(directory):
-            raise TargetError(f"{path}: directory {directory} does not exist; create it first")
-        self.tmp = temp_path_for(path)
+        self.tmp = new_file_temp(path, exists=os.path.lexists(path), force=force)
         self.fd = -1
         self.size = 0
 
