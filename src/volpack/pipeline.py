@@ -19,7 +19,6 @@ from volpack import __version__
 from volpack.compact.table import AddressTable
 from volpack.detect import Detection, used_map
 from volpack.errors import SourceError, TargetError, UsageError, VolumeDiffers
-from volpack.extents import Extents
 from volpack.format import records as R
 from volpack.source import open_source
 from volpack.source.base import PhysicalMap
@@ -433,7 +432,6 @@ def verify(
 
 __all__ = [
     "BackupResult",
-    "Extents",
     "RestoreResult",
     "VerifyResult",
     "VolumeMap",

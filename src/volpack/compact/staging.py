@@ -15,7 +15,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-from volpack.compact.dense import DenseReader
 from volpack.compact.table import AddressTable
 from volpack.errors import SourceError, UsageError
 from volpack.source.base import PhysicalMap, Source
@@ -148,4 +147,4 @@ class Staging:
             self.created = False
 
 
-__all__ = ["DenseReader", "Staging", "physical_order"]
+__all__ = ["Staging", "physical_order"]
