@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlparse
 from volpack.atomic import discard, publish, temp_path_for
 from volpack.errors import MediumError, MediumFull, MediumNotFound
 from volpack.media.base import Buffer
+from volpack.writeback import for_fd
 
 
 def path_of(url: str) -> str:
@@ -52,8 +53,10 @@ class FileWriter:
             raise _os_error(self.path, exc, "checking the archive path") from None
         if st is not None and stat.S_ISDIR(st.st_mode):
             raise MediumError(f"{self.path}: is a directory; give the archive a file name")
+        self._written = 0
         if st is not None and stat.S_ISCHR(st.st_mode):
             self.fd = self._open(self.path, os.O_WRONLY)
+            self._writeback = for_fd(self.fd)
             return
         if st is not None and not force:
             raise MediumError(
@@ -67,6 +70,7 @@ class FileWriter:
             )
         self._tmp = temp_path_for(self.path)
         self.fd = self._open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        self._writeback = for_fd(self.fd)
 
     def _open(self, path: str, flags: int) -> int:
         try:
@@ -78,9 +82,12 @@ class FileWriter:
         view = memoryview(data)
         try:
             while view:
-                view = view[os.write(self.fd, view) :]
+                n = os.write(self.fd, view)
+                view = view[n:]
+                self._written += n
         except OSError as exc:
             raise _os_error(self.path, exc, "writing the archive") from None
+        self._writeback.wrote(self._written)
 
     def commit(self) -> None:
         fd, self.fd = self.fd, -1

@@ -20,6 +20,7 @@ from volpack.errors import TargetError
 from volpack.extents import Extents
 from volpack.targets.raw import new_file_temp
 from volpack.units import human
+from volpack.writeback import Writeback
 
 COPIED = np.uint64(1 << 63)  # refcount is exactly one: qemu may write in place
 MAX_L1_BYTES = 32 << 20  # qemu refuses larger active L1 tables
@@ -89,6 +90,7 @@ class Qcow2Target:
             )
         try:
             self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            self._writeback = Writeback(self.fd)
         except OSError as exc:
             raise TargetError(f"{self.path}: cannot create ({exc.strerror})") from None
 
@@ -157,6 +159,7 @@ class Qcow2Target:
             iov = [view[int(i) * cs : (int(i) + 1) * cs] for i in part]
             self._pwrite(iov, int(hosts[chunk]))
         self.next_host += keep.size * cs
+        self._writeback.wrote(self.next_host)
         guest = first + keep.astype(np.int64)
         tables = guest // self.l2_entries
         for t in np.unique(tables).tolist():

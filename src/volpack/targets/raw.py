@@ -18,6 +18,7 @@ from volpack.atomic import discard, publish, temp_path_for
 from volpack.errors import TargetError
 from volpack.extents import Extents
 from volpack.units import human
+from volpack.writeback import Writeback
 
 BLKGETSIZE64 = 0x80081272
 BLKZEROOUT = 0x127F
@@ -61,6 +62,7 @@ class FileTarget:
         self.tmp = new_file_temp(path, exists=os.path.lexists(path), force=force)
         self.fd = -1
         self.size = 0
+        self._writeback: Writeback | None = None
 
     def prepare(self, volume_size: int, used_bytes: Extents) -> None:
         directory = os.path.dirname(self.tmp)
@@ -77,9 +79,12 @@ class FileTarget:
             self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             raise TargetError(f"{self.path}: cannot create ({exc.strerror})") from None
+        self._writeback = Writeback(self.fd)
 
     def write_at(self, offset: int, data: memoryview) -> None:
         _pwrite_all(self.fd, self.path, offset, data)
+        assert self._writeback is not None
+        self._writeback.wrote(offset + len(data))
 
     def finish(self) -> None:
         fd, self.fd = self.fd, -1
@@ -120,6 +125,7 @@ class DeviceTarget:
         self.limit = 0
         self.zeroed_to = 0
         self._zeroout_ok = True
+        self._writeback = Writeback(self.fd)
 
     def prepare(self, volume_size: int, used_bytes: Extents) -> None:
         highest = used_bytes.last
@@ -154,6 +160,7 @@ class DeviceTarget:
         self._zero(self.zeroed_to, offset)
         _pwrite_all(self.fd, self.path, offset, data)
         self.zeroed_to = offset + len(data)
+        self._writeback.wrote(self.zeroed_to)
 
     def finish(self) -> None:
         self._zero(self.zeroed_to, self.limit)
