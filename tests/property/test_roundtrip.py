@@ -4,11 +4,15 @@ import os
 import pathlib
 import random
 import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import volpack
+from volpack.errors import UsageError
 from volpack.format.random_access import open_archive
 from volumes import allocated_bytes, random_pieces, same_bytes, write_sparse
 
@@ -85,8 +89,36 @@ def test_random_access_reads_equal_the_volume(tmp_path):
     write_sparse(src, size, random_pieces(rng, size, 30, max_len=300_000))
     volpack.backup(src, str(tmp_path / "v.vpk"), frame_size=65536, allow_mounted=True)
     data = pathlib.Path(src).read_bytes()
-    with open_archive(str(tmp_path / "v.vpk"), cache_frames=4) as a:
+    with open_archive(str(tmp_path / "v.vpk"), cache_bytes=4 * 65536) as a:
         for _ in range(300):
             off = rng.randrange(size)
             n = rng.randrange(0, min(200_000, size - off) + 1)
             assert a.read(off, n) == data[off : off + n]
+
+
+def test_random_access_from_many_threads_loads_each_frame_once_and_copies_nothing(tmp_path):
+    rng = random.Random(11)
+    src = str(tmp_path / "v.img")
+    size = 3 << 20
+    write_sparse(src, size, random_pieces(rng, size, 20, max_len=200_000))
+    volpack.backup(src, str(tmp_path / "v.vpk"), frame_size=65536, allow_mounted=True)
+    data = pathlib.Path(src).read_bytes()
+    with open_archive(str(tmp_path / "v.vpk")) as a:
+        loads: list[int] = []
+        read_at = a.medium.read_at
+
+        def slow_read_at(offset, length):
+            loads.append(offset)
+            time.sleep(0.02)  # long enough for every thread to ask for the same frame
+            return read_at(offset, length)
+
+        a.medium.read_at = slow_read_at
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda _: a.read_views(0, size), range(8)))
+        for views in got:
+            assert all(isinstance(v, memoryview) for v in views)
+            assert b"".join(views) == data
+        assert sorted(loads) == sorted(set(loads)), "a frame was loaded twice"
+        assert len(loads) == a.header.frame_count
+        with pytest.raises(UsageError, match="outside the volume"):
+            a.read(size - 10, 11)

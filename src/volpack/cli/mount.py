@@ -13,7 +13,7 @@ import sys
 from volpack.cli.common import add_medium_options, apply_medium_options
 from volpack.errors import EXIT_OK
 from volpack.serve.fuse import DEFAULT_FILE_NAME, mount
-from volpack.units import human
+from volpack.units import human, parse_size
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,11 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="let other users read the file (needs user_allow_other in /etc/fuse.conf)",
     )
     parser.add_argument(
-        "--cache-frames",
-        type=int,
-        default=64,
-        metavar="N",
-        help="decompressed frames kept in memory (default 64)",
+        "--cache-size",
+        default="64M",
+        metavar="SIZE",
+        help="decoded frames kept in memory, in bytes (K/M/G suffixes; default 64M, at least one frame)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     parser.add_argument("-v", "--verbose", action="store_true", help="also log FUSE requests")
@@ -56,11 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     apply_medium_options(args)
     from volpack import open_archive
-    from volpack.errors import UsageError
 
-    if args.cache_frames < 1:
-        raise UsageError(f"--cache-frames {args.cache_frames}: must be at least 1")
-    with open_archive(args.archive, cache_frames=args.cache_frames) as archive:
+    cache = parse_size(args.cache_size, "--cache-size")
+    with open_archive(args.archive, cache_bytes=cache) as archive:
         path = os.path.join(args.mountpoint, args.file_name)
         if not args.quiet:
             print(

@@ -17,7 +17,7 @@ from volpack.cli.common import add_medium_options, apply_medium_options
 from volpack.errors import EXIT_OK, UsageError
 from volpack.serve.export import Export
 from volpack.serve.nbd_server import DEFAULT_PORT, NbdServer
-from volpack.units import human
+from volpack.units import human, parse_size
 
 log = logging.getLogger("volpack")
 
@@ -59,11 +59,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-clients", type=int, default=512, metavar="N", help="connections at once (512)"
     )
     parser.add_argument(
-        "--cache-frames",
-        type=int,
-        default=64,
-        metavar="N",
-        help="decompressed frames kept per archive (default 64)",
+        "--cache-size",
+        default="64M",
+        metavar="SIZE",
+        help="decoded frames kept per archive, in bytes (K/M/G suffixes; default 64M, at least one frame)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every connection")
@@ -109,15 +108,14 @@ def run(args: argparse.Namespace) -> int:
             f"--name given {len(args.name)} times for {len(args.archives)} archives; "
             "give at most one name per archive"
         )
-    if args.handshake_timeout <= 0 or args.max_clients < 1 or args.cache_frames < 1:
-        raise UsageError(
-            "--handshake-timeout, --max-clients and --cache-frames must be positive numbers"
-        )
+    cache = parse_size(args.cache_size, "--cache-size")
+    if args.handshake_timeout <= 0 or args.max_clients < 1:
+        raise UsageError("--handshake-timeout and --max-clients must be positive numbers")
     names = list(args.name) + [export_name(u) for u in args.archives[len(args.name) :]]
     with ExitStack() as stack:
         exports = []
         for url, name in zip(args.archives, names, strict=True):
-            archive = stack.enter_context(open_archive(url, cache_frames=args.cache_frames))
+            archive = stack.enter_context(open_archive(url, cache_bytes=cache))
             desc = f"volpack archive {archive.uuid} of {url} ({human(archive.size)})"
             exports.append(Export.of(name, archive, desc))
         if args.socket:

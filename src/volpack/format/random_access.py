@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from volpack.compact.table import AddressTable
-from volpack.errors import CorruptArchive, IncompleteArchive, MediumError
+from volpack.errors import CorruptArchive, IncompleteArchive, MediumError, UsageError
 from volpack.extents import Extents
 from volpack.format import records as R
 from volpack.format.reader import decode_frame_payload, parse_head_records
@@ -22,11 +22,20 @@ from volpack.media import open_reader
 from volpack.media.base import MediumReader
 from volpack.source.base import PhysicalMap
 
+DEFAULT_CACHE = 64 << 20  # decoded frames kept per archive (16 frames of the default 4 MiB)
+_ZERO = memoryview(bytes(1 << 20))
+
+
+def _zeros(views: list[memoryview], n: int) -> None:
+    while n > 0:
+        views.append(_ZERO[: min(n, len(_ZERO))])
+        n -= len(_ZERO)
+
 
 class Archive:
     """An archive opened for random access (see module docstring)."""
 
-    def __init__(self, medium: MediumReader, *, cache_frames: int = 16) -> None:
+    def __init__(self, medium: MediumReader, *, cache_bytes: int = DEFAULT_CACHE) -> None:
         self.medium = medium
         self.url = medium.url
         size = medium.size
@@ -98,8 +107,10 @@ class Archive:
         self._offsets = offsets
         self._stored = stored
         self._cache: OrderedDict[int, memoryview] = OrderedDict()
-        self._cache_frames = max(1, cache_frames)
+        # Decoded frames kept, by bytes so that large frames do not multiply memory; one at least.
+        self._cache_frames = max(1, cache_bytes // header.frame_size)
         self._lock = threading.Lock()
+        self._loading: dict[int, threading.Event] = {}
 
     # -- summary -------------------------------------------------------------------------------
     @property
@@ -148,12 +159,33 @@ class Archive:
 
     # -- data ----------------------------------------------------------------------------------
     def frame(self, seq: int) -> memoryview:
-        """Decoded, checked raw bytes of frame ``seq`` (cached)."""
-        with self._lock:
-            hit = self._cache.get(seq)
-            if hit is not None:
-                self._cache.move_to_end(seq)
-                return hit
+        """Decoded, checked raw bytes of frame ``seq`` (cached). Concurrent readers of one frame
+        wait for a single load instead of each decoding it (NBD clients read adjacent pieces of
+        a frame on several connections at once)."""
+        while True:
+            with self._lock:
+                hit = self._cache.get(seq)
+                if hit is not None:
+                    self._cache.move_to_end(seq)
+                    return hit
+                loading = self._loading.get(seq)
+                if loading is None:
+                    loading = self._loading[seq] = threading.Event()
+                    break
+            loading.wait()  # then look again: loaded, or failed (and this thread tries itself)
+        try:
+            raw = self._load(seq)
+            with self._lock:
+                self._cache[seq] = raw
+                while len(self._cache) > self._cache_frames:
+                    self._cache.popitem(last=False)
+            return raw
+        finally:
+            with self._lock:
+                del self._loading[seq]
+            loading.set()
+
+    def _load(self, seq: int) -> memoryview:
         import zstandard
 
         off = int(self._offsets[seq])
@@ -166,32 +198,37 @@ class Archive:
                 f"says {int(self._stored[seq])}"
             )
         # A view, not a copy: for raw frames it points into the bytes just read.
-        raw = decode_frame_payload(
+        return decode_frame_payload(
             zstandard.ZstdDecompressor(), fh, memoryview(data)[R.FRAME_HEADER_SIZE :], where
         )
-        with self._lock:
-            self._cache[seq] = raw
-            while len(self._cache) > self._cache_frames:
-                self._cache.popitem(last=False)
-        return raw
 
-    def read(self, offset: int, length: int) -> bytes:
-        """Volume bytes ``[offset, offset+length)``; zeros where nothing is used."""
+    def read_views(self, offset: int, length: int) -> list[memoryview]:
+        """Volume bytes ``[offset, offset+length)`` as consecutive views, without copying: slices
+        of cached frames for used ranges, slices of a shared zero buffer for unused ones. The
+        views keep their frames alive, so a reply can be sent after the cache moved on."""
         if offset < 0 or length < 0 or offset + length > self.size:
-            raise ValueError(
-                f"read of {length} bytes at {offset} outside the volume of {self.size} bytes"
+            raise UsageError(
+                f"{self.url}: read of {length} bytes at {offset} is outside the volume of "
+                f"{self.size} bytes"
             )
-        out = bytearray(length)
+        views: list[memoryview] = []
+        pos = offset
         vs, lens, ds = self.table.volume_to_dense(offset, offset + length)
         fs = self.frame_size
         for v, n, d in zip(vs.tolist(), lens.tolist(), ds.tolist(), strict=True):
-            pos = v - offset
+            _zeros(views, v - pos)
+            pos = v + n
             while n > 0:
                 seq, within = divmod(d, fs)
                 take = min(n, fs - within)
-                out[pos : pos + take] = self.frame(seq)[within : within + take]  # one copy
-                pos, d, n = pos + take, d + take, n - take
-        return bytes(out)
+                views.append(self.frame(seq)[within : within + take])
+                d, n = d + take, n - take
+        _zeros(views, offset + length - pos)
+        return views
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Volume bytes ``[offset, offset+length)``; zeros where nothing is used."""
+        return b"".join(self.read_views(offset, length))
 
     def close(self) -> None:
         self.medium.close()
@@ -203,11 +240,11 @@ class Archive:
         self.close()
 
 
-def open_archive(url: str, *, cache_frames: int = 16) -> Archive:
+def open_archive(url: str, *, cache_bytes: int = DEFAULT_CACHE) -> Archive:
     """Open the archive at ``url`` for random access (footer → trailer → tables → index)."""
     medium = open_reader(url)
     try:
-        return Archive(medium, cache_frames=cache_frames)
+        return Archive(medium, cache_bytes=cache_bytes)
     except BaseException:
         medium.close()
         raise

@@ -29,6 +29,15 @@ class Volume(Protocol):
         ...
 
 
+def read_views(volume: Volume, offset: int, length: int) -> list[memoryview] | list[bytes]:
+    """The bytes of a read as consecutive buffers: zero-copy slices when the volume offers
+    ``read_views`` (the archive does: slices of its cached frames), else one ``read``."""
+    views = getattr(volume, "read_views", None)
+    if views is not None:
+        return views(offset, length)
+    return [volume.read(offset, length)]
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Export:
     """One export: its name, the volume, and the used map, fetched once (answers block status)."""

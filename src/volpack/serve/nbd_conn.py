@@ -16,7 +16,7 @@ import numpy as np
 
 from volpack.errors import VolpackError
 from volpack.serve import nbd_proto as p
-from volpack.serve.export import Export
+from volpack.serve.export import Export, read_views
 
 log = logging.getLogger("volpack")
 
@@ -84,14 +84,15 @@ class Connection:
 
     def sendv(self, bufs: Sequence[bytes | bytearray | memoryview]) -> None:
         views = [memoryview(b).cast("B") for b in bufs if len(b)]
-        while views:
-            sent = self.sock.sendmsg(views[:_IOV_MAX])
-            while sent and views:
-                if sent >= len(views[0]):
-                    sent -= len(views[0])
-                    views.pop(0)
+        i = 0
+        while i < len(views):
+            sent = self.sock.sendmsg(views[i : i + _IOV_MAX])
+            while sent:
+                if sent >= len(views[i]):
+                    sent -= len(views[i])
+                    i += 1
                 else:
-                    views[0] = views[0][sent:]
+                    views[i] = views[i][sent:]
                     sent = 0
 
     # -- entry ---------------------------------------------------------------------------------
@@ -265,7 +266,7 @@ class Connection:
     def read(self, export: Export, req: p.Request) -> None:
         if not self.structured:
             try:
-                data = export.volume.read(req.offset, req.length)
+                data = read_views(export.volume, req.offset, req.length)
             except VolpackError as exc:
                 log.warning(
                     "%s: read of %d bytes at %d failed: %s",
@@ -276,17 +277,17 @@ class Connection:
                 )
                 self.sendv([p.simple_reply(p.EIO, req.cookie)])
                 return
-            self.sendv([p.simple_reply(0, req.cookie), data])
+            self.sendv([p.simple_reply(0, req.cookie), *data])
             return
         pieces = read_plan(export, req.offset, req.length, whole=bool(req.flags & p.CMD_FLAG_DF))
-        bufs: list[bytes] = []
+        bufs: list[bytes | memoryview] = []
         for i, (offset, length, is_hole) in enumerate(pieces):
             done = p.REPLY_FLAG_DONE if i == len(pieces) - 1 else 0
             if is_hole:
                 bufs.append(p.hole_chunk(done, req.cookie, offset, length))
                 continue
             try:
-                data = export.volume.read(offset, length)
+                data = read_views(export.volume, offset, length)
             except VolpackError as exc:
                 log.warning(
                     "%s: read of %d bytes at %d failed: %s", export.name, length, offset, exc
@@ -295,12 +296,12 @@ class Connection:
                     p.error_chunk(req.cookie, p.EIO, f"damaged archive data: {exc}"[:512], offset)
                 )
                 break
-            if len(data) != length:
+            if sum(len(b) for b in data) != length:
                 bufs.append(p.error_chunk(req.cookie, p.EIO, "short read from the archive", offset))
                 break
             bufs.append(p.chunk(done, p.REPLY_TYPE_OFFSET_DATA, req.cookie, 8 + length))
             bufs.append(p.U64.pack(offset))
-            bufs.append(data)
+            bufs.extend(data)
         self.sendv(bufs)
 
     def block_status(self, export: Export, req: p.Request) -> None:
