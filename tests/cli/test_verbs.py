@@ -75,3 +75,19 @@ def test_backup_to_stdout_keeps_the_result_off_the_archive_stream(tmp_path, arch
     assert p.returncode == 0
     assert '"archive_uuid"' in p.stderr
     assert pipeline.verify(str(tmp_path / "s.vpk")).frame_count >= 1
+
+
+def test_a_verb_loads_only_its_own_module_and_help_still_lists_every_verb():
+    probe = (
+        "import sys; from volpack.cli import build_parser; build_parser(['backup', 'a', 'b']); "
+        "print(sorted(m for m in sys.modules if m.startswith('volpack.cli.')))"
+    )
+    p = subprocess.run(["python3", "-c", probe], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "['volpack.cli.backup', 'volpack.cli.common']"
+    p = vp("--help")
+    assert p.returncode == 0
+    for verb in ("backup", "restore", "verify", "serve", "mount", "prune", "catalog"):
+        assert verb in p.stdout
+    p = vp("bakup", "x")
+    assert p.returncode == 2 and "invalid choice: 'bakup'" in p.stderr

@@ -30,7 +30,9 @@ VERBS = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; when ``argv`` names a verb, only that verb's module is imported (start-up
+    time counts in every backup: the other verbs would pull in NBD, FUSE and catalog code)."""
     from volpack import __version__
 
     parser = argparse.ArgumentParser(
@@ -39,13 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"volpack {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-    for verb in VERBS:
+    words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
+    chosen = words[:1] if words and words[0] in VERBS else VERBS
+    for verb in chosen:
         importlib.import_module(f"volpack.cli.{verb}").register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     level = logging.WARNING if getattr(args, "quiet", False) else logging.INFO
     if getattr(args, "verbose", False):
