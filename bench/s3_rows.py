@@ -17,6 +17,7 @@ from pathlib import Path
 import measure
 import peers
 
+SERVER_CEILING = "server ceiling: multipart upload from memory → s3"
 _TESTS = Path(__file__).resolve().parent.parent / "tests"
 
 # The peer: one boto3 upload_file of the whole image (holes are read and sent as zeros).
@@ -27,6 +28,28 @@ from botocore.config import Config
 c = boto3.client("s3", endpoint_url=sys.argv[1], config=Config(s3={"addressing_style": "path"},
     request_checksum_calculation="when_required"))
 c.upload_file(sys.argv[2], sys.argv[3], sys.argv[4], Config=TransferConfig())
+"""
+
+# The server's own ceiling: the same multipart shape volpack uses (8 MiB parts, 4 in flight,
+# unsigned payload) but from memory, so no source reading and no archive work: how fast this
+# SeaweedFS on this machine takes bytes at all.
+_CEILING = """
+import os, sys, boto3
+from concurrent.futures import ThreadPoolExecutor
+from botocore.config import Config
+c = boto3.client("s3", endpoint_url=sys.argv[1], config=Config(s3={"addressing_style": "path",
+    "payload_signing_enabled": False}, request_checksum_calculation="when_required"))
+bucket, key, total = sys.argv[2], sys.argv[3], int(sys.argv[4])
+part = os.urandom(8 << 20)
+n = -(-total // len(part))
+up = c.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+def send(i):
+    body = part if i < n or total % len(part) == 0 else part[: total % len(part)]
+    r = c.upload_part(Bucket=bucket, Key=key, UploadId=up, PartNumber=i, Body=body)
+    return {"PartNumber": i, "ETag": r["ETag"]}
+with ThreadPoolExecutor(4) as pool:
+    parts = list(pool.map(send, range(1, n + 1)))
+c.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=up, MultipartUpload={"Parts": parts})
 """
 
 
@@ -128,4 +151,15 @@ def _rows(img, out: Path, repeat: int, server) -> list[measure.Row]:
             if row.kind == "backup" and row.wall:
                 row.note = f"{peer.wall / row.wall:.2f}x the speed of boto3 upload_file"
     result.append(peer)
+    none = next((r for r in result if r.name == "volpack backup --compress none → s3"), None)
+    if none is not None and none.size:
+        argv = [sys.executable, "-c", _CEILING, server.endpoint, bucket, "ceiling", str(none.size)]
+        ceiling = _measure(img.name, SERVER_CEILING, "s3 upload", True, [argv], drop("ceiling"),
+                           img.path, None, env, repeat)  # fmt: skip
+        if ceiling.wall is not None:
+            ceiling.size = ceiling.apparent = stored("ceiling")
+            none.note += (
+                f"; {ceiling.wall / none.wall:.0%} of the server ceiling" if none.wall else ""
+            )
+        result.append(ceiling)
     return result

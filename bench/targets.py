@@ -191,6 +191,20 @@ def evaluate(img: Image, rows: list[Row], levels: list[Row]) -> list[Check]:
                     "S3 backup ≥ 70 % of file-medium throughput",
                 )
             )
+    ceiling = _row(rows, "server ceiling: multipart upload from memory → s3")
+    s3_none = _row(rows, "volpack backup --compress none → s3")
+    if ceiling is not None and s3_none is not None:
+        # Not the target: it shows whether volpack or the server limits the S3 rows.
+        share = (ceiling.wall or 0.0) / (s3_none.wall or 1e-9)
+        checks.append(
+            Check(
+                5,
+                img.name,
+                f"(context) `{s3_none.name}` ≥ 70 % of the throughput of `{ceiling.name}`",
+                f"{s3_none.wall:.2f} s vs {ceiling.wall:.2f} s = {share:.0%}",
+                share >= 0.7,
+            )
+        )
     checks += _nbd_checks(img, rows)
     mine = [r for r in rows + levels if not r.peer and r.rss_mib is not None]
     if mine:
