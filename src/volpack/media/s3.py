@@ -92,7 +92,10 @@ class S3Writer:
             )
         self._split_id = uuid.uuid4().hex
         self._objects: list[_Object] = [_Object(self._key, 1)]
-        self._buf = bytearray(self._next_part_size())
+        # Part buffers come back here once uploaded: fresh 8 MiB buffers cost a page fault per
+        # 4 KiB on every part (measured: a tenth of the upload rate on a 2-core VM).
+        self._spare: list[bytearray] = []
+        self._buf = self._new_buffer()
         self._fill = 0
         self._written = 0
         self._inflight: deque[tuple[Future[str], _Part]] = deque()
@@ -146,8 +149,16 @@ class S3Writer:
         self._inflight_bytes += len(body)
         if obj.size >= self._s.object_size:
             self._objects.append(_Object(continuation_key(self._key, obj.index + 1), obj.index + 1))
-        self._buf = bytearray(self._next_part_size())
+        self._buf = self._new_buffer()
         self._fill = 0
+
+    def _new_buffer(self) -> bytearray:
+        size = self._next_part_size()
+        while self._spare:
+            buf = self._spare.pop()
+            if len(buf) == size:
+                return buf
+        return bytearray(size)
 
     def _wait_for_room(self, incoming: int) -> None:
         s = self._s
@@ -160,6 +171,8 @@ class S3Writer:
         future, part = self._inflight.popleft()
         self._inflight_bytes -= len(part.body)
         self._etags[(part.obj.index, part.number)] = future.result()
+        if not self._spare:  # one spare is enough: each flush reaps one part and takes one buffer
+            self._spare.append(part.body)  # botocore is done with it (retries run in the future)
 
     def _metadata(self, obj: _Object) -> dict[str, str]:
         return {
