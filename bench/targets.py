@@ -191,7 +191,7 @@ def evaluate(img: Image, rows: list[Row], levels: list[Row]) -> list[Check]:
                     "S3 backup ≥ 70 % of file-medium throughput",
                 )
             )
-    ceiling = _row(rows, "server ceiling: multipart upload from memory → s3")
+    ceiling = _row(rows, "server ceiling: multipart upload of the same bytes from page cache → s3")
     s3_none = _row(rows, "volpack backup --compress none → s3")
     if ceiling is not None and s3_none is not None:
         # Not the target: it shows whether volpack or the server limits the S3 rows.
