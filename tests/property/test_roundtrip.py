@@ -82,13 +82,18 @@ def test_staging_mode_and_direct_mode_produce_the_same_tables_and_data(tmp_path,
     assert a.used_blocks == b.used_blocks
 
 
+def _archived(tmp_path, rng: random.Random, size: int, pieces: int, max_len: int) -> bytes:
+    """A random sparse volume backed up to tmp_path/v.vpk in 64 KiB frames; its bytes."""
+    src = str(tmp_path / "v.img")
+    write_sparse(src, size, random_pieces(rng, size, pieces, max_len=max_len))
+    volpack.backup(src, str(tmp_path / "v.vpk"), frame_size=65536, allow_mounted=True)
+    return pathlib.Path(src).read_bytes()
+
+
 def test_random_access_reads_equal_the_volume(tmp_path):
     rng = random.Random(7)
-    src = str(tmp_path / "v.img")
     size = 5 << 20
-    write_sparse(src, size, random_pieces(rng, size, 30, max_len=300_000))
-    volpack.backup(src, str(tmp_path / "v.vpk"), frame_size=65536, allow_mounted=True)
-    data = pathlib.Path(src).read_bytes()
+    data = _archived(tmp_path, rng, size, 30, 300_000)
     with open_archive(str(tmp_path / "v.vpk"), cache_bytes=4 * 65536) as a:
         for _ in range(300):
             off = rng.randrange(size)
@@ -97,12 +102,8 @@ def test_random_access_reads_equal_the_volume(tmp_path):
 
 
 def test_random_access_from_many_threads_loads_each_frame_once_and_copies_nothing(tmp_path):
-    rng = random.Random(11)
-    src = str(tmp_path / "v.img")
     size = 3 << 20
-    write_sparse(src, size, random_pieces(rng, size, 20, max_len=200_000))
-    volpack.backup(src, str(tmp_path / "v.vpk"), frame_size=65536, allow_mounted=True)
-    data = pathlib.Path(src).read_bytes()
+    data = _archived(tmp_path, random.Random(11), size, 20, 200_000)
     with open_archive(str(tmp_path / "v.vpk")) as a:
         loads: list[int] = []
         read_at = a.medium.read_at
