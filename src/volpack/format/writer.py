@@ -1,8 +1,9 @@
 """ArchiveWriter: header and tables, then the whole dense volume as frames, then trailer and footer.
 
 It never seeks and never looks at block usage: it asks a producer for dense bytes frame by frame.
-Reading (producer), encoding (checksum + zstd, in a small thread pool) and writing (digest +
-medium) overlap in three stages over a fixed ring of buffers, so memory stays bounded.
+Producing (reading the source) with encoding (checksum + zstd), a few frames at once in a small
+thread pool, and writing (digest + medium, in order) overlap over a fixed ring of buffers, so
+memory stays bounded.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import numpy as np
 from volpack.format import records as R
 from volpack.media.base import MediumWriter
 
-# produce(seq, view): fill ``view`` (exactly the frame's raw length) with dense bytes.
+# produce(seq, view): fill ``view`` (exactly the frame's raw length) with dense bytes. Called
+# from several threads at once, for different frames.
 Producer = Callable[[int, memoryview], None]
 Progress = Callable[[int], None]  # called with dense bytes done so far
 
@@ -100,8 +102,9 @@ class ArchiveWriter:
         if count == 0:
             return
         encoder = _Encoder(h.codec, h.codec_level)
-        compress = h.codec == R.CODEC_ZSTD
-        depth = self.threads * 2 + 2 if compress else 3
+        # Reading the source (page-cache copies) is the longest stage without compression, so
+        # frames are produced and encoded in the same pool: two reads run at once.
+        depth = self.threads * 2 + 2
         free: queue.Queue[bytearray] = queue.Queue()
         for _ in range(min(depth, count)):
             free.put(bytearray(_HDR + h.frame_size))
@@ -135,11 +138,15 @@ class ArchiveWriter:
                     free.put(buf)
                     if progress is not None:
                         progress(done)
-            except BaseException as exc:  # handed to the producing thread, which re-raises
+            except BaseException as exc:  # handed to the calling thread, which re-raises
                 failure.append(exc)
                 free.put(bytearray(0))  # wake the producer if it waits for a buffer
 
-        pool = ThreadPoolExecutor(self.threads if compress else 1, thread_name_prefix="vp-encode")
+        def make(seq: int, buf: bytearray, raw_len: int) -> tuple[memoryview, memoryview | None]:
+            produce(seq, memoryview(buf)[_HDR : _HDR + raw_len])
+            return encoder.encode(seq, buf, raw_len, h.frame_size)
+
+        pool = ThreadPoolExecutor(self.threads, thread_name_prefix="vp-frame")
         hasher = ThreadPoolExecutor(1, thread_name_prefix="vp-digest")
         thread = threading.Thread(target=writer, name="vp-write", daemon=True)
         thread.start()
@@ -148,9 +155,7 @@ class ArchiveWriter:
                 buf = free.get()
                 if failure:
                     break
-                raw_len = h.frame_length(seq)
-                produce(seq, memoryview(buf)[_HDR : _HDR + raw_len])
-                fut = pool.submit(encoder.encode, seq, buf, raw_len, h.frame_size)
+                fut = pool.submit(make, seq, buf, h.frame_length(seq))
                 pending.put((fut, buf, seq))
         finally:
             pending.put(None)

@@ -134,7 +134,8 @@ class Source(Protocol):
     def physical_map(self) -> PhysicalMap: ...
 
     def read_into(self, offset: int, buf: memoryview) -> None:
-        """Fill ``buf`` with the volume bytes at ``offset``; bytes past ``size`` are an error."""
+        """Fill ``buf`` with the volume bytes at ``offset``; bytes past ``size`` are an error.
+        Safe to call from several threads at once (the zero scan and the writer read in parallel)."""
         ...
 
     def identity(self) -> tuple[object, ...]:
