@@ -85,7 +85,9 @@ def register(sub: Any) -> None:
         action="store_true",
         help="back up a mounted filesystem anyway (not point-in-time)",
     )
-    p.add_argument("--threads", type=int, default=2, help="compression threads (default 2)")
+    p.add_argument(
+        "--threads", type=int, default=2, help="threads reading and compressing frames (default 2)"
+    )
     p.add_argument(
         "--force",
         action="store_true",
