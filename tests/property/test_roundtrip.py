@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import volpack
-from volpack.errors import UsageError
+from volpack.errors import SourceError, UsageError
 from volpack.format.random_access import open_archive
 from volumes import allocated_bytes, random_pieces, same_bytes, write_sparse
 
@@ -123,3 +123,24 @@ def test_random_access_from_many_threads_loads_each_frame_once_and_copies_nothin
         assert len(loads) == a.header.frame_count
         with pytest.raises(UsageError, match="outside the volume"):
             a.read(size - 10, 11)
+
+
+def test_a_source_that_shrinks_mid_backup_fails_cleanly_from_the_reading_threads(tmp_path):
+    src = tmp_path / "v.img"
+    src.write_bytes(os.urandom(8 << 20))
+    arc = tmp_path / "v.vpk"
+    cut = []
+
+    def progress(phase, done, total):
+        if phase == "write" and not cut:  # frames are being read by the writer's pool now
+            os.truncate(src, 1 << 20)
+            cut.append(done)
+
+    with pytest.raises(SourceError, match="shrank during the backup"):
+        volpack.backup(
+            str(src), str(arc), frame_size=65536, compress="none", progress=progress,
+            allow_mounted=True, detect="all-used",
+        )  # fmt: skip
+    assert cut, "the backup never reached the write phase"
+    assert not arc.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["v.img"], "a partial archive was left"
