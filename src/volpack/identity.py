@@ -2,8 +2,8 @@
 
 Names lie (hard links, bind mounts, symlinks, loop devices, a partition and its disk), so a path
 is resolved to the bytes it really reaches: (st_dev, st_ino) of a file, or a byte range of the
-file or disk under a loop device or partition (sysfs). Reads metadata only; never opens, writes or
-prints anything.
+file or disk under a loop device or partition (sysfs). Reads metadata only (stat, sysfs); never
+opens the paths it is given, writes or prints anything.
 """
 
 from __future__ import annotations
@@ -131,6 +131,11 @@ def _read(path: str) -> str | None:
         return None
 
 
+def _read_int(path: str) -> int | None:
+    text = _read(path)
+    return int(text) if text is not None and text.isdigit() else None
+
+
 def _block(rdev: int, start: int, end: int | None, name: str, depth: int) -> Storage:
     """Follow a block device down to the disk or file that holds its bytes (sysfs)."""
     whole = Storage(("block", rdev), name, start, end)
@@ -140,20 +145,20 @@ def _block(rdev: int, start: int, end: int | None, name: str, depth: int) -> Sto
     if not os.path.isdir(node):
         return whole
     if os.path.exists(os.path.join(node, "partition")):
-        pstart, psize = _read(os.path.join(node, "start")), _read(os.path.join(node, "size"))
-        disk = _read(os.path.join(os.path.dirname(node), "dev"))
-        if pstart is None or psize is None or disk is None or ":" not in disk:
+        pstart = _read_int(os.path.join(node, "start"))
+        psize = _read_int(os.path.join(node, "size"))
+        major, _, minor = (_read(os.path.join(os.path.dirname(node), "dev")) or "").partition(":")
+        if pstart is None or psize is None or not (major.isdigit() and minor.isdigit()):
             return whole
-        base, size = int(pstart) * _SECTOR, int(psize) * _SECTOR
-        major, minor = (int(x) for x in disk.split(":"))
+        base, size = pstart * _SECTOR, psize * _SECTOR
         limit = base + size if end is None else base + min(end, size)
         disk_name = "/dev/" + os.path.basename(os.path.dirname(node))
-        return _block(os.makedev(major, minor), base + start, limit, disk_name, depth + 1)
+        return _block(os.makedev(int(major), int(minor)), base + start, limit, disk_name, depth + 1)
     backing = _read(os.path.join(node, "loop", "backing_file"))
     if backing is None:
         return whole
-    offset = int(_read(os.path.join(node, "loop", "offset")) or 0)
-    sizelimit = int(_read(os.path.join(node, "loop", "sizelimit")) or 0)
+    offset = _read_int(os.path.join(node, "loop", "offset")) or 0
+    sizelimit = _read_int(os.path.join(node, "loop", "sizelimit")) or 0
     if sizelimit:
         end = sizelimit if end is None else min(end, sizelimit)
     lo, hi = offset + start, None if end is None else offset + end
