@@ -7,7 +7,6 @@ Library code: no printing; progress and notices go through callbacks.
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 import uuid as uuidlib
@@ -20,6 +19,7 @@ from volpack.compact.table import AddressTable
 from volpack.detect import Detection, used_map
 from volpack.errors import SourceError, TargetError, UsageError, VolumeDiffers
 from volpack.format import records as R
+from volpack.identity import Role, check_distinct
 from volpack.source import open_source
 from volpack.source.base import PhysicalMap
 from volpack.targets.base import Target
@@ -175,6 +175,16 @@ def backup(
     medium = None
     stage = None
     try:
+        check_distinct(
+            [
+                *_source_roles(source, source_format, pvs, src.info.details),
+                *medium_roles(
+                    archive_url, "the archive being written", "archive path", "/dev/stdout"
+                ),
+                *([Role(staging, "the staging area", "staging path")] if staging else []),
+            ],
+            UsageError,
+        )
         before = src.identity()
         medium = open_writer(archive_url, force=force)
         scan = (lambda done: progress("scan", done, src.size)) if progress else None
@@ -261,6 +271,33 @@ def backup(
     )
 
 
+def _source_roles(
+    source: str, source_format: str, pvs: tuple[str, ...], details: dict[str, Any]
+) -> list[Role]:
+    """The files and devices a backup reads: the source, a qcow2 image's backing chain and data
+    file, or an LVM volume's PVs."""
+    if source_format == "lvm" or source.startswith("lvm:"):
+        return [Role(pv, f"a physical volume of the source {source}", "--pv") for pv in pvs]
+    roles = [Role(source, "the source being backed up", "source")]
+    for layer in details.get("backing_chain") or ():
+        roles.append(Role(layer["path"], f"a backing file of the source {source}", "source"))
+    if details.get("data_file"):
+        roles.append(Role(details["data_file"], f"the data file of the source {source}", "source"))
+    return roles
+
+
+def medium_roles(url: str, what: str, choose: str, stdio: str) -> list[Role]:
+    """The local file an archive URL names (``stdio``, /dev/stdout or /dev/stdin, for '-': a
+    redirection may point it at the source or target); nothing for remote media."""
+    from volpack.media import scheme_of
+    from volpack.media.file import path_of
+
+    scheme = scheme_of(url)
+    if scheme == "-":
+        return [Role(stdio, what, choose)]
+    return [Role(path_of(url), what, choose)] if scheme == "file" else []
+
+
 def _check_unchanged(src: Any, before: tuple[object, ...], path: str) -> None:
     if src.identity() != before:
         raise SourceError(
@@ -280,16 +317,6 @@ class RestoreResult:
     elapsed: float
 
 
-def _same_file(a: str, b: str) -> bool:
-    try:
-        sa, sb = os.stat(a), os.stat(b)
-    except OSError:
-        return False
-    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino) or (
-        sa.st_rdev != 0 and sa.st_rdev == sb.st_rdev
-    )
-
-
 def restore(
     archive_url: str,
     target: str,
@@ -303,12 +330,17 @@ def restore(
     """Restore the volume in ``archive_url`` to ``target`` (thin file or block device)."""
     from volpack.format.random_access import Archive
     from volpack.format.reader import ArchiveStream
-    from volpack.media import open_reader, scheme_of
+    from volpack.media import open_reader
     from volpack.targets.raw import open_raw_target
 
     t0 = time.perf_counter()
-    if scheme_of(archive_url) == "file" and _same_file(archive_url, target):
-        raise TargetError(f"{target}: is the archive being restored; choose another target")
+    check_distinct(
+        [
+            *medium_roles(archive_url, "the archive being restored", "archive", "/dev/stdin"),
+            Role(target, "the restore target", "target"),
+        ],
+        TargetError,
+    )
     medium = open_reader(archive_url)
     tgt: Target | None = None
     try:

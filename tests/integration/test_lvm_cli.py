@@ -129,3 +129,33 @@ def test_restore_layout_physical_puts_the_lv_back_onto_copies_of_its_pvs(lab, ca
         assert Path(copy).read_bytes() == img.read_bytes()
     code, _ = run_cli(capsys, "restore", archive, str(tmp_path / "x.raw"), "--pv", copies[0])
     assert code == 2
+
+
+def test_backup_refuses_an_archive_or_staging_on_a_physical_volume_of_the_source(
+    lab, capsys, tmp_path
+):
+    import hashlib
+
+    def digests() -> list[str]:
+        return [hashlib.sha256(p.read_bytes()).hexdigest() for p in lab.images]
+
+    def error_line(*argv: str) -> str:
+        assert main(list(argv)) == 2
+        lines = [x for x in capsys.readouterr().err.splitlines() if "error:" in x]
+        assert len(lines) == 1
+        return lines[0]
+
+    before = digests()
+    source = f"lvm:{lab.vg}/lin"
+    arc = str(tmp_path / "lin.vpk")
+    line = error_line(
+        "backup", source, str(lab.images[0]), *pv_args(lab), "--force", "--no-catalog"
+    )
+    assert "is a physical volume of the source" in line and "archive path" in line
+    # The PV's loop device reaches the same image: refused as staging before it is opened.
+    line = error_line(
+        "backup", source, arc, *pv_args(lab), "--staging", lab.loops[1], "--force", "--no-catalog"
+    )
+    assert f"is the same file as {lab.images[1]}" in line and "staging path" in line
+    assert digests() == before
+    assert not (tmp_path / "lin.vpk").exists()

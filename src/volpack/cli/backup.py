@@ -65,7 +65,8 @@ def register(sub: Any) -> None:
         "--staging",
         metavar="PATH",
         help="two-phase mode: copy the used data to this new file or block device "
-        "first, release the source, then stream the copy",
+        "first, release the source, then stream the copy (it must not be, or overlap, "
+        "the source or the archive)",
     )
     p.add_argument(
         "--source-format",

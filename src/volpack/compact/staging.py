@@ -41,11 +41,23 @@ def physical_order(
     return a[order], n[order], dense[order]
 
 
+def _open(path: str, flags: int) -> int:
+    try:
+        return os.open(path, flags | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        why = " (mounted or in use)" if exc.errno == errno.EBUSY else ""
+        raise UsageError(
+            f"staging {path}: cannot open for writing{why} ({exc.strerror}); choose a staging "
+            "file or device nothing else uses"
+        ) from None
+
+
 class Staging:
     """A staging file (created, removed afterwards) or block device holding the dense volume."""
 
     def __init__(self, path: str, dense_size: int, *, force: bool) -> None:
         self.path = path
+        self.dense_size = dense_size
         self.created = False
         try:
             st = os.stat(path)
@@ -57,7 +69,7 @@ class Staging:
                     f"staging {path}: is a block device; its contents will be "
                     "overwritten, add --force"
                 )
-            self.fd = os.open(path, os.O_RDWR | os.O_EXCL | os.O_CLOEXEC)
+            self.fd = _open(path, os.O_RDWR | os.O_EXCL)
             capacity = os.lseek(self.fd, 0, os.SEEK_END)
             if capacity < dense_size:
                 os.close(self.fd)
@@ -84,7 +96,7 @@ class Staging:
                 f"dense volume needs {human(dense_size)} ({dense_size} B); free "
                 "space or choose another staging path"
             )
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        self.fd = _open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL)
         self.created = True
 
     def fill(
@@ -122,9 +134,11 @@ class Staging:
                 data, offset = data[n:], offset + n
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise SourceError(
-                    f"staging {self.path}: no space left at offset {offset}; "
-                    "free space or use a larger staging device"
+                # The same family as the up-front space check: the staging area chosen is too
+                # small, whichever moment finds out (README "Exit codes").
+                raise UsageError(
+                    f"staging {self.path}: no space left at offset {offset} of "
+                    f"{self.dense_size} B; free space or choose a larger staging area"
                 ) from None
             raise SourceError(f"staging {self.path}: write error ({exc.strerror})") from None
 

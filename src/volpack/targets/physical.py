@@ -20,6 +20,7 @@ import numpy as np
 
 from volpack.errors import SourceError, TargetError, UsageError
 from volpack.extents import Extents
+from volpack.identity import Role, check_distinct
 from volpack.source.base import PM_UNKNOWN, PhysicalMap
 
 _ZERO_CHUNK = 4 << 20
@@ -238,9 +239,16 @@ def restore_physical(
     from volpack.format.random_access import Archive
     from volpack.format.reader import ArchiveStream
     from volpack.media import open_reader
-    from volpack.pipeline import RestoreResult
+    from volpack.pipeline import RestoreResult, medium_roles
 
     t0 = time.perf_counter()
+    check_distinct(
+        [
+            *medium_roles(archive_url, "the archive being restored", "archive", "/dev/stdin"),
+            *(Role(p, "a physical volume being written", "physical volume path") for p in pv_paths),
+        ],
+        TargetError,
+    )
     medium = open_reader(archive_url)
     target = None
     try:
