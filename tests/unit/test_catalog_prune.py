@@ -12,17 +12,24 @@ import pytest
 from volpack.catalog import ArchiveEntry, Catalog, Policy
 from volpack.catalog.prune import check, execute, location_of, plan
 from volpack.errors import MediumError, MediumTransient, UsageError
+from volpack.format import records as R
 from volpack.media import file as file_medium
 
 DAY = 86400.0
 T0 = dt.datetime(2024, 3, 1, 12, tzinfo=dt.UTC).timestamp()
 
 
+def header_bytes(uid: str) -> bytes:
+    """A real archive header for ``uid`` (what prune reads to learn which archive is where)."""
+    return R.Header(uid, 4096, 1 << 20, 1 << 20, 3, 1).encode() + b"rest of the archive"
+
+
 def make(cat: Catalog, directory, source: str, day: int) -> ArchiveEntry:
     path = directory / f"{source.strip('/').replace('/', '_')}-{day}.vpk"
-    path.write_bytes(b"archive bytes")
+    uid = str(uuidlib.uuid4())
+    path.write_bytes(header_bytes(uid))
     e = ArchiveEntry(
-        uuid=str(uuidlib.uuid4()),
+        uuid=uid,
         created=T0 + day * DAY,
         source_path=source,
         source_kind="file",
