@@ -25,7 +25,10 @@ def register(sub: Any) -> None:
         help="restore a volume from an archive",
         description="Restore the volume held in an archive. Nothing is written "
         "before the archive's header and tables check out; a file target is "
-        "replaced only when the whole archive checked out.",
+        "replaced only when the whole archive checked out. Given a catalog id or "
+        "--volume, the archive id in the header read from the medium must be the one "
+        "asked for: another archive there (the location was written over) is refused "
+        "with exit code 9 before the target is touched.",
     )
     p.add_argument(
         "archive",
