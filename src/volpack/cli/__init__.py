@@ -11,7 +11,6 @@ import importlib
 import logging
 import sys
 
-from volpack.cli import results
 from volpack.errors import EXIT_INTERRUPTED, VolpackError
 
 # Verb modules under volpack.cli, in help order. Each has register(subparsers) -> None, which
@@ -50,6 +49,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from volpack.cli import results
+
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     level = logging.WARNING if getattr(args, "quiet", False) else logging.INFO
