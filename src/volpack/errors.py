@@ -102,3 +102,11 @@ class VolumeDiffers(VolpackError):
     """verify --against found a volume that is not what the archive holds."""
 
     exit_code = EXIT_DIFFERS
+
+
+class CatalogFull(CatalogError):
+    """The catalog's filesystem has no free space left (SQLITE_FULL / ENOSPC); not damage."""
+
+
+class ArchiveReplaced(CatalogError):
+    """The catalogued location now holds another archive than the one asked for (overwritten)."""

@@ -17,7 +17,13 @@ from typing import Any
 from volpack import __version__
 from volpack.compact.table import AddressTable
 from volpack.detect import Detection, used_map
-from volpack.errors import SourceError, TargetError, UsageError, VolumeDiffers
+from volpack.errors import (
+    ArchiveReplaced,
+    SourceError,
+    TargetError,
+    UsageError,
+    VolumeDiffers,
+)
 from volpack.format import records as R
 from volpack.identity import Role, check_distinct
 from volpack.source import open_source
@@ -326,8 +332,11 @@ def restore(
     assume_zeroed: bool = False,
     target_format: str = "raw",
     progress: Progress | None = None,
+    expect_uuid: str | None = None,
 ) -> RestoreResult:
-    """Restore the volume in ``archive_url`` to ``target`` (thin file or block device)."""
+    """Restore the volume in ``archive_url`` to ``target`` (thin file or block device).
+    With ``expect_uuid`` (restore by catalog id), a different archive there is refused before
+    the target is touched."""
     from volpack.format.random_access import Archive
     from volpack.format.reader import ArchiveStream
     from volpack.media import open_reader
@@ -349,6 +358,7 @@ def restore(
         stream = ArchiveStream(medium)
         head = stream.read_head()
         h = head.header
+        check_expected(h, archive_url, expect_uuid)
         used_bytes = head.table.used_bytes(h.volume_size)
         if target_format == "raw":
             tgt = open_raw_target(
@@ -372,6 +382,19 @@ def restore(
         medium.close()
     return RestoreResult(
         h.uuid, target, h.volume_size, used_bytes.total(), h.frame_count, time.perf_counter() - t0
+    )
+
+
+def check_expected(header: R.Header, archive_url: str, expect_uuid: str | None) -> None:
+    """Refuse an archive that is not the one asked for (its location was written over since)."""
+    if expect_uuid is None or header.uuid == expect_uuid:
+        return
+    made = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(header.created_ns / 1e9))
+    raise ArchiveReplaced(
+        f"{archive_url}: holds archive {header.uuid} (made {made}), not archive {expect_uuid} "
+        "that was asked for: it was overwritten since the catalog recorded it; nothing was "
+        f"written; to restore the archive there now give its location "
+        f"('volpack restore {archive_url} TARGET'), or pick another with 'volpack list'"
     )
 
 

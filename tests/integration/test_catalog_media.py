@@ -189,3 +189,90 @@ def test_prune_aborts_with_nothing_deleted_when_bucket_listing_fails(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
     assert len(media.list_archives(f"s3://{s3_bucket}/q/")) == 3
     assert len(rows(catalog)) == 3
+
+
+# -- one archive per location, through the CLI ---------------------------------------------------
+def _cli(capsys, *argv: str) -> tuple[int, str, str]:
+    from volpack.cli import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _nightly_force_then_prune(capsys, tmp_path, url: str) -> None:
+    """Three nights of `backup disk.img URL --force`, then `prune --keep-last 1`: the archive
+    kept must still be at URL, restore and verify; the two older ones are refused by id."""
+    import json
+    import shutil
+
+    catalog = str(tmp_path / "c.sqlite")
+    src = make_volume(str(tmp_path / "disk.img"), 1, data_mib=1)
+    ids = []
+    for night in range(3):
+        with open(src, "r+b") as f:
+            f.seek(night << 20)
+            f.write(bytes([night + 1]) * 65536)
+        code, out, err = _cli(
+            capsys, "backup", "--allow-mounted", "--json", "--force", "--catalog", catalog, src, url
+        )
+        assert code == 0, err
+        ids.append(json.loads(out)["archive_uuid"])
+    shutil.copyfile(src, tmp_path / "last-night.img")
+    code, out, err = _cli(capsys, "prune", "--keep-last", "1", "--catalog", catalog)
+    assert code == 0, err
+    assert "keep 1, delete 0, forget 2 superseded" in out
+    code, out, _ = _cli(capsys, "list", "--json", "--catalog", catalog)
+    assert [(e["uuid"], e["urls"]) for e in json.loads(out)] == [(ids[2], [url])]
+    code, _, err = _cli(
+        capsys, "restore", "--catalog", catalog, ids[2][:8], str(tmp_path / "r.img")
+    )
+    assert code == 0, err
+    assert filecmp.cmp(tmp_path / "last-night.img", tmp_path / "r.img", shallow=False)
+    code, _, err = _cli(capsys, "verify", "--catalog", catalog, url)
+    assert code == 0, err
+    code, _, err = _cli(capsys, "restore", "--catalog", catalog, ids[0], str(tmp_path / "o.img"))
+    assert code == 9 and "no archive with id" in err  # forgotten by prune
+    assert not (tmp_path / "o.img").exists()
+
+
+def test_nightly_force_backups_and_prune_keep_the_archive_on_the_file_medium(tmp_path, capsys):
+    _nightly_force_then_prune(capsys, tmp_path, str(tmp_path / "disk.vpk"))
+    assert os.path.exists(tmp_path / "disk.vpk")
+
+
+@pytest.mark.s3
+def test_nightly_force_backups_and_prune_keep_the_archive_on_s3(s3_bucket, tmp_path, capsys):
+    from volpack import media
+
+    url = f"s3://{s3_bucket}/nightly/disk.vpk"
+    _nightly_force_then_prune(capsys, tmp_path, url)
+    assert [u for u, _, _ in media.list_archives(f"s3://{s3_bucket}/nightly/")] == [url]
+
+
+@pytest.mark.s3
+def test_prune_on_s3_spares_a_key_written_over_by_another_catalog(
+    s3_bucket, tmp_path, capsys, caplog
+):
+    import json
+
+    from volpack import media
+
+    catalog, other = str(tmp_path / "a.sqlite"), str(tmp_path / "b.sqlite")
+    src = make_volume(str(tmp_path / "v.img"), 8, data_mib=1)
+    urls = [f"s3://{s3_bucket}/o/v-{n}.vpk" for n in range(3)]
+    ids = [back_up(src, u, catalog).archive_uuid for u in urls]
+    code, out, err = _cli(
+        capsys, "backup", "--allow-mounted", "--json", "--force", "--catalog", other, src, urls[0]
+    )
+    assert code == 0, err
+    theirs = json.loads(out)["archive_uuid"]
+    code, out, err = _cli(capsys, "prune", "--keep-last", "1", "--catalog", catalog)
+    assert code == 1, err
+    assert f"{urls[0]}: not deleted: it holds {theirs} now, not archive {ids[0]}" in (
+        err + caplog.text
+    )
+    assert [u for u, _, _ in media.list_archives(f"s3://{s3_bucket}/o/")] == [urls[0], urls[2]]
+    code, _, err = _cli(capsys, "restore", "--catalog", other, theirs, str(tmp_path / "t.img"))
+    assert code == 0, err
+    assert filecmp.cmp(src, tmp_path / "t.img", shallow=False)

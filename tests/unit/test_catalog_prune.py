@@ -12,17 +12,24 @@ import pytest
 from volpack.catalog import ArchiveEntry, Catalog, Policy
 from volpack.catalog.prune import check, execute, location_of, plan
 from volpack.errors import MediumError, MediumTransient, UsageError
+from volpack.format import records as R
 from volpack.media import file as file_medium
 
 DAY = 86400.0
 T0 = dt.datetime(2024, 3, 1, 12, tzinfo=dt.UTC).timestamp()
 
 
+def header_bytes(uid: str) -> bytes:
+    """A real archive header for ``uid`` (what prune reads to learn which archive is where)."""
+    return R.Header(uid, 4096, 1 << 20, 1 << 20, 3, 1).encode() + b"rest of the archive"
+
+
 def make(cat: Catalog, directory, source: str, day: int) -> ArchiveEntry:
     path = directory / f"{source.strip('/').replace('/', '_')}-{day}.vpk"
-    path.write_bytes(b"archive bytes")
+    uid = str(uuidlib.uuid4())
+    path.write_bytes(header_bytes(uid))
     e = ArchiveEntry(
-        uuid=str(uuidlib.uuid4()),
+        uuid=uid,
         created=T0 + day * DAY,
         source_path=source,
         source_kind="file",
@@ -177,3 +184,56 @@ def test_medium_that_cannot_list_aborts_prune_with_source_hint(setup):
     with pytest.raises(UsageError, match="cannot list tape:/dev/, nothing deleted.*--source"):
         check(p)
     assert len(list(media.iterdir())) == 13
+
+
+# -- identity: a URL is deleted only while it holds the archive being removed -------------------
+def test_location_written_over_between_check_and_delete_is_spared(setup):
+    cat, media, a, b = setup
+    p = plan(cat, Policy(last=1), source="/vol/b", tz=dt.UTC)
+    checked = check(p)
+    intruder = str(uuidlib.uuid4())
+    (media / "vol_b-0.vpk").write_bytes(header_bytes(intruder))  # e.g. a backup --force now
+    outcome = execute(cat, p, checked)
+    assert (media / "vol_b-0.vpk").read_bytes() == header_bytes(intruder)
+    assert outcome.deleted == (b[1].uuid,)
+    assert [(s.uuid, s.holds) for s in outcome.spared] == [(b[0].uuid, intruder)]
+    assert [e.uuid for e in cat.find(source="/vol/b")] == [b[2].uuid]
+
+
+def test_location_holding_something_that_is_not_an_archive_is_never_deleted(setup):
+    cat, media, a, b = setup
+    (media / "vol_b-0.vpk").write_bytes(b"somebody's notes")
+    p = plan(cat, Policy(last=1), source="/vol/b", tz=dt.UTC)
+    checked = check(p)
+    assert [s.url for s in checked.spared] == [str(media / "vol_b-0.vpk")]
+    assert "no readable volpack archive" in checked.spared[0].holds
+    execute(cat, p, checked)
+    assert (media / "vol_b-0.vpk").read_bytes() == b"somebody's notes"
+
+
+def test_failure_to_read_which_archive_is_there_aborts_with_nothing_deleted(setup):
+    cat, media, a, b = setup
+    p = plan(cat, Policy(last=1), source="/vol/b", tz=dt.UTC)
+
+    def unreachable(url: str) -> str:
+        raise MediumTransient(f"{url}: connection reset")
+
+    with pytest.raises(MediumError, match="cannot read which archive .* nothing deleted"):
+        check(p, identify=unreachable)
+    assert len(list(media.iterdir())) == 13 and len(cat.find()) == 13
+
+
+def test_superseded_archives_are_outside_the_policy_and_only_forgotten(setup):
+    cat, media, a, b = setup
+    url = str(media / "vol_b-2.vpk")
+    over = dataclasses.replace(b[2], uuid=str(uuidlib.uuid4()), created=b[2].created + DAY)
+    (media / "vol_b-2.vpk").write_bytes(header_bytes(over.uuid))
+    cat.add(over)  # backup --force over the newest of /vol/b
+    p = plan(cat, Policy(last=2), source="/vol/b", tz=dt.UTC)
+    assert [e.uuid for e in p.superseded] == [b[2].uuid]
+    assert [e.uuid for e in p.keep] == [over.uuid, b[1].uuid]
+    outcome = execute(cat, p, check(p))
+    assert outcome.forgotten == (b[2].uuid,) and outcome.deleted == (b[0].uuid,)
+    assert (media / "vol_b-2.vpk").read_bytes() == header_bytes(over.uuid)
+    assert [e.uuid for e in cat.find(source="/vol/b")] == [b[1].uuid, over.uuid]
+    assert cat.find(url=url)[0].uuid == over.uuid

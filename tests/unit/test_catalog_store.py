@@ -236,3 +236,96 @@ def test_several_processes_recording_at_once_lose_nothing(tmp_path):
         found = c.find()
         assert len(found) == 240
         assert len(c.sources()) == 6
+
+
+# -- one archive per location (schema version 2) -------------------------------------------------
+# The schema of version 1 as released, to build a catalog the migration must bring forward.
+_V1_DDL = (
+    """CREATE TABLE archives (uuid TEXT PRIMARY KEY, created REAL NOT NULL,
+    source_path TEXT NOT NULL, source_kind TEXT NOT NULL, volume_size INTEGER NOT NULL,
+    fs_uuid TEXT, block_size INTEGER NOT NULL, used_blocks INTEGER NOT NULL, archive_size INTEGER,
+    stored_bytes INTEGER, format_version TEXT NOT NULL, digest TEXT, verify_ok INTEGER,
+    verified_at REAL, recorded_at REAL NOT NULL, description TEXT NOT NULL)""",
+    "CREATE INDEX archives_by_source ON archives (source_path, created)",
+    "CREATE INDEX archives_by_time ON archives (created)",
+    """CREATE TABLE locations (uuid TEXT NOT NULL REFERENCES archives (uuid) ON DELETE CASCADE,
+    url TEXT NOT NULL, added REAL NOT NULL, PRIMARY KEY (uuid, url))""",
+    "CREATE INDEX locations_by_url ON locations (url)",
+)
+
+
+def test_recording_an_archive_at_a_url_marks_the_one_there_before_superseded(cat):
+    first = entry(created=1.0, urls=("/b/disk.vpk",))
+    second = entry(created=2.0, urls=("/b/disk.vpk",))
+    cat.add(first)
+    cat.add(second)
+    old, new = cat.find()
+    assert old.uuid == first.uuid and old.urls == () and old.is_superseded
+    assert old.superseded[0].url == "/b/disk.vpk" and old.superseded[0].by == second.uuid
+    assert new.urls == ("/b/disk.vpk",) and not new.is_superseded
+    assert [e.uuid for e in cat.find(url="/b/disk.vpk")] == [second.uuid]
+
+
+def test_an_archive_recorded_again_where_it_was_written_over_is_live_there_again(cat):
+    a = entry(created=1.0, urls=("/b/x.vpk",))
+    b = entry(created=2.0, urls=("/b/x.vpk",))
+    cat.add(a)
+    cat.add(b)
+    cat.add(a)  # a rebuild found a copied back over b
+    rows = {e.uuid: e for e in cat.find()}
+    assert rows[a.uuid].urls == ("/b/x.vpk",) and rows[a.uuid].superseded == ()
+    assert rows[b.uuid].is_superseded and rows[b.uuid].superseded[0].by == a.uuid
+
+
+def test_removing_the_last_live_location_drops_an_archive_with_superseded_copies(cat):
+    a = entry(created=1.0, urls=("/b/x.vpk", "/c/x.vpk"))
+    cat.add(a)
+    cat.add(entry(created=2.0, urls=("/c/x.vpk",)))
+    assert cat.get(a.uuid).urls == ("/b/x.vpk",)
+    assert cat.remove_location(a.uuid, "/b/x.vpk") is True
+    assert a.uuid not in {e.uuid for e in cat.find()}
+
+
+def test_version_1_catalog_is_migrated_and_older_archives_at_one_url_are_superseded(tmp_path):
+    path = str(tmp_path / "v1.sqlite")
+    conn = sqlite3.connect(path, isolation_level=None)
+    for statement in _V1_DDL:
+        conn.execute(statement)
+    ids = [str(uuidlib.uuid4()) for _ in range(4)]
+    for n, (uid, url) in enumerate(zip(ids, ["/n/d.vpk"] * 3 + ["/n/other.vpk"], strict=True)):
+        conn.execute(
+            "INSERT INTO archives VALUES (?, ?, '/img', 'file', 1, NULL, 4096, 1, NULL, NULL, "
+            "'1.0', NULL, NULL, NULL, 0, '{}')",
+            (uid, 100.0 + n),
+        )
+        conn.execute("INSERT INTO locations VALUES (?, ?, 0)", (uid, url))
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    with Catalog.open(path, create=False) as c:
+        rows = c.find()
+    assert [e.is_superseded for e in rows] == [True, True, False, False]
+    assert {s.by for e in rows[:2] for s in e.superseded} == {ids[2]}
+    assert rows[0].superseded[0].at == 102.0
+    assert rows[2].urls == ("/n/d.vpk",) and rows[3].urls == ("/n/other.vpk",)
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    check.close()
+
+
+def test_restore_lookup_refuses_a_superseded_archive_naming_the_ones_left(tmp_path):
+    from volpack.catalog import locate_archive_ref, locate_volume_at
+    from volpack.errors import ArchiveReplaced
+
+    path = str(tmp_path / "c.sqlite")
+    with Catalog.open(path) as c:
+        weekly = entry(created=1.0, urls=("/b/weekly.vpk",))
+        night = [entry(created=10.0 + n, urls=("/b/disk.vpk",)) for n in range(2)]
+        for e in (weekly, *night):
+            c.add(e)
+    with pytest.raises(ArchiveReplaced, match=f"newest older one is {weekly.uuid[:8]}"):
+        locate_archive_ref(night[0].uuid, path)
+    with pytest.raises(ArchiveReplaced, match=f"next newer one is {night[1].uuid[:8]}"):
+        locate_volume_at("/img/a.img", "@10.5", path)
+    assert locate_volume_at("/img/a.img", "@5", path).uuid == weekly.uuid
+    found = locate_archive_ref(night[1].uuid[:8], path)
+    assert found is not None and (found.uuid, found.url) == (night[1].uuid, "/b/disk.vpk")

@@ -1,8 +1,9 @@
 """The catalog of backups (SQLite): what was backed up, when, where. Rebuildable from media.
 
 Entry points for the other parts of volpack: ``record_after_backup`` and ``record_after_verify``
-(never fail the operation they follow), ``resolve_archive_ref`` and ``resolve_volume_at`` (turn an
-archive id or a volume + time into a medium URL for restore). The catalog never holds data.
+(never fail the operation they follow), ``locate_archive_ref`` and ``locate_volume_at`` (turn an
+archive id or a volume + time into the archive id and the medium URL it was recorded at; restore
+then checks that the URL still holds that id). The catalog never holds data.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import logging
 import re
 import sqlite3
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from volpack.catalog.policy import Policy
@@ -25,15 +28,18 @@ from volpack.catalog.record import (
     source_key,
 )
 from volpack.catalog.store import ArchiveEntry, Catalog
-from volpack.errors import CatalogError, VolpackError
+from volpack.errors import ArchiveReplaced, CatalogError, VolpackError
 
 __all__ = [
     "ArchiveEntry",
     "Catalog",
+    "Located",
     "Policy",
     "default_path",
     "entry_from_archive",
     "entry_from_result",
+    "locate_archive_ref",
+    "locate_volume_at",
     "parse_time",
     "record_after_backup",
     "record_after_verify",
@@ -94,11 +100,31 @@ def record_after_verify(
     return True
 
 
+@dataclass(frozen=True, slots=True)
+class Located:
+    """A catalogued archive and the URL to read it from; restore checks the id it finds there."""
+
+    uuid: str
+    url: str
+
+
 def resolve_archive_ref(text: str, catalog_path: str | None = None) -> str | None:
-    """The medium URL of the catalogued archive whose id (or unique id prefix) is ``text``.
+    """The medium URL of ``locate_archive_ref`` (kept for library callers)."""
+    found = locate_archive_ref(text, catalog_path)
+    return None if found is None else found.url
+
+
+def resolve_volume_at(volume: str, at: str, catalog_path: str | None = None) -> str:
+    """The medium URL of ``locate_volume_at`` (kept for library callers)."""
+    return locate_volume_at(volume, at, catalog_path).url
+
+
+def locate_archive_ref(text: str, catalog_path: str | None = None) -> Located | None:
+    """The catalogued archive whose id (or unique id prefix) is ``text``, and its first location.
 
     None when ``text`` does not look like an id or no catalog exists; CatalogError when it looks
-    like an id but matches none or several archives, or the archive has no recorded location.
+    like an id but matches none or several archives, or the archive has no recorded location;
+    ArchiveReplaced when every location it had was overwritten by a later archive.
     Callers use it only after ``text`` turned out not to be an existing path or URL.
     """
     if not _ID_LIKE.match(text.strip()):
@@ -110,11 +136,13 @@ def resolve_archive_ref(text: str, catalog_path: str | None = None) -> str | Non
         return None
     with catalog:
         entry = catalog.get(text)
-    return _first_url(entry, path)
+        return _located(entry, path, catalog)
 
 
-def resolve_volume_at(volume: str, at: str, catalog_path: str | None = None) -> str:
-    """The medium URL of the newest archive of ``volume`` made at or before time ``at``."""
+def locate_volume_at(volume: str, at: str, catalog_path: str | None = None) -> Located:
+    """The newest archive of ``volume`` made at or before time ``at``. When that archive was
+    overwritten in place, it is refused (ArchiveReplaced), naming the archives still there:
+    silently restoring an older or newer one would not be the state asked for."""
     path = _catalog_path(catalog_path)
     when = parse_time(at)
     with Catalog.open(path, create=False) as catalog:
@@ -125,13 +153,38 @@ def resolve_volume_at(volume: str, at: str, catalog_path: str | None = None) -> 
             if key == volume:
                 raise
             entry = catalog.resolve(volume, when)
-    return _first_url(entry, path)
+        return _located(entry, path, catalog)
 
 
-def _first_url(entry: ArchiveEntry, path: str) -> str:
+def _located(entry: ArchiveEntry, path: str, catalog: Catalog) -> Located:
+    if entry.is_superseded:
+        raise _replaced_error(entry, path, catalog)
     if not entry.urls:
         raise CatalogError(
             f"{path}: archive {entry.uuid} was written to a stream and has no recorded location; "
             "give its path or URL"
         )
-    return entry.urls[0]
+    return Located(entry.uuid, entry.urls[0])
+
+
+def _replaced_error(entry: ArchiveEntry, path: str, catalog: Catalog) -> ArchiveReplaced:
+    first = entry.superseded[0]
+    others = [e for e in catalog.find(source=entry.source_path) if e.urls]
+    older = [e for e in others if e.created <= entry.created]
+    newer = [e for e in others if e.created > entry.created]
+    choices = []
+    if older:
+        choices.append(f"the newest older one is {older[-1].uuid[:8]} ({_iso(older[-1].created)})")
+    if newer:
+        choices.append(f"the next newer one is {newer[0].uuid[:8]} ({_iso(newer[0].created)})")
+    pick = "; ".join(choices) or f"no archive of {entry.source_path} is left"
+    return ArchiveReplaced(
+        f"archive {entry.uuid} of {entry.source_path} (made {_iso(entry.created)}) is gone: "
+        f"{first.url} was overwritten by archive {first.by} (recorded {_iso(first.at)}); "
+        f"{pick}; restore one by id ('volpack restore ID TARGET') or see "
+        f"'volpack list --source {entry.source_path}' (catalog {path})"
+    )
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))

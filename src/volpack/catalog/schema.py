@@ -1,17 +1,26 @@
 """The catalog's SQLite schema and connection set-up (WAL, busy timeout, schema version).
 
-Only this module knows the DDL. It opens connections in autocommit mode so that callers run
-explicit ``BEGIN IMMEDIATE`` transactions; it never reads or writes archive data.
+Only this module knows the DDL and its migrations. It opens connections in autocommit mode so
+that callers run explicit ``BEGIN IMMEDIATE`` transactions, and it tells a full disk apart from a
+damaged catalog in SQLite's errors; it never reads or writes archive data.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 
-from volpack.errors import CatalogError
+from volpack.errors import CatalogError, CatalogFull
+from volpack.units import human
 
-SCHEMA_VERSION = 1
+# 1: archives + locations. 2: a location row can be superseded (another archive was written to
+# the same URL since; the row records which one and when).
+SCHEMA_VERSION = 2
+
+# Below this much free space an I/O error from SQLite is taken for a full disk: growing the
+# shared-memory index (32 KiB) or the write-ahead log (a few pages) is what fails first.
+LOW_SPACE = 1 << 20
 
 # How long a writer waits for another process's transaction before giving up. Backups of many
 # volumes finishing together each hold the write lock for milliseconds, so this is generous.
@@ -45,11 +54,38 @@ _DDL = (
         uuid    TEXT NOT NULL REFERENCES archives (uuid) ON DELETE CASCADE,
         url     TEXT NOT NULL,
         added   REAL NOT NULL,
+        superseded_by   TEXT,              -- NULL: the archive is there; else the uuid written over it
+        superseded_at   REAL,              -- when the overwrite was recorded
         PRIMARY KEY (uuid, url)
     )
     """,
     "CREATE INDEX IF NOT EXISTS locations_by_url ON locations (url)",
 )
+
+# Existing catalogs, one step per version. Version 1 recorded every archive written to one URL as
+# if each were still there: all but the newest of them are marked superseded by the newest.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        "ALTER TABLE locations ADD COLUMN superseded_by TEXT",
+        "ALTER TABLE locations ADD COLUMN superseded_at REAL",
+        """
+        WITH ranked AS (
+            SELECT l.uuid AS uuid, l.url AS url, a.created AS created,
+                   first_value(l.uuid) OVER w AS newest,
+                   first_value(a.created) OVER w AS newest_created
+            FROM locations l JOIN archives a ON a.uuid = l.uuid
+            WINDOW w AS (PARTITION BY l.url ORDER BY a.created DESC, l.uuid DESC)
+        )
+        UPDATE locations SET
+            superseded_by = (SELECT newest FROM ranked r
+                             WHERE r.uuid = locations.uuid AND r.url = locations.url),
+            superseded_at = (SELECT newest_created FROM ranked r
+                             WHERE r.uuid = locations.uuid AND r.url = locations.url)
+        WHERE EXISTS (SELECT 1 FROM ranked r WHERE r.uuid = locations.uuid
+                      AND r.url = locations.url AND r.newest <> r.uuid)
+        """,
+    ),
+}
 
 
 def connect(path: str, *, create: bool) -> sqlite3.Connection:
@@ -64,6 +100,8 @@ def connect(path: str, *, create: bool) -> sqlite3.Connection:
         try:
             os.makedirs(parent, exist_ok=True)
         except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise full_error(path, "create the catalog directory") from exc
             raise CatalogError(
                 f"{parent}: cannot create the catalog directory: {exc.strerror}"
             ) from exc
@@ -86,8 +124,12 @@ def connect(path: str, *, create: bool) -> sqlite3.Connection:
         _ensure_schema(conn, path)
     except sqlite3.DatabaseError as exc:
         conn.close()
-        raise CatalogError(
-            f"{path}: not a usable catalog ({exc}); move it away and run 'volpack catalog rebuild URL'"
+        raise sqlite_error(
+            path,
+            exc,
+            "open the catalog",
+            f"{path}: not a usable catalog ({{exc}}); move it away and run "
+            "'volpack catalog rebuild URL'",
         ) from exc
     except CatalogError:
         conn.close()
@@ -112,8 +154,56 @@ def _ensure_schema(conn: sqlite3.Connection, path: str) -> None:
         if version == 0:
             for statement in _DDL:
                 conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        else:
+            for step in range(version, SCHEMA_VERSION):
+                for statement in _MIGRATIONS[step]:
+                    conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def sqlite_error(path: str, exc: sqlite3.Error, doing: str, otherwise: str) -> CatalogError:
+    """The one-line error for a failed SQLite call on the catalog at ``path``. A full disk and
+    other I/O trouble have other remedies than a damaged file, so they get their own words;
+    anything else gets ``otherwise`` (the caller's message, ``{exc}`` filled in)."""
+    name = str(getattr(exc, "sqlite_errorname", "") or "")
+    free = free_space(path)
+    if name == "SQLITE_FULL" or (
+        name.startswith("SQLITE_IOERR") and free is not None and free < LOW_SPACE
+    ):
+        return full_error(path, doing, free)
+    if name.startswith("SQLITE_IOERR"):
+        return CatalogError(
+            f"{path}: cannot {doing}: I/O error ({name}: {exc}); the catalog is not known to be "
+            "damaged: check the disk and its kernel log, then retry"
+        )
+    if name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN")):
+        return CatalogError(
+            f"{path}: cannot {doing}: {exc} ({name}); check the permissions of the catalog, its "
+            "-wal/-shm files and their directory"
+        )
+    return CatalogError(otherwise.replace("{exc}", str(exc)))
+
+
+def full_error(path: str, doing: str, free: int | None = None) -> CatalogFull:
+    """No room left where the catalog lives: name the filesystem, its free space, the remedy."""
+    free = free_space(path) if free is None else free
+    left = "unknown space" if free is None else f"{human(free)} ({free} bytes)"
+    return CatalogFull(
+        f"{path}: cannot {doing}: the filesystem holding the catalog is full ({left} free in "
+        f"{os.path.dirname(os.path.abspath(path))}); the catalog is not damaged: free space "
+        "there, or move the catalog with its -wal/-shm files to a filesystem with room and "
+        "point --catalog or VOLPACK_CATALOG at it"
+    )
+
+
+def free_space(path: str) -> int | None:
+    """Bytes an unprivileged writer can still use on the filesystem of ``path``; None if unknown."""
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize

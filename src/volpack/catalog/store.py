@@ -1,7 +1,8 @@
 """The catalog store: record, query and forget archives in SQLite, safely across processes.
 
 Rows describe archives that live on media; the catalog never reads or deletes archive bytes
-(see prune.py / rebuild.py for that). Every write is one ``BEGIN IMMEDIATE`` transaction.
+(see prune.py / rebuild.py for that). Every write is one ``BEGIN IMMEDIATE`` transaction. A URL
+holds one archive at a time: recording an archive at a URL marks the others there superseded.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from volpack.catalog.schema import connect
+from volpack.catalog.schema import connect, sqlite_error
 from volpack.errors import CatalogError, UsageError
 
 _COLUMNS = (
@@ -40,6 +41,16 @@ _HEXPREFIX = re.compile(r"^[0-9a-fA-F-]{1,36}$")
 
 
 @dataclass(frozen=True, slots=True)
+class Supersession:
+    """A location that no longer holds the archive: archive ``by`` was written there, as recorded
+    at ``at`` (seconds since the epoch)."""
+
+    url: str
+    by: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class ArchiveEntry:
     """One archive as the catalog knows it. Times are seconds since the epoch (UTC)."""
 
@@ -60,11 +71,22 @@ class ArchiveEntry:
     verified_at: float | None = None
     recorded_at: float = 0.0
     description: dict[str, Any] = field(default_factory=dict)
+    # Locations overwritten by later archives; ``urls`` lists only those that still hold it.
+    superseded: tuple[Supersession, ...] = ()
+
+    @property
+    def is_superseded(self) -> bool:
+        """Every recorded location was overwritten: no medium holds this archive any more."""
+        return bool(self.superseded) and not self.urls
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict (what ``list --json`` and ``show --json`` print)."""
         out: dict[str, Any] = {name: getattr(self, name) for name in _COLUMNS}
         out["urls"] = list(self.urls)
+        out["superseded"] = [
+            {"url": s.url, "by": s.by, "at": s.at, "at_iso": _iso(s.at)} for s in self.superseded
+        ]
+        out["is_superseded"] = self.is_superseded
         out["created_iso"] = _iso(self.created)
         out["verified_at_iso"] = _iso(self.verified_at) if self.verified_at is not None else None
         return out
@@ -101,13 +123,24 @@ class Catalog:
         try:
             self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise CatalogError(f"{self.path}: cannot update the catalog: {exc}; retry") from exc
+            raise sqlite_error(
+                self.path,
+                exc,
+                "update the catalog",
+                f"{self.path}: cannot update the catalog: {{exc}}; retry",
+            ) from exc
         try:
             yield self._conn
             self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            self._conn.execute("ROLLBACK")
-            raise CatalogError(f"{self.path}: catalog update failed: {exc}; retry") from exc
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise sqlite_error(
+                self.path,
+                exc,
+                "update the catalog",
+                f"{self.path}: catalog update failed: {{exc}}; retry",
+            ) from exc
         except BaseException:
             self._conn.execute("ROLLBACK")
             raise
@@ -116,7 +149,9 @@ class Catalog:
         """Insert or update one archive and add its URLs.
 
         Recording the same archive again (a rebuild, a second copy) keeps the earliest recording
-        time and an existing verify status unless the new entry carries one.
+        time and an existing verify status unless the new entry carries one. The entry's URLs are
+        where it is now, so any other archive recorded at one of them is marked superseded there
+        (``--force`` wrote over it) and this archive's own row there is live again.
         """
         now = time.time()
         row = {name: getattr(entry, name) for name in _COLUMNS}
@@ -135,7 +170,13 @@ class Catalog:
                 row,
             )
             db.executemany(
-                "INSERT OR IGNORE INTO locations (uuid, url, added) VALUES (?, ?, ?)",
+                "UPDATE locations SET superseded_by = ?, superseded_at = ? "
+                "WHERE url = ? AND uuid <> ? AND superseded_by IS NULL",
+                [(entry.uuid, now, url, entry.uuid) for url in entry.urls],
+            )
+            db.executemany(
+                "INSERT INTO locations (uuid, url, added) VALUES (?, ?, ?) "
+                "ON CONFLICT (uuid, url) DO UPDATE SET superseded_by = NULL, superseded_at = NULL",
                 [(entry.uuid, url, now) for url in entry.urls],
             )
 
@@ -163,10 +204,13 @@ class Catalog:
                 )
 
     def remove_location(self, uuid: str, url: str) -> bool:
-        """Forget one copy; the archive row goes when its last location does. True if it went."""
+        """Forget one copy; the archive row goes when its last location that still holds it does
+        (superseded ones go with it). True if the row went."""
         with self._write() as db:
             db.execute("DELETE FROM locations WHERE uuid = ? AND url = ?", (uuid, url))
-            left = db.execute("SELECT 1 FROM locations WHERE uuid = ? LIMIT 1", (uuid,)).fetchone()
+            left = db.execute(
+                "SELECT 1 FROM locations WHERE uuid = ? AND superseded_by IS NULL LIMIT 1", (uuid,)
+            ).fetchone()
             if left is None:
                 db.execute("DELETE FROM archives WHERE uuid = ?", (uuid,))
                 return True
@@ -183,17 +227,26 @@ class Catalog:
         try:
             rows = self._conn.execute(sql, params).fetchall()
             urls: dict[str, list[str]] = {}
+            gone: dict[str, list[Supersession]] = {}
             if rows:
-                for uuid, url in self._conn.execute(
-                    "SELECT uuid, url FROM locations WHERE uuid IN "
+                for uuid, url, by, at in self._conn.execute(
+                    "SELECT uuid, url, superseded_by, superseded_at FROM locations WHERE uuid IN "
                     f"(SELECT uuid FROM archives {where} ORDER BY created, uuid {tail}) "
                     "ORDER BY added, url",
                     params,
                 ):
-                    urls.setdefault(uuid, []).append(url)
+                    if by is None:
+                        urls.setdefault(uuid, []).append(url)
+                    else:
+                        gone.setdefault(uuid, []).append(Supersession(url, by, at or 0.0))
         except sqlite3.Error as exc:
-            raise CatalogError(f"{self.path}: cannot read the catalog: {exc}") from exc
-        return [_entry(row, urls.get(row[0], [])) for row in rows]
+            raise self._read_error(exc) from exc
+        return [_entry(row, urls.get(row[0], []), gone.get(row[0], [])) for row in rows]
+
+    def _read_error(self, exc: sqlite3.Error) -> CatalogError:
+        return sqlite_error(
+            self.path, exc, "read the catalog", f"{self.path}: cannot read the catalog: {{exc}}"
+        )
 
     def find(
         self,
@@ -216,7 +269,9 @@ class Catalog:
             clauses.append("created <= ?")
             params.append(until)
         if url is not None:
-            clauses.append("uuid IN (SELECT uuid FROM locations WHERE url = ?)")
+            clauses.append(
+                "uuid IN (SELECT uuid FROM locations WHERE url = ? AND superseded_by IS NULL)"
+            )
             params.append(url)
         where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
         return self._query(where, tuple(params))
@@ -227,7 +282,7 @@ class Catalog:
             rows = self._conn.execute("SELECT DISTINCT source_path FROM archives ORDER BY 1")
             return [r[0] for r in rows]
         except sqlite3.Error as exc:
-            raise CatalogError(f"{self.path}: cannot read the catalog: {exc}") from exc
+            raise self._read_error(exc) from exc
 
     def get(self, id_or_prefix: str) -> ArchiveEntry:
         """The one archive whose uuid starts with ``id_or_prefix`` (hyphens and case ignored)."""
@@ -263,7 +318,7 @@ class Catalog:
         return found[-1]
 
 
-def _entry(row: tuple[Any, ...], urls: list[str]) -> ArchiveEntry:
+def _entry(row: tuple[Any, ...], urls: list[str], gone: list[Supersession]) -> ArchiveEntry:
     v = dict(zip(_COLUMNS, row, strict=True))
     try:
         description = json.loads(v["description"] or "{}")
@@ -287,4 +342,5 @@ def _entry(row: tuple[Any, ...], urls: list[str]) -> ArchiveEntry:
         verified_at=v["verified_at"],
         recorded_at=v["recorded_at"],
         description=description if isinstance(description, dict) else {},
+        superseded=tuple(gone),
     )

@@ -49,12 +49,17 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from volpack.cli import results
+
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     level = logging.WARNING if getattr(args, "quiet", False) else logging.INFO
     if getattr(args, "verbose", False):
         level = logging.DEBUG
     logging.basicConfig(level=level, format="volpack: %(message)s", stream=sys.stderr)
+    # A reader of the results that stops early (`volpack list | head`) is not an error: the
+    # rest of the results is dropped and the verb's own exit code stands (README "Exit codes").
+    guard = results.install()
     try:
         return int(args.func(args))
     except VolpackError as exc:
@@ -63,10 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("volpack: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        # The reader of our stdout went away (e.g. `volpack map … | head`).
-        sys.stderr.close()
-        return 1
+    finally:
+        results.finish(guard)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,13 @@ def verify_word(entry: Any) -> str:
     return "ok" if entry.verify_ok else "FAILED"
 
 
+def superseded_note(entry: Any) -> str:
+    """Where and by which archive an archive was written over (list, show, prune)."""
+    s = entry.superseded[0]
+    more = f" (+{len(entry.superseded) - 1})" if len(entry.superseded) > 1 else ""
+    return f"superseded: {s.url} overwritten by {s.by[:8]} at {local_time(s.at)}{more}"
+
+
 def print_json(value: Any) -> None:
     json.dump(value, sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")

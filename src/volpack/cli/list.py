@@ -9,7 +9,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from volpack.cli.catalog import add_catalog_option, local_time, print_json, verify_word
+from volpack.cli.catalog import (
+    add_catalog_option,
+    local_time,
+    print_json,
+    superseded_note,
+    verify_word,
+)
 from volpack.errors import EXIT_OK
 from volpack.units import human
 
@@ -18,7 +24,9 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "list",
         help="list the archives in the catalog",
-        description="List the catalogued archives, oldest first.",
+        description="List the catalogued archives, oldest first. An archive whose location "
+        "was written over by a later one (backup --force) is shown as superseded: it is on no "
+        "medium any more; prune forgets it.",
     )
     parser.add_argument("--source", metavar="S", help="only archives of this volume (its path)")
     parser.add_argument("--json", action="store_true", help="print a JSON array")
@@ -42,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
         where = e.urls[0] if e.urls else "-"
         if len(e.urls) > 1:
             where += f" (+{len(e.urls) - 1})"
+        if e.is_superseded:
+            where = f"- ({superseded_note(e)})"
         rows.append(
             (
                 e.uuid[:8],

@@ -1,8 +1,8 @@
 """``volpack prune``: apply a keep-last/daily/weekly/monthly policy per volume and delete the rest.
 
-Prints the plan before anything happens, then lists the media (any listing error aborts with
-nothing deleted) and deletes through the medium API, one archive at a time. Only argument
-handling and output; the work is in ``volpack.catalog.prune``.
+Prints the plan before anything happens, then lists the media and reads which archive each
+location holds (any error aborts with nothing deleted) and deletes through the medium API, one
+archive at a time. Only argument handling and output; the work is in ``volpack.catalog.prune``.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import argparse
 import logging
 from typing import Any
 
-from volpack.cli.catalog import add_catalog_option, local_time, print_json
+from volpack.cli.catalog import add_catalog_option, local_time, print_json, superseded_note
 from volpack.cli.common import add_medium_options, apply_medium_options
-from volpack.errors import EXIT_OK
+from volpack.errors import EXIT_OK, EXIT_WARNING
 
 log = logging.getLogger("volpack")
 
@@ -24,7 +24,10 @@ def register(subparsers: Any) -> None:
         help="delete archives a retention policy does not keep",
         description="For each volume in the catalog, keep the archives selected by any --keep-* "
         "rule and delete the others from their media. Days, weeks (ISO, from Monday) and months "
-        "are in local time (set TZ to change it). At least one rule is required.",
+        "are in local time (set TZ to change it). At least one rule is required. A location is "
+        "deleted only if the archive read there is the one being removed; records of archives "
+        "written over in place (superseded) are forgotten without touching the media. Exit "
+        "code 1 when a location was found written over outside this catalog (it is kept).",
     )
     for name, what in (
         ("last", "the N newest archives"),
@@ -61,10 +64,21 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             _print_plan(pplan, args.dry_run)
         outcome = None
+        checked = None
         if pplan.remove:
-            checked = check(pplan)  # raises, with nothing deleted, if any listing fails
-            if not args.dry_run:
-                outcome = execute(catalog, pplan, checked)
+            checked = check(pplan)  # raises, with nothing deleted, if any listing or read fails
+        if not args.dry_run and (pplan.remove or pplan.superseded):
+            outcome = execute(catalog, pplan, checked)
+    spared = outcome.spared if outcome else (checked.spared if checked else ())
+    for s in spared:
+        log.warning(
+            "%s: not deleted: it holds %s now, not archive %s (written over outside this "
+            "catalog)%s",
+            s.url,
+            s.holds,
+            s.uuid,
+            "" if args.dry_run else f"; {s.uuid[:8]} is forgotten at that location",
+        )
     if args.json:
         print_json(
             {
@@ -75,27 +89,39 @@ def run(args: argparse.Namespace) -> int:
                     for e in g.keep
                 ],
                 "remove": [e.to_json() for e in pplan.remove],
+                "superseded": [e.to_json() for e in pplan.superseded],
                 "deleted": list(outcome.deleted) if outcome else [],
                 "already_gone": list(outcome.already_gone) if outcome else [],
+                "forgotten": list(outcome.forgotten) if outcome else [],
+                "spared": [{"uuid": s.uuid, "url": s.url, "holds": s.holds} for s in spared],
             }
         )
     elif outcome is not None:
         print(f"deleted {len(outcome.deleted)} archives", end="")
         if outcome.already_gone:
             print(f"; {len(outcome.already_gone)} were already gone and are forgotten", end="")
+        if outcome.forgotten:
+            print(f"; {len(outcome.forgotten)} superseded records forgotten", end="")
         print()
-    return EXIT_OK
+    return EXIT_WARNING if spared else EXIT_OK
 
 
 def _print_plan(pplan: Any, dry_run: bool) -> None:
     verb = "would delete" if dry_run else "delete"
     for group in pplan.groups:
-        print(f"{group.source}: keep {len(group.keep)}, {verb} {len(group.remove)}")
+        line = f"{group.source}: keep {len(group.keep)}, {verb} {len(group.remove)}"
+        if group.superseded:
+            line += (
+                f", {'would forget' if dry_run else 'forget'} {len(group.superseded)} superseded"
+            )
+        print(line)
         for e in group.keep:
             why = ", ".join(group.decision.reasons[e.uuid])
             print(f"  keep    {e.uuid[:8]}  {local_time(e.created)}  ({why})")
         for e in group.remove:
             where = ", ".join(e.urls) or "(no location; forget only)"
             print(f"  {'remove':<7} {e.uuid[:8]}  {local_time(e.created)}  {where}")
+        for e in group.superseded:
+            print(f"  forget  {e.uuid[:8]}  {local_time(e.created)}  ({superseded_note(e)})")
     if not pplan.groups:
         print("no archives in the catalog match; nothing to do")

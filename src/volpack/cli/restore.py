@@ -25,7 +25,10 @@ def register(sub: Any) -> None:
         help="restore a volume from an archive",
         description="Restore the volume held in an archive. Nothing is written "
         "before the archive's header and tables check out; a file target is "
-        "replaced only when the whole archive checked out.",
+        "replaced only when the whole archive checked out. Given a catalog id or "
+        "--volume, the archive id in the header read from the medium must be the one "
+        "asked for: another archive there (the location was written over) is refused "
+        "with exit code 9 before the target is touched.",
     )
     p.add_argument(
         "archive",
@@ -84,31 +87,35 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def resolve_archive(text: str, catalog: str | None) -> str:
-    """A path or URL as given; otherwise a catalog id (or unique id prefix)."""
+def resolve_archive(text: str, catalog: str | None) -> tuple[str, str | None]:
+    """A path or URL as given (no id to check); otherwise a catalog id (or unique id prefix):
+    its recorded URL and the id the archive there must have."""
     from volpack.media import scheme_of
 
     if text == "-" or scheme_of(text) != "file" or os.path.exists(text):
-        return text
-    from volpack.catalog import resolve_archive_ref
+        return text, None
+    from volpack.catalog import locate_archive_ref
 
-    return resolve_archive_ref(text, catalog) or text
+    found = locate_archive_ref(text, catalog)
+    return (text, None) if found is None else (found.url, found.uuid)
 
 
 def run(args: argparse.Namespace) -> int:
     from volpack.pipeline import restore
 
     apply_medium_options(args)
+    expect: str | None  # the archive id the location must hold (restore by id or by time)
     if args.volume is not None:
         if args.archive is not None:
             raise UsageError("restore: give either ARCHIVE or --volume, not both")
-        from volpack.catalog import resolve_volume_at
+        from volpack.catalog import locate_volume_at
 
-        archive = resolve_volume_at(args.volume, args.at, args.catalog)
+        found = locate_volume_at(args.volume, args.at, args.catalog)
+        archive, expect = found.url, found.uuid
     elif args.archive is None:
         raise UsageError("restore: give ARCHIVE (path, URL or catalog id) or --volume PATH")
     else:
-        archive = resolve_archive(args.archive, args.catalog)
+        archive, expect = resolve_archive(args.archive, args.catalog)
     if args.pv and args.layout != "physical":
         raise UsageError("restore: --pv is only for --layout physical")
     progress = Progress(args)
@@ -117,7 +124,11 @@ def run(args: argparse.Namespace) -> int:
             from volpack.targets.physical import restore_physical
 
             result = restore_physical(
-                archive, (args.target, *args.pv), force=args.force, progress=progress
+                archive,
+                (args.target, *args.pv),
+                force=args.force,
+                progress=progress,
+                expect_uuid=expect,
             )
         else:
             result = restore(
@@ -128,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
                 assume_zeroed=args.assume_zeroed,
                 target_format=args.target_format,
                 progress=progress,
+                expect_uuid=expect,
             )
     finally:
         progress.close()

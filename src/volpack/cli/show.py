@@ -49,7 +49,12 @@ def run(args: argparse.Namespace) -> int:
         ("verified", f"{verify_word(e)} at {local_time(e.verified_at)}" if e.verified_at else "-"),
         ("recorded", local_time(e.recorded_at)),
     ]
-    lines += [("location", url) for url in e.urls] or [("location", "- (written to a stream)")]
+    lines += [("location", url) for url in e.urls]
+    lines += [
+        ("superseded", f"{s.url} overwritten by {s.by} at {local_time(s.at)}") for s in e.superseded
+    ]
+    if not e.urls and not e.superseded:
+        lines.append(("location", "- (written to a stream)"))
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
         print(f"{key + ':':<{width + 1}} {value}")

@@ -233,13 +233,15 @@ def restore_physical(
     *,
     force: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
+    expect_uuid: str | None = None,
 ) -> Any:
     """Restore ``archive_url`` onto ``pv_paths`` at its recorded physical offsets, in one pass over
-    the archive (files, pipes, tape, S3). Returns a ``pipeline.RestoreResult``."""
+    the archive (files, pipes, tape, S3). Returns a ``pipeline.RestoreResult``. With
+    ``expect_uuid``, another archive there is refused before any PV is opened."""
     from volpack.format.random_access import Archive
     from volpack.format.reader import ArchiveStream
     from volpack.media import open_reader
-    from volpack.pipeline import RestoreResult, medium_roles
+    from volpack.pipeline import RestoreResult, check_expected, medium_roles
 
     t0 = time.perf_counter()
     check_distinct(
@@ -257,6 +259,7 @@ def restore_physical(
         stream = ArchiveStream(medium)
         head = stream.read_head()
         h = head.header
+        check_expected(h, archive_url, expect_uuid)
         details = (head.desc.get("source") or {}).get("details") or {}
         pmap = physical_map_from_records(head.devices, head.pmap)
         target = open_physical_target(pv_paths, pmap, force=force, source_details=details)
