@@ -137,6 +137,7 @@ class BackupResult:
     source: dict[str, Any]
     detection: dict[str, Any] = field(default_factory=dict)
     staging: str | None = None
+    used_bytes: int = 0  # used blocks' bytes within the volume (the last block may be partial)
 
 
 def backup(
@@ -258,6 +259,7 @@ def backup(
         source_desc,
         detection_desc,
         staging,
+        table.used_bytes(header.volume_size).total(),
     )
 
 

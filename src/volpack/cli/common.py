@@ -156,3 +156,8 @@ def emit(
 
 def rate(nbytes: int, seconds: float) -> str:
     return f"{human(nbytes / seconds)}/s" if seconds > 0 else "-"
+
+
+def share(used: int, size: int) -> str:
+    """'12.5%' of a volume; an empty volume has no share to give."""
+    return f"{100.0 * used / size:.1f}%" if size else "empty volume"
