@@ -143,6 +143,7 @@ class BackupResult:
     source: dict[str, Any]
     detection: dict[str, Any] = field(default_factory=dict)
     staging: str | None = None
+    used_bytes: int = 0  # used blocks' bytes within the volume (the last block may be partial)
 
 
 def backup(
@@ -274,6 +275,7 @@ def backup(
         source_desc,
         detection_desc,
         staging,
+        table.used_bytes(header.volume_size).total(),
     )
 
 
@@ -429,6 +431,10 @@ class VerifyResult:
     against: str | None
     differences: tuple[tuple[int, int], ...]  # first differing byte ranges (volume offsets)
     elapsed: float
+    # Blocks unused in the archive (a filesystem said so) that are not zero in the volume:
+    # deleted or stale data, not a difference. Their count and first byte ranges.
+    unused_nonzero_blocks: int = 0
+    unused_nonzero: tuple[tuple[int, int], ...] = ()
 
 
 def verify(
@@ -440,10 +446,12 @@ def verify(
     progress: Progress | None = None,
 ) -> VerifyResult:
     """Read the whole archive checking every frame, count and the digest; with ``against``, also
-    compare a volume with it (used blocks equal, unused blocks zero). Raises on any failure."""
+    compare a volume with it: used blocks equal; unused blocks zero where the archive's detector
+    found them holes or zeros, elsewhere (filesystem-free blocks) nonzero ones are only counted
+    in the result. Raises on any failure."""
     from volpack.format.reader import ArchiveStream
     from volpack.media import open_reader
-    from volpack.targets.compare import VolumeComparer
+    from volpack.targets.compare import VolumeComparer, zero_by_definition
 
     t0 = time.perf_counter()
     medium = open_reader(archive_url)
@@ -458,9 +466,15 @@ def verify(
         _scatter(stream, head.table, h.volume_size, sink, h.dense_size, progress)
         trailer = stream.read_tail()
         diffs: tuple[tuple[int, int], ...] = ()
+        stale: tuple[int, tuple[tuple[int, int], ...]] = (0, ())
         if comparer is not None:
-            comparer.check_unused(head.table.used_bytes(h.volume_size))
+            comparer.check_unused(
+                head.table.used_bytes(h.volume_size),
+                zero_by_definition(head.desc.get("detection"), h.volume_size),
+                h.block_size,
+            )
             diffs = comparer.differences()
+            stale = comparer.stale()
     finally:
         medium.close()
         if comparer is not None:
@@ -474,6 +488,7 @@ def verify(
         against,
         diffs,
         time.perf_counter() - t0,
+        *stale,
     )
     if diffs:
         first = ", ".join(f"[{a}, {b})" for a, b in diffs[:5])

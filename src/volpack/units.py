@@ -1,28 +1,57 @@
 """Parsing and printing sizes: ``4096``, ``4K``, ``4KiB``, ``1.5G``. K/M/G/T are powers of 1000 when
 written with a trailing ``B`` (``4KB``) and powers of 1024 otherwise, like dd and qemu-img.
+
+The one size parser of volpack: every size option and URL size parameter goes through it, so bad
+sizes get the same one-line UsageError everywhere. Exact (rational) arithmetic, bounded result.
 """
 
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 
 from volpack.errors import UsageError
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtpe]?)(i?)(b?)\s*$", re.IGNORECASE)
 _POW = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5, "e": 6}
+# Sizes become 64-bit signed fields (offsets, lengths); anything larger is a typo, not a size.
+MAX_SIZE = (1 << 63) - 1
+REMEDY = "use a size like 4096, 4K or 4Ki"
+
+
+def _problem(text: str) -> str:
+    """Why ``text`` is not a size, in a few words."""
+    t = text.strip()
+    if not t:
+        return "empty"
+    if t.startswith("-"):
+        return "negative"
+    if re.match(r"^\+?0x", t, re.IGNORECASE):
+        return "hexadecimal is not accepted"
+    if re.fullmatch(r"\+?\d+(\.\d+)?e[+-]?\d+", t, re.IGNORECASE):
+        return "exponent notation is not accepted"
+    unit = re.fullmatch(r"\d+(?:\.\d+)?\s*([a-z]+)", t, re.IGNORECASE)
+    if unit:
+        return f"unknown unit '{unit.group(1)}' (units: K, M, G, T, P, E; Ki… binary, KB… decimal)"
+    return "not a number"
 
 
 def parse_size(text: str, what: str = "size") -> int:
-    """Bytes from a size string; K/M/G and Ki/Mi/Gi are binary, KB/MB/GB decimal."""
+    """Bytes from a size string; K/M/G and Ki/Mi/Gi are binary, KB/MB/GB decimal.
+
+    ``what`` names the option or parameter in the message (``--block-size``)."""
+    shown = text if text.strip() else repr(text)
     m = _SIZE.match(text)
     if not m:
-        raise UsageError(f"{what} '{text}': not a size; use bytes or a suffix like 4K, 64Mi, 1G")
+        raise UsageError(f"{what} {shown}: {_problem(text)}; {REMEDY}")
     number, unit, binary, byte = m.groups()
     power = _POW[unit.lower()]
     base = 1000 if (byte and not binary and power) else 1024
-    value = float(number) * base**power
-    if value != int(value):
-        raise UsageError(f"{what} '{text}': not a whole number of bytes")
+    value = Fraction(number) * base**power
+    if value.denominator != 1:
+        raise UsageError(f"{what} {shown}: not a whole number of bytes; {REMEDY}")
+    if value > MAX_SIZE:
+        raise UsageError(f"{what} {shown}: more than 2^63-1 bytes (8 EiB); {REMEDY}")
     return int(value)
 
 

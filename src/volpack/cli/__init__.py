@@ -10,8 +10,9 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import NoReturn
 
-from volpack.errors import EXIT_INTERRUPTED, VolpackError
+from volpack.errors import EXIT_INTERRUPTED, EXIT_USAGE, VolpackError
 
 # Verb modules under volpack.cli, in help order. Each has register(subparsers) -> None, which
 # sets ``func`` (args -> exit code) on its parser.
@@ -30,12 +31,24 @@ VERBS = (
 )
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with volpack's error shape: one ``volpack: error:`` line, a pointer to the
+    verb's --help, exit 2 (argparse's default prints the whole usage first)."""
+
+    verb = ""  # on the top-level parser, build_parser sets the verb that was given
+
+    def error(self, message: str) -> NoReturn:
+        verb = self.prog.removeprefix("volpack").strip() or self.verb
+        subject, hint = (f"{verb}: ", f"volpack {verb} --help") if verb else ("", "volpack --help")
+        self.exit(EXIT_USAGE, f"volpack: error: {subject}{message}\nvolpack: see '{hint}'\n")
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser; when ``argv`` names a verb, only that verb's module is imported (start-up
     time counts in every backup: the other verbs would pull in NBD, FUSE and catalog code)."""
     from volpack import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="volpack",
         description="Block-level backup of volumes: only used blocks, self-describing archives.",
     )
@@ -45,6 +58,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     chosen = words[:1] if words and words[0] in VERBS else VERBS
     for verb in chosen:
         importlib.import_module(f"volpack.cli.{verb}").register(sub)
+    if len(chosen) == 1:
+        parser.verb = chosen[0]  # "unrecognized arguments" comes from the top-level parser
     return parser
 
 
@@ -52,7 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     from volpack.cli import results
 
     parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    try:
+        # Option types (sizes) raise UsageError, which argparse lets through: one line, exit 2.
+        args = parser.parse_args(argv)
+    except VolpackError as exc:
+        print(f"volpack: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     level = logging.WARNING if getattr(args, "quiet", False) else logging.INFO
     if getattr(args, "verbose", False):
         level = logging.DEBUG

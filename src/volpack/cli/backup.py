@@ -14,6 +14,7 @@ from volpack.cli.common import (
     apply_medium_options,
     emit,
     rate,
+    share,
     size_arg,
 )
 from volpack.errors import EXIT_OK, EXIT_WARNING, VolpackError
@@ -151,14 +152,13 @@ def run(args: argparse.Namespace) -> int:
         from volpack.catalog import record_after_backup
 
         record_after_backup(result, args.catalog)
-    used = result.used_blocks * result.block_size
+    used = result.used_bytes
     ratio = result.volume_size / result.archive_size if result.archive_size else 0.0
-    pct = 100.0 * used / result.volume_size if result.volume_size else 0.0
     lines = [
         f"archive {result.archive_uuid} -> {result.url}",
-        f"volume {human(result.volume_size)}, used {human(used)} ({pct:.1f}%), archive "
-        f"{human(result.archive_size)} (volume/archive {ratio:.1f}x), "
-        f"{result.elapsed:.2f} s, {rate(used, result.elapsed)}",
+        f"volume {human(result.volume_size)}, used {human(used)} "
+        f"({share(used, result.volume_size)}), archive {human(result.archive_size)} "
+        f"(volume/archive {ratio:.1f}x), {result.elapsed:.2f} s, {rate(used, result.elapsed)}",
     ]
     # With the archive on stdout, the result must not mix into it: it goes to stderr.
     emit(args, dataclasses.asdict(result), lines, to_stderr=args.archive == "-")

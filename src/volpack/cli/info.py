@@ -6,7 +6,13 @@ import argparse
 import time
 from typing import Any
 
-from volpack.cli.common import add_medium_options, add_output_options, apply_medium_options, emit
+from volpack.cli.common import (
+    add_medium_options,
+    add_output_options,
+    apply_medium_options,
+    emit,
+    share,
+)
 from volpack.errors import EXIT_OK
 from volpack.units import human
 
@@ -50,7 +56,7 @@ def describe(archive: str) -> dict[str, Any]:
             extra = {"complete": None, "frames": h.frame_count}
     finally:
         medium.close()
-    used = h.used_blocks * h.block_size
+    used = table.used_bytes(h.volume_size).total()  # the last block may be partial
     return {
         "uuid": h.uuid,
         "format": f"{h.major}.{h.minor}",
@@ -90,13 +96,12 @@ def run(args: argparse.Namespace) -> int:
     apply_medium_options(args)
     d = describe(args.archive)
     vol, used = d["volume_size"], d["used_bytes"]
-    pct = 100.0 * used / vol if vol else 0.0
     lines = [
         f"archive      {d['uuid']} (format {d['format']}, {d['tool']})",
         f"created      {d['created']} on {d['host']}",
         f"source       {(d['source'] or {}).get('kind')} {(d['source'] or {}).get('path')}",
         f"volume       {human(vol)} ({vol} B), block size {d['block_size']}",
-        f"used         {human(used)} ({pct:.1f}%), {d['used_blocks']} blocks in "
+        f"used         {human(used)} ({share(used, vol)}), {d['used_blocks']} blocks in "
         f"{d['address_table_runs']} runs",
         f"frames       {d['frames']} x {human(d['frame_size'])}, codec {d['codec']}",
     ]

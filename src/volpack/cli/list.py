@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
                 local_time(e.created),
                 e.source_path,
                 human(e.volume_size),
-                human(e.used_blocks * e.block_size),
+                human(min(e.used_blocks * e.block_size, e.volume_size)),
                 human(e.archive_size) if e.archive_size is not None else "-",
                 verify_word(e),
                 where,

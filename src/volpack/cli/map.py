@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from volpack.cli.common import Progress, add_output_options, size_arg
+from volpack.cli.common import Progress, add_output_options, share, size_arg
 from volpack.errors import EXIT_OK, EXIT_WARNING
 from volpack.units import human
 
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         progress.close()
     items = entries(vmap)
     det = vmap.detection
-    used = det.used.total() * det.block_size
+    used = det.used.scale_in(det.block_size).clip(0, vmap.size).total()  # last block may be partial
     if args.json:
         json.dump(
             {
@@ -149,9 +149,9 @@ def run(args: argparse.Namespace) -> int:
                 f"{e['start']:>16} {e['length']:>16}  {what:<10}  {e.get('detector', ''):<12} "
                 f"{where}"
             )
-        pct = 100.0 * used / vmap.size if vmap.size else 0.0
         print(
-            f"{vmap.source['path']}: {human(vmap.size)}, used {human(used)} ({pct:.1f}%) in "
+            f"{vmap.source['path']}: {human(vmap.size)}, used {human(used)} "
+            f"({share(used, vmap.size)}) in "
             f"{len(det.used)} runs of {det.block_size} B blocks; {vmap.elapsed:.2f} s"
         )
         for line in bitmap_lines(vmap.source):

@@ -10,10 +10,10 @@ import argparse
 import os
 import sys
 
-from volpack.cli.common import add_medium_options, apply_medium_options
+from volpack.cli.common import add_medium_options, apply_medium_options, size_arg
 from volpack.errors import EXIT_OK
 from volpack.serve.fuse import DEFAULT_FILE_NAME, mount
-from volpack.units import human, parse_size
+from volpack.units import human
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--cache-size",
+        type=size_arg("--cache-size"),
         default="64M",
         metavar="SIZE",
         help="decoded frames kept in memory, in bytes (K/M/G suffixes; default 64M, at least one frame)",
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     apply_medium_options(args)
     from volpack import open_archive
 
-    cache = parse_size(args.cache_size, "--cache-size")
+    cache = args.cache_size
     with open_archive(args.archive, cache_bytes=cache) as archive:
         path = os.path.join(args.mountpoint, args.file_name)
         if not args.quiet:

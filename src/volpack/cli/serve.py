@@ -13,11 +13,11 @@ import sys
 from contextlib import ExitStack
 from pathlib import PurePosixPath
 
-from volpack.cli.common import add_medium_options, apply_medium_options
+from volpack.cli.common import add_medium_options, apply_medium_options, size_arg
 from volpack.errors import EXIT_OK, UsageError
 from volpack.serve.export import Export
 from volpack.serve.nbd_server import DEFAULT_PORT, NbdServer
-from volpack.units import human, parse_size
+from volpack.units import human
 
 log = logging.getLogger("volpack")
 
@@ -60,6 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--cache-size",
+        type=size_arg("--cache-size"),
         default="64M",
         metavar="SIZE",
         help="decoded frames kept per archive, in bytes (K/M/G suffixes; default 64M, at least one frame)",
@@ -108,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
             f"--name given {len(args.name)} times for {len(args.archives)} archives; "
             "give at most one name per archive"
         )
-    cache = parse_size(args.cache_size, "--cache-size")
+    cache = args.cache_size
     if args.handshake_timeout <= 0 or args.max_clients < 1:
         raise UsageError("--handshake-timeout and --max-clients must be positive numbers")
     names = list(args.name) + [export_name(u) for u in args.archives[len(args.name) :]]

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(e.to_json())
         return EXIT_OK
-    used = e.used_blocks * e.block_size
+    used = min(e.used_blocks * e.block_size, e.volume_size)  # the last block may be partial
     lines = [
         ("archive", e.uuid),
         ("created", f"{local_time(e.created)} ({e.to_json()['created_iso']})"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 from typing import Any
 
 from volpack.cli.common import (
@@ -14,6 +15,8 @@ from volpack.cli.common import (
     emit,
 )
 from volpack.errors import EXIT_OK, VolpackError
+
+log = logging.getLogger("volpack")
 
 
 def register(sub: Any) -> None:
@@ -74,7 +77,17 @@ def run(args: argparse.Namespace) -> int:
         f"archive {result.archive_uuid} ok: {result.frame_count} frames, "
         f"{result.archive_size} bytes, digest blake3:{result.digest}"
     ]
-    if result.against:
+    if result.against and result.unused_nonzero_blocks:
+        first = ", ".join(f"[{a}, {b})" for a, b in result.unused_nonzero[:5])
+        log.info(
+            "%s: %d block(s) the archive holds as unused (free in the filesystem) are not zero, "
+            "first %s: deleted or stale data, not compared",
+            result.against,
+            result.unused_nonzero_blocks,
+            first,
+        )
+        lines.append(f"{result.against}: every used block equals the archive's volume")
+    elif result.against:
         lines.append(f"{result.against}: identical to the archive's volume")
     emit(args, dataclasses.asdict(result), lines)
     return EXIT_OK

@@ -61,9 +61,9 @@ def parse_tape_url(url: str) -> TapeURL:
     record_size, volume_size, next_command = DEFAULT_RECORD, None, None
     for key, value in parse_qsl(query, keep_blank_values=True):
         if key == "record-size":
-            record_size = parse_size(value, "tape record size")
+            record_size = parse_size(value, "tape option record-size")
         elif key == "volume-size":
-            volume_size = parse_size(value, "tape volume size")
+            volume_size = parse_size(value, "tape option volume-size")
         elif key == "next":
             next_command = value or None
         else:

@@ -18,12 +18,14 @@ def open_source(path: str, source_format: str = "auto", *, pvs: tuple[str, ...] 
     ``source_format`` is one of SOURCE_FORMATS; ``auto`` looks at the content. ``pvs`` lists the
     physical volumes for ``lvm:VG/LV`` paths.
     """
+    from volpack.source.checks import check_volume_path
     from volpack.source.raw import open_raw
 
     if source_format == "lvm" or path.startswith("lvm:"):
         from volpack.source.lvm import open_lvm
 
         return open_lvm(path, pvs)
+    check_volume_path(path)  # before the qcow2 probe opens it: a FIFO would block
     if source_format == "qcow2" or (source_format == "auto" and _is_qcow2(path)):
         from volpack.source.qcow2 import open_qcow2
 

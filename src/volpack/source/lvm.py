@@ -47,7 +47,10 @@ class _PVFile:
     """One PV image or device, opened read-only (exclusively for devices: a busy PV is refused)."""
 
     def __init__(self, path: str) -> None:
+        from volpack.source.checks import check_volume_path
+
         self.path = path
+        check_volume_path(path)
         try:
             st = os.stat(path)
         except OSError as exc:

@@ -53,6 +53,9 @@ class _Layer:
 
 
 def _open_file(path: str, what: str) -> tuple[int, os.stat_result]:
+    from volpack.source.checks import check_volume_path
+
+    check_volume_path(path)  # a backing file named after a FIFO must not block the open
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:

@@ -1,10 +1,13 @@
-"""Compare a volume with an archive (verify --against): used bytes equal, unused bytes zero.
+"""Compare a volume with an archive (verify --against): used bytes equal; unused bytes zero where
+the archive's detector made them unused *because* they were zero, else only reported.
 
 Fed the archive's frames in volume order; unused ranges are checked only where the volume has
-data (holes are zeros by definition). Keeps the first differing ranges, merged.
+data (holes are zeros by definition). Keeps the first differing ranges, merged. Reads only.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -13,6 +16,32 @@ from volpack.source.base import Source
 
 MAX_DIFFS = 64
 _CHUNK = 8 << 20
+_ZEROS = bytes(_CHUNK)
+
+# Detectors (as recorded in an archive's detection regions) whose unused blocks were zeros when
+# the archive was made: a hole, a block the zero scan found all zero, or none at all (all-used).
+# Nonzero bytes there mean the volume changed. Any other detector (a filesystem's or partition
+# table's allocation map) drops blocks that may still hold deleted or stale data.
+ZERO_BY_DEFINITION = ("holes", "holes+zeros", "all-used")
+
+
+def zero_by_definition(detection: Any, volume_size: int) -> Extents:
+    """Byte runs of the volume where the archive's unused blocks must read as zeros, from the
+    recorded ``detection`` description; all of it when the archive records no usable regions."""
+    everything = Extents.span(0, volume_size)
+    regions = detection.get("regions") if isinstance(detection, dict) else None
+    if not isinstance(regions, list) or not regions:
+        return everything
+    spans = []
+    for r in regions:
+        if not isinstance(r, dict):
+            return everything
+        start, end = r.get("start"), r.get("end")
+        if not (isinstance(start, int) and isinstance(end, int)):
+            return everything
+        if r.get("detector") in ZERO_BY_DEFINITION:
+            spans.append((start, end))
+    return Extents.from_pairs(spans).clip(0, volume_size)
 
 
 class VolumeComparer:
@@ -20,6 +49,9 @@ class VolumeComparer:
         self.source = source
         self.volume_size = volume_size
         self._diffs: list[list[int]] = []
+        self._stale: list[list[int]] = []  # unused, not zero, where that is no difference
+        self._stale_blocks = 0
+        self._last_stale_block = -1
         self._buf = bytearray(_CHUNK)
         if source.size != volume_size:
             lo, hi = sorted((source.size, volume_size))
@@ -49,17 +81,60 @@ class VolumeComparer:
                 self._mismatch(offset + pos, view, data[pos : pos + n])
             pos += n
 
-    def check_unused(self, used_bytes: Extents) -> None:
+    def check_unused(
+        self, used_bytes: Extents, must_be_zero: Extents | None = None, block_size: int = 4096
+    ) -> None:
+        """Read the volume's data where the archive holds nothing. Inside ``must_be_zero`` (default:
+        everywhere) nonzero bytes are differences; elsewhere they are counted as stale blocks."""
         size = min(self.source.size, self.volume_size)
         candidates = self.source.data_extents().clip(0, size).subtract(used_bytes)
-        zeros = bytes(_CHUNK)
-        for start, end in candidates:
+        if must_be_zero is None:
+            must_be_zero = Extents.span(0, size)
+        for start, end in candidates.intersect(must_be_zero):
             for off in range(start, end, _CHUNK):
                 n = min(_CHUNK, end - off)
-                view = memoryview(self._buf)[:n]
-                self.source.read_into(off, view)
-                if view != zeros[:n]:
-                    self._mismatch(off, view, zeros[:n])
+                view = self._read(off, n)
+                if view != _ZEROS[:n]:
+                    self._mismatch(off, view, _ZEROS[:n])
+        for start, end in candidates.subtract(must_be_zero):
+            for off in range(start, end, _CHUNK):
+                n = min(_CHUNK, end - off)
+                view = self._read(off, n)
+                if view != _ZEROS[:n]:
+                    self._count_stale(off, view, block_size)
+
+    def _read(self, offset: int, n: int) -> memoryview:
+        view = memoryview(self._buf)[:n]
+        self.source.read_into(offset, view)
+        return view
+
+    def _count_stale(self, offset: int, view: memoryview, block_size: int) -> None:
+        """Count the archive blocks in ``view`` holding any nonzero byte; keep their first runs."""
+        first = offset // block_size
+        lead = offset - first * block_size
+        nblocks = -(-(lead + len(view)) // block_size)
+        padded = np.zeros(nblocks * block_size, np.uint8)
+        padded[lead : lead + len(view)] = np.frombuffer(view, np.uint8)
+        blocks = np.flatnonzero(padded.reshape(nblocks, block_size).any(axis=1)) + first
+        if not blocks.size:
+            return
+        # Runs are read in increasing order: a block cut by a chunk boundary counts once.
+        self._stale_blocks += int(blocks.size) - int(int(blocks[0]) == self._last_stale_block)
+        self._last_stale_block = int(blocks[-1])
+        breaks = np.flatnonzero(np.diff(blocks) != 1)
+        run_starts = blocks[np.concatenate(([0], breaks + 1))]
+        run_ends = blocks[np.concatenate((breaks, [blocks.size - 1]))] + 1
+        end = offset + len(view)
+        for b0, b1 in zip(run_starts.tolist(), run_ends.tolist(), strict=True):
+            s, e = max(b0 * block_size, offset), min(b1 * block_size, end)
+            if self._stale and self._stale[-1][1] >= s:
+                self._stale[-1][1] = max(self._stale[-1][1], e)
+            elif len(self._stale) < MAX_DIFFS:
+                self._stale.append([s, e])
+
+    def stale(self) -> tuple[int, tuple[tuple[int, int], ...]]:
+        """(blocks the archive holds as unused that are not zero, their first byte ranges)."""
+        return self._stale_blocks, tuple((a, b) for a, b in self._stale)
 
     def differences(self) -> tuple[tuple[int, int], ...]:
         return tuple(sorted((a, b) for a, b in self._diffs))

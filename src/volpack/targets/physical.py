@@ -227,6 +227,24 @@ class PhysicalTarget:
         self.fds = []
 
 
+# Source kinds whose physical map names places this target may write: an LVM LV's PV extents
+# belong to the LV alone. A file's map (FIEMAP) points into the host filesystem's disk, a qcow2
+# map into the image file's clusters: writing there would overwrite other files. Allow-listed, so
+# a new source kind is refused until it is known to be safe.
+PHYSICAL_LAYOUT_KINDS = ("lvm",)
+
+
+def check_physical_layout_kind(archive_url: str, source: dict[str, Any]) -> None:
+    """UsageError unless the archive's recorded source is a kind ``--layout physical`` is for."""
+    kind = source.get("kind")
+    if kind not in PHYSICAL_LAYOUT_KINDS:
+        raise UsageError(
+            f"{archive_url}: --layout physical is for LVM logical volumes, but this archive was "
+            f"made from a {kind or 'unrecorded'} source ({source.get('path') or '?'}); restore it "
+            "without --layout physical"
+        )
+
+
 def restore_physical(
     archive_url: str,
     pv_paths: tuple[str, ...],
@@ -260,6 +278,7 @@ def restore_physical(
         head = stream.read_head()
         h = head.header
         check_expected(h, archive_url, expect_uuid)
+        check_physical_layout_kind(archive_url, head.desc.get("source") or {})
         details = (head.desc.get("source") or {}).get("details") or {}
         pmap = physical_map_from_records(head.devices, head.pmap)
         target = open_physical_target(pv_paths, pmap, force=force, source_details=details)
