@@ -27,6 +27,7 @@ VERBS = (
     "show",
     "prune",
     "catalog",
+    "cleanup",
 )
 
 
