@@ -26,7 +26,8 @@ def create_temp(path: str, mode: int | None = None) -> tuple[str, int]:
 
 
 def publish(fd: int, tmp: str, path: str, *, keep_existing: bool = True) -> None:
-    """fsync and close ``fd`` (open on ``tmp``), rename ``tmp`` over ``path``, fsync the directory.
+    """fsync ``fd`` (open on ``tmp``), rename ``tmp`` over ``path``, close ``fd``, fsync the
+    directory.
 
     With ``keep_existing``, a regular file being replaced passes its permission bits and owner on
     (see ``_inherit``). Raises OSError; on failure ``fd`` is closed and ``tmp`` is left for
@@ -36,9 +37,11 @@ def publish(fd: int, tmp: str, path: str, *, keep_existing: bool = True) -> None
         if keep_existing:
             _inherit(fd, path)
         os.fsync(fd)
+        # Renamed before the close: the partial's lock is held until it has its final name, so a
+        # sweep never finds a finished partial unlocked and removes it.
+        os.replace(tmp, path)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
     dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
     try:
         os.fsync(dfd)
@@ -76,10 +79,11 @@ def _inherit(fd: int, path: str) -> None:
 
 
 def discard(fd: int, tmp: str | None) -> None:
-    """Close ``fd`` (if open) and remove the temporary file (if any); never raises."""
+    """Remove the temporary file (if any) and close ``fd`` (if open); never raises. Removed
+    before the close, while its lock is still held."""
+    if tmp is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
     if fd >= 0:
         with contextlib.suppress(OSError):
             os.close(fd)
-    if tmp is not None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
