@@ -150,3 +150,28 @@ def test_mode_is_refused_for_media_without_file_modes(tmp_path, volume):
     p = vp("backup", volume, "s3://bucket/key.vpk", "--no-catalog", "--mode", "0640")
     assert p.returncode == 2
     assert p.stderr.count("\n") == 1 and "'s3:' media have none" in p.stderr
+
+
+def test_mode_is_refused_for_a_block_device_target_which_keeps_its_own(tmp_path, archive):
+    if os.geteuid() != 0:
+        pytest.skip("loop devices need root")
+    backing = tmp_path / "dev-backing.img"
+    backing.write_bytes(b"\x5a" * (4 << 20))
+    r = subprocess.run(["losetup", "-f", "--show", str(backing)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"loop devices unavailable: {r.stderr.strip()}")
+    dev = r.stdout.strip()
+    try:
+        before = os.stat(dev).st_mode
+        p = vp("restore", archive, dev, "--force", "--mode", "0600")
+        assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+        assert "block device" in p.stderr and "--mode" in p.stderr
+        assert os.stat(dev).st_mode == before
+        assert backing.read_bytes() == b"\x5a" * (4 << 20)
+    finally:
+        subprocess.run(["losetup", "-d", dev])
+
+
+def test_mode_is_refused_with_layout_physical(tmp_path, archive):
+    p = vp("restore", archive, str(tmp_path / "pv.img"), "--layout", "physical", "--mode", "0600")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "--layout physical" in p.stderr

@@ -15,7 +15,7 @@ import os
 import stat
 
 from volpack.atomic import create_temp, discard, publish
-from volpack.errors import TargetError
+from volpack.errors import TargetError, UsageError
 from volpack.extents import Extents
 from volpack.units import check_mode, human
 from volpack.writeback import Writeback
@@ -195,7 +195,7 @@ def open_raw_target(
     mode: int | None = None,
 ) -> FileTarget | DeviceTarget:
     """A thin file (new ones made with ``mode``, default 0600) or a block device (written in
-    place; ``mode`` does not apply)."""
+    place; ``mode`` is refused)."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -205,6 +205,11 @@ def open_raw_target(
     if st is not None and stat.S_ISDIR(st.st_mode):
         raise TargetError(f"{path}: is a directory; give a file name or a block device")
     if st is not None and stat.S_ISBLK(st.st_mode):
+        if mode is not None:
+            raise UsageError(
+                f"{path}: is a block device, written in place with its own mode; --mode is for "
+                "files restore creates, drop it"
+            )
         return DeviceTarget(
             path, force=force, allow_smaller=allow_smaller, assume_zeroed=assume_zeroed
         )
