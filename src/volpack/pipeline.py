@@ -156,6 +156,7 @@ def backup(
     frame_size: int = DEFAULT_FRAME,
     staging: str | None = None,
     force: bool = False,
+    mode: int | None = None,
     source_format: str = "auto",
     pvs: tuple[str, ...] = (),
     allow_mounted: bool = False,
@@ -163,7 +164,8 @@ def backup(
     progress: Progress | None = None,
     on_source_released: Callable[[], None] | None = None,
 ) -> BackupResult:
-    """Back up the used blocks of ``source`` to a new archive at ``archive_url``."""
+    """Back up the used blocks of ``source`` to a new archive at ``archive_url``. A new archive
+    file gets permission bits ``mode`` (default 0600); one replaced with ``force`` keeps its own."""
     from volpack.compact.dense import DenseReader
     from volpack.compact.staging import Staging
     from volpack.format.writer import ArchiveWriter
@@ -193,7 +195,7 @@ def backup(
             UsageError,
         )
         before = src.identity()
-        medium = open_writer(archive_url, force=force)
+        medium = open_writer(archive_url, force=force, mode=mode)
         scan = (lambda done: progress("scan", done, src.size)) if progress else None
         detection = used_map(src, block_size, detect, scan)
         table = AddressTable.from_used(detection.used, block_size)
@@ -333,12 +335,14 @@ def restore(
     allow_smaller: bool = False,
     assume_zeroed: bool = False,
     target_format: str = "raw",
+    mode: int | None = None,
     progress: Progress | None = None,
     expect_uuid: str | None = None,
 ) -> RestoreResult:
     """Restore the volume in ``archive_url`` to ``target`` (thin file or block device).
     With ``expect_uuid`` (restore by catalog id), a different archive there is refused before
-    the target is touched."""
+    the target is touched. A new file gets permission bits ``mode`` (default 0600); one replaced
+    with ``force`` keeps its own."""
     from volpack.format.random_access import Archive
     from volpack.format.reader import ArchiveStream
     from volpack.media import open_reader
@@ -364,12 +368,16 @@ def restore(
         used_bytes = head.table.used_bytes(h.volume_size)
         if target_format == "raw":
             tgt = open_raw_target(
-                target, force=force, allow_smaller=allow_smaller, assume_zeroed=assume_zeroed
+                target,
+                force=force,
+                allow_smaller=allow_smaller,
+                assume_zeroed=assume_zeroed,
+                mode=mode,
             )
         elif target_format == "qcow2":
             from volpack.targets.qcow2 import open_qcow2_target
 
-            tgt = open_qcow2_target(target, force=force)
+            tgt = open_qcow2_target(target, force=force, mode=mode)
         else:
             raise UsageError(f"--target-format {target_format}: use raw or qcow2")
         tgt.prepare(h.volume_size, used_bytes)

@@ -461,8 +461,13 @@ def test_staging_full_up_front_and_mid_copy_give_the_same_exit_code(tmp_path, sm
     one_error_line(up_front, EXIT_USAGE, "stage", "free", "dense volume needs")
     (mnt / "filler").unlink()
 
-    # Mid-copy: pause volpack once the space check passed and the staging file exists, take
-    # the space, and let it go on.
+    # Mid-copy: pause volpack once the space check passed and the (unnamed) staging file has
+    # started to take space, take the rest of the space, and let it go on.
+    def free() -> int:
+        st = os.statvfs(mnt)
+        return st.f_bavail * st.f_frsize
+
+    free_before = free()
     proc = subprocess.Popen(
         ["python3", "-m", "volpack", *args, "holes"],
         stdout=subprocess.PIPE,
@@ -471,11 +476,11 @@ def test_staging_full_up_front_and_mid_copy_give_the_same_exit_code(tmp_path, sm
     )
     try:
         deadline = time.monotonic() + 60
-        while not stage.exists() and proc.poll() is None and time.monotonic() < deadline:
+        while free() > free_before - MiB and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.0005)
         os.kill(proc.pid, signal.SIGSTOP)
-        copied = os.stat(stage).st_blocks * 512 if stage.exists() else None
-        if copied is None or copied >= 40 * MiB:
+        copied = free_before - free()
+        if proc.poll() is not None or copied >= 40 * MiB:
             os.kill(proc.pid, signal.SIGCONT)
             proc.wait()
             pytest.skip(f"could not pause the staging copy in time (copied {copied})")

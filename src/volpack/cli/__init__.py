@@ -28,6 +28,7 @@ VERBS = (
     "show",
     "prune",
     "catalog",
+    "cleanup",
 )
 
 

@@ -18,7 +18,7 @@ from volpack.cli.common import (
     size_arg,
 )
 from volpack.errors import EXIT_OK, EXIT_WARNING, VolpackError
-from volpack.units import human
+from volpack.units import human, parse_mode
 
 log = logging.getLogger("volpack")
 
@@ -95,6 +95,12 @@ def register(sub: Any) -> None:
         action="store_true",
         help="replace an existing archive / use a block device as staging",
     )
+    p.add_argument(
+        "--mode",
+        metavar="OCTAL",
+        help="permission bits of the archive file, e.g. 0640 (default: 0600 for a new file, the "
+        "old file's for one replaced with --force; the umask can only take bits away)",
+    )
     p.add_argument("--catalog", metavar="PATH", help="catalog file (default: the user's catalog)")
     p.add_argument("--no-catalog", action="store_true", help="do not record the backup")
     add_medium_options(p)
@@ -132,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
             frame_size=args.frame_size,
             staging=args.staging,
             force=args.force,
+            mode=None if args.mode is None else parse_mode(args.mode),
             source_format=args.source_format,
             pvs=tuple(args.pv),
             allow_mounted=args.allow_mounted,

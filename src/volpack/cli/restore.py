@@ -16,7 +16,7 @@ from volpack.cli.common import (
     rate,
 )
 from volpack.errors import EXIT_OK, UsageError
-from volpack.units import human
+from volpack.units import human, parse_mode
 
 
 def register(sub: Any) -> None:
@@ -38,6 +38,13 @@ def register(sub: Any) -> None:
     p.add_argument("target", help="file (restored thin) or block device (needs --force)")
     p.add_argument(
         "--force", action="store_true", help="replace an existing file or overwrite a block device"
+    )
+    p.add_argument(
+        "--mode",
+        metavar="OCTAL",
+        help="permission bits of a file or qcow2 target, e.g. 0640 (default: 0600 for a new "
+        "file, the old file's for one replaced with --force; the umask can only take bits "
+        "away; block devices keep theirs)",
     )
     p.add_argument(
         "--allow-smaller",
@@ -118,6 +125,11 @@ def run(args: argparse.Namespace) -> int:
         archive, expect = resolve_archive(args.archive, args.catalog)
     if args.pv and args.layout != "physical":
         raise UsageError("restore: --pv is only for --layout physical")
+    if args.mode is not None and args.layout == "physical":
+        raise UsageError(
+            "restore: --mode is for files restore creates; --layout physical writes existing "
+            "volumes in place, drop --mode"
+        )
     progress = Progress(args)
     try:
         if args.layout == "physical":
@@ -138,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
                 allow_smaller=args.allow_smaller,
                 assume_zeroed=args.assume_zeroed,
                 target_format=args.target_format,
+                mode=None if args.mode is None else parse_mode(args.mode),
                 progress=progress,
                 expect_uuid=expect,
             )

@@ -2,12 +2,12 @@
 
 The source is read in physical-map order (fewest seeks on the real disk), so it can be released
 early; the staging copy is then streamed whole, in order, without looking at usage again.
-Space is checked before anything is copied.
+Space is checked before anything is copied. A staging file is never linked under a name (see
+``_create_unnamed``), so even a killed backup leaves none behind.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
@@ -53,7 +53,7 @@ def _open(path: str, flags: int) -> int:
 
 
 class Staging:
-    """A staging file (created, removed afterwards) or block device holding the dense volume."""
+    """A staging file (unnamed, gone when closed) or block device holding the dense volume."""
 
     def __init__(self, path: str, dense_size: int, *, force: bool) -> None:
         self.path = path
@@ -96,7 +96,7 @@ class Staging:
                 f"dense volume needs {human(dense_size)} ({dense_size} B); free "
                 "space or choose another staging path"
             )
-        self.fd = _open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+        self.fd = _create_unnamed(path)
         self.created = True
 
     def fill(
@@ -152,13 +152,40 @@ class Staging:
             got += n
 
     def close(self) -> None:
+        # A staging file has no name: closing it frees its space.
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        if self.created:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
-            self.created = False
+
+
+def _create_unnamed(path: str) -> int:
+    """A new 0600 file (less what the umask takes away) for staging at ``path``, without a name:
+    made with O_TMPFILE in ``path``'s directory, so the kernel frees it when its last descriptor
+    closes, also when the process is killed. Where the file system lacks O_TMPFILE it is made at
+    ``path`` and unlinked at once (only a kill between those two calls can leave it)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    flags = os.O_RDWR | os.O_CLOEXEC
+    try:
+        try:
+            return os.open(directory, flags | os.O_TMPFILE, 0o600)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise
+        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise UsageError(
+            f"staging {path}: cannot create ({exc.strerror}); choose a staging path in a "
+            "writable directory"
+        ) from None
+    try:
+        os.unlink(path)
+    except OSError as exc:
+        os.close(fd)
+        raise UsageError(
+            f"staging {path}: cannot make it unnamed ({exc.strerror}); choose a staging path "
+            "in a directory you may remove files from"
+        ) from None
+    return fd
 
 
 __all__ = ["Staging", "physical_order"]

@@ -55,9 +55,20 @@ def _module(url: str):
     return importlib.import_module(name)
 
 
-def open_writer(url: str, *, force: bool = False) -> MediumWriter:
-    """A writer for a new archive at ``url``; refuses to replace an existing one unless ``force``."""
-    return _module(url).open_writer(url, force=force)
+def open_writer(url: str, *, force: bool = False, mode: int | None = None) -> MediumWriter:
+    """A writer for a new archive at ``url``; refuses to replace an existing one unless ``force``.
+    ``mode``: permission bits of a new archive file (file medium only; default 0600)."""
+    module = _module(url)
+    if mode is None:
+        return module.open_writer(url, force=force)
+    scheme = scheme_of(url)
+    if scheme != "file":
+        what = "a pipe has" if scheme == "-" else f"'{scheme}:' media have"
+        raise UsageError(
+            f"{url}: --mode sets a file's permission bits and {what} none; drop --mode "
+            "(control access with the medium's own means, e.g. bucket policies)"
+        )
+    return module.open_writer(url, force=force, mode=mode)
 
 
 def open_reader(url: str) -> MediumReader:

@@ -2,7 +2,8 @@
 
 A new archive is written to a hidden temporary name in the target directory, fsynced, then
 renamed, so a reader never sees a partial archive under the final name. An existing archive is
-only replaced with ``force``. Character devices (``/dev/null``) are written in place.
+only replaced with ``force`` (keeping its mode and owner); a new one is made 0600 unless a mode is
+given. Character devices (``/dev/null``) are written in place.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import stat
 from urllib.parse import unquote, urlparse
 
-from volpack.atomic import discard, publish, temp_path_for
+from volpack.atomic import create_temp, discard, publish
 from volpack.errors import MediumError, MediumFull, MediumNotFound
 from volpack.media.base import Buffer
 from volpack.writeback import for_fd
@@ -41,10 +42,11 @@ def _os_error(path: str, exc: OSError, doing: str) -> MediumError:
 
 
 class FileWriter:
-    def __init__(self, url: str, *, force: bool) -> None:
+    def __init__(self, url: str, *, force: bool, mode: int | None = None) -> None:
         self.url = url
         self.path = path_of(url)
         self._tmp: str | None = None
+        self._mode = mode
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
@@ -68,13 +70,15 @@ class FileWriter:
             raise MediumNotFound(
                 f"{self.path}: directory {directory} does not exist; create it first"
             )
-        self._tmp = temp_path_for(self.path)
-        self.fd = self._open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        try:
+            self._tmp, self.fd = create_temp(self.path, mode)
+        except OSError as exc:
+            raise _os_error(self.path, exc, "creating the archive") from None
         self._writeback = for_fd(self.fd)
 
     def _open(self, path: str, flags: int) -> int:
         try:
-            return os.open(path, flags | os.O_CLOEXEC, 0o644)
+            return os.open(path, flags | os.O_CLOEXEC)
         except OSError as exc:
             raise _os_error(path, exc, "creating the archive") from None
 
@@ -97,7 +101,7 @@ class FileWriter:
                     os.fsync(fd)
                 os.close(fd)
                 return
-            publish(fd, self._tmp, self.path)
+            publish(fd, self._tmp, self.path, keep_existing=self._mode is None)
             self._tmp = None
         except OSError as exc:
             raise _os_error(self.path, exc, "completing the archive") from None
@@ -165,8 +169,8 @@ class FileReader:
             self.fd = -1
 
 
-def open_writer(url: str, *, force: bool = False) -> FileWriter:
-    return FileWriter(url, force=force)
+def open_writer(url: str, *, force: bool = False, mode: int | None = None) -> FileWriter:
+    return FileWriter(url, force=force, mode=mode)
 
 
 def open_reader(url: str) -> FileReader:

@@ -3,7 +3,8 @@
 Data clusters are allocated in arrival order right after the header cluster and written as they
 come (all-zero clusters are left unallocated); L2 tables stay in memory and, on ``finish``, L2,
 L1 and refcount structures are appended and the header written, then the temporary file is
-renamed over the target. It never touches an existing target before success.
+renamed over the target. It never touches an existing target before success; a new image is made
+0600 unless a mode is given, a replaced one keeps its mode and owner.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import numpy as np
 from volpack.atomic import discard, publish
 from volpack.errors import TargetError
 from volpack.extents import Extents
-from volpack.targets.raw import new_file_temp
-from volpack.units import human
+from volpack.targets.raw import check_new_file, create_file_temp
+from volpack.units import check_mode, human
 from volpack.writeback import Writeback
 
 COPIED = np.uint64(1 << 63)  # refcount is exactly one: qemu may write in place
@@ -40,7 +41,9 @@ def _check_cluster_size(cluster_size: int) -> int:
 class Qcow2Target:
     """A thin qcow2 v3 image built in one sequential pass."""
 
-    def __init__(self, path: str, *, force: bool, cluster_size: int = 65536) -> None:
+    def __init__(
+        self, path: str, *, force: bool, cluster_size: int = 65536, mode: int | None = None
+    ) -> None:
         self.path = path
         self.cluster_bits = _check_cluster_size(cluster_size)
         self.cluster_size = cluster_size
@@ -53,7 +56,9 @@ class Qcow2Target:
             raise TargetError(f"{path}: cannot stat ({exc.strerror})") from None
         if st is not None and not stat.S_ISREG(st.st_mode):
             raise TargetError(f"{path}: a qcow2 target must be a regular file or a new name")
-        self.tmp = new_file_temp(path, exists=st is not None, force=force)
+        check_new_file(path, exists=st is not None, force=force)
+        self.mode = None if mode is None else check_mode(mode)
+        self.tmp: str | None = None
         self.fd = -1
         self.size = 0
         self.header_size = 0
@@ -79,7 +84,7 @@ class Qcow2Target:
                 f"{self.l1_size * 8} B with {human(cs)} clusters (qemu allows {MAX_L1_BYTES}); "
                 "use a larger cluster size"
             )
-        directory = os.path.dirname(self.tmp)
+        directory = os.path.dirname(os.path.abspath(self.path))
         vfs = os.statvfs(directory)
         free = vfs.f_bavail * vfs.f_frsize
         need = used_bytes.total() + used_bytes.total() // self.l2_entries + 4 * cs
@@ -88,11 +93,8 @@ class Qcow2Target:
                 f"{self.path}: {human(free)} ({free} B) free in {directory}, the restore needs "
                 f"about {human(need)} ({need} B); free space first"
             )
-        try:
-            self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            self._writeback = Writeback(self.fd)
-        except OSError as exc:
-            raise TargetError(f"{self.path}: cannot create ({exc.strerror})") from None
+        self.tmp, self.fd = create_file_temp(self.path, self.mode)
+        self._writeback = Writeback(self.fd)
 
     def write_at(self, offset: int, data: memoryview) -> None:
         if offset < self.end or offset + len(data) > self.size:
@@ -125,7 +127,8 @@ class Qcow2Target:
         try:
             self._write_metadata()
             fd, self.fd = self.fd, -1
-            publish(fd, self.tmp, self.path)
+            assert self.tmp is not None
+            publish(fd, self.tmp, self.path, keep_existing=self.mode is None)
         except OSError as exc:
             raise TargetError(
                 f"{self.path}: could not complete the qcow2 image ({exc.strerror}); the previous "
@@ -248,6 +251,9 @@ class Qcow2Target:
         self._pwrite([memoryview(header + bytes(8))], 0)  # + end-of-extensions marker
 
 
-def open_qcow2_target(path: str, *, force: bool, cluster_size: int = 65536) -> Qcow2Target:
-    """A restore target that writes a thin qcow2 v3 image at ``path``."""
-    return Qcow2Target(path, force=force, cluster_size=cluster_size)
+def open_qcow2_target(
+    path: str, *, force: bool, cluster_size: int = 65536, mode: int | None = None
+) -> Qcow2Target:
+    """A restore target that writes a thin qcow2 v3 image at ``path`` (new ones with ``mode``,
+    default 0600)."""
+    return Qcow2Target(path, force=force, cluster_size=cluster_size, mode=mode)

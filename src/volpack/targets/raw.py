@@ -2,7 +2,7 @@
 
 A file target is written under a temporary name and renamed only after the whole archive checked
 out, so an existing file (``--force``) stays intact until then and a failed restore leaves
-nothing. A block device is written in place; unused ranges are zeroed unless the caller says the
+nothing; a new file is made 0600 unless a mode is given, a replaced one keeps its mode and owner. A block device is written in place; unused ranges are zeroed unless the caller says the
 device already reads zeros.
 """
 
@@ -14,10 +14,10 @@ import fcntl
 import os
 import stat
 
-from volpack.atomic import discard, publish, temp_path_for
-from volpack.errors import TargetError
+from volpack.atomic import create_temp, discard, publish
+from volpack.errors import TargetError, UsageError
 from volpack.extents import Extents
-from volpack.units import human
+from volpack.units import check_mode, human
 from volpack.writeback import Writeback
 
 BLKGETSIZE64 = 0x80081272
@@ -39,9 +39,8 @@ def _pwrite_all(fd: int, path: str, offset: int, data: memoryview) -> None:
         raise TargetError(f"{path}: write error at offset {offset} ({exc.strerror})") from None
 
 
-def new_file_temp(path: str, *, exists: bool, force: bool) -> str:
-    """The temporary name a file target writes before it replaces ``path``; refuses an existing
-    file without ``force`` and a missing directory."""
+def check_new_file(path: str, *, exists: bool, force: bool) -> None:
+    """Refuse an existing file target without ``force``, and a missing directory."""
     if exists and not force:
         raise TargetError(
             f"{path}: already exists; use --force to replace it (it is kept until the restore "
@@ -50,22 +49,31 @@ def new_file_temp(path: str, *, exists: bool, force: bool) -> str:
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise TargetError(f"{path}: directory {directory} does not exist; create it first")
-    return temp_path_for(path)
+
+
+def create_file_temp(path: str, mode: int | None) -> tuple[str, int]:
+    """The locked partial a file target writes before it replaces ``path``: (path, fd)."""
+    try:
+        return create_temp(path, mode)
+    except OSError as exc:
+        raise TargetError(f"{path}: cannot create ({exc.strerror})") from None
 
 
 class FileTarget:
     """A thin file: unused blocks stay holes; the exact volume size is set at the end."""
 
-    def __init__(self, path: str, *, force: bool) -> None:
+    def __init__(self, path: str, *, force: bool, mode: int | None = None) -> None:
         self.path = path
         self.description = f"thin file {path}"
-        self.tmp = new_file_temp(path, exists=os.path.lexists(path), force=force)
+        check_new_file(path, exists=os.path.lexists(path), force=force)
+        self.mode = None if mode is None else check_mode(mode)
+        self.tmp: str | None = None
         self.fd = -1
         self.size = 0
         self._writeback: Writeback | None = None
 
     def prepare(self, volume_size: int, used_bytes: Extents) -> None:
-        directory = os.path.dirname(self.tmp)
+        directory = os.path.dirname(os.path.abspath(self.path))
         vfs = os.statvfs(directory)
         free = vfs.f_bavail * vfs.f_frsize
         need = used_bytes.total()
@@ -75,10 +83,7 @@ class FileTarget:
                 f"restore needs {human(need)} ({need} B); free space first"
             )
         self.size = volume_size
-        try:
-            self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise TargetError(f"{self.path}: cannot create ({exc.strerror})") from None
+        self.tmp, self.fd = create_file_temp(self.path, self.mode)
         self._writeback = Writeback(self.fd)
 
     def write_at(self, offset: int, data: memoryview) -> None:
@@ -89,8 +94,9 @@ class FileTarget:
     def finish(self) -> None:
         fd, self.fd = self.fd, -1
         try:
+            assert self.tmp is not None
             os.ftruncate(fd, self.size)
-            publish(fd, self.tmp, self.path)
+            publish(fd, self.tmp, self.path, keep_existing=self.mode is None)
         except OSError as exc:
             raise TargetError(
                 f"{self.path}: could not complete the restore ({exc.strerror}); "
@@ -181,8 +187,15 @@ class DeviceTarget:
 
 
 def open_raw_target(
-    path: str, *, force: bool = False, allow_smaller: bool = False, assume_zeroed: bool = False
+    path: str,
+    *,
+    force: bool = False,
+    allow_smaller: bool = False,
+    assume_zeroed: bool = False,
+    mode: int | None = None,
 ) -> FileTarget | DeviceTarget:
+    """A thin file (new ones made with ``mode``, default 0600) or a block device (written in
+    place; ``mode`` is refused)."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -192,9 +205,14 @@ def open_raw_target(
     if st is not None and stat.S_ISDIR(st.st_mode):
         raise TargetError(f"{path}: is a directory; give a file name or a block device")
     if st is not None and stat.S_ISBLK(st.st_mode):
+        if mode is not None:
+            raise UsageError(
+                f"{path}: is a block device, written in place with its own mode; --mode is for "
+                "files restore creates, drop it"
+            )
         return DeviceTarget(
             path, force=force, allow_smaller=allow_smaller, assume_zeroed=assume_zeroed
         )
     if st is not None and not stat.S_ISREG(st.st_mode):
         raise TargetError(f"{path}: not a regular file or block device")
-    return FileTarget(path, force=force)
+    return FileTarget(path, force=force, mode=mode)

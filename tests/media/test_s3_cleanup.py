@@ -1,0 +1,127 @@
+"""``volpack cleanup s3://bucket/prefix`` against a real SeaweedFS: open multipart uploads (made
+with boto3, or left by a SIGKILLed ``volpack backup``) older than ``--older-than`` are aborted,
+younger ones and other prefixes are kept, and a listing failure is an error, never "nothing".
+The oracle is the server's own ``list_multipart_uploads``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import s3_server
+
+pytestmark = pytest.mark.s3
+
+MiB = 1 << 20
+
+
+def vp(env, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "volpack", *args], env=env, capture_output=True, text=True
+    )
+
+
+def open_uploads(client, bucket: str) -> set[tuple[str, str]]:
+    page = client.list_multipart_uploads(Bucket=bucket)
+    return {(u["Key"], u["UploadId"]) for u in page.get("Uploads", [])}
+
+
+def start_upload(client, bucket: str, key: str) -> str:
+    upload_id = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=b"x" * 1000)
+    return upload_id
+
+
+@pytest.fixture
+def env(weed_mini, tmp_path):
+    env = weed_mini.env()
+    env["VOLPACK_S3_ATTEMPTS"] = "2"
+    env["XDG_DATA_HOME"] = str(tmp_path / "xdg")
+    return env
+
+
+def test_cleanup_aborts_old_uploads_under_the_prefix_and_keeps_fresh_ones_by_default(
+    s3_bucket, weed_mini, env
+):
+    c = weed_mini.client()
+    mine = start_upload(c, s3_bucket, "web1/disk.vpk")
+    elsewhere = start_upload(c, s3_bucket, "db1/disk.vpk")
+    url = f"s3://{s3_bucket}/web1/"
+
+    p = vp(env, "cleanup", url, "--json")  # default: only uploads older than 24 h
+    assert p.returncode == 0, p.stderr
+    result = json.loads(p.stdout)
+    assert result["older_than"] == 86400
+    (item,) = result["leftovers"]
+    assert item["upload_id"] == mine and item["action"] == "kept"
+    assert "younger than 1.0 d" in item["reason"]
+    assert open_uploads(c, s3_bucket) == {("web1/disk.vpk", mine), ("db1/disk.vpk", elsewhere)}
+
+    p = vp(env, "cleanup", url, "--older-than", "0", "--dry-run")
+    assert p.returncode == 0, p.stderr
+    assert f"would remove s3://{s3_bucket}/web1/disk.vpk upload {mine}" in p.stdout
+    assert len(open_uploads(c, s3_bucket)) == 2
+
+    p = vp(env, "cleanup", url, "--older-than", "0")
+    assert p.returncode == 0, p.stderr
+    assert f"removed      s3://{s3_bucket}/web1/disk.vpk upload {mine}" in p.stdout
+    assert open_uploads(c, s3_bucket) == {("db1/disk.vpk", elsewhere)}
+
+
+def test_cleanup_aborts_the_upload_of_a_backup_killed_mid_write(
+    s3_bucket, weed_mini, env, tmp_path
+):
+    image = tmp_path / "dense.img"
+    with open(image, "wb") as f:
+        for _ in range(32):
+            f.write(os.urandom(MiB))
+    env["VOLPACK_S3_PART_SIZE"] = "5Mi"
+    url = f"s3://{s3_bucket}/hosts/disk.vpk"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "volpack", "backup", str(image), url, "--no-catalog"]
+        + ["--compress", "zstd:19", "--threads", "1"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    c = weed_mini.client()
+    try:
+        deadline = time.monotonic() + 120
+        while not open_uploads(c, s3_bucket):
+            assert proc.poll() is None, "the backup ended before its upload was seen"
+            assert time.monotonic() < deadline, "the backup never started its upload"
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    ((key, _),) = open_uploads(c, s3_bucket)  # SIGKILL left it open
+    assert key == "hosts/disk.vpk"
+
+    p = vp(env, "cleanup", f"s3://{s3_bucket}/hosts/", "--older-than", "0s")
+    assert p.returncode == 0, p.stderr
+    assert "1 removed" in p.stdout
+    assert open_uploads(c, s3_bucket) == set()
+
+
+def test_cleanup_of_a_missing_bucket_is_an_error_not_nothing_there(weed_mini, env):
+    p = vp(env, "cleanup", "s3://vp-no-such-bucket-here/x/", "--older-than", "0")
+    assert p.returncode == 7, p.stdout
+    assert p.stderr.count("\n") == 1 and "bucket" in p.stderr
+
+
+def test_cleanup_with_refused_credentials_is_an_error_not_nothing_there(s3_bucket, weed_mini, env):
+    start_upload(weed_mini.client(), s3_bucket, "a.vpk")
+    env["AWS_SECRET_ACCESS_KEY"] = "wrong" + s3_server.SECRET_KEY
+    p = vp(env, "cleanup", f"s3://{s3_bucket}/", "--older-than", "0")
+    assert p.returncode == 7, p.stdout
+    assert p.stderr.count("\n") == 1 and "credentials" in p.stderr
+    assert len(open_uploads(weed_mini.client(), s3_bucket)) == 1
