@@ -9,6 +9,7 @@ import errno
 import hashlib
 import os
 import signal
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -504,3 +505,18 @@ def test_staging_on_a_mounted_device_is_one_line(tmp_path, vol, small_fs):
     r = backup(str(vol), str(tmp_path / "a.vpk"), "--staging", dev, "--force")
     one_error_line(r, EXIT_USAGE, dev, "in use", "choose a staging")
     assert not (tmp_path / "a.vpk").exists()
+
+
+@pytest.mark.root
+def test_archive_path_on_an_unrelated_block_device_is_refused_and_the_node_kept(
+    tmp_path, vol, losetup
+):
+    other = tmp_path / "other.img"
+    other.write_bytes(b"\x5a" * MiB)
+    dev = losetup(other)
+    before = os.stat(dev)
+    r = backup(str(vol), dev, "--force")
+    one_error_line(r, 7, dev, "block device", "file path")
+    after = os.stat(dev)
+    assert stat.S_ISBLK(after.st_mode) and after.st_rdev == before.st_rdev
+    assert other.read_bytes() == b"\x5a" * MiB

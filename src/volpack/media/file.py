@@ -3,7 +3,8 @@
 A new archive is written to a hidden temporary name in the target directory, fsynced, then
 renamed, so a reader never sees a partial archive under the final name. An existing archive is
 only replaced with ``force`` (keeping its mode and owner); a new one is made 0600 unless a mode is
-given. Character devices (``/dev/null``) are written in place.
+given. Character devices (``/dev/null``) and FIFOs are written in place; block devices are
+refused (renaming over a device node would replace the node).
 """
 
 from __future__ import annotations
@@ -55,8 +56,17 @@ class FileWriter:
             raise _os_error(self.path, exc, "checking the archive path") from None
         if st is not None and stat.S_ISDIR(st.st_mode):
             raise MediumError(f"{self.path}: is a directory; give the archive a file name")
+        if st is not None and stat.S_ISBLK(st.st_mode):
+            # Renaming a finished archive over a device node would replace the node, not write
+            # the device; and an archive is found by its footer at the end of a file.
+            raise MediumError(
+                f"{self.path}: is a block device; volpack writes archives to files, pipes, "
+                "tape: and s3://; give a file path on a filesystem"
+            )
+        if st is not None and stat.S_ISSOCK(st.st_mode):
+            raise MediumError(f"{self.path}: is a socket; give the archive a file path")
         self._written = 0
-        if st is not None and stat.S_ISCHR(st.st_mode):
+        if st is not None and (stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
             self.fd = self._open(self.path, os.O_WRONLY)
             self._writeback = for_fd(self.fd)
             return
