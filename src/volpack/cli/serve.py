@@ -16,7 +16,12 @@ from pathlib import PurePosixPath
 from volpack.cli.common import add_medium_options, apply_medium_options
 from volpack.errors import EXIT_OK, UsageError
 from volpack.serve.export import Export
-from volpack.serve.nbd_server import DEFAULT_PORT, NbdServer
+from volpack.serve.nbd_server import (
+    DEFAULT_CLIENT_TIMEOUT,
+    DEFAULT_PORT,
+    DEFAULT_REPLY_BUDGET,
+    NbdServer,
+)
 from volpack.units import human, parse_size
 
 log = logging.getLogger("volpack")
@@ -56,7 +61,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="drop clients that have not finished the handshake after this long (default 10)",
     )
     parser.add_argument(
+        "--client-timeout",
+        type=float,
+        default=DEFAULT_CLIENT_TIMEOUT,
+        metavar="SECONDS",
+        help=(
+            "drop clients that take none of a reply from their socket for this long "
+            f"(default {DEFAULT_CLIENT_TIMEOUT:g}); idle clients between requests are kept"
+        ),
+    )
+    parser.add_argument(
         "--max-clients", type=int, default=512, metavar="N", help="connections at once (512)"
+    )
+    parser.add_argument(
+        "--reply-budget",
+        default=f"{DEFAULT_REPLY_BUDGET >> 20}M",
+        metavar="SIZE",
+        help=(
+            "memory that replies being read or waiting for slow clients may hold, all clients "
+            f"together (default {DEFAULT_REPLY_BUDGET >> 20}M, at least 1M); clients wait for "
+            "their share"
+        ),
     )
     parser.add_argument(
         "--cache-size",
@@ -111,6 +136,16 @@ def run(args: argparse.Namespace) -> int:
     cache = parse_size(args.cache_size, "--cache-size")
     if args.handshake_timeout <= 0 or args.max_clients < 1:
         raise UsageError("--handshake-timeout and --max-clients must be positive numbers")
+    if not 0 < args.client_timeout < float("inf"):
+        raise UsageError(
+            f"--client-timeout {args.client_timeout:g}: give a positive number of seconds"
+        )
+    budget = parse_size(args.reply_budget, "--reply-budget")
+    if budget < 1 << 20:
+        raise UsageError(
+            f"--reply-budget {args.reply_budget}: {budget} bytes is under the 1 MiB minimum; "
+            "give at least 1M"
+        )
     names = list(args.name) + [export_name(u) for u in args.archives[len(args.name) :]]
     with ExitStack() as stack:
         exports = []
@@ -124,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
                 socket_path=args.socket,
                 handshake_timeout=args.handshake_timeout,
                 max_clients=args.max_clients,
+                client_timeout=args.client_timeout,
+                reply_budget=budget,
             )
         else:
             host, port = parse_listen(args.listen)
@@ -133,6 +170,8 @@ def run(args: argparse.Namespace) -> int:
                 port=port,
                 handshake_timeout=args.handshake_timeout,
                 max_clients=args.max_clients,
+                client_timeout=args.client_timeout,
+                reply_budget=budget,
             )
         stack.enter_context(server)
         for url, export in zip(server.urls(), exports, strict=True):
