@@ -15,6 +15,7 @@ from pathlib import PurePosixPath
 
 from volpack.cli.common import add_medium_options, apply_medium_options
 from volpack.errors import EXIT_OK, UsageError
+from volpack.serve.allocator import use_one_malloc_arena
 from volpack.serve.export import Export
 from volpack.serve.nbd_server import (
     DEFAULT_CLIENT_TIMEOUT,
@@ -125,6 +126,8 @@ def export_name(url: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Before any thread exists: glibc fixes its arena limit when the first thread allocates.
+    use_one_malloc_arena()
     apply_medium_options(args)
     from volpack import open_archive
 
