@@ -506,3 +506,22 @@ def test_volpack_serve_log_names_the_client_timeout(served):
         s.close()
     line = next(x for x in log.read_text().splitlines() if "dropped" in x)
     assert re.search(r"took no reply bytes for 3 s", line), line
+
+
+def test_shutdown_cuts_off_a_client_that_is_not_reading_instead_of_waiting_for_it():
+    vol = FramedVolume(64 * MiB)
+    srv = NbdServer([Export.of("pattern", vol)], port=0, client_timeout=600)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    s = socket.create_connection(srv.address, timeout=10)  # type: ignore[arg-type]
+    handshake(s, "pattern", structured=True)
+    request(s, p.CMD_READ, 0, BIG, cookie=1)
+    wait_until(lambda: srv.budget.peak > 0, 5, "no reply started")
+    started = time.monotonic()
+    srv.shutdown()
+    thread.join(30)
+    assert not thread.is_alive()
+    assert time.monotonic() - started < 15  # the 5 s grace for requests in progress, then cut
+    assert srv.client_count() == 0 and srv.budget.in_use == 0
+    srv.close()
+    s.close()

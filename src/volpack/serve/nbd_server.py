@@ -15,6 +15,7 @@ import selectors
 import socket
 import stat
 import threading
+import time
 import urllib.parse
 from collections.abc import Sequence
 
@@ -261,5 +262,14 @@ class NbdServer:
             how = socket.SHUT_RD if conn.in_transmission else socket.SHUT_RDWR
             with contextlib.suppress(OSError):
                 conn.sock.shutdown(how)
+        deadline = time.monotonic() + timeout
         for _, thread in clients:
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
+        # Whoever is still here is not reading its reply: cut it off rather than wait for the
+        # client timeout.
+        for conn, thread in clients:
+            if thread.is_alive():
+                with contextlib.suppress(OSError):
+                    conn.sock.shutdown(socket.SHUT_RDWR)
+        for _, thread in clients:
+            thread.join(1.0)
