@@ -525,3 +525,43 @@ def test_shutdown_cuts_off_a_client_that_is_not_reading_instead_of_waiting_for_i
     assert srv.client_count() == 0 and srv.budget.in_use == 0
     srv.close()
     s.close()
+
+
+def test_a_finely_fragmented_map_is_answered_in_bounded_replies_that_add_up_exactly():
+    vol = FramedVolume(64 * MiB)
+    # 2 KiB used, 2 KiB unused, all the way: 32768 used runs, 65536 runs in all.
+    starts = np.arange(0, 64 * MiB, 4096, dtype=np.int64)
+    vol.used = Extents.from_arrays(starts, starts + 2048)
+    with in_process(vol) as srv:
+        s = socket.create_connection(srv.address, timeout=30)  # type: ignore[arg-type]
+        recv_exact(s, 18)
+        s.sendall(p.U32.pack(p.CLIENT_FLAG_FIXED_NEWSTYLE | p.CLIENT_FLAG_NO_ZEROES))
+        option(s, p.OPT_STRUCTURED_REPLY)
+        assert option_reply(s)[0] == p.REP_ACK
+        q = p.BASE_ALLOCATION.encode()
+        option(s, p.OPT_SET_META_CONTEXT, struct.pack(">I7sII", 7, b"pattern", 1, len(q)) + q)
+        assert option_reply(s)[0] == p.REP_META_CONTEXT
+        assert option_reply(s)[0] == p.REP_ACK
+        option(s, p.OPT_GO, struct.pack(">I7sH", 7, b"pattern", 0))
+        while option_reply(s)[0] != p.REP_ACK:
+            pass
+        request(s, p.CMD_BLOCK_STATUS, 0, 64 * MiB, cookie=1)
+        _, cflags, rtype, _, n = p.CHUNK.unpack(recv_exact(s, p.CHUNK.size))
+        assert rtype == p.REPLY_TYPE_BLOCK_STATUS and cflags & p.REPLY_FLAG_DONE
+        desc = np.frombuffer(recv_exact(s, n)[4:], dtype=">u4").reshape(-1, 2)
+        assert 0 < len(desc) <= REPLY_PIECE // 8  # a partial answer; the client asks on
+        assert (desc[:, 0] == 2048).all()
+        assert (desc[0::2, 1] == 0).all() and (desc[1::2, 1] == p.STATE_HOLE | p.STATE_ZERO).all()
+        request(s, p.CMD_READ, 1000, BIG, cookie=2)
+        image = bytearray(b"\xee" * BIG)
+        while True:
+            _, cflags, rtype, _, n = p.CHUNK.unpack(recv_exact(s, p.CHUNK.size))
+            body = recv_exact(s, n)
+            assert rtype == p.REPLY_TYPE_OFFSET_DATA  # holes of 2 KiB ride inside the data
+            at = p.U64.unpack(body[:8])[0] - 1000
+            assert len(body) - 8 <= REPLY_PIECE
+            image[at : at + n - 8] = body[8:]
+            if cflags & p.REPLY_FLAG_DONE:
+                break
+        assert bytes(image) == volume_bytes(vol, 1000, BIG)
+        s.close()

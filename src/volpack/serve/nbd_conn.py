@@ -32,6 +32,8 @@ HOLE_CHUNK_MIN = 64 * 1024
 REPLY_PIECE = 256 * 1024
 # Block status descriptors are 8 bytes: a reply stays within one piece too.
 MAX_STATUS_DESCRIPTORS = REPLY_PIECE // 8
+# Bytes of numpy temporaries per run while block status is worked out (a dozen int64 arrays).
+_STATUS_WORK = 128
 # Oversized option payloads up to this size are skipped and refused; beyond it we hang up.
 _OPTION_DRAIN_LIMIT = 1 << 20
 
@@ -292,14 +294,13 @@ class Connection:
     def read_chunks(self, export: Export, req: p.Request) -> None:
         """Structured read: a data chunk per piece, hole chunks for unused runs; a damaged frame
         ends the reply with an error chunk at its offset, after the good chunks before it."""
-        plan = [
-            (offset, length, is_hole)
-            for start, size, is_hole in read_plan(export, req.offset, req.length, whole=False)
-            for offset, length in ([(start, size)] if is_hole else pieces(start, size))
-        ]
         out: list[Buffer] = []  # hole chunks ride along with the next data chunk
-        for i, (offset, length, is_hole) in enumerate(plan):
-            done = p.REPLY_FLAG_DONE if i == len(plan) - 1 else 0
+        items = self.plan(export, req.offset, req.length)
+        item = next(items, None)
+        while item is not None:
+            offset, length, is_hole = item
+            item = next(items, None)
+            done = p.REPLY_FLAG_DONE if item is None else 0
             if is_hole:
                 out.append(p.hole_chunk(done, req.cookie, offset, length))
                 continue
@@ -319,18 +320,37 @@ class Connection:
         if out:
             self.sendv(out)
 
+    @staticmethod
+    def plan(export: Export, offset: int, length: int) -> Iterator[tuple[int, int, bool]]:
+        """(offset, length, is_hole) of a structured read, planned one piece-sized window at a
+        time so that a read over a finely fragmented map never holds a long plan. Data stays in
+        pieces; holes that continue into the next window are joined into one."""
+        last: tuple[int, int, bool] | None = None
+        for start, size in pieces(offset, length):
+            for item in read_plan(export, start, size, whole=False):
+                if last is not None and last[2] and item[2]:
+                    last = (last[0], last[1] + item[1], True)
+                    continue
+                if last is not None:
+                    yield last
+                last = item
+        if last is not None:
+            yield last
+
     def block_status(self, export: Export, req: p.Request) -> None:
         limit = 1 if req.flags & p.CMD_FLAG_REQ_ONE else MAX_STATUS_DESCRIPTORS
-        _, lengths, used = export.status_runs(req.offset, req.offset + req.length, limit)
-        lengths, used = lengths[:limit], used[:limit]
-        size = 4 + 8 * len(lengths)
-        with self.budget.reserve(p.CHUNK.size + size) as hold:
+        # The run arrays are built under the reservation too: at most 2 * limit + 1 runs.
+        with self.budget.reserve(_STATUS_WORK * (2 * limit + 1)) as hold:
+            _, lengths, used = export.status_runs(req.offset, req.offset + req.length, limit)
+            lengths, used = lengths[:limit], used[:limit]
+            size = 4 + 8 * len(lengths)
             desc = np.empty((len(lengths), 2), dtype=">u4")
             desc[:, 0] = lengths
             desc[:, 1] = np.where(used, 0, p.STATE_HOLE | p.STATE_ZERO)
             head = p.chunk(p.REPLY_FLAG_DONE, p.REPLY_TYPE_BLOCK_STATUS, req.cookie, size)
             bufs: list[Buffer] = [head, p.U32.pack(p.BASE_ALLOCATION_ID) + desc.tobytes()]
-            del desc
+            del desc, lengths, used
+            hold.keep(p.CHUNK.size + size)
             self.io.sendv(bufs, hold)
 
 
