@@ -1,8 +1,10 @@
 """One NBD client connection: fixed newstyle handshake, then the transmission loop.
 
-Reads are answered from the export's volume; every request is checked first and a bad one gets
-its NBD error while the connection (and the server) carry on. Only a lost framing (bad magic, a
-payload we cannot skip, a broken handshake) ends the connection. Never writes to a volume.
+Reads are answered from the export's volume in pieces, each reserved from the server's reply
+budget and sent before the next is read; every request is checked first and a bad one gets its
+NBD error while the connection (and the server) carry on. Only a lost framing (bad magic, a
+payload we cannot skip, a broken handshake) or a reply that cannot be completed ends the
+connection. Never writes to a volume.
 """
 
 from __future__ import annotations
