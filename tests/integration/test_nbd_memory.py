@@ -10,6 +10,7 @@ budget accounting, the backpressure and the reply framing of pieced reads.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import socket
 import struct
@@ -375,7 +376,10 @@ def test_several_stalled_clients_never_take_more_than_the_budget_and_a_reader_st
             s.close()
 
 
-def test_a_client_that_floods_options_without_reading_is_dropped_at_the_handshake_deadline():
+def test_a_client_that_floods_options_without_reading_is_dropped_at_the_handshake_deadline(
+    caplog,
+):
+    caplog.set_level(logging.WARNING, logger="volpack")
     with in_process(FramedVolume(8 * MiB), handshake_timeout=1.0) as srv:
         s = socket.create_connection(srv.address, timeout=10)  # type: ignore[arg-type]
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -388,6 +392,7 @@ def test_a_client_that_floods_options_without_reading_is_dropped_at_the_handshak
         wait_until(lambda: srv.client_count() == 0, 10, "the flooding client was not dropped")
         assert time.monotonic() - started < 5
         s.close()
+    assert "dropped: handshake not finished within 1 s" in caplog.text
 
 
 @pytest.mark.parametrize("mode", ["simple", "structured", "structured-df"])
