@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from volpack.cli.serve import export_name, parse_listen
@@ -81,3 +84,28 @@ def test_a_stale_unix_socket_file_is_reused(tmp_path):
     NbdServer([Export.of("a", _Empty())], socket_path=path)._listener.close()  # left behind
     with NbdServer([Export.of("a", _Empty())], socket_path=path) as srv:
         assert srv.urls() == [f"nbd+unix:///a?socket={path}"]
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--client-timeout", "0"], ["--client-timeout", "positive"]),
+        (["--client-timeout", "-5"], ["--client-timeout", "positive"]),
+        (["--client-timeout", "nan"], ["--client-timeout", "positive"]),
+        (["--reply-budget", "512K"], ["--reply-budget", "524288 bytes", "1M"]),
+        (["--reply-budget", "lots"], ["--reply-budget", "not a number"]),
+    ],
+)
+def test_a_bad_client_timeout_or_reply_budget_is_one_usage_error_line(tmp_path, args, words):
+    res = subprocess.run(
+        [sys.executable, "-m", "volpack", "serve", str(tmp_path / "a.vpk"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    lines = [x for x in res.stderr.splitlines() if x.startswith("volpack: error:")]
+    assert len(lines) == 1, res.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])

@@ -15,8 +15,14 @@ from pathlib import PurePosixPath
 
 from volpack.cli.common import add_medium_options, apply_medium_options, size_arg
 from volpack.errors import EXIT_OK, UsageError
+from volpack.serve.allocator import use_one_malloc_arena
 from volpack.serve.export import Export
-from volpack.serve.nbd_server import DEFAULT_PORT, NbdServer
+from volpack.serve.nbd_server import (
+    DEFAULT_CLIENT_TIMEOUT,
+    DEFAULT_PORT,
+    DEFAULT_REPLY_BUDGET,
+    NbdServer,
+)
 from volpack.units import human
 
 log = logging.getLogger("volpack")
@@ -56,7 +62,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="drop clients that have not finished the handshake after this long (default 10)",
     )
     parser.add_argument(
+        "--client-timeout",
+        type=float,
+        default=DEFAULT_CLIENT_TIMEOUT,
+        metavar="SECONDS",
+        help=(
+            "drop clients that take none of a reply from their socket for this long "
+            f"(default {DEFAULT_CLIENT_TIMEOUT:g}); idle clients between requests are kept"
+        ),
+    )
+    parser.add_argument(
         "--max-clients", type=int, default=512, metavar="N", help="connections at once (512)"
+    )
+    parser.add_argument(
+        "--reply-budget",
+        type=size_arg("--reply-budget"),
+        default=f"{DEFAULT_REPLY_BUDGET >> 20}M",
+        metavar="SIZE",
+        help=(
+            "memory that replies being read or waiting for slow clients may hold, all clients "
+            f"together (default {DEFAULT_REPLY_BUDGET >> 20}M, at least 1M); clients wait for "
+            "their share"
+        ),
     )
     parser.add_argument(
         "--cache-size",
@@ -101,6 +128,8 @@ def export_name(url: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Before any thread exists: glibc fixes its arena limit when the first thread allocates.
+    use_one_malloc_arena()
     apply_medium_options(args)
     from volpack import open_archive
 
@@ -112,6 +141,15 @@ def run(args: argparse.Namespace) -> int:
     cache = args.cache_size
     if args.handshake_timeout <= 0 or args.max_clients < 1:
         raise UsageError("--handshake-timeout and --max-clients must be positive numbers")
+    if not 0 < args.client_timeout < float("inf"):
+        raise UsageError(
+            f"--client-timeout {args.client_timeout:g}: give a positive number of seconds"
+        )
+    budget = args.reply_budget
+    if budget < 1 << 20:
+        raise UsageError(
+            f"--reply-budget {budget}: {budget} bytes is under the 1 MiB minimum; give at least 1M"
+        )
     names = list(args.name) + [export_name(u) for u in args.archives[len(args.name) :]]
     with ExitStack() as stack:
         exports = []
@@ -125,6 +163,8 @@ def run(args: argparse.Namespace) -> int:
                 socket_path=args.socket,
                 handshake_timeout=args.handshake_timeout,
                 max_clients=args.max_clients,
+                client_timeout=args.client_timeout,
+                reply_budget=budget,
             )
         else:
             host, port = parse_listen(args.listen)
@@ -134,6 +174,8 @@ def run(args: argparse.Namespace) -> int:
                 port=port,
                 handshake_timeout=args.handshake_timeout,
                 max_clients=args.max_clients,
+                client_timeout=args.client_timeout,
+                reply_budget=budget,
             )
         stack.enter_context(server)
         for url, export in zip(server.urls(), exports, strict=True):

@@ -47,14 +47,39 @@ class Export:
     size: int
     allocated: Extents
     description: str = ""
+    frame_size: int = 0  # the volume's decode unit (an archive frame); 0: reads allocate as asked
 
     @staticmethod
     def of(name: str, volume: Volume, description: str = "") -> Export:
         size = int(volume.size)
-        return Export(name, volume, size, volume.used_bytes().clip(0, size), description)
+        frame = int(getattr(volume, "frame_size", 0) or 0)
+        return Export(name, volume, size, volume.used_bytes().clip(0, size), description, frame)
 
-    def status_runs(self, offset: int, end: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Consecutive runs covering ``[offset, end)``: (starts, lengths, used?) in address order."""
+    def read_cost(self, length: int) -> int:
+        """The most memory reading ``length`` bytes can take before they are sent.
+
+        An archive decodes whole frames: a run of ``length`` dense bytes touches at most
+        ``ceil(length / frame) + 1`` of them, each pinned until sent, plus one compressed copy
+        while a frame is being decoded. Any other volume returns the bytes asked for.
+        """
+        f = self.frame_size
+        if f <= 0:
+            return length
+        return f * (-(-length // f) + 2)
+
+    def status_runs(
+        self, offset: int, end: int, limit: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Consecutive runs covering ``[offset, end)``: (starts, lengths, used?) in address order.
+
+        With ``limit``, the range is cut short before the used run after the first ``limit`` ones,
+        so at most ``2 * limit + 1`` runs are built however many the range holds.
+        """
+        if limit is not None:
+            runs = self.allocated
+            first = int(np.searchsorted(runs.ends, offset, side="right"))
+            if first + limit < len(runs):
+                end = min(end, int(runs.starts[first + limit]))
         used = self.allocated.clip(offset, end)
         holes = used.complement(offset, end)
         starts = np.concatenate([used.starts, holes.starts])

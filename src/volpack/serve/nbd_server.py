@@ -15,17 +15,21 @@ import selectors
 import socket
 import stat
 import threading
+import time
 import urllib.parse
 from collections.abc import Sequence
 
 from volpack.errors import UsageError
 from volpack.serve import nbd_proto as p
+from volpack.serve.budget import ReplyBudget
 from volpack.serve.export import Export
-from volpack.serve.nbd_conn import Closed, Connection
+from volpack.serve.nbd_conn import Closed, Connection, Dropped
 
 log = logging.getLogger("volpack")
 
 DEFAULT_PORT = 10809
+DEFAULT_CLIENT_TIMEOUT = 30.0
+DEFAULT_REPLY_BUDGET = 256 << 20
 
 
 class NbdServer:
@@ -33,7 +37,10 @@ class NbdServer:
 
     The "" export name reaches the only export when there is exactly one. ``port=0`` picks a free
     port (see ``address``). Clients that do not finish the handshake within ``handshake_timeout``
-    seconds are dropped; beyond ``max_clients`` new connections are closed at once.
+    seconds are dropped, and so are clients that take no reply bytes for ``client_timeout``
+    seconds; beyond ``max_clients`` new connections are closed at once. Replies being read or
+    waiting for their client hold at most ``reply_budget`` bytes across all connections (see
+    docs/serve.md, "Memory"); a connection waits for its share.
     """
 
     def __init__(
@@ -45,6 +52,8 @@ class NbdServer:
         socket_path: str | None = None,
         handshake_timeout: float = 10.0,
         max_clients: int = 512,
+        client_timeout: float = DEFAULT_CLIENT_TIMEOUT,
+        reply_budget: int = DEFAULT_REPLY_BUDGET,
     ) -> None:
         if not exports:
             raise UsageError("nbd server: no archive to serve; name at least one")
@@ -65,6 +74,8 @@ class NbdServer:
         self.default = exports[0] if len(exports) == 1 else None
         self.handshake_timeout = handshake_timeout
         self.max_clients = max_clients
+        self.client_timeout = client_timeout
+        self.budget = ReplyBudget(reply_budget)
         self.socket_path = socket_path
         self._stopping = threading.Event()
         self._lock = threading.Lock()
@@ -207,7 +218,13 @@ class NbdServer:
         if sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = Connection(
-            sock, self.exports, self.default, self.handshake_timeout, self._stopping.is_set
+            sock,
+            self.exports,
+            self.default,
+            self.handshake_timeout,
+            self._stopping.is_set,
+            client_timeout=self.client_timeout,
+            budget=self.budget,
         )
         thread = threading.Thread(
             target=self._run_client, args=(conn, peer), name=f"nbd-client-{peer}", daemon=True
@@ -222,6 +239,8 @@ class NbdServer:
             conn.run()
         except Closed as exc:
             log.debug("nbd: client %s: %s", peer, exc)
+        except Dropped as exc:
+            log.warning("nbd: client %s dropped: %s", peer, exc)
         except p.ClientViolation as exc:
             log.info("nbd: client %s dropped: %s", peer, exc)
         except OSError as exc:
@@ -243,5 +262,14 @@ class NbdServer:
             how = socket.SHUT_RD if conn.in_transmission else socket.SHUT_RDWR
             with contextlib.suppress(OSError):
                 conn.sock.shutdown(how)
+        deadline = time.monotonic() + timeout
         for _, thread in clients:
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
+        # Whoever is still here is not reading its reply: cut it off rather than wait for the
+        # client timeout.
+        for conn, thread in clients:
+            if thread.is_alive():
+                with contextlib.suppress(OSError):
+                    conn.sock.shutdown(socket.SHUT_RDWR)
+        for _, thread in clients:
+            thread.join(1.0)
