@@ -121,7 +121,8 @@ class Archive:
         if len(head) < head_length:
             head += medium.read_at(len(head), head_length - len(head))
         if head != copies:
-            at = next(i for i, (a, b) in enumerate(zip(head, copies, strict=True)) if a != b)
+            u8 = np.uint8
+            at = int(np.flatnonzero(np.frombuffer(head, u8) != np.frombuffer(copies, u8))[0])
             raise CorruptArchive(
                 f"{self.url} at offset {at}: the head differs from the trailer's copy of it "
                 f"(byte {head[at]:#04x}, copy {copies[at]:#04x}); the archive is damaged"
