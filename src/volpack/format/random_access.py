@@ -23,7 +23,7 @@ from volpack.media import open_reader
 from volpack.media.base import MediumReader
 from volpack.source.base import PhysicalMap
 
-_FIRST_READ = 64 << 10  # holds the head of most archives: header and tables in one ranged read
+_FIRST_READ = 8 << 10  # holds the head (header and tables) of most archives in one ranged read
 DEFAULT_CACHE = 64 << 20  # decoded frames kept per archive (16 frames of the default 4 MiB)
 _ZERO = memoryview(bytes(1 << 20))
 
