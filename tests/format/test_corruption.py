@@ -726,3 +726,20 @@ def test_a_gap_between_the_tables_and_the_first_frame_is_refused(raw_pair, tmp_p
     (tmp_path / "g.vpk").write_bytes(forged)
     with pytest.raises(CorruptArchive, match="does not tile"):
         open_archive(str(tmp_path / "g.vpk"))
+
+
+def test_a_frame_index_codec_that_differs_from_the_frame_is_refused(raw_pair, tmp_path):
+    _, _, data = raw_pair[0]
+    _, _, toff = layout(data)
+    frames = R.TRAILER_FIXED.unpack_from(data, toff + R.RECORD_SIZE)[0]
+    index_at = len(data) - R.FOOTER_SIZE - R.DIGEST_SIZE - frames * R.INDEX_DTYPE.itemsize
+    codec_at = index_at + R.INDEX_DTYPE.itemsize + 12  # frame 1's codec: raw (0) → zstd (1)
+    edited = reseal(data[:codec_at] + b"\x01" + data[codec_at + 1 :], digest=True)
+    path = tmp_path / "c.vpk"
+    path.write_bytes(edited)
+    with pytest.raises(CorruptArchive, match="frame 1 codec 1"):
+        pipeline.verify(str(path))
+    with open_archive(str(path)) as a:
+        assert len(a.read(0, 64 * KiB)) == 64 * KiB  # frame 0 is fine
+        with pytest.raises(CorruptArchive, match="codec 0, index says 65536 codec 1"):
+            a.read(64 * KiB, 4096)
