@@ -2,9 +2,17 @@
 hostile but checksummed fields are refused before anything large is allocated."""
 
 import os
+import pathlib
 import random
+import shutil
+import signal
 import struct
+import subprocess
+import sys
+import time
 
+import blake3
+import numpy as np
 import pytest
 
 from volpack import pipeline
@@ -181,7 +189,6 @@ def forge_header(data: bytes, **fields) -> bytes:
         ({"fs": 1 << 40 & 0xFFFFFFFF or 3}, "frame_size"),
         ({"vsize": (1 << 64) - 1}, "volume_size"),
         ({"used": 1 << 62}, "used_blocks"),
-        ({"codec": 9}, "codec"),
     ],
 )
 def test_hostile_checksummed_header_fields_are_refused(small_archive, tmp_path, fields, message):
@@ -242,3 +249,497 @@ def test_not_an_archive_is_named_as_such(tmp_path):
     p.write_bytes(os.urandom(5000))
     with pytest.raises(CorruptArchive, match="not a volpack archive"):
         pipeline.verify(str(p))
+
+
+# -- format 1.1: frames bound to archive and position, head hash, digest over the trailer --------
+KiB = 1024
+PAIR_SIZE = 512 * KiB
+PAIR_RUNS = [(0, 128 * KiB), (256 * KiB, 384 * KiB)]  # two address table runs, 4 frames of 64 KiB
+
+
+@pytest.fixture(scope="module")
+def raw_pair(tmp_path_factory):
+    """Two uncompressed archives of identical geometry (same used map, frame size, lengths) and
+    different data: every frame of one fits exactly where the same frame of the other is."""
+    d = tmp_path_factory.mktemp("pair")
+    out = []
+    for seed in (1, 2):
+        rng = random.Random(seed)
+        vol = str(d / f"v{seed}.img")
+        write_sparse(vol, PAIR_SIZE, [(a, rng.randbytes(b - a)) for a, b in PAIR_RUNS])
+        arc = str(d / f"v{seed}.vpk")
+        pipeline.backup(vol, arc, frame_size=65536, compress="none", allow_mounted=True)
+        out.append((vol, arc, pathlib.Path(arc).read_bytes()))
+    return out
+
+
+def layout(data: bytes) -> tuple[list[int], int, int]:
+    """(frame header offsets, head length, trailer offset) read straight from the bytes."""
+    foot = data[-R.FOOTER_SIZE :]
+    _, toff, _tlen, *_ = R.FOOTER.unpack_from(foot)
+    payload = data[toff + R.RECORD_SIZE : -R.FOOTER_SIZE]
+    frames = R.TRAILER_FIXED.unpack_from(payload)[0]
+    end = len(payload) - R.DIGEST_SIZE
+    index = np.frombuffer(payload, R.INDEX_DTYPE, frames, end - frames * R.INDEX_DTYPE.itemsize)
+    offsets = index["offset"].tolist()
+    return offsets, offsets[0] if offsets else toff, toff
+
+
+def reseal(data: bytes, *, digest: bool = False) -> bytes:
+    """Recompute the TRLR record's checksums after an edit (and with ``digest`` the archive digest
+    too: a forger's full recomputation); lengths are unchanged, so the footer still holds."""
+    _, _, toff = layout(data)
+    payload = data[toff + R.RECORD_SIZE : -R.FOOTER_SIZE]
+    if digest:
+        body = payload[: -R.DIGEST_SIZE]
+        payload = body + blake3.blake3(data[:toff] + body).digest()
+    return data[:toff] + R.encode_record(R.TAG_TRLR, payload) + data[-R.FOOTER_SIZE :]
+
+
+def rechecksummed_record(record: bytes) -> bytes:
+    tag, _flags, _length, _psum = R.RECORD.unpack_from(record)
+    return R.encode_record(tag, record[R.RECORD_SIZE :])
+
+
+def renumbered_frame(frame: bytes, seq: int) -> bytes:
+    """A frame whose header is rewritten (checksum recomputed) to sit at position ``seq``."""
+    tag, codec, flags, res, _seq, _doff, raw, stored, rsum = R.FRAME.unpack_from(frame)
+    body = R.FRAME.pack(tag, codec, flags, res, seq, seq * 65536, raw, stored, rsum)
+    return body + R.checksum(body).to_bytes(8, "little") + frame[R.FRAME_HEADER_SIZE :]
+
+
+def refused_everywhere(data: bytes, tmp_path, match: str, *, on_open: bool) -> None:
+    """verify, restore (no target left behind) and random access (on open, or when the damaged
+    bytes are read) all refuse the archive ``data``."""
+    path = tmp_path / "edited.vpk"
+    path.write_bytes(data)
+    with pytest.raises(CorruptArchive, match=match):
+        pipeline.verify(str(path))
+    out = tmp_path / "out.img"
+    with pytest.raises(CorruptArchive):
+        pipeline.restore(str(path), str(out))
+    assert not out.exists()
+    if on_open:
+        with pytest.raises(CorruptArchive, match=match):
+            open_archive(str(path))
+    else:
+        with open_archive(str(path)) as a, pytest.raises(CorruptArchive, match=match):
+            a.read(0, a.size)
+
+
+def test_two_frames_swapped_with_their_headers_renumbered_are_refused_by_every_reader(
+    raw_pair, tmp_path
+):
+    _, _, data = raw_pair[0]
+    offsets, _, toff = layout(data)
+    bounds = offsets + [toff]
+    f1, f2 = (data[bounds[i] : bounds[i + 1]] for i in (1, 2))
+    assert len(f1) == len(f2)
+    swapped = (
+        data[: bounds[1]] + renumbered_frame(f2, 1) + renumbered_frame(f1, 2) + data[bounds[3] :]
+    )
+    refused_everywhere(swapped, tmp_path, "frame 1 checksum", on_open=False)
+
+
+def test_a_frame_copied_from_another_archive_of_identical_geometry_is_refused(raw_pair, tmp_path):
+    (_, _, a), (_, _, b) = raw_pair
+    offsets, _, toff = layout(a)
+    assert layout(b) == (offsets, offsets[0], toff), "the two archives have identical geometry"
+    start, end = offsets[2], offsets[3]
+    mixed = a[:start] + b[start:end] + a[end:]
+    refused_everywhere(mixed, tmp_path, "frame 2 checksum", on_open=False)
+
+
+def test_random_access_reads_the_frames_around_a_foreign_one(raw_pair, tmp_path):
+    (vol, _, a), (_, _, b) = raw_pair
+    offsets, _, _ = layout(a)
+    path = tmp_path / "mixed.vpk"
+    path.write_bytes(a[: offsets[2]] + b[offsets[2] : offsets[3]] + a[offsets[3] :])
+    volume = pathlib.Path(vol).read_bytes()
+    with open_archive(str(path)) as arc:
+        assert arc.read(0, 128 * KiB) == volume[: 128 * KiB]  # frames 0 and 1
+        assert arc.read(320 * KiB, 64 * KiB) == volume[320 * KiB : 384 * KiB]  # frame 3
+        with pytest.raises(CorruptArchive, match="frame 2 checksum"):
+            arc.read(256 * KiB, 4096)
+
+
+def edited_atab(record: bytes) -> bytes:
+    """The ATAB record with its second run moved 16 blocks up (still a valid table), record
+    checksums recomputed."""
+    payload = bytearray(record[R.RECORD_SIZE :])
+    first = 8 + R.ATAB_DTYPE.itemsize
+    vblock = int.from_bytes(payload[first : first + 8], "little")
+    payload[first : first + 8] = (vblock + 16).to_bytes(8, "little")
+    return R.encode_record(R.TAG_ATAB, bytes(payload))
+
+
+def atab_record(data: bytes) -> tuple[bytes, int]:
+    _, head_len, _ = layout(data)
+    head = data[:head_len]
+    pos = head.index(b"ATAB")
+    return head[pos:], pos
+
+
+def test_a_trailer_table_edited_with_its_checksums_recomputed_is_refused(raw_pair, tmp_path):
+    _, _, data = raw_pair[0]
+    record, head_pos = atab_record(data)
+    _, _, toff = layout(data)
+    copy_pos = data.index(record, toff)
+    edited = reseal(data[:copy_pos] + edited_atab(record) + data[copy_pos + len(record) :])
+    refused_everywhere(edited, tmp_path, "differs from the head|head hash", on_open=True)
+    with pytest.raises(CorruptArchive, match="hash to .* its head hash is"):
+        open_archive(str(tmp_path / "edited.vpk"))
+
+
+def test_a_head_table_edited_with_its_checksums_recomputed_is_refused(raw_pair, tmp_path):
+    _, _, data = raw_pair[0]
+    record, pos = atab_record(data)
+    edited = data[:pos] + edited_atab(record) + data[pos + len(record) :]
+    refused_everywhere(
+        edited, tmp_path, "differs from the trailer's copy|differs from the head", on_open=True
+    )
+
+
+def test_head_and_trailer_tables_edited_alike_are_refused_by_the_head_hash(raw_pair, tmp_path):
+    _, _, data = raw_pair[0]
+    record, pos = atab_record(data)
+    _, _, toff = layout(data)
+    copy_pos = data.index(record, toff)
+    new = edited_atab(record)
+    edited = data[:pos] + new + data[pos + len(record) : copy_pos] + new
+    edited = reseal(edited + data[copy_pos + len(record) :])
+    refused_everywhere(edited, tmp_path, "head hash", on_open=True)
+
+
+def test_an_edited_head_hash_with_the_trailer_checksum_recomputed_is_refused(raw_pair, tmp_path):
+    _, _, data = raw_pair[0]
+    _, _, toff = layout(data)
+    at = toff + R.RECORD_SIZE + 32  # head_hash
+    edited = reseal(data[:at] + bytes(32) + data[at + 32 :])
+    refused_everywhere(edited, tmp_path, "head hash", on_open=True)
+
+
+def test_the_digest_covers_the_trailer_up_to_the_digest(raw_pair, tmp_path):
+    _, _, data = raw_pair[0]
+    _, _, toff = layout(data)
+    # A reserved byte of the last frame index entry: no other check looks at it.
+    at = len(data) - R.FOOTER_SIZE - R.DIGEST_SIZE - 1
+    edited = reseal(data[:at] + b"\x01" + data[at + 1 :])
+    (tmp_path / "e.vpk").write_bytes(edited)
+    with pytest.raises(CorruptArchive, match="archive digest"):
+        pipeline.verify(str(tmp_path / "e.vpk"))
+
+
+def test_verify_checks_the_frame_index_against_the_frames_it_read(raw_pair, tmp_path):
+    _, _, data = raw_pair[0]
+    _, _, toff = layout(data)
+    payload_at = toff + R.RECORD_SIZE
+    frames = R.TRAILER_FIXED.unpack_from(data, payload_at)[0]
+    index_at = len(data) - R.FOOTER_SIZE - R.DIGEST_SIZE - frames * R.INDEX_DTYPE.itemsize
+    stored_at = index_at + R.INDEX_DTYPE.itemsize + 8  # frame 1's stored_length
+    wrong = (65536 - 100).to_bytes(4, "little")
+    # Even with every checksum and the digest recomputed, the index disagrees with the frames.
+    edited = reseal(data[:stored_at] + wrong + data[stored_at + 4 :], digest=True)
+    refused_everywhere(edited, tmp_path, "frame 1 stored length|does not tile", on_open=True)
+
+
+def test_a_1_0_archive_whose_head_differs_from_the_trailer_is_refused_by_random_access(tmp_path):
+    golden = pathlib.Path(__file__).parent.joinpath("golden", "v1.0.vpk").read_bytes()
+    pos = golden.index(b"ATAB", R.HEADER_SIZE)
+    end = golden.index(b"FRAM", pos)
+    record = golden[pos:end]
+    path = tmp_path / "old.vpk"
+    path.write_bytes(golden[:pos] + edited_atab(record) + golden[end:])
+    with pytest.raises(CorruptArchive, match="differs from the trailer's copy"):
+        open_archive(str(path))
+
+
+def test_a_1_1_header_without_the_bound_bit_is_refused(small_archive, tmp_path):
+    _, _, data = small_archive
+    with pytest.raises(CorruptArchive, match="without the BOUND feature bit"):
+        stream_check(forge_header(data, incompat=0), tmp_path)
+
+
+def test_an_unknown_incompatible_bit_is_refused_as_unsupported_naming_it(small_archive, tmp_path):
+    _, _, data = small_archive
+    forged = forge_header(data, incompat=R.FEATURE_BOUND | 1 << 9)
+    with pytest.raises(UnsupportedArchive, match="bit 9") as e:
+        stream_check(forged, tmp_path)
+    assert e.value.exit_code == 6
+
+
+def mixed_archive(raw_pair) -> bytes:
+    """Archive 1 with its frame 2 taken from archive 2 (identical geometry)."""
+    (_, _, a), (_, _, b) = raw_pair
+    offsets, _, _ = layout(a)
+    return a[: offsets[2]] + b[offsets[2] : offsets[3]] + a[offsets[3] :]
+
+
+def test_a_foreign_frame_is_refused_when_restored_from_tape(raw_pair, tmp_path):
+    from volpack.media import open_writer
+    from volpack.media import tape_emulator as te
+    from volpack.media.tape import tape_url
+
+    cart = te.create_cartridge(str(tmp_path / "cart"), capacity=8 << 20, early_warning=1 << 20)
+    drive = str(tmp_path / "drive")
+    te.load(drive, cart)
+    url = tape_url(f"tape+emu:{drive}")
+    medium = open_writer(url)
+    medium.write(mixed_archive(raw_pair))
+    medium.commit()
+    te.load(drive, cart)  # reloading rewinds
+    with pytest.raises(CorruptArchive, match="frame 2 checksum"):
+        pipeline.verify(url)
+    te.load(drive, cart)
+    out = tmp_path / "out.img"
+    with pytest.raises(CorruptArchive, match="frame 2 checksum"):
+        pipeline.restore(url, str(out))
+    assert not out.exists()
+
+
+def test_a_foreign_frame_is_refused_through_s3_ranged_reads(raw_pair, s3_bucket):
+    from volpack.media import open_writer
+
+    url = f"s3://{s3_bucket}/mixed.vpk"
+    medium = open_writer(url)
+    medium.write(mixed_archive(raw_pair))
+    medium.commit()
+    with open_archive(url) as a:
+        assert len(a.read(0, 4096)) == 4096
+        with pytest.raises(CorruptArchive, match="frame 2 checksum"):
+            a.read(256 * KiB, 4096)
+
+
+def serve(archive, tmp_path) -> tuple[subprocess.Popen, str, pathlib.Path]:
+    sock = tmp_path / "vp.sock"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "volpack", "serve", "--socket", str(sock), "--name", "v", archive],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return proc, f"nbd+unix:///v?socket={sock}", sock
+
+
+def test_volpack_serve_gives_eio_for_a_foreign_frame_and_nbdcopy_fails(raw_pair, tmp_path):
+    if shutil.which("nbdcopy") is None:
+        pytest.skip("nbdcopy is not installed (scripts/test.sh installs it)")
+    path = tmp_path / "mixed.vpk"
+    path.write_bytes(mixed_archive(raw_pair))
+    proc, url, sock = serve(str(path), tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while not sock.exists():
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "volpack serve did not start"
+            time.sleep(0.1)
+        copy = subprocess.run(
+            ["nbdcopy", url, str(tmp_path / "copy.img")], capture_output=True, text=True, timeout=60
+        )
+        assert copy.returncode != 0
+        assert "Input/output error" in copy.stderr or "EIO" in copy.stderr, copy.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+
+
+def test_volpack_serve_refuses_an_archive_with_an_edited_trailer_table(raw_pair, tmp_path):
+    _, _, data = raw_pair[0]
+    record, _ = atab_record(data)
+    _, _, toff = layout(data)
+    copy_pos = data.index(record, toff)
+    path = tmp_path / "edited.vpk"
+    path.write_bytes(reseal(data[:copy_pos] + edited_atab(record) + data[copy_pos + len(record) :]))
+    proc, _, _ = serve(str(path), tmp_path)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 4
+    assert len(err.strip().splitlines()) == 1 and "head hash" in err, err
+
+
+# -- rules of 1.1 for every version: flags, unknown values, check order, lengths, gaps, footer ----
+def with_trailer(data: bytes, toff: int, payload: bytes) -> bytes:
+    """``data`` up to ``toff``, then a TRLR record of ``payload`` (with the digest recomputed)
+    and a footer to match: a consistent archive except for what the caller changed."""
+    body = payload[: -R.DIGEST_SIZE]
+    payload = body + blake3.blake3(data[:toff] + body).digest()
+    trailer = R.encode_record(R.TAG_TRLR, payload)
+    h = R.Header.decode(data[: R.HEADER_SIZE])
+    length = toff + len(trailer) + R.FOOTER_SIZE
+    footer = R.Footer(toff, len(trailer), h.uuid, h.major, h.minor, length)
+    return data[:toff] + trailer + R.encode_footer(footer)
+
+
+def test_set_flag_bits_in_a_record_or_frame_are_unsupported_exit_6(raw_pair, tmp_path):
+    _, _, data = raw_pair[0]
+    offsets, _, _ = layout(data)
+    # A frame header with flags 0x01 and a good checksum.
+    off = offsets[1]
+    fields = list(R.FRAME.unpack_from(data, off))
+    fields[2] = 1
+    body = R.FRAME.pack(*fields)
+    frame = body + R.checksum(body).to_bytes(8, "little")
+    forged = data[:off] + frame + data[off + R.FRAME_HEADER_SIZE :]
+    (tmp_path / "f.vpk").write_bytes(forged)
+    with pytest.raises(UnsupportedArchive, match="frame 1: flags 0x1") as e:
+        pipeline.verify(str(tmp_path / "f.vpk"))
+    assert e.value.exit_code == 6
+    with open_archive(str(tmp_path / "f.vpk")) as a, pytest.raises(UnsupportedArchive):
+        a.read(64 * KiB, 4096)
+    # A DESC record header with flags 0x100 and a good checksum.
+    tag, _, length, psum = R.RECORD.unpack_from(data, R.HEADER_SIZE)
+    head = R.RECORD.pack(tag, 0x100, length, psum)
+    forged = (
+        data[: R.HEADER_SIZE]
+        + head
+        + R.checksum(head).to_bytes(8, "little")
+        + data[R.HEADER_SIZE + R.RECORD_SIZE :]
+    )
+    with pytest.raises(UnsupportedArchive, match="DESC record flags 0x100"):
+        stream_check(forged, tmp_path)
+
+
+def test_an_unknown_physical_map_run_flag_is_unsupported():
+    h = R.Header("00000000-0000-0000-0000-000000000001", 4096, 65536, 8192, 2, 0)
+    runs = np.zeros(1, R.PMAP_DTYPE)
+    runs[0] = (0, 4096, 0, -1, 1 << 6)
+    record = R.encode_pmap((), runs)
+    with pytest.raises(UnsupportedArchive, match="physical map run flags 0x40"):
+        R.decode_pmap(record[R.RECORD_SIZE :], h, "test")
+    runs[0]["flags"] = 0x3F  # every defined bit
+    R.decode_pmap(R.encode_pmap((), runs)[R.RECORD_SIZE :], h, "test")
+
+
+def test_an_unknown_frame_codec_is_unsupported(raw_pair, tmp_path):
+    _, _, data = raw_pair[0]
+    off = layout(data)[0][0]
+    fields = list(R.FRAME.unpack_from(data, off))
+    fields[1] = 7
+    body = R.FRAME.pack(*fields)
+    forged = data[:off] + body + R.checksum(body).to_bytes(8, "little") + data[off + 48 :]
+    with pytest.raises(UnsupportedArchive, match="frame 0: codec 7"):
+        stream_check(forged, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        ({"codec": 9}, "default codec 9"),
+        ({"csum": 2}, "checksum algorithm 2"),
+        ({"dig": 3}, "digest algorithm 3"),
+    ],
+)
+def test_unknown_codec_checksum_or_digest_values_are_unsupported(
+    small_archive, tmp_path, fields, message
+):
+    _, _, data = small_archive
+    with pytest.raises(UnsupportedArchive, match=message) as e:
+        stream_check(forge_header(data, **fields), tmp_path)
+    assert e.value.exit_code == 6
+
+
+def test_a_damaged_feature_bit_is_damage_not_an_unknown_feature(small_archive, tmp_path):
+    _, _, data = small_archive
+    flipped_bit = bytearray(data)
+    flipped_bit[16] ^= 1 << 5  # incompat bit 5, header checksum left as it was
+    with pytest.raises(CorruptArchive, match="header checksum") as e:
+        stream_check(bytes(flipped_bit), tmp_path)
+    assert not isinstance(e.value, UnsupportedArchive)
+
+
+def test_another_major_version_is_unsupported_even_with_a_checksum_this_version_rejects(
+    small_archive, tmp_path
+):
+    _, _, data = small_archive
+    forged = bytearray(data)
+    forged[8] = 2  # major 2; its header may be checksummed differently
+    with pytest.raises(UnsupportedArchive, match=r"version 2\.1"):
+        stream_check(bytes(forged), tmp_path)
+
+
+def test_a_damaged_footer_magic_on_a_full_length_archive_is_corrupt_exit_4(small_archive, tmp_path):
+    _, _, data = small_archive
+    damaged = flipped(data, len(data) - R.FOOTER_SIZE + 2)
+    path = tmp_path / "f.vpk"
+    path.write_bytes(damaged)
+    for call in (pipeline.verify, open_archive):
+        with pytest.raises(CorruptArchive, match="footer magic") as e:
+            call(str(path))
+        assert e.value.exit_code == 4
+    out = tmp_path / "out.img"
+    with pytest.raises(CorruptArchive, match="footer magic"):
+        pipeline.restore(str(path), str(out))
+    assert not out.exists()
+
+
+def test_a_footer_damaged_beyond_recognition_is_corrupt_for_the_sequential_reader(
+    small_archive, tmp_path
+):
+    _, _, data = small_archive
+    damaged = data[: -R.FOOTER_SIZE] + bytes(R.FOOTER_SIZE)
+    with pytest.raises(CorruptArchive, match="footer magic"):
+        stream_check(damaged, tmp_path)
+    (tmp_path / "z.vpk").write_bytes(damaged)
+    with pytest.raises(IncompleteArchive):  # from the end alone it looks truncated
+        open_archive(str(tmp_path / "z.vpk"))
+
+
+def test_a_trailer_longer_than_its_exact_length_is_refused(raw_pair, tmp_path):
+    _, _, data = raw_pair[0]
+    _, _, toff = layout(data)
+    payload = data[toff + R.RECORD_SIZE : -R.FOOTER_SIZE]
+    # 16 more bytes before the digest: room for a frame index entry no frame has.
+    longer = payload[: -R.DIGEST_SIZE] + bytes(16) + payload[-R.DIGEST_SIZE :]
+    forged = with_trailer(data, toff, longer)
+    with pytest.raises(CorruptArchive, match="exceeds|trailer length"):
+        stream_check(forged, tmp_path)
+    (tmp_path / "t.vpk").write_bytes(forged)
+    with pytest.raises(CorruptArchive):
+        open_archive(str(tmp_path / "t.vpk"))
+
+
+def test_the_desc_bound_is_on_the_payload_length():
+    for length, ok in ((R.MAX_DESC, True), (R.MAX_DESC + 1, False)):
+        head = R.RECORD.pack(R.TAG_DESC, 0, length, 0)
+        record = head + R.checksum(head).to_bytes(8, "little")
+        if ok:
+            assert R.decode_record_header(record, "t", R.TAG_DESC, R.MAX_DESC)[0] == length
+        else:
+            with pytest.raises(CorruptArchive, match="exceeds 1048576"):
+                R.decode_record_header(record, "t", R.TAG_DESC, R.MAX_DESC)
+
+
+def test_a_gap_between_the_tables_and_the_first_frame_is_refused(raw_pair, tmp_path):
+    _, _, data = raw_pair[0]
+    offsets, head_len, toff = layout(data)
+    gap = 8
+    payload = bytearray(data[toff + R.RECORD_SIZE : -R.FOOTER_SIZE])
+    frames = len(offsets)
+    index_at = len(payload) - R.DIGEST_SIZE - frames * R.INDEX_DTYPE.itemsize
+    index = np.frombuffer(payload, R.INDEX_DTYPE, frames, index_at).copy()
+    index["offset"] += gap
+    payload[index_at : index_at + index.nbytes] = index.tobytes()
+    payload[24:32] = (toff + gap).to_bytes(8, "little")  # trailer_offset
+    shifted = data[:head_len] + bytes(gap) + data[head_len:toff]
+    forged = with_trailer(shifted, toff + gap, bytes(payload))
+    with pytest.raises(CorruptArchive, match="tag"):
+        stream_check(forged, tmp_path)
+    (tmp_path / "g.vpk").write_bytes(forged)
+    with pytest.raises(CorruptArchive, match="does not tile"):
+        open_archive(str(tmp_path / "g.vpk"))
+
+
+def test_a_frame_index_codec_that_differs_from_the_frame_is_refused(raw_pair, tmp_path):
+    _, _, data = raw_pair[0]
+    _, _, toff = layout(data)
+    frames = R.TRAILER_FIXED.unpack_from(data, toff + R.RECORD_SIZE)[0]
+    index_at = len(data) - R.FOOTER_SIZE - R.DIGEST_SIZE - frames * R.INDEX_DTYPE.itemsize
+    codec_at = index_at + R.INDEX_DTYPE.itemsize + 12  # frame 1's codec: raw (0) → zstd (1)
+    edited = reseal(data[:codec_at] + b"\x01" + data[codec_at + 1 :], digest=True)
+    path = tmp_path / "c.vpk"
+    path.write_bytes(edited)
+    with pytest.raises(CorruptArchive, match="frame 1 codec 1"):
+        pipeline.verify(str(path))
+    with open_archive(str(path)) as a:
+        assert len(a.read(0, 64 * KiB)) == 64 * KiB  # frame 0 is fine
+        with pytest.raises(CorruptArchive, match="codec 0, index says 65536 codec 1"):
+            a.read(64 * KiB, 4096)

@@ -82,3 +82,44 @@ def test_spec_byte_tables_match_the_struct_sizes_in_the_code():
     assert _span(t["3.2 PMAP: physical map"][:3]) == 16
     assert _span(t["5. Trailer (TRLR record payload)"][:5]) == R.TRAILER_FIXED.size == 64
     assert R.ATAB_DTYPE.itemsize == 24 and R.INDEX_DTYPE.itemsize == 16
+
+
+def test_golden_1_1_frame_checksums_are_seeded_with_uuid_sequence_and_dense_offset():
+    """The seed formula of docs/format.md section 4, computed here from the spec alone."""
+    import uuid
+
+    import xxhash
+    import zstandard
+
+    data = pathlib.Path(os.path.join(GOLDEN, "v1.1.vpk")).read_bytes()
+    facts = json.loads(pathlib.Path(os.path.join(GOLDEN, "v1.1.json")).read_text())
+    assert int.from_bytes(data[8:10], "little") == 1 and int.from_bytes(data[10:12], "little") == 1
+    assert int.from_bytes(data[16:24], "little") == 1 << 2  # BOUND, nothing else
+    uid = uuid.UUID(facts["uuid"]).bytes
+    with open_archive(os.path.join(GOLDEN, "v1.1.vpk")) as a:
+        offsets = a.trailer.index["offset"].tolist()
+    assert len(offsets) == facts["frame_count"]
+    for seq, off in enumerate(offsets):
+        tag, codec, _, _, fseq, doff, raw_len, stored, rsum = R.FRAME.unpack_from(data, off)
+        body = data[off + 48 : off + 48 + stored]
+        raw = zstandard.ZstdDecompressor().decompress(body) if codec == 1 else body
+        seed = xxhash.xxh3_64_intdigest(
+            uid + seq.to_bytes(8, "little") + doff.to_bytes(8, "little")
+        )
+        assert (tag, fseq, len(raw)) == (b"FRAM", seq, raw_len)
+        assert xxhash.xxh3_64_intdigest(raw, seed) == rsum
+        assert xxhash.xxh3_64_intdigest(raw) != rsum
+
+
+def test_golden_1_1_digest_covers_the_trailer_and_head_hash_the_head():
+    import blake3
+
+    data = pathlib.Path(os.path.join(GOLDEN, "v1.1.vpk")).read_bytes()
+    facts = json.loads(pathlib.Path(os.path.join(GOLDEN, "v1.1.json")).read_text())
+    toff = int.from_bytes(data[-56:-48], "little")
+    payload = data[toff + 32 : -64]
+    assert payload[-32:].hex() == facts["digest"]
+    assert blake3.blake3(data[:toff] + payload[:-32]).hexdigest() == facts["digest"]
+    with open_archive(os.path.join(GOLDEN, "v1.1.vpk")) as a:
+        first_frame = int(a.trailer.index["offset"][0])
+    assert payload[32:64] == blake3.blake3(data[:first_frame]).digest()

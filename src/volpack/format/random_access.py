@@ -11,6 +11,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
+import blake3
 import numpy as np
 
 from volpack.compact.table import AddressTable
@@ -22,6 +23,7 @@ from volpack.media import open_reader
 from volpack.media.base import MediumReader
 from volpack.source.base import PhysicalMap
 
+_FIRST_READ = 8 << 10  # holds the head (header and tables) of most archives in one ranged read
 DEFAULT_CACHE = 64 << 20  # decoded frames kept per archive (16 frames of the default 4 MiB)
 _ZERO = memoryview(bytes(1 << 20))
 
@@ -52,9 +54,11 @@ class Archive:
                 f"{self.url}: incomplete archive: {size} bytes, shorter than "
                 "a header and footer; use a complete copy"
             )
-        first = medium.read_at(0, R.HEADER_SIZE)
-        # Decode the header first so that "not an archive" wins over "incomplete".
-        head_header = R.Header.decode(first, f"{self.url} at offset 0")
+        # One read usually holds the whole head (header and tables), checked against the
+        # trailer's copies below; the header is decoded first so that "not an archive" wins over
+        # "incomplete".
+        first = medium.read_at(0, min(size, _FIRST_READ))
+        head_header = R.Header.decode(first[: R.HEADER_SIZE], f"{self.url} at offset 0")
         foot_at = size - R.FOOTER_SIZE
         footer = R.decode_footer(
             medium.read_at(foot_at, R.FOOTER_SIZE), f"{self.url} at offset {foot_at}", size
@@ -71,13 +75,32 @@ class Archive:
             )
         payload = trailer_bytes[R.RECORD_SIZE :]
         R.check_payload(payload, psum, where, R.TAG_TRLR)
-        t = R.split_trailer(payload, where)
-        header = R.Header.decode(t.header_bytes, where)
+        if len(payload) < R.TRAILER_FIXED.size + R.HEADER_SIZE:
+            raise CorruptArchive(f"{where}: trailer of {len(payload)} bytes is too short")
+        # The header copy sits at the same place in both trailer layouts and says which applies.
+        header = R.Header.decode(
+            payload[R.TRAILER_FIXED.size : R.TRAILER_FIXED.size + R.HEADER_SIZE], where
+        )
+        t = R.split_trailer(payload, where, header.bound)
         if header.uuid != footer.uuid or head_header.uuid != header.uuid:
             raise CorruptArchive(
                 f"{where}: header uuid {header.uuid} differs from footer "
                 f"{footer.uuid} / head {head_header.uuid}"
             )
+        if t.trailer_offset != footer.trailer_offset:
+            raise CorruptArchive(
+                f"{where}: trailer says it starts at {t.trailer_offset}, footer says "
+                f"{footer.trailer_offset}"
+            )
+        copies = t.header_bytes + t.head_records
+        if header.bound:
+            head_hash = blake3.blake3(copies).digest()
+            if head_hash != t.head_hash:
+                raise CorruptArchive(
+                    f"{where}: the trailer's copies of header and tables hash to "
+                    f"{head_hash.hex()}, its head hash is {t.head_hash.hex()}; the archive is "
+                    "damaged"
+                )
         desc, devices, pmap, table, used_len = parse_head_records(t.head_records, header, where)
         if used_len != len(t.head_records):
             raise CorruptArchive(
@@ -88,15 +111,43 @@ class Archive:
                 f"{where}: trailer counts {t.frame_count} frames / "
                 f"{t.dense_size} B disagree with the header"
             )
+        head_length = len(copies)
+        data_end = footer.trailer_offset
+        if head_length > data_end:
+            raise CorruptArchive(
+                f"{where}: head of {head_length} bytes runs past the trailer at {data_end}"
+            )
+        head = first[:head_length]
+        if len(head) < head_length:
+            head += medium.read_at(len(head), head_length - len(head))
+        if head != copies:
+            u8 = np.uint8
+            at = int(np.flatnonzero(np.frombuffer(head, u8) != np.frombuffer(copies, u8))[0])
+            raise CorruptArchive(
+                f"{self.url} at offset {at}: the head differs from the trailer's copy of it "
+                f"(byte {head[at]:#04x}, copy {copies[at]:#04x}); the archive is damaged"
+            )
         offsets = t.index["offset"].astype(np.int64)
         stored = t.index["stored"].astype(np.int64)
         ends = offsets + R.FRAME_HEADER_SIZE + stored
+        # No gaps (docs/format.md section 1): frame 0 starts where the head ends, each frame
+        # where the previous one ends, and the last one ends where the trailer starts.
         if t.frame_count and (
-            int(offsets[0]) < R.HEADER_SIZE
-            or int(ends[-1]) != footer.trailer_offset
+            int(offsets[0]) != head_length
+            or int(ends[-1]) != data_end
             or bool((offsets[1:] != ends[:-1]).any())
         ):
             raise CorruptArchive(f"{where}: frame index does not tile the data section")
+        if not t.frame_count and head_length != data_end:
+            raise CorruptArchive(
+                f"{where}: no frames, but the trailer starts at {data_end}, not where the head "
+                f"ends ({head_length})"
+            )
+        if int(stored.sum()) != t.stored_bytes:
+            raise CorruptArchive(
+                f"{where}: trailer says {t.stored_bytes} stored bytes, its frame index "
+                f"{int(stored.sum())}"
+            )
         self.header = header
         self.trailer = t
         self.footer = footer
@@ -106,6 +157,8 @@ class Archive:
         self.table: AddressTable = table
         self._offsets = offsets
         self._stored = stored
+        self._codecs = t.index["codec"]
+        self._seed_uuid = header.seed_uuid
         self._cache: OrderedDict[int, memoryview] = OrderedDict()
         # Decoded frames kept, by bytes so that large frames do not multiply memory; one at least.
         self._cache_frames = max(1, cache_bytes // header.frame_size)
@@ -192,14 +245,15 @@ class Archive:
         data = self.medium.read_at(off, R.FRAME_HEADER_SIZE + int(self._stored[seq]))
         where = f"{self.url} at offset {off}"
         fh = R.decode_frame_header(data[: R.FRAME_HEADER_SIZE], self.header, seq, where)
-        if fh.stored_length != int(self._stored[seq]):
+        if fh.stored_length != int(self._stored[seq]) or fh.codec != int(self._codecs[seq]):
             raise CorruptArchive(
-                f"{where}: frame {seq} stored length {fh.stored_length}, index "
-                f"says {int(self._stored[seq])}"
+                f"{where}: frame {seq} stored length {fh.stored_length} codec {fh.codec}, index "
+                f"says {int(self._stored[seq])} codec {int(self._codecs[seq])}"
             )
         # A view, not a copy: for raw frames it points into the bytes just read.
+        seed = R.frame_seed(self._seed_uuid, seq, fh.dense_offset)
         return decode_frame_payload(
-            zstandard.ZstdDecompressor(), fh, memoryview(data)[R.FRAME_HEADER_SIZE :], where
+            zstandard.ZstdDecompressor(), fh, memoryview(data)[R.FRAME_HEADER_SIZE :], where, seed
         )
 
     def read_views(self, offset: int, length: int) -> list[memoryview]:

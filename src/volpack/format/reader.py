@@ -80,7 +80,10 @@ class ArchiveStream:
         self._hashing = True
         self.head: Head | None = None
         self.stored_bytes = 0
+        # What the frames read say the trailer's frame index must hold: offset, stored, codec.
         self._frame_offsets: list[int] = []
+        self._frame_stored: list[int] = []
+        self._frame_codecs: list[int] = []
 
     # -- buffered input ------------------------------------------------------------------------
     def _where(self, offset: int | None = None) -> str:
@@ -162,12 +165,14 @@ class ArchiveStream:
         import zstandard
 
         local = threading.local()
+        seed_uuid = h.seed_uuid
 
         def decode(fh: R.FrameHeader, stored: bytes, where: str) -> tuple[int, memoryview]:
             dec = getattr(local, "dec", None)
             if dec is None:
                 dec = local.dec = zstandard.ZstdDecompressor()
-            return fh.dense_offset, decode_frame_payload(dec, fh, stored, where)
+            seed = R.frame_seed(seed_uuid, fh.seq, fh.dense_offset)
+            return fh.dense_offset, decode_frame_payload(dec, fh, stored, where, seed)
 
         pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="vp-decode")
         ready: queue.Queue[Future | BaseException | None] = queue.Queue(maxsize=2 * threads + 1)
@@ -182,6 +187,8 @@ class ArchiveStream:
                     self._frame_offsets.append(self.offset)
                     head = self._read(R.FRAME_HEADER_SIZE, f"frame {seq}'s header")
                     fh = R.decode_frame_header(head, h, seq, where)
+                    self._frame_stored.append(fh.stored_length)
+                    self._frame_codecs.append(fh.codec)
                     stored = bytes(self._read(fh.stored_length, f"frame {seq}"))
                     self.stored_bytes += fh.stored_length
                     ready.put(pool.submit(decode, fh, stored, where))
@@ -211,17 +218,14 @@ class ArchiveStream:
             raise RuntimeError("read_head() first")
         h = self.head.header
         self._hashing = False
-        digest = self._digest.digest()
         offset = self.offset
-        expect = (
-            R.TRAILER_FIXED.size
-            + R.HEADER_SIZE
-            + len(self.head.head_records)
-            + (h.frame_count * R.INDEX_DTYPE.itemsize)
-        )
+        expect = R.trailer_payload_length(h, len(self.head.head_records))
         thdr, payload = self._read_record(R.TAG_TRLR, expect)
         where = self._where(offset)
-        t = R.split_trailer(payload, where)
+        if h.bound:  # the digest also covers the trailer up to the digest itself
+            self._digest.update(memoryview(payload)[: len(payload) - R.DIGEST_SIZE])
+        digest = self._digest.digest()
+        t = R.split_trailer(payload, where, h.bound)
         checks = [
             (t.frame_count, h.frame_count, "frame count"),
             (t.dense_size, h.dense_size, "dense size"),
@@ -232,20 +236,29 @@ class ArchiveStream:
         for actual, wanted, what in checks:
             if actual != wanted:
                 raise CorruptArchive(f"{where}: trailer {what} {actual}, expected {wanted}")
+        if t.header_bytes != self.head.header_bytes or t.head_records != self.head.head_records:
+            raise CorruptArchive(
+                f"{where}: the trailer's copy of header and tables differs from the head"
+            )
+        if h.bound:
+            head_hash = blake3.blake3(self.head.header_bytes + self.head.head_records).digest()
+            if t.head_hash != head_hash:
+                raise CorruptArchive(
+                    f"{where}: trailer head hash {t.head_hash.hex()} does not match the head's "
+                    f"{head_hash.hex()}; the archive is damaged"
+                )
+        check_index_matches(
+            t.index, self._frame_offsets, self._frame_stored, self._frame_codecs, where
+        )
+        # The digest last: the checks above name the part that differs, it catches the rest.
         if t.digest != digest:
             raise CorruptArchive(
                 f"{where}: archive digest {digest.hex()} does not match the "
                 f"trailer's {t.digest.hex()}; the archive is damaged"
             )
-        if t.header_bytes != self.head.header_bytes or t.head_records != self.head.head_records:
-            raise CorruptArchive(
-                f"{where}: the trailer's copy of header and tables differs from the head"
-            )
-        if t.index["offset"].tolist() != self._frame_offsets:
-            raise CorruptArchive(f"{where}: the trailer's frame index does not match the frames")
         foot_at = self.offset
         footer = R.decode_footer(
-            bytes(self._read(R.FOOTER_SIZE, "the footer")), self._where(foot_at), self.offset
+            bytes(self._read(R.FOOTER_SIZE, "the footer")), self._where(foot_at), self.offset, True
         )
         if (
             footer.uuid != h.uuid
@@ -264,10 +277,26 @@ class ArchiveStream:
         return t
 
 
+def check_index_matches(
+    index: np.ndarray, offsets: list[int], stored: list[int], codecs: list[int], where: str
+) -> None:
+    """The trailer's frame index names each frame as read: offset, stored length and codec."""
+    for field, actual in (("offset", offsets), ("stored", stored), ("codec", codecs)):
+        recorded = index[field].tolist()
+        if recorded != actual:
+            seq = next(i for i, (a, b) in enumerate(zip(recorded, actual, strict=True)) if a != b)
+            name = {"offset": "archive offset", "stored": "stored length", "codec": "codec"}[field]
+            raise CorruptArchive(
+                f"{where}: the trailer's frame index gives frame {seq} {name} {recorded[seq]}, "
+                f"the frame read has {actual[seq]}; the archive is damaged"
+            )
+
+
 def decode_frame_payload(
-    dec: Any, fh: R.FrameHeader, stored: memoryview | bytes, where: str
+    dec: Any, fh: R.FrameHeader, stored: memoryview | bytes, where: str, seed: int
 ) -> memoryview:
-    """Decompress (when needed) and check a frame's raw bytes against its checksum."""
+    """Decompress (when needed) and check a frame's raw bytes against its checksum, computed with
+    ``seed`` (R.frame_seed: its archive and position; 0 in a 1.0 archive)."""
     if fh.codec == R.CODEC_ZSTD:
         import zstandard
 
@@ -283,10 +312,11 @@ def decode_frame_payload(
         raise CorruptArchive(
             f"{where}: frame {fh.seq} holds {len(raw)} bytes, expected {fh.raw_length}"
         )
-    actual = R.checksum(raw)
+    actual = R.checksum(raw, seed)
     if actual != fh.raw_checksum:
         raise CorruptArchive(
             f"{where}: frame {fh.seq} checksum {actual:#018x}, recorded "
-            f"{fh.raw_checksum:#018x}; the archive is damaged"
+            f"{fh.raw_checksum:#018x}; the archive is damaged (or the frame was moved from another "
+            "position or archive)"
         )
     return memoryview(raw)

@@ -1,5 +1,6 @@
-"""Byte layouts of archive format 1.0 (docs/format.md): header, records, tables, frames, trailer,
-footer. Pure encode/decode with every bound checked; no I/O, no knowledge of sources or media.
+"""Byte layouts of archive format 1.1 (docs/format.md) and the 1.0 rules it still reads: header,
+records, tables, frames, trailer, footer. Pure encode/decode with every bound checked; no I/O, no
+knowledge of sources or media.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from volpack.errors import CorruptArchive, NotAnArchive, UnsupportedArchive
+from volpack.errors import CorruptArchive, IncompleteArchive, NotAnArchive, UnsupportedArchive
 
-MAJOR, MINOR = 1, 0
+MAJOR, MINOR = 1, 1
 MAGIC = b"\x89VPK\r\n\x1a\n"
 END_MAGIC = b"\x89VPKEND\n"
 
@@ -26,8 +27,16 @@ DIGEST_BLAKE3 = 1
 
 FEATURE_ENCRYPTED = 1 << 0
 FEATURE_INCREMENTAL = 1 << 1
-KNOWN_INCOMPAT = 0  # bits this version implements
-INCOMPAT_NAMES = {FEATURE_ENCRYPTED: "ENCRYPTED", FEATURE_INCREMENTAL: "INCREMENTAL"}
+FEATURE_BOUND = 1 << 2  # 1.1: frame checksums bound to archive and position; head hash, digest
+KNOWN_INCOMPAT = FEATURE_BOUND  # bits this version implements
+INCOMPAT_NAMES = {
+    FEATURE_ENCRYPTED: "ENCRYPTED",
+    FEATURE_INCREMENTAL: "INCREMENTAL",
+    FEATURE_BOUND: "BOUND",
+}
+RECORD_FLAGS = 0  # known flag bits of records (none yet)
+FRAME_FLAGS = 0  # known flag bits of frames (none yet)
+PMAP_FLAGS = 0x3F  # UNKNOWN, UNWRITTEN, COMPRESSED, ZERO, SHARED, ENCODED
 
 MIN_BLOCK, MAX_BLOCK = 512, 1 << 20
 MIN_FRAME, MAX_FRAME = 64 << 10, 64 << 20
@@ -60,8 +69,25 @@ FOOTER_SIZE = FOOTER.size + 8  # 64
 TAG_DESC, TAG_PMAP, TAG_ATAB, TAG_TRLR, TAG_FRAME = b"DESC", b"PMAP", b"ATAB", b"TRLR", b"FRAM"
 
 
-def checksum(data: bytes | bytearray | memoryview) -> int:
-    return xxhash.xxh3_64_intdigest(data)
+def checksum(data: bytes | bytearray | memoryview, seed: int = 0) -> int:
+    return xxhash.xxh3_64_intdigest(data, seed)
+
+
+_SEED_INPUT = struct.Struct("<16sQQ")
+
+
+def frame_seed(uuid_bytes: bytes | None, seq: int, dense_offset: int) -> int:
+    """Seed of frame ``seq``'s raw checksum: binds it to its archive and position (BOUND); 0, the
+    unseeded checksum of format 1.0, when ``uuid_bytes`` is None."""
+    if uuid_bytes is None:
+        return 0
+    return checksum(_SEED_INPUT.pack(uuid_bytes, seq, dense_offset))
+
+
+def _unsupported(where: str, what: str) -> UnsupportedArchive:
+    return UnsupportedArchive(
+        f"{where}: {what} that volpack {MAJOR}.{MINOR} does not know; use a newer volpack"
+    )
 
 
 def _power_of_two(n: int) -> bool:
@@ -84,7 +110,7 @@ class Header:
     created_ns: int
     codec: int = CODEC_ZSTD
     codec_level: int = 1
-    incompat_features: int = 0
+    incompat_features: int = FEATURE_BOUND
     compat_features: int = 0
     major: int = MAJOR
     minor: int = MINOR
@@ -103,6 +129,16 @@ class Header:
 
     def frame_length(self, seq: int) -> int:
         return min(self.frame_size, self.dense_size - seq * self.frame_size)
+
+    @property
+    def bound(self) -> bool:
+        """Format 1.1 rules: bound frame checksums, head hash, digest over the trailer."""
+        return bool(self.incompat_features & FEATURE_BOUND)
+
+    @property
+    def seed_uuid(self) -> bytes | None:
+        """The UUID bytes that seed frame checksums, or None for a 1.0 archive (unseeded)."""
+        return uuidlib.UUID(self.uuid).bytes if self.bound else None
 
     def encode(self) -> bytes:
         body = HEADER.pack(
@@ -162,6 +198,7 @@ class Header:
         _check(
             stored == actual, where, f"header checksum {stored:#018x} != computed {actual:#018x}"
         )
+        # Order of the checks: docs/format.md 2.2.
         unknown = incompat & ~KNOWN_INCOMPAT
         if unknown:
             names = [INCOMPAT_NAMES.get(1 << b, f"bit {b}") for b in range(64) if unknown >> b & 1]
@@ -169,6 +206,15 @@ class Header:
                 f"{where}: archive needs feature(s) {', '.join(names)} that volpack "
                 f"{MAJOR}.{MINOR} does not implement; use a newer volpack"
             )
+        _check(
+            minor == 0 or bool(incompat & FEATURE_BOUND),
+            where,
+            f"format {major}.{minor} archive without the BOUND feature bit",
+        )
+        if csum != CHECKSUM_XXH3 or dig != DIGEST_BLAKE3:
+            raise _unsupported(where, f"checksum algorithm {csum} / digest algorithm {dig}")
+        if codec not in CODECS:
+            raise _unsupported(where, f"default codec {codec}")
         _check(hlen == HEADER_SIZE, where, f"header_length {hlen}, expected {HEADER_SIZE}")
         _check(
             _power_of_two(bs) and MIN_BLOCK <= bs <= MAX_BLOCK,
@@ -185,12 +231,6 @@ class Header:
             used <= -(-vsize // bs),
             where,
             f"used_blocks {used} exceeds the volume's {-(-vsize // bs)} blocks",
-        )
-        _check(codec in CODECS, where, f"unknown codec {codec}")
-        _check(
-            csum == CHECKSUM_XXH3 and dig == DIGEST_BLAKE3,
-            where,
-            f"unknown checksum/digest algorithm {csum}/{dig}",
         )
         return Header(
             str(uuidlib.UUID(bytes=uid)),
@@ -217,11 +257,13 @@ def encode_record(tag: bytes, payload: bytes) -> bytes:
 def decode_record_header(data: bytes, where: str, expect: bytes, limit: int) -> tuple[int, int]:
     """Check a record header; returns (payload_length, payload_checksum)."""
     _check(len(data) == RECORD_SIZE, where, f"short record header ({len(data)} bytes)")
-    tag, _flags, length, psum = RECORD.unpack_from(data)
+    tag, flags, length, psum = RECORD.unpack_from(data)
     stored = int.from_bytes(data[RECORD.size :], "little")
     actual = checksum(data[: RECORD.size])
     _check(stored == actual, where, f"record header checksum {stored:#018x} != {actual:#018x}")
     _check(tag == expect, where, f"record tag {tag!r}, expected {expect!r}")
+    if flags & ~RECORD_FLAGS:
+        raise _unsupported(where, f"{expect.decode()} record flags {flags:#x}")
     _check(length <= limit, where, f"{expect.decode()} payload of {length} bytes exceeds {limit}")
     return length, psum
 
@@ -355,6 +397,9 @@ def decode_pmap(payload: bytes, header: Header, where: str) -> tuple[tuple[str, 
             where,
             "physical map device index out of range",
         )
+        flags = np.bitwise_or.reduce(runs["flags"])
+        if int(flags) & ~PMAP_FLAGS:
+            raise _unsupported(where, f"physical map run flags {int(flags):#x}")
     return tuple(devices), runs
 
 
@@ -380,11 +425,15 @@ def decode_frame_header(
     data: bytes | memoryview, header: Header, seq: int, where: str
 ) -> FrameHeader:
     _check(len(data) == FRAME_HEADER_SIZE, where, f"short frame header ({len(data)} bytes)")
-    tag, codec, _f, _r, fseq, doff, raw, stored, rsum = FRAME.unpack_from(data)
+    tag, codec, flags, _r, fseq, doff, raw, stored, rsum = FRAME.unpack_from(data)
     hsum = int.from_bytes(data[FRAME.size : FRAME_HEADER_SIZE], "little")
     actual = checksum(data[: FRAME.size])
     _check(tag == TAG_FRAME, where, f"frame {seq}: tag {bytes(tag)!r}, expected b'FRAM'")
     _check(hsum == actual, where, f"frame {seq}: header checksum {hsum:#018x} != {actual:#018x}")
+    if codec not in CODECS:
+        raise _unsupported(where, f"frame {seq}: codec {codec}")
+    if flags & ~FRAME_FLAGS:
+        raise _unsupported(where, f"frame {seq}: flags {flags:#x}")
     _check(fseq == seq, where, f"frame sequence {fseq}, expected {seq}")
     _check(
         doff == seq * header.frame_size,
@@ -394,7 +443,7 @@ def decode_frame_header(
     expect = header.frame_length(seq)
     _check(raw == expect, where, f"frame {seq}: raw length {raw}, expected {expect}")
     _check(
-        stored <= raw and (codec != CODEC_NONE or stored == raw) and codec in CODECS,
+        stored <= raw and (codec != CODEC_NONE or stored == raw),
         where,
         f"frame {seq}: stored length {stored} with codec {codec} for {raw} raw bytes",
     )
@@ -402,6 +451,9 @@ def decode_frame_header(
 
 
 # -- trailer and footer -------------------------------------------------------------------------
+DIGEST_SIZE = 32
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Trailer:
     frame_count: int
@@ -412,30 +464,50 @@ class Trailer:
     header_bytes: bytes
     head_records: bytes  # DESC + PMAP + ATAB records, byte for byte
     index: np.ndarray  # INDEX_DTYPE
+    head_hash: bytes = b""  # BOUND: blake3 of header + head records; empty for 1.0
 
 
-def encode_trailer(t: Trailer) -> bytes:
-    fixed = TRAILER_FIXED.pack(
-        t.frame_count, t.dense_size, t.stored_bytes, t.trailer_offset, t.digest
+def trailer_payload_length(header: Header, head_records_length: int) -> int:
+    """The exact TRLR payload length (docs/format.md section 5)."""
+    return (
+        TRAILER_FIXED.size
+        + HEADER_SIZE
+        + head_records_length
+        + header.frame_count * INDEX_DTYPE.itemsize
+        + (DIGEST_SIZE if header.bound else 0)
     )
-    return encode_record(TAG_TRLR, fixed + t.header_bytes + t.head_records + t.index.tobytes())
 
 
-def split_trailer(payload: bytes, where: str) -> Trailer:
-    """Parse the trailer payload; the head records are split and checked by the caller."""
-    _check(len(payload) >= TRAILER_FIXED.size + HEADER_SIZE, where, "trailer too short")
-    frames, dense, stored, toff, digest = TRAILER_FIXED.unpack_from(payload)
+def trailer_body(t: Trailer) -> bytes:
+    """A BOUND trailer's payload without its final digest: the last bytes the digest covers."""
+    fixed = TRAILER_FIXED.pack(
+        t.frame_count, t.dense_size, t.stored_bytes, t.trailer_offset, t.head_hash
+    )
+    return fixed + t.header_bytes + t.head_records + t.index.tobytes()
+
+
+def split_trailer(payload: bytes, where: str, bound: bool) -> Trailer:
+    """Parse the trailer payload (1.1 layout when ``bound``, else 1.0); the head records are split
+    and checked by the caller, the digest compared by whoever computed it."""
+    tail = DIGEST_SIZE if bound else 0
+    _check(len(payload) >= TRAILER_FIXED.size + HEADER_SIZE + tail, where, "trailer too short")
+    frames, dense, stored, toff, first_hash = TRAILER_FIXED.unpack_from(payload)
     index_len = frames * INDEX_DTYPE.itemsize
     rest = TRAILER_FIXED.size + HEADER_SIZE
+    end = len(payload) - tail
     _check(
-        index_len <= len(payload) - rest,
+        index_len <= end - rest,
         where,
-        f"trailer names {frames} frames but has room for {(len(payload) - rest) // 16}",
+        f"trailer names {frames} frames but has room for {(end - rest) // 16}",
     )
     hdr = bytes(payload[TRAILER_FIXED.size : rest])
-    records = bytes(payload[rest : len(payload) - index_len])
-    index = np.frombuffer(payload, INDEX_DTYPE, count=frames, offset=len(payload) - index_len)
-    return Trailer(frames, dense, stored, toff, bytes(digest), hdr, records, index)
+    records = bytes(payload[rest : end - index_len])
+    index = np.frombuffer(payload, INDEX_DTYPE, count=frames, offset=end - index_len)
+    if bound:
+        digest, head_hash = bytes(payload[end:]), bytes(first_hash)
+    else:
+        digest, head_hash = bytes(first_hash), b""
+    return Trailer(frames, dense, stored, toff, digest, hdr, records, index, head_hash)
 
 
 @dataclass(frozen=True, slots=True)
@@ -462,23 +534,33 @@ def encode_footer(f: Footer) -> bytes:
     return body + checksum(body).to_bytes(8, "little")
 
 
-def decode_footer(data: bytes, where: str, archive_length: int | None) -> Footer:
+def decode_footer(
+    data: bytes, where: str, archive_length: int | None, full_length: bool = False
+) -> Footer:
+    """Check a footer: magic, major, checksum, then fields (docs/format.md sections 2.2 and 6).
+    ``full_length``: the caller knows these are the 64 bytes after a checked trailer."""
     if len(data) < FOOTER_SIZE or data[:8] != END_MAGIC:
-        from volpack.errors import IncompleteArchive
-
+        # A footer whose checksum holds with the magic restored is a damaged footer on a
+        # full-length archive, not the end of a truncated copy.
+        if len(data) == FOOTER_SIZE and (
+            full_length
+            or checksum(END_MAGIC + data[8 : FOOTER.size])
+            == int.from_bytes(data[FOOTER.size :], "little")
+        ):
+            _check(False, where, f"footer magic {bytes(data[:8])!r} is damaged")
         raise IncompleteArchive(
             f"{where}: incomplete archive: no footer at the end (the backup was interrupted or "
             "the copy truncated); use a complete copy"
         )
     _, toff, tlen, uid, major, minor, _, alen = FOOTER.unpack_from(data)
-    stored = int.from_bytes(data[FOOTER.size : FOOTER_SIZE], "little")
-    actual = checksum(data[: FOOTER.size])
-    _check(stored == actual, where, f"footer checksum {stored:#018x} != {actual:#018x}")
     if major != MAJOR:
         raise UnsupportedArchive(
             f"{where}: archive format version {major}.{minor}, this volpack "
             f"reads {MAJOR}.x; use a volpack release that supports it"
         )
+    stored = int.from_bytes(data[FOOTER.size : FOOTER_SIZE], "little")
+    actual = checksum(data[: FOOTER.size])
+    _check(stored == actual, where, f"footer checksum {stored:#018x} != {actual:#018x}")
     if archive_length is not None:
         _check(
             alen == archive_length,

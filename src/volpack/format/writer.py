@@ -39,8 +39,9 @@ class WriteResult:
 class _Encoder:
     """Per-thread zstd compressors (a ZstdCompressor must not be shared between threads)."""
 
-    def __init__(self, codec: int, level: int) -> None:
+    def __init__(self, codec: int, level: int, seed_uuid: bytes | None) -> None:
         self.codec, self.level = codec, level
+        self.seed_uuid = seed_uuid
         self._local = threading.local()
 
     def encode(
@@ -49,7 +50,7 @@ class _Encoder:
         """Returns (bytes to write, optional second part); the frame header goes in buf[:48]."""
         view = memoryview(buf)
         raw = view[_HDR : _HDR + raw_len]
-        raw_sum = R.checksum(raw)
+        raw_sum = R.checksum(raw, R.frame_seed(self.seed_uuid, seq, seq * frame_size))
         if self.codec == R.CODEC_ZSTD:
             comp = getattr(self._local, "c", None)
             if comp is None:
@@ -73,6 +74,9 @@ class ArchiveWriter:
     def __init__(
         self, medium: MediumWriter, header: R.Header, head_records: bytes, threads: int = 2
     ) -> None:
+        if not header.bound or header.minor != R.MINOR:
+            # A programming error, not bad input: the writer implements only the newest rules.
+            raise ValueError(f"ArchiveWriter writes format {R.MAJOR}.{R.MINOR} with BOUND only")
         self.medium = medium
         self.header = header
         self.head_records = head_records  # DESC + PMAP + ATAB records
@@ -101,7 +105,7 @@ class ArchiveWriter:
         count = h.frame_count
         if count == 0:
             return
-        encoder = _Encoder(h.codec, h.codec_level)
+        encoder = _Encoder(h.codec, h.codec_level, h.seed_uuid)
         # Reading the source (page-cache copies) is the longest stage without compression, so
         # frames are produced and encoded in the same pool: two reads run at once.
         depth = self.threads * 2 + 2
@@ -169,19 +173,25 @@ class ArchiveWriter:
         """Write trailer and footer; the caller commits the medium."""
         h = self.header
         trailer_offset = self._offset
-        digest = self._digest.digest()
-        trailer = R.encode_trailer(
+        head_hash = blake3.blake3(self._header_bytes + self.head_records).digest()
+        body = R.trailer_body(
             R.Trailer(
                 h.frame_count,
                 h.dense_size,
                 self._stored,
                 trailer_offset,
-                digest,
+                b"",
                 self._header_bytes,
                 self.head_records,
                 self._index,
+                head_hash,
             )
         )
+        # The digest covers everything before it but the TRLR record header, whose payload
+        # checksum covers the digest (docs/format.md section 5).
+        self._digest.update(body)
+        digest = self._digest.digest()
+        trailer = R.encode_record(R.TAG_TRLR, body + digest)
         self.medium.write(trailer)
         length = trailer_offset + len(trailer) + R.FOOTER_SIZE
         self.medium.write(
