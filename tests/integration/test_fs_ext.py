@@ -329,10 +329,8 @@ def _move_bitmap_bit(tmp_path, img, used_block):
 
 
 @pytest.mark.parametrize("variant", ["ext2", "ext3-2k", "ext4-64bit-nocsum", "ext4"])
-def test_ext_bitmap_bit_moved_off_a_live_file_falls_back_and_restores_every_byte(
-    tmp_path, variant
-):
-    # The brief's damage: a live file's block marked free, another block of its group marked
+def test_ext_bitmap_bit_moved_off_a_live_file_falls_back_and_restores_every_byte(tmp_path, variant):
+    # A live file's block marked free, another block of its group marked
     # used; the free count does not change. Without metadata_csum nothing else can tell, and
     # with it (ext4) debugfs rewrites the checksums: a consistent but wrong bitmap.
     img, _sums = build(tmp_path, VARIANTS[variant])
