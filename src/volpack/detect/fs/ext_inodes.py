@@ -19,6 +19,7 @@ from volpack.extents import Extents
 EXTENTS_FL = 0x80000
 INLINE_DATA_FL = 0x10000000
 EXT_MAGIC = 0xF30A
+RESIZE_INO = 7
 _S_IFMT, _S_IFREG, _S_IFDIR, _S_IFLNK = 0xF000, 0x8000, 0x4000, 0xA000
 _MAX_DEPTH = 5
 # Inode-table or tree blocks read at once: bounds memory (16 MiB of 4 KiB blocks).
@@ -69,6 +70,10 @@ def check_inode_references(
         group = rows.astype(np.int64) + g0
         offset = lay.inode_table[group] * lay.block_size + idx.astype(np.int64) * lay.inode_size
         ino = group * lay.inodes_per_group + idx + 1
+        # The resize inode maps only reserved GDT blocks and their backups, which the caller
+        # keeps as metadata whatever the bitmap says; walking it would read up to 1024 blocks.
+        keep = ino != RESIZE_INO
+        offset, ino = offset[keep], ino[keep]
         walked += walker.inodes(offset, ino)
     return walked
 
