@@ -62,13 +62,18 @@ def check_inode_references(
             lay.block_size,
             lay.inodes_per_group // 8,
         )
-        bits = np.unpackbits(maps, axis=1, bitorder="little")[:, : lay.inodes_per_group]
-        bits[np.arange(lay.inodes_per_group)[None, :] >= lay.inodes_valid[g0:g1, None]] = 0
-        rows, idx = np.nonzero(bits)
+        # Only non-zero bytes are expanded to bits: a mostly empty filesystem costs one pass.
+        busy = np.flatnonzero(maps.any(axis=1))
+        rows, cols = np.nonzero(maps[busy])
         if not rows.size:
             continue
-        group = rows.astype(np.int64) + g0
-        offset = lay.inode_table[group] * lay.block_size + idx.astype(np.int64) * lay.inode_size
+        bits = np.unpackbits(maps[busy[rows], cols][:, None], axis=1, bitorder="little")
+        which, bit = np.nonzero(bits)
+        group = busy[rows[which]].astype(np.int64) + g0
+        idx = cols[which].astype(np.int64) * 8 + bit
+        valid = idx < lay.inodes_valid[group]
+        group, idx = group[valid], idx[valid]
+        offset = lay.inode_table[group] * lay.block_size + idx * lay.inode_size
         ino = group * lay.inodes_per_group + idx + 1
         # The resize inode maps only reserved GDT blocks and their backups, which the caller
         # keeps as metadata whatever the bitmap says; walking it would read up to 1024 blocks.
