@@ -97,11 +97,13 @@ class _Walker:
         """Rows of ``block_size`` bytes for sorted unique block numbers (contiguous ones in one
         read)."""
         bs = self.lay.block_size
+        edges = [0, *(np.flatnonzero(np.diff(blocks) != 1) + 1).tolist(), blocks.size]
+        if len(edges) == 2:  # one contiguous run (flex_bg inode tables): no copy
+            return self.area.read_array(int(blocks[0]) * bs, blocks.size * bs).reshape(-1, bs)
         out = np.empty((blocks.size, bs), np.uint8)
-        breaks = np.flatnonzero(np.diff(blocks) != 1) + 1
-        for run in np.split(np.arange(blocks.size), breaks):
-            first = int(blocks[run[0]])
-            out[run] = self.area.read_array(first * bs, run.size * bs).reshape(run.size, bs)
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+            data = self.area.read_array(int(blocks[lo]) * bs, (hi - lo) * bs)
+            out[lo:hi] = data.reshape(hi - lo, bs)
         return out
 
     # -- inodes ---------------------------------------------------------------------------------
