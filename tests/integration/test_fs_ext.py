@@ -369,3 +369,47 @@ def test_ext_undamaged_filesystem_walks_its_inodes_and_warns_nothing(tmp_path):
     restored, backup = cli_backup_restore(img, tmp_path)
     assert backup.returncode == 0 and fallback_lines(backup.stderr) == []
     assert run_bytes("debugfs", "-R", "dump /live.bin /dev/stdout", restored) == data
+
+
+def _fragmented(tmp_path, opts):
+    """A 600 KB file written into the gaps left by deleted small files: several extents (an
+    extent tree block) on ext4, indirect and double indirect blocks on ext3 with 1 KiB blocks."""
+    need("mkfs.ext4", "debugfs")
+    tree = tmp_path / "small"
+    tree.mkdir()
+    for i in range(40):
+        (tree / f"s{i}.bin").write_bytes(bytes([i + 1]) * 20000)
+    img = sparse_file(tmp_path / "frag.img", 32 << 20)
+    run("mkfs.ext4", "-q", "-F", *opts, "-d", tree, img)
+    script = tmp_path / "rm.cmd"
+    script.write_text("".join(f"rm /s{i}.bin\n" for i in range(0, 40, 2)))
+    run("debugfs", "-w", "-f", script, img)
+    data = bytes(range(241)) * 2500
+    (tmp_path / "big.bin").write_bytes(data)
+    run("debugfs", "-w", "-R", f"write {tmp_path / 'big.bin'} /big.bin", img)
+    return img, data
+
+
+@pytest.mark.parametrize(
+    ("opts", "tag", "what"),
+    [
+        (["-t", "ext4", "-O", "64bit,^metadata_csum"], "ETB0", "extent tree block"),
+        (["-t", "ext3", "-b", "1024"], "IND", "indirect block"),
+        (["-t", "ext3", "-b", "1024"], "DIND", "indirect block"),
+    ],
+    ids=["extent-tree-block", "indirect", "double-indirect"],
+)
+def test_ext_tree_block_of_a_live_file_marked_free_falls_back(tmp_path, opts, tag, what):
+    import re
+
+    img, data = _fragmented(tmp_path, opts)
+    stat = run("debugfs", "-R", "stat /big.bin", img)
+    block = int(re.search(rf"\({tag}\):(\d+)", stat).group(1))
+    _move_bitmap_bit(tmp_path, img, block)
+    run("e2fsck", "-fn", img, ok=(4,))
+    regions, warnings = analyse_file(img)
+    assert len(warnings) == 1 and what in warnings[0] and "marks it free" in warnings[0]
+    assert regions[0].used is None
+    restored, backup = cli_backup_restore(img, tmp_path)
+    assert backup.returncode == 1
+    assert run_bytes("debugfs", "-R", "dump /big.bin /dev/stdout", restored) == data
