@@ -176,17 +176,31 @@ def _bitmap_lcn(img):
     return int.from_bytes(rec[runs + 1 + lsz : runs + 1 + lsz + osz], "little", signed=True)
 
 
-def _file_runs(img, name):
-    """(lcn, length) runs of a file's $DATA as ``ntfsinfo -v`` prints them."""
+def _file_runs(img, name, segment=0):
+    """(lcn, length) runs of one $DATA segment of a file as ``ntfsinfo -v`` prints them (with an
+    attribute list, segment -1 is the one in the last extension record)."""
     out = run("ntfsinfo", "-v", "-F", f"/{name}", img)
-    lines = out.split("Runlist:")[1].splitlines()
+    lines = out.split("Runlist:")[1:][segment].splitlines()
     runs = []
     for line in lines[1:]:
         parts = line.split()
         if len(parts) != 3 or not parts[0].startswith("0x"):
             break
+        if parts[1].startswith("<"):  # a sparse run
+            continue
         runs.append((int(parts[1], 16), int(parts[2], 16)))
     return runs
+
+
+def _clear_bitmap_bit(img, lcn):
+    cluster = struct.unpack_from("<H", img.read_bytes(), 0x0B)[0] * img.read_bytes()[0x0D]
+    at = _bitmap_lcn(img) * cluster + lcn // 8
+    with open(img, "r+b") as f:
+        f.seek(at)
+        byte = f.read(1)[0]
+        assert byte & (1 << (lcn % 8))
+        f.seek(at)
+        f.write(bytes([byte & ~(1 << (lcn % 8))]))
 
 
 def test_ntfs_bitmap_bit_cleared_under_a_live_file_falls_back_and_restores_every_byte(tmp_path):
@@ -198,14 +212,7 @@ def test_ntfs_bitmap_bit_cleared_under_a_live_file_falls_back_and_restores_every
     run("ntfscp", img, tmp_path / "live.bin", "/live.bin")
     lcn, length = _file_runs(img, "live.bin")[0]
     victim = lcn + length // 2
-    cluster = struct.unpack_from("<H", img.read_bytes(), 0x0B)[0] * img.read_bytes()[0x0D]
-    at = _bitmap_lcn(img) * cluster + victim // 8
-    with open(img, "r+b") as f:
-        f.seek(at)
-        byte = f.read(1)[0]
-        assert byte & (1 << (victim % 8))
-        f.seek(at)
-        f.write(bytes([byte & ~(1 << (victim % 8))]))
+    _clear_bitmap_bit(img, victim)
     # NTFS's own view: the cluster belongs to the live file, yet its bitmap bit is clear.
     # (ntfsfix -n does not compare $Bitmap with the runlists and still reports success; ntfsck
     # is not packaged here. ntfscluster reads the runlists, so it is the oracle.)
@@ -227,3 +234,49 @@ def test_ntfs_undamaged_volume_walks_its_records_and_warns_nothing(tmp_path):
     restored, backup = cli_backup_restore(img, tmp_path)
     assert backup.returncode == 0 and fallback_lines(backup.stderr) == []
     files_match(restored, sums)
+
+
+@pytest.mark.root
+def test_ntfs_cluster_mapped_from_an_extension_record_marked_free_falls_back(tmp_path):
+    # A file fragmented into hundreds of runs through ntfs-3g: its $DATA continues in extension
+    # records listed by an $ATTRIBUTE_LIST. A cluster of the last segment is marked free.
+    import os
+
+    need("mkntfs", "ntfs-3g", "ntfsinfo", "ntfscluster", "ntfscat")
+    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
+        pytest.skip("needs root and /dev/fuse for ntfs-3g")
+    img = sparse_file(tmp_path / "ntfs.img", 48 << 20)
+    run("mkntfs", "-q", "-F", "-Q", img)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.run(["ntfs-3g", str(img), str(mnt)], capture_output=True, timeout=60)
+    if proc.returncode:
+        pytest.skip(f"ntfs-3g mount failed: {proc.stderr.decode(errors='replace').strip()}")
+    data = bytes(range(256)) * (16 * 2400)
+    try:
+        count = 0
+        try:
+            while True:  # fill the volume with one-cluster files, then free every other one
+                (mnt / f"s{count}").write_bytes(b"x" * 4096)
+                count += 1
+        except OSError:
+            pass
+        for i in range(0, count, 2):
+            (mnt / f"s{i}").unlink()
+        (mnt / "big.bin").write_bytes(data)
+    finally:
+        run("umount", mnt)
+    info = run("ntfsinfo", "-v", "-F", "/big.bin", img)
+    assert "$ATTRIBUTE_LIST" in info and info.count("Dumping attribute $DATA") >= 2
+    fs = single_fs(img, "ntfs")
+    assert fs.details["records_checked"] > count // 2
+    lcn, length = _file_runs(img, "big.bin", segment=-1)[-1]
+    _clear_bitmap_bit(img, lcn + length - 1)
+    assert "big.bin" in run("ntfscluster", "-c", str(lcn + length - 1), img)
+    regions, warnings = analyse_file(img)
+    assert len(warnings) == 1 and "$Bitmap marks it free" in warnings[0]
+    assert regions[0].used is None
+    restored, backup = cli_backup_restore(img, tmp_path)
+    assert backup.returncode == 1
+    got = subprocess.run(["ntfscat", str(restored), "/big.bin"], capture_output=True, check=True)
+    assert got.stdout == data
