@@ -41,20 +41,38 @@ def check_mft_references(
     first_record = 0
     count = mft_size // geo.record
     per_piece = max(1, _PIECE // geo.record)
+    pending: list[np.ndarray] = []
+    numbers: list[np.ndarray] = []
+    held = 0
+    # Records are gathered across $MFT's runs (a grown MFT has many small ones) and decoded
+    # per_piece at a time: the numpy steps are paid per piece, not per run.
     for vcn, length, lcn in mft_runs:
-        run_first = vcn * geo.cluster // geo.record
+        run_first = max(first_record, vcn * geo.cluster // geo.record)
         run_end = min(count, (vcn + length) * geo.cluster // geo.record)
         if lcn < 0:
             if run_first < run_end:
                 raise area.damaged(f"NTFS $MFT is sparse at VCN {vcn}")
             continue
-        for r0 in range(max(first_record, run_first), run_end, per_piece):
-            n = min(per_piece, run_end - r0)
+        r0 = run_first
+        while r0 < run_end:
+            n = min(per_piece - held, run_end - r0)
             at = lcn * geo.cluster + (r0 * geo.record - vcn * geo.cluster)
-            recs = area.read_array(at, n * geo.record).reshape(n, geo.record)
-            walked += _check_records(area, geo, recs, r0, marked)
+            pending.append(area.read_array(at, n * geo.record).reshape(n, geo.record))
+            numbers.append(np.arange(r0, r0 + n, dtype=np.int64))
+            held += n
+            r0 += n
+            if held >= per_piece:
+                walked += _check_records(area, geo, pending, numbers, marked)
+                pending, numbers, held = [], [], 0
         first_record = max(first_record, run_end)
+    if held:
+        walked += _check_records(area, geo, pending, numbers, marked)
     return walked
+
+
+_FEW = 16
+_BYTE = np.arange(8)
+_SHIFT = (8 * np.arange(8)).astype(np.uint64)
 
 
 def _le(data: np.ndarray, rows: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
@@ -65,8 +83,11 @@ def _le(data: np.ndarray, rows: np.ndarray, pos: np.ndarray, width: int) -> np.n
     return out
 
 
-def _check_records(area: Area, geo: Geometry, recs: np.ndarray, first: int, marked: Extents) -> int:
+def _check_records(
+    area: Area, geo: Geometry, pieces: list[np.ndarray], numbers: list[np.ndarray], marked: Extents
+) -> int:
     size = geo.record
+    recs = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
     magic = recs[:, :4].copy().view("<u4")[:, 0]
     flags = recs[:, 0x16].astype(np.int64) | (recs[:, 0x17].astype(np.int64) << 8)
     in_use = np.flatnonzero((magic == 0x454C4946) & ((flags & 1) != 0))  # "FILE"
@@ -74,7 +95,7 @@ def _check_records(area: Area, geo: Geometry, recs: np.ndarray, first: int, mark
         return 0
     data = np.zeros((in_use.size, size + _PAD), np.uint8)
     data[:, :size] = recs[in_use]
-    number = in_use.astype(np.int64) + first
+    number = np.concatenate(numbers)[in_use]
     rows = np.arange(in_use.size)
 
     # -- update sequence fixups -------------------------------------------------------------------
@@ -151,6 +172,16 @@ def _check_records(area: Area, geo: Geometry, recs: np.ndarray, first: int, mark
         act = act[p[act] < alimit[act]]
         if not act.size:
             break
+        if act.size <= _FEW:
+            # A few long runlists (fragmented files) left: one numpy step per run would cost
+            # more than decoding their bytes directly.
+            for a in act.tolist():
+                row = int(arow[a])
+                s_, l_ = _decode_tail(area, data[row], int(p[a]), int(alimit[a]), int(lcn[a]))
+                starts.append(s_)
+                lengths.append(l_)
+                owners.append(np.full(s_.size, number[row], np.int64))
+            break
         head = data[arow[act], p[act]].astype(np.int64)
         act = act[head != 0]
         head = head[head != 0]
@@ -196,10 +227,9 @@ def _var(
     data: np.ndarray, rows: np.ndarray, pos: np.ndarray, width: np.ndarray, signed: bool
 ) -> np.ndarray:
     """Little-endian integers of per-element width 0..8 (runlist fields), optionally signed."""
-    raw = np.zeros(rows.size, np.uint64)
-    for k in range(8):
-        byte = data[rows, pos + np.minimum(k, np.maximum(width - 1, 0))].astype(np.uint64)
-        raw |= np.where(k < width, byte << np.uint64(8 * k), np.uint64(0))
+    raw = data[rows[:, None], pos[:, None] + _BYTE].astype(np.uint64)
+    raw[_BYTE[None, :] >= width[:, None]] = 0
+    raw = (raw << _SHIFT).sum(axis=1, dtype=np.uint64)  # disjoint bytes: the sum is their OR
     value = raw.view(np.int64).copy()
     if signed:
         short = (width > 0) & (width < 8)
@@ -208,3 +238,24 @@ def _var(
         negative = (v >> (bits - 1)) & 1
         value[short] = v - (negative << bits)
     return value
+
+
+def _decode_tail(
+    area: Area, row: np.ndarray, pos: int, limit: int, lcn: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rest of one runlist from ``pos``: (start LCNs, lengths) of its non-sparse runs."""
+    raw = row[:limit].tobytes()
+    starts: list[int] = []
+    lengths: list[int] = []
+    while pos < limit and raw[pos]:
+        head = raw[pos]
+        lsz, osz = head & 0x0F, head >> 4
+        if not 1 <= lsz <= 8 or osz > 8 or pos + 1 + lsz + osz > limit:
+            raise area.damaged(f"NTFS runlist header {head:#04x}")
+        length = int.from_bytes(raw[pos + 1 : pos + 1 + lsz], "little")
+        if osz:
+            lcn += int.from_bytes(raw[pos + 1 + lsz : pos + 1 + lsz + osz], "little", signed=True)
+            starts.append(lcn)
+            lengths.append(length)
+        pos += 1 + lsz + osz
+    return np.array(starts, np.int64), np.array(lengths, np.int64)
