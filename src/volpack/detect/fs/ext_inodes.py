@@ -170,9 +170,10 @@ class _Walker:
 
     # -- extent trees ---------------------------------------------------------------------------
     def _extent_nodes(self, nodes: np.ndarray, ino: np.ndarray, depth: np.ndarray | None) -> None:
-        """Check one level of extent-tree nodes (i_block areas or whole tree blocks), then the
-        level below. ``depth`` is what the parents say each node's depth must be."""
-        while nodes.shape[0]:
+        """Check extent-tree nodes (i_block areas or whole tree blocks), then their children,
+        a batch of child blocks at a time (memory stays bounded; depth is at most 5).
+        ``depth`` is what the parents say each node's depth must be."""
+        if nodes.shape[0]:
             head = np.ascontiguousarray(nodes[:, :12]).view("<u2")
             magic, count, cap, level = (head[:, i].astype(np.int64) for i in range(4))
             fits = (nodes.shape[1] - 12) // 12
@@ -206,23 +207,13 @@ class _Walker:
             child_owner = owner[~leaf]
             child_depth = level[rows][~leaf] - 1
             self._refs(child, child + 1, child_owner, "extent tree block")
-            nodes, ino, depth = self._read_children(child, child_owner, child_depth)
-
-    def _read_children(
-        self, child: np.ndarray, owner: np.ndarray, depth: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The child blocks of one level (all at once: a level's tree blocks are about one per
-        340 extents, so a level stays small next to the data it maps)."""
-        if not child.size:
-            return np.zeros((0, self.lay.block_size), np.uint8), owner, depth
-        order = np.argsort(child, kind="stable")
-        child, owner, depth = child[order], owner[order], depth[order]
-        uniq, inverse = np.unique(child, return_inverse=True)
-        parts = [
-            self._read_blocks(uniq[b : b + _BATCH_BLOCKS])
-            for b in range(0, uniq.size, _BATCH_BLOCKS)
-        ]
-        return np.concatenate(parts)[inverse], owner, depth
+            order = np.argsort(child, kind="stable")
+            for b in range(0, order.size, _BATCH_BLOCKS):
+                sel = order[b : b + _BATCH_BLOCKS]
+                uniq, inverse = np.unique(child[sel], return_inverse=True)
+                self._extent_nodes(
+                    self._read_blocks(uniq)[inverse], child_owner[sel], child_depth[sel]
+                )
 
     # -- indirect maps --------------------------------------------------------------------------
     def _indirect(self, ptrs: np.ndarray, ino: np.ndarray) -> None:
