@@ -13,6 +13,8 @@ import pytest
 from test_fs_images import (
     analyse_file,
     backup_restore,
+    cli_backup_restore,
+    fallback_lines,
     keep_only,
     need,
     partclone_used,
@@ -302,3 +304,112 @@ def test_ext_bitmap_with_moved_bits_fails_its_checksum_and_falls_back(tmp_path):
     regions, warnings = analyse_file(img)
     assert len(warnings) == 1 and "block bitmap checksum" in warnings[0]
     assert regions[0].used is None
+
+
+def _live_file(tmp_path, img):
+    """A 300 KB file written with debugfs; returns (its bytes as debugfs reads them, blocks)."""
+    data = bytes(range(251)) * 1200
+    src = tmp_path / "live.bin"
+    src.write_bytes(data)
+    run("debugfs", "-w", "-R", f"write {src} /live.bin", img)
+    assert run_bytes("debugfs", "-R", "dump /live.bin /dev/stdout", img) == data
+    blocks = [int(b) for b in run("debugfs", "-R", "blocks /live.bin", img).split()]
+    return data, blocks
+
+
+def _move_bitmap_bit(tmp_path, img, used_block):
+    """Mark a block of a live file free and a free block of the same group used, with debugfs:
+    free counts and (with metadata_csum) bitmap and descriptor checksums stay consistent."""
+    out = run("debugfs", "-R", f"ffb 1 {used_block}", img)
+    free_block = int(out.split(":")[1].split()[0])
+    script = tmp_path / "move.cmd"
+    script.write_text(f"freeb {used_block}\nsetb {free_block}\n")
+    run("debugfs", "-w", "-f", script, img)
+    assert "marked in use" not in run("debugfs", "-R", f"testb {used_block}", img)
+
+
+@pytest.mark.parametrize("variant", ["ext2", "ext3-2k", "ext4-64bit-nocsum", "ext4"])
+def test_ext_bitmap_bit_moved_off_a_live_file_falls_back_and_restores_every_byte(tmp_path, variant):
+    # A live file's block marked free, another block of its group marked
+    # used; the free count does not change. Without metadata_csum nothing else can tell, and
+    # with it (ext4) debugfs rewrites the checksums: a consistent but wrong bitmap.
+    img, _sums = build(tmp_path, VARIANTS[variant])
+    data, blocks = _live_file(tmp_path, img)
+    _move_bitmap_bit(tmp_path, img, blocks[len(blocks) // 2])
+    out = run("e2fsck", "-fn", img, ok=(4,))
+    assert "differences" in out.lower() or "bitmap" in out.lower()
+    regions, warnings = analyse_file(img)
+    assert len(warnings) == 1 and "bitmap marks it free" in warnings[0]
+    assert regions[0].used is None
+    restored, backup = cli_backup_restore(img, tmp_path)
+    assert backup.returncode == 1
+    assert len(fallback_lines(backup.stderr)) == 1
+    assert run_bytes("debugfs", "-R", "dump /live.bin /dev/stdout", restored) == data
+
+
+def test_ext_metadata_block_marked_free_falls_back(tmp_path):
+    img, _sums = build(tmp_path, VARIANTS["ext4-64bit-nocsum"])
+    with open(img, "rb") as f:
+        f.seek(4096 + 8)
+        (table,) = struct.unpack("<I", f.read(4))  # group 0's inode table
+    _move_bitmap_bit(tmp_path, img, table + 1)
+    run("e2fsck", "-fn", img, ok=(4,))
+    regions, warnings = analyse_file(img)
+    assert len(warnings) == 1 and "metadata" in warnings[0]
+    assert regions[0].used is None
+
+
+def test_ext_undamaged_filesystem_walks_its_inodes_and_warns_nothing(tmp_path):
+    img, _sums = build(tmp_path, VARIANTS["ext2"])
+    data, _blocks = _live_file(tmp_path, img)
+    fs = single_fs(img, "ext2")
+    assert fs.details["inodes_checked"] >= 12
+    oracle = partclone_used("partclone.extfs", img, tmp_path)
+    assert oracle.subtract(fs.used).total() == 0
+    restored, backup = cli_backup_restore(img, tmp_path)
+    assert backup.returncode == 0 and fallback_lines(backup.stderr) == []
+    assert run_bytes("debugfs", "-R", "dump /live.bin /dev/stdout", restored) == data
+
+
+def _fragmented(tmp_path, opts):
+    """A 600 KB file written into the gaps left by deleted small files: several extents (an
+    extent tree block) on ext4, indirect and double indirect blocks on ext3 with 1 KiB blocks."""
+    need("mkfs.ext4", "debugfs")
+    tree = tmp_path / "small"
+    tree.mkdir()
+    for i in range(40):
+        (tree / f"s{i}.bin").write_bytes(bytes([i + 1]) * 20000)
+    img = sparse_file(tmp_path / "frag.img", 32 << 20)
+    run("mkfs.ext4", "-q", "-F", *opts, "-d", tree, img)
+    script = tmp_path / "rm.cmd"
+    script.write_text("".join(f"rm /s{i}.bin\n" for i in range(0, 40, 2)))
+    run("debugfs", "-w", "-f", script, img)
+    data = bytes(range(241)) * 2500
+    (tmp_path / "big.bin").write_bytes(data)
+    run("debugfs", "-w", "-R", f"write {tmp_path / 'big.bin'} /big.bin", img)
+    return img, data
+
+
+@pytest.mark.parametrize(
+    ("opts", "tag", "what"),
+    [
+        (["-t", "ext4", "-O", "64bit,^metadata_csum"], "ETB0", "extent tree block"),
+        (["-t", "ext3", "-b", "1024"], "IND", "indirect block"),
+        (["-t", "ext3", "-b", "1024"], "DIND", "indirect block"),
+    ],
+    ids=["extent-tree-block", "indirect", "double-indirect"],
+)
+def test_ext_tree_block_of_a_live_file_marked_free_falls_back(tmp_path, opts, tag, what):
+    import re
+
+    img, data = _fragmented(tmp_path, opts)
+    stat = run("debugfs", "-R", "stat /big.bin", img)
+    block = int(re.search(rf"\({tag}\):(\d+)", stat).group(1))
+    _move_bitmap_bit(tmp_path, img, block)
+    run("e2fsck", "-fn", img, ok=(4,))
+    regions, warnings = analyse_file(img)
+    assert len(warnings) == 1 and what in warnings[0] and "marks it free" in warnings[0]
+    assert regions[0].used is None
+    restored, backup = cli_backup_restore(img, tmp_path)
+    assert backup.returncode == 1
+    assert run_bytes("debugfs", "-R", "dump /big.bin /dev/stdout", restored) == data

@@ -132,6 +132,36 @@ def backup_restore(image: Path, workdir: Path, detect: str = "fs") -> tuple[Path
     return restored, result
 
 
+def cli_backup_restore(image: Path, workdir: Path) -> tuple[Path, subprocess.CompletedProcess]:
+    """``volpack backup --detect fs`` → ``volpack restore`` through the CLI, as a user runs them;
+    returns (restored image, the backup's completed process). The restore must succeed."""
+    import sys
+
+    archive = workdir / f"{image.name}.cli.vpk"
+    restored = workdir / f"{image.name}.cli.restored"
+    archive.unlink(missing_ok=True)
+    restored.unlink(missing_ok=True)
+    volpack = [sys.executable, "-m", "volpack"]
+    backup = subprocess.run(
+        [*volpack, "backup", "--detect", "fs", "--no-catalog", str(image), str(archive)],
+        capture_output=True,
+        text=True,
+    )
+    assert backup.returncode in (0, 1), backup.stderr
+    assert "Traceback" not in backup.stderr
+    run(*volpack, "restore", archive, restored)
+    return restored, backup
+
+
+def fallback_lines(stderr: str) -> list[str]:
+    """The backup's stderr lines that report a detector falling back."""
+    return [
+        line
+        for line in stderr.splitlines()
+        if line.startswith("volpack: ") and "holes and zero scan decide there" in line
+    ]
+
+
 # -- checks of the helpers themselves -------------------------------------------------------
 
 

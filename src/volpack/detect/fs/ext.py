@@ -23,6 +23,7 @@ from volpack.detect.fs._common import (
     text,
     uuid_str,
 )
+from volpack.detect.fs.ext_inodes import InodeLayout, check_inode_references
 from volpack.detect.fs.ext_journal import journal_block_map, journaled_blocks
 from volpack.extents import Extents
 
@@ -41,6 +42,7 @@ RO_SPARSE_SUPER = 0x1
 RO_GDT_CSUM = 0x10
 RO_BIGALLOC = 0x200
 RO_METADATA_CSUM = 0x400
+BG_INODE_UNINIT = 0x1
 BG_BLOCK_UNINIT = 0x2
 STATE_VALID = 0x1
 STATE_ERROR = 0x2
@@ -175,7 +177,7 @@ def analyse(area: Area) -> FsResult:
         loc = group_first(g) + (1 if has_super(g) else 0)
         gdt_parts.append(area.read_array(loc * block_size, block_size))
         # Each meta group keeps its descriptor block in its first, second and last group.
-        last = min(g + per_block, groups) - 1
+        last = g + per_block - 1  # only when the meta group is full (mke2fs, the kernel)
         for copy in {g, g + 1, last}:
             if copy < groups:
                 c = group_first(copy) + (1 if has_super(copy) else 0)
@@ -281,8 +283,10 @@ def analyse(area: Area) -> FsResult:
         ends_all.append(e + g0 * clusters_per_group)
 
     base = first_data_block * block_size
-    starts = np.concatenate(starts_all) * unit + base
-    ends = np.concatenate(ends_all) * unit + base
+    unit_starts = np.concatenate(starts_all)
+    unit_ends = np.concatenate(ends_all)
+    starts = unit_starts * unit + base
+    ends = unit_ends * unit + base
     meta = np.array(meta_blocks, np.int64).reshape(-1, 2)
     tables = np.stack(
         [
@@ -291,7 +295,58 @@ def analyse(area: Area) -> FsResult:
         ],
         axis=1,
     )
-    meta = np.concatenate([meta, tables]) * block_size
+    meta = np.concatenate([meta, tables])
+
+    # -- cross-check: what the metadata references must be marked ---------------------------
+    # Without metadata_csum nothing else protects the bitmaps, and even with it a consistent
+    # but wrong bitmap (checksum and free count rewritten) passes; so always check.
+    marked = Extents.from_arrays(
+        np.minimum(unit_starts * ratio + first_data_block, blocks),
+        np.minimum(unit_ends * ratio + first_data_block, blocks),
+    )
+    implicit = Extents.from_arrays(  # BLOCK_UNINIT groups: the bitmap is computed, not stored
+        group_first(0) + np.flatnonzero(uninit) * blocks_per_group,
+        group_first(0) + (np.flatnonzero(uninit) + 1) * blocks_per_group,
+    )
+    missing = (
+        Extents.from_arrays(
+            np.maximum(meta[:, 0], first_data_block), np.minimum(meta[:, 1], blocks)
+        )
+        .subtract(implicit)
+        .subtract(marked)
+    )
+    if len(missing):
+        raise area.damaged(
+            f"ext block {missing.first} holds filesystem metadata (superblock, descriptors, "
+            "bitmaps or inode table) but the block bitmap marks it free; the bitmap is damaged"
+        )
+    csum = bool(ro_compat & (RO_GDT_CSUM | RO_METADATA_CSUM))
+    itable_unused = np.ascontiguousarray(desc[:, 0x1C:0x1E]).view("<u2")[:, 0].astype(np.int64)
+    if desc_size >= 64:
+        hi16 = np.ascontiguousarray(desc[:, 0x32:0x34]).view("<u2")[:, 0].astype(np.int64)
+        itable_unused |= hi16 << 16
+    layout = InodeLayout(
+        block_size=block_size,
+        blocks=blocks,
+        first_data_block=first_data_block,
+        inodes_per_group=inodes_per_group,
+        inode_size=inode_size,
+        inode_bitmap=inode_bitmap,
+        inode_table=inode_table,
+        inode_uninit=(flags & BG_INODE_UNINIT).astype(bool) & csum,
+        inodes_valid=(
+            np.maximum(inodes_per_group - itable_unused, 0)
+            if csum
+            else np.full(groups, inodes_per_group, np.int64)
+        ),
+        acl_high=bool(incompat & INCOMPAT_64BIT),
+    )
+    # Inodes may reference metadata kept anyway (the resize inode maps the reserved GDT blocks
+    # of BLOCK_UNINIT groups); what matters is that every referenced block is kept.
+    kept = marked.union(Extents.from_arrays(meta[:, 0], np.minimum(meta[:, 1], blocks)))
+    walked = check_inode_references(area, layout, kept, _read_bitmaps)
+
+    meta = meta * block_size
     used = Extents.from_arrays(
         np.concatenate([starts, meta[:, 0]]) + area.start,
         np.minimum(np.concatenate([ends, meta[:, 1]]), size) + area.start,
@@ -303,6 +358,7 @@ def analyse(area: Area) -> FsResult:
         "block_size": block_size,
         "groups": groups,
         "size": size,
+        "inodes_checked": walked,
     }
     if bigalloc:
         details["cluster_size"] = unit

@@ -2,7 +2,8 @@
 
 Reserved sectors, every FAT copy and the FAT12/16 root directory are used; a data cluster is used
 when its entry is non-zero in any FAT copy. FAT copies that disagree, entries pointing outside the
-data area or a boot sector that does not describe the region raise FsDamaged. Reads only.
+data area, a chain or directory entry reaching a free cluster (fat_dirs) or a boot sector that
+does not describe the region raise FsDamaged. Reads only.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import struct
 import numpy as np
 
 from volpack.detect.fs._common import Area, FsResult, bit_runs, text
+from volpack.detect.fs.fat_dirs import FatLayout, check_chains, check_directory_tree
 from volpack.extents import Extents
 
 _MAX_FAT_BYTES = 1 << 30  # 2^28 FAT32 entries
@@ -112,6 +114,28 @@ def analyse(area: Area) -> FsResult:
     clean_bit = {"fat12": 0, "fat16": 0x8000, "fat32": 0x08000000}[kind]
     if state & 1 or (clean_bit and not int(first_table[1]) & clean_bit):
         raise area.damaged(f"{kind} volume is marked dirty (not cleanly unmounted); run fsck.vfat")
+    # The FAT has no checksum: a zeroed entry (with one copy, or the same in every copy) would
+    # drop a live cluster. Chains must not link to free clusters, and every file's and
+    # directory's first cluster must be allocated.
+    check_chains(area, first_table)
+    root_cluster = struct.unpack_from("<I", boot, 44)[0] & 0x0FFFFFFF if kind == "fat32" else 0
+    if kind == "fat32" and not 2 <= root_cluster < entries:
+        raise area.damaged(
+            f"fat32 root directory at cluster {root_cluster}, outside 2..{entries - 1}"
+        )
+    checked = check_directory_tree(
+        area,
+        FatLayout(
+            kind=kind,
+            cluster_bytes=spc * bps,
+            data_start=data_start * bps,
+            root_offset=(reserved + fats * fat_sectors) * bps,
+            root_bytes=root_sectors * bps,
+            root_cluster=root_cluster,
+            first_reserved=first_reserved,
+        ),
+        first_table,
+    )
     used[:2] = False
     starts, ends = bit_runs(used[2:].astype(np.uint8))
     cluster_bytes = spc * bps
@@ -129,6 +153,7 @@ def analyse(area: Area) -> FsResult:
         "block_size": cluster_bytes,
         "clusters": clusters,
         "size": size,
+        "entries_checked": checked,
     }
     return FsResult(kind, size, used_runs, details)
 

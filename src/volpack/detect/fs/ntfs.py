@@ -1,7 +1,8 @@
 """NTFS: used clusters from ``$Bitmap``, located through the MFT records 0, 3 and 6.
 
 The MFT, $MFTMirr and both boot sectors are added explicitly. A failed fixup, a runlist outside
-the volume, a bitmap that frees the MFT, or a dirty volume raises FsDamaged. Reads only.
+the volume, a bitmap that frees the MFT or any cluster an in-use record maps (ntfs_mft), or a
+dirty volume raises FsDamaged. Reads only.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import struct
 import numpy as np
 
 from volpack.detect.fs._common import Area, FsResult, bitmap_runs
+from volpack.detect.fs.ntfs_mft import check_mft_references
 from volpack.extents import Extents
 
 _FIXUP_STRIDE = 512
@@ -155,7 +157,7 @@ def analyse(area: Area) -> FsResult:
     mft_data = _find(_attributes(area, bytes(rec0), where), 0x80)
     if mft_data is None:
         raise area.damaged("NTFS $MFT record has no $DATA attribute")
-    _mft_size, mft_runs = _runlist(area, mft_data, geo)
+    mft_size, mft_runs = _runlist(area, mft_data, geo)
 
     volume = _record(area, geo, mft_runs, 3)
     vattrs = _attributes(area, volume, 3)
@@ -212,6 +214,8 @@ def analyse(area: Area) -> FsResult:
             f"NTFS $Bitmap marks {missing.first} free although $MFT, $Bitmap or the boot "
             "sector uses it; the bitmap is damaged"
         )
+    # $Bitmap has no checksum: every cluster an in-use record maps must be set in it.
+    checked = check_mft_references(area, geo, mft_runs, mft_size, marked)
 
     extra = [(0, geo.bps)]
     backup_boot = geo.total_sectors * geo.bps
@@ -236,5 +240,6 @@ def analyse(area: Area) -> FsResult:
         "block_size": geo.cluster,
         "clusters": geo.clusters,
         "size": size,
+        "records_checked": checked,
     }
     return FsResult("ntfs", size, used, details)
