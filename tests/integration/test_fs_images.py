@@ -158,7 +158,7 @@ def fallback_lines(stderr: str) -> list[str]:
     return [
         line
         for line in stderr.splitlines()
-        if line.startswith("volpack: ") and "holes and zero scan decide there" in line
+        if line.startswith("volpack: warning: ") and "holes and zero scan decide there" in line
     ]
 
 

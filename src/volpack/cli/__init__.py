@@ -64,6 +64,15 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+class _LogFormat(logging.Formatter):
+    """``volpack: MESSAGE`` for progress notes, ``volpack: warning: MESSAGE`` for warnings, so a
+    warning reads the same from every verb (`map` prints its own the same way)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = "volpack: warning: " if record.levelno >= logging.WARNING else "volpack: "
+        return prefix + record.getMessage()
+
+
 def main(argv: list[str] | None = None) -> int:
     from volpack.cli import results
 
@@ -77,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.WARNING if getattr(args, "quiet", False) else logging.INFO
     if getattr(args, "verbose", False):
         level = logging.DEBUG
-    logging.basicConfig(level=level, format="volpack: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LogFormat())
+    logging.basicConfig(level=level, handlers=[handler])
     # A reader of the results that stops early (`volpack list | head`) is not an error: the
     # rest of the results is dropped and the verb's own exit code stands (README "Exit codes").
     guard = results.install()
