@@ -1,0 +1,33 @@
+"""Docs kept true by tests: the README's exit-code table is the one in errors.py."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from volpack import errors
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _readme_exit_codes() -> dict[int, str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    return {int(m[1]): m[2] for m in re.finditer(r"^\| *(\d+) *\| *(.+?) *\|$", section, re.M)}
+
+
+def test_readme_exit_code_table_lists_exactly_the_codes_of_errors_py():
+    in_code = {v for k, v in vars(errors).items() if k.startswith("EXIT_")}
+    assert set(_readme_exit_codes()) == in_code
+
+
+def test_every_error_family_exits_with_a_code_the_readme_explains():
+    documented = _readme_exit_codes()
+    families = [
+        c
+        for c in vars(errors).values()
+        if isinstance(c, type) and issubclass(c, errors.VolpackError)
+    ]
+    assert len(families) > 10
+    for family in families:
+        assert family.exit_code in documented, family.__name__
