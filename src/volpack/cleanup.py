@@ -115,7 +115,7 @@ def _remove_partial(p: partials.Partial, age: float) -> Leftover:
 
 
 def _uploads(url: str, older_than: float, dry_run: bool) -> tuple[Leftover, ...]:
-    from volpack.media.s3_uploads import abort_upload, list_uploads
+    from volpack.media.s3.uploads import abort_upload, list_uploads
 
     now = time.time()
     out = []

@@ -1,15 +1,16 @@
 """The ``tape:`` medium (and ``tape+emu:``, the emulated drive): archives as records on tape.
 
 Entry point chosen by URL scheme: ``open_writer`` / ``open_reader`` build the writer and reader in
-tape_writer.py / tape_reader.py over the device layer in tape_device.py (real st drive) or
-tape_emulator.py. Tape is sequential: readers have no random access. Moves opaque bytes only.
+writer.py / reader.py, framed by records.py, over the device layer in device.py (real st drive) or
+emulator.py, with URLs and volume changes in volumes.py. Tape is sequential: readers have no random
+access. Moves opaque bytes only.
 """
 
 from __future__ import annotations
 
-from volpack.media.tape_reader import TapeReader
-from volpack.media.tape_volumes import TapeURL, parse_tape_url, tape_url
-from volpack.media.tape_writer import TapeWriter
+from volpack.media.tape.reader import TapeReader
+from volpack.media.tape.volumes import TapeURL, parse_tape_url, tape_url
+from volpack.media.tape.writer import TapeWriter
 
 __all__ = ["TapeReader", "TapeURL", "TapeWriter", "open_reader", "open_writer", "tape_url"]
 

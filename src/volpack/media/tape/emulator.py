@@ -3,7 +3,8 @@
 It models records, filemarks, the early-warning zone (the st driver's alternating ENOSPC), the hard
 end of the medium, write protection, injected read errors (EIO) and loading/unloading cartridges;
 all state lives on disk so a tape can be changed by another process (``--tape-next``). It is the
-test double for drives this machine does not have; it knows nothing of archives or volume sets.
+test double for drives this machine does not have; it knows nothing of archives or volume sets,
+and prints nothing (its command line, ``python -m volpack.media.tape``, is ``__main__.py``).
 
 Layout: a *drive* directory holds ``drive.json`` (loaded cartridge, head position) and a lock; a
 *cartridge* directory holds ``cartridge.json`` (capacity, early warning, injected errors), ``data``
@@ -17,10 +18,9 @@ import fcntl
 import json
 import os
 import struct
-import sys
 from dataclasses import dataclass
 
-from volpack.media.tape_device import TapeStatus
+from volpack.media.tape.device import TapeStatus
 
 _ENTRY = struct.Struct("<IIQ")  # kind, record length, offset in ``data``
 _RECORD = 1
@@ -296,48 +296,3 @@ class EmulatedTape:
         if self._lock >= 0:
             os.close(self._lock)  # closing the descriptor drops the flock
             self._lock = -1
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m volpack.media.tape_emulator`` — manage cartridges, e.g. from ``--tape-next``.
-
-    new CART CAPACITY [EARLY_WARNING] | load DRIVE CART | unload DRIVE |
-    next DRIVE CART... (load the cartridge after the loaded one) | inject-eio CART FILE RECORD
-    """
-    from volpack.errors import VolpackError
-    from volpack.units import parse_size
-
-    args = sys.argv[1:] if argv is None else argv
-    if not args:
-        print(main.__doc__, file=sys.stderr)
-        return 2
-    try:
-        verb, rest = args[0], args[1:]
-        if verb == "new" and len(rest) in (2, 3):
-            ew = parse_size(rest[2]) if len(rest) == 3 else 0
-            create_cartridge(rest[0], capacity=parse_size(rest[1]), early_warning=ew)
-        elif verb == "load" and len(rest) == 2:
-            load(rest[0], rest[1])
-        elif verb == "unload" and len(rest) == 1:
-            unload(rest[0])
-        elif verb == "next" and len(rest) >= 2:
-            carts = [os.path.abspath(c) for c in rest[1:]]
-            current = loaded(rest[0])
-            i = carts.index(current) + 1 if current in carts else 0
-            if i >= len(carts):
-                print(f"tape_emulator: {rest[0]}: no cartridge after {current}", file=sys.stderr)
-                return 1
-            load(rest[0], carts[i])
-        elif verb == "inject-eio" and len(rest) == 3:
-            inject_read_error(rest[0], int(rest[1]), int(rest[2]))
-        else:
-            print(main.__doc__, file=sys.stderr)
-            return 2
-    except (OSError, ValueError, VolpackError) as exc:
-        print(f"tape_emulator: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,8 +15,8 @@ import uuid
 
 from volpack.errors import MediumError, MediumFull
 from volpack.media.base import Buffer
-from volpack.media.tape_device import TapeDevice
-from volpack.media.tape_records import (
+from volpack.media.tape.device import TapeDevice
+from volpack.media.tape.records import (
     ABORTED,
     DATA,
     END_INFO,
@@ -28,7 +28,7 @@ from volpack.media.tape_records import (
     VOLUME_INFO,
     pack_record,
 )
-from volpack.media.tape_volumes import TapeURL, VolumeChanger, medium_error
+from volpack.media.tape.volumes import TapeURL, VolumeChanger, medium_error
 
 log = logging.getLogger("volpack")
 
