@@ -22,6 +22,7 @@ from volpack.media.s3.writer import S3Writer
 __all__ = [
     "S3Reader",
     "S3Writer",
+    "canonical",
     "configure",
     "delete",
     "list_archives",
@@ -29,6 +30,13 @@ __all__ = [
     "open_writer",
     "reset_configuration",
 ]
+
+
+def canonical(url: str) -> str:
+    """``s3://bucket/key`` with the scheme in lower case; keys are case-sensitive and taken
+    literally (S3 has no percent-decoding of key names), so nothing else changes."""
+    bucket, key = parse_url(url, need_key=False)
+    return f"s3://{bucket}/{key}"
 
 
 def open_writer(url: str, *, force: bool = False) -> S3Writer:

@@ -12,7 +12,23 @@ from volpack.media.tape.reader import TapeReader
 from volpack.media.tape.volumes import TapeURL, parse_tape_url, tape_url
 from volpack.media.tape.writer import TapeWriter
 
-__all__ = ["TapeReader", "TapeURL", "TapeWriter", "open_reader", "open_writer", "tape_url"]
+__all__ = [
+    "TapeReader",
+    "TapeURL",
+    "TapeWriter",
+    "canonical",
+    "open_reader",
+    "open_writer",
+    "tape_url",
+]
+
+
+def canonical(url: str) -> str:
+    """The URL with its scheme in lower case. Its options stay: reading needs the record size.
+    Without ``#N`` it names wherever the tape stands, not one tape file."""
+    parse_tape_url(url)  # refuses what is not a usable tape URL
+    scheme, _, rest = url.partition(":")
+    return f"{scheme.lower()}:{rest}"
 
 
 def open_writer(url: str, *, force: bool = False) -> TapeWriter:
