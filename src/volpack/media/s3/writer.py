@@ -71,7 +71,6 @@ class S3Writer:
         self._spare: list[bytearray] = []
         self._buf = self._new_buffer()
         self._fill = 0
-        self._written = 0
         self._inflight: deque[tuple[Future[str], _Part]] = deque()
         self._inflight_bytes = 0
         self._etags: dict[tuple[int, int], str] = {}
@@ -79,10 +78,6 @@ class S3Writer:
         self._state = "open"
 
     # --- writing ---------------------------------------------------------------------------------
-
-    @property
-    def bytes_written(self) -> int:
-        return self._written
 
     def _next_part_size(self) -> int:
         obj = self._objects[-1]
@@ -99,7 +94,6 @@ class S3Writer:
                 take = min(room, len(view))
                 self._buf[self._fill : self._fill + take] = view[:take]
                 self._fill += take
-                self._written += take
                 view = view[take:]
                 if self._fill == len(self._buf):
                     self._flush_part()
