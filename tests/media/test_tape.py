@@ -157,6 +157,19 @@ def test_read_at_is_refused_because_tape_is_sequential(shelf):
         r.close()
 
 
+def test_opening_a_tape_for_random_access_is_refused_before_the_drive_is_touched(shelf):
+    import volpack
+
+    drive = shelf.drive("d", shelf.cart("a"))
+    write(f"tape+emu:{drive}", b"x" * 1000)
+    busy = te.EmulatedTape(drive, write=False)  # a second opener of the drive would get EBUSY
+    try:
+        with pytest.raises(MediumError, match="cannot be opened for random access"):
+            volpack.open_archive(f"tape+emu:{drive}#1")
+    finally:
+        busy.close()
+
+
 # --- spanning -----------------------------------------------------------------------------
 
 

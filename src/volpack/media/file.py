@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlsplit
 
 from volpack.atomic import create_temp, discard, publish
 from volpack.errors import MediumError, MediumFull, MediumNotFound, UsageError
-from volpack.media.base import Buffer
+from volpack.media.base import Buffer, MediumReader, MediumWriter
 from volpack.writeback import for_fd
 
 
@@ -56,7 +56,7 @@ def _os_error(path: str, exc: OSError, doing: str) -> MediumError:
     return MediumError(f"{path}: {exc.strerror} while {doing}")
 
 
-class FileWriter:
+class FileWriter(MediumWriter):
     def __init__(self, url: str, *, force: bool, mode: int | None = None) -> None:
         self.url = url
         self.path = path_of(url)
@@ -135,7 +135,7 @@ class FileWriter:
         self.fd, self._tmp = -1, None
 
 
-class FileReader:
+class FileReader(MediumReader):
     def __init__(self, url: str) -> None:
         self.url = url
         self.path = path_of(url)

@@ -402,4 +402,3 @@ def call(s: S3Settings, subject: str, what: str, fn: Callable[[], T]) -> T:
             delay = min(s.backoff_max, s.backoff * (2 ** (attempt - 1)))
             time.sleep(random.uniform(delay / 2, delay))
     raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
-

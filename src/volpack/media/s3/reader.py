@@ -14,6 +14,7 @@ from functools import partial
 from typing import Any
 
 from volpack.errors import MediumError, MediumNotFound
+from volpack.media.base import MediumReader
 from volpack.media.s3.client import (
     S3Settings,
     call,
@@ -110,7 +111,7 @@ def list_objects(
             raise MediumError(f"{subject}: S3 listing was truncated without a continuation token")
 
 
-class S3Reader:
+class S3Reader(MediumReader):
     """An archive on S3, read sequentially (``readinto``) or at random (``read_at``, thread-safe)."""
 
     def __init__(self, url: str, s: S3Settings) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from volpack.errors import MediumError
-from volpack.media.base import Buffer
+from volpack.media.base import Buffer, MediumWriter
 from volpack.media.s3.client import S3Settings, call, client, error_code, parse_url, part_size_for
 from volpack.media.s3.layout import (
     META_INDEX,
@@ -47,7 +47,7 @@ class _Part:
     body: bytearray
 
 
-class S3Writer:
+class S3Writer(MediumWriter):
     """Streams an archive to S3. Call ``write`` any number of times, then ``commit`` or ``abort``."""
 
     def __init__(self, url: str, *, force: bool, s: S3Settings) -> None:

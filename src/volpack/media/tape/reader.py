@@ -13,6 +13,7 @@ import logging
 import uuid
 
 from volpack.errors import CorruptArchive, IncompleteArchive, MediumError
+from volpack.media.base import MediumReader
 from volpack.media.tape.device import TapeDevice
 from volpack.media.tape.records import (
     ABORTED,
@@ -34,7 +35,7 @@ from volpack.media.tape.volumes import TapeURL, VolumeChanger, medium_error
 log = logging.getLogger("volpack")
 
 
-class TapeReader:
+class TapeReader(MediumReader):
     """``MediumReader`` for ``tape:``: sequential only (``read_at`` raises MediumError)."""
 
     def __init__(self, parsed: TapeURL) -> None:

@@ -14,7 +14,7 @@ import time
 import uuid
 
 from volpack.errors import MediumError, MediumFull
-from volpack.media.base import Buffer
+from volpack.media.base import Buffer, MediumWriter
 from volpack.media.tape.device import TapeDevice
 from volpack.media.tape.records import (
     ABORTED,
@@ -40,7 +40,7 @@ UNMARKED_HEAD_COPY = 1 << 20
 MAX_PENDING = 32 << 20
 
 
-class TapeWriter:
+class TapeWriter(MediumWriter):
     """``MediumWriter`` for ``tape:``; commit writes the end-of-archive record and a filemark."""
 
     def __init__(self, parsed: TapeURL, *, force: bool) -> None:
