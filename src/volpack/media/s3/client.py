@@ -1,7 +1,7 @@
 """S3 plumbing for the s3 medium: settings, URL parsing, boto3 clients, retries and error mapping.
 
-Everything that talks to botocore's exception types lives here so that ``s3.py`` deals only in
-volpack errors. It moves no archive bytes itself and never parses them.
+Everything that talks to botocore's exception types lives here so that the writer and reader
+deal only in volpack errors. It moves no archive bytes itself and never parses them.
 """
 
 from __future__ import annotations
