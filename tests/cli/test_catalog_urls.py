@@ -162,7 +162,9 @@ def test_each_scheme_has_one_canonical_spelling(url, canonical):
     assert canonical_url(canonical) == canonical
 
 
-@pytest.mark.parametrize("url", ["file:///srv/a#1.vpk", "file:///srv/a?.vpk", "file://"])
+@pytest.mark.parametrize(
+    "url", ["file:///srv/a#1.vpk", "file:///srv/a?.vpk", "file://", "file:///srv/a%00.vpk"]
+)
 def test_a_file_url_that_would_lose_part_of_its_name_is_refused_in_one_line(env, capsys, url):
     tmp, media, src = env
     code, _, err = run(capsys, "backup", "--allow-mounted", src, url)

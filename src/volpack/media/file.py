@@ -37,6 +37,8 @@ def path_of(url: str) -> str:
     path = unquote(parsed.path)
     if not path:
         raise UsageError(f"{url}: the file URL names no file; write file:///path/to/archive.vpk")
+    if "\0" in path:
+        raise UsageError(f"{url}: %00 decodes to a NUL byte, which no file name can hold")
     return path
 
 
