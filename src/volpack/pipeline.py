@@ -299,10 +299,13 @@ def _source_roles(
 def medium_roles(url: str, what: str, choose: str, stdio: str) -> list[Role]:
     """The local file an archive URL names (``stdio``, /dev/stdout or /dev/stdin, for '-': a
     redirection may point it at the source or target); nothing for remote media."""
-    from volpack.media import local_file
+    from volpack.media import scheme_of
+    from volpack.media.file import path_of
 
-    path = local_file(url, stdio=stdio)
-    return [] if path is None else [Role(path, what, choose)]
+    scheme = scheme_of(url)
+    if scheme == "-":
+        return [Role(stdio, what, choose)]
+    return [Role(path_of(url), what, choose)] if scheme == "file" else []
 
 
 def _check_unchanged(src: Any, before: tuple[object, ...], path: str) -> None:

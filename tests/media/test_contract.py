@@ -18,6 +18,7 @@ from volpack.media import (
     capabilities,
     delete,
     list_archives,
+    local_file,
     open_reader,
     open_writer,
 )
@@ -196,6 +197,11 @@ def test_the_declared_capabilities_are_what_the_medium_does(medium):
     declared = capabilities(url)
     assert declared.random_access == medium.random_access
     assert declared.file_modes == (medium.name in ("file", "file-url"))
+    local = local_file(url, stdio="/dev/stdout")
+    if medium.name in ("file", "file-url"):
+        assert local == os.path.join(medium.dir, "declared.vpk")
+    else:
+        assert local == ("/dev/stdout" if url == "-" else None)
     if not declared.can_list:
         with pytest.raises(UsageError, match="cannot list"):
             list_archives(url)

@@ -19,7 +19,7 @@ from volpack.errors import CorruptArchive, IncompleteArchive, MediumError, Usage
 from volpack.extents import Extents
 from volpack.format import records as R
 from volpack.format.reader import decode_frame_payload, parse_head_records
-from volpack.media import capabilities, open_reader
+from volpack.media import open_reader
 from volpack.media.base import MediumReader
 from volpack.source.base import PhysicalMap
 
@@ -296,13 +296,7 @@ class Archive:
 
 def open_archive(url: str, *, cache_bytes: int = DEFAULT_CACHE) -> Archive:
     """Open the archive at ``url`` for random access (footer → trailer → tables → index)."""
-    if not capabilities(url).random_access:
-        # Refused before opening: a tape would be positioned, stdin read, for nothing.
-        raise MediumError(
-            f"{url}: a stream cannot be opened for random access; use a file or s3:// URL "
-            "(restore and verify read '-' and tape: in one pass)"
-        )
-    medium = open_reader(url)
+    medium = open_reader(url, random_access=True)
     try:
         return Archive(medium, cache_bytes=cache_bytes)
     except BaseException:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Literal
 
-from volpack.errors import UsageError
+from volpack.errors import MediumError, UsageError
 from volpack.media.base import MediumReader, MediumWriter
 
 __all__ = [
@@ -155,7 +155,14 @@ def open_writer(url: str, *, force: bool = False, mode: int | None = None) -> Me
     return module.open_writer(url, force=force, mode=mode)
 
 
-def open_reader(url: str) -> MediumReader:
+def open_reader(url: str, *, random_access: bool = False) -> MediumReader:
+    """A reader of the archive at ``url``. With ``random_access`` a medium that can only be read
+    in one pass is refused before it is opened (a tape is not positioned, stdin not read)."""
+    if random_access and not capabilities(url).random_access:
+        raise MediumError(
+            f"{url}: a stream cannot be opened for random access; use a file or s3:// URL "
+            "(restore and verify read '-' and tape: in one pass)"
+        )
     return _module(url).open_reader(url)
 
 
