@@ -277,7 +277,7 @@ def start_cluster(workdir: str, timeout: float = 90.0) -> WeedS3:
 def use_s3_server(server: WeedS3, monkeypatch) -> None:
     """Point volpack (in this process and in subprocesses that inherit os.environ) at ``server``,
     with short retry backoff so that outage tests stay fast."""
-    from volpack.media import s3_client
+    from volpack.media.s3 import client as s3_client
 
     for name, value in server.env().items():
         if name.startswith(("AWS_", "VOLPACK_S3_")):

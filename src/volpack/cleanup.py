@@ -12,9 +12,8 @@ import os
 import time
 from dataclasses import dataclass
 
-from volpack import partials
+from volpack import media, partials
 from volpack.errors import MediumError, MediumNotFound, UsageError
-from volpack.media import scheme_of
 from volpack.media.file import path_of
 from volpack.units import human_duration
 
@@ -58,15 +57,15 @@ def cleanup(url: str, *, older_than: float | None = None, dry_run: bool = False)
     With ``dry_run`` nothing is changed. Raises when the place cannot be listed."""
     if older_than is not None and older_than < 0:
         raise UsageError(f"older than {older_than} s: must be 0 or more")
-    scheme = scheme_of(url)
-    if scheme == "s3":
+    leftovers = media.capabilities(url).leftovers
+    if leftovers == "uploads":
         age = DEFAULT_UPLOAD_AGE if older_than is None else older_than
         found = _uploads(url, age, dry_run)
         return CleanupResult(url, dry_run, age, found)
-    if scheme != "file":
+    if leftovers != "partials":
         raise UsageError(
             f"{url}: cleanup handles directories, file paths and s3://bucket/prefix, not "
-            f"'{scheme}' media"
+            f"'{media.scheme_of(url)}' media"
         )
     return CleanupResult(url, dry_run, older_than, _partials(url, older_than, dry_run))
 
@@ -115,7 +114,7 @@ def _remove_partial(p: partials.Partial, age: float) -> Leftover:
 
 
 def _uploads(url: str, older_than: float, dry_run: bool) -> tuple[Leftover, ...]:
-    from volpack.media.s3_uploads import abort_upload, list_uploads
+    from volpack.media.s3.uploads import abort_upload, list_uploads
 
     now = time.time()
     out = []

@@ -477,7 +477,7 @@ def mixed_archive(raw_pair) -> bytes:
 
 def test_a_foreign_frame_is_refused_when_restored_from_tape(raw_pair, tmp_path):
     from volpack.media import open_writer
-    from volpack.media import tape_emulator as te
+    from volpack.media.tape import emulator as te
     from volpack.media.tape import tape_url
 
     cart = te.create_cartridge(str(tmp_path / "cart"), capacity=8 << 20, early_warning=1 << 20)

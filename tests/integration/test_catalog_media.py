@@ -112,7 +112,7 @@ class _Counting:
     """Counts the bytes the S3 reader returns, by wrapping its two read methods."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        from volpack.media.s3_reader import S3Reader
+        from volpack.media.s3.reader import S3Reader
 
         self.bytes = 0
         read_at, readinto = S3Reader.read_at, S3Reader.readinto

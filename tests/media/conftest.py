@@ -154,7 +154,7 @@ class S3Case(MediumCase):
     name = "s3"
 
     def __init__(self, server, monkeypatch) -> None:
-        from volpack.media import s3_client
+        from volpack.media.s3 import client as s3_client
 
         use_s3_server(server, monkeypatch)
         s3_client.configure(part_size=5 << 20)

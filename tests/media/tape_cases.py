@@ -8,7 +8,7 @@ import os
 import sys
 
 from volpack.media import open_reader, open_writer
-from volpack.media import tape_emulator as te
+from volpack.media.tape import emulator as te
 from volpack.media.tape import tape_url
 
 
@@ -39,7 +39,7 @@ class TapeCase:
         carts = [str(self.dir / f"{name}.c{i}") for i in range(self.cartridges)]
         nxt = None
         if self.cartridges > 1:
-            nxt = f"{sys.executable} -m volpack.media.tape_emulator next {drive} " + " ".join(carts)
+            nxt = f"{sys.executable} -m volpack.media.tape next {drive} " + " ".join(carts)
         return tape_url(f"tape+emu:{drive}", record_size=self.record_size, next_command=nxt)
 
     def _insert_blank(self, url: str) -> None:

@@ -11,8 +11,17 @@ import os
 
 import pytest
 
-from volpack.errors import MediumError, MediumNotFound
-from volpack.media import open_reader, open_writer
+from volpack.catalog.prune import location_of
+from volpack.errors import MediumError, MediumNotFound, UsageError
+from volpack.media import (
+    canonical_url,
+    capabilities,
+    delete,
+    list_archives,
+    local_file,
+    open_reader,
+    open_writer,
+)
 
 
 def _payload(size: int) -> bytes:
@@ -181,3 +190,29 @@ def test_reading_a_missing_archive_raises_medium_not_found(medium):
         pytest.skip(f"{medium.name} has no names")
     with pytest.raises(MediumNotFound):
         open_reader(medium.url("never-written.vpk"))
+
+
+def test_the_declared_capabilities_are_what_the_medium_does(medium):
+    url = medium.url("declared.vpk")
+    declared = capabilities(url)
+    assert declared.random_access == medium.random_access
+    assert declared.file_modes == (medium.name in ("file", "file-url"))
+    local = local_file(url, stdio="/dev/stdout")
+    if medium.name in ("file", "file-url"):
+        assert local == os.path.join(medium.dir, "declared.vpk")
+    else:
+        assert local == ("/dev/stdout" if url == "-" else None)
+    if not declared.can_list:
+        with pytest.raises(UsageError, match="cannot list"):
+            list_archives(url)
+    if not declared.can_delete:
+        with pytest.raises(UsageError, match="cannot delete"):
+            delete(url)
+    if not (declared.can_list and declared.can_delete):
+        return
+    medium.write(url, [b"listed and deleted"])
+    listed = [u for u, size, _ in list_archives(location_of(url))]
+    assert canonical_url(url) in listed  # listings are canonical, as the catalog records
+    delete(url)
+    with pytest.raises(MediumNotFound):
+        open_reader(url)

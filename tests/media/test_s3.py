@@ -14,8 +14,9 @@ import pytest
 import s3_server
 from volpack import media
 from volpack.errors import MediumError, MediumNotFound, MediumTransient, UsageError
-from volpack.media import open_reader, open_writer, s3_client
-from volpack.media.s3_client import (
+from volpack.media import open_reader, open_writer
+from volpack.media.s3 import client as s3_client
+from volpack.media.s3.client import (
     S3_MAX_OBJECT_SIZE,
     S3_MAX_PARTS,
     S3_MIN_PART_SIZE,

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from volpack.media import s3_reader
+from volpack.media.s3 import reader as s3_reader
 
 pytestmark = pytest.mark.s3
 

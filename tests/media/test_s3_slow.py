@@ -12,7 +12,8 @@ import textwrap
 
 import pytest
 
-from volpack.media import open_reader, open_writer, s3_client
+from volpack.media import open_reader, open_writer
+from volpack.media.s3 import client as s3_client
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
 

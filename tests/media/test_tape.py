@@ -20,13 +20,13 @@ from volpack.errors import (
     UsageError,
 )
 from volpack.media import open_reader, open_writer
-from volpack.media import tape_emulator as te
-from volpack.media import tape_records as TR
+from volpack.media.tape import emulator as te
+from volpack.media.tape import records as TR
 from volpack.media.tape import tape_url
 
 KiB, MiB = 1 << 10, 1 << 20
 RS = 64 * KiB  # record size used by most tests (small tapes, many records)
-NEXT = f"{sys.executable} -m volpack.media.tape_emulator next"
+NEXT = f"{sys.executable} -m volpack.media.tape next"
 
 
 class Shelf:
@@ -155,6 +155,19 @@ def test_read_at_is_refused_because_tape_is_sequential(shelf):
             r.read_at(0, 10)
     finally:
         r.close()
+
+
+def test_opening_a_tape_for_random_access_is_refused_before_the_drive_is_touched(shelf):
+    import volpack
+
+    drive = shelf.drive("d", shelf.cart("a"))
+    write(f"tape+emu:{drive}", b"x" * 1000)
+    busy = te.EmulatedTape(drive, write=False)  # a second opener of the drive would get EBUSY
+    try:
+        with pytest.raises(MediumError, match="cannot be opened for random access"):
+            volpack.open_archive(f"tape+emu:{drive}#1")
+    finally:
+        busy.close()
 
 
 # --- spanning -----------------------------------------------------------------------------
@@ -479,7 +492,7 @@ def test_tape_url_folds_cli_options_into_the_query():
     )
     assert url.startswith("tape:/dev/nst0?record-size=65536&volume-size=1073741824&next=")
     assert url.endswith("#2")
-    from volpack.media.tape_volumes import parse_tape_url
+    from volpack.media.tape.volumes import parse_tape_url
 
     parsed = parse_tape_url(url)
     assert parsed.next_command == "mtx -f /dev/sg1 next"

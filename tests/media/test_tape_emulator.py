@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from volpack.media import tape_device as td
-from volpack.media import tape_emulator as te
+from volpack.media.tape import device as td
+from volpack.media.tape import emulator as te
 
 KiB = 1 << 10
 
@@ -160,7 +160,7 @@ def test_state_persists_across_processes_and_the_drive_is_exclusive(drive, tmp_p
     assert _errno(lambda: te.EmulatedTape(drive, write=False)) == errno.EBUSY
     tape.close()  # leaves the head after the record, like a non-rewinding device
     script = (
-        "import sys; from volpack.media import tape_emulator as te\n"
+        "import sys; from volpack.media.tape import emulator as te\n"
         "t = te.EmulatedTape(sys.argv[1], write=True)\n"
         "t.write_record(b'world'); t.write_filemark(); t.close()\n"
     )
@@ -179,7 +179,7 @@ def test_no_cartridge_and_write_protection_are_reported_like_a_drive(tmp_path):
 
 
 def test_command_line_next_loads_the_following_cartridge_and_fails_after_the_last(tmp_path):
-    run = [sys.executable, "-m", "volpack.media.tape_emulator"]
+    run = [sys.executable, "-m", "volpack.media.tape"]
     carts = [str(tmp_path / n) for n in ("a", "b")]
     for c in carts:
         subprocess.run([*run, "new", c, "1M", "64K"], check=True)
@@ -190,3 +190,12 @@ def test_command_line_next_loads_the_following_cartridge_and_fails_after_the_las
     done = subprocess.run([*run, "next", drive, *carts], capture_output=True, text=True)
     assert done.returncode == 1 and "no cartridge after" in done.stderr
     assert te.cartridge_spec(carts[0]).capacity == 1 << 20
+
+
+def test_the_earlier_command_name_still_loads_the_next_cartridge(tmp_path):
+    carts = [te.create_cartridge(str(tmp_path / n), capacity=1 << 20) for n in ("a", "b")]
+    drive = str(tmp_path / "drive")
+    te.load(drive, carts[0])
+    old = [sys.executable, "-m", "volpack.media.tape_emulator", "next", drive, *carts]
+    subprocess.run(old, check=True)
+    assert te.loaded(drive) == os.path.abspath(carts[1])

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from volpack.errors import MediumError
-from volpack.media import tape_emulator as te
+from volpack.media.tape import emulator as te
 from volpack.media.tape import tape_url
 from volpack.pipeline import backup, restore, verify
 
@@ -35,7 +35,7 @@ def tapes(tmp_path):
     ]
     drive = str(tmp_path / "drive")
     te.load(drive, carts[0])
-    nxt = f"{sys.executable} -m volpack.media.tape_emulator next {drive} " + " ".join(carts)
+    nxt = f"{sys.executable} -m volpack.media.tape next {drive} " + " ".join(carts)
     return drive, carts, tape_url(f"tape+emu:{drive}", next_command=nxt)
 
 
@@ -60,7 +60,7 @@ def test_restore_refuses_a_volume_out_of_order_before_finishing(tmp_path, tapes)
     _sparse_image(image)
     backup(image, url, compress="none")
     te.load(drive, carts[0])
-    swapped = f"{sys.executable} -m volpack.media.tape_emulator next {drive} {carts[0]} {carts[2]}"
+    swapped = f"{sys.executable} -m volpack.media.tape next {drive} {carts[0]} {carts[2]}"
     with pytest.raises(MediumError, match="out of order: this is volume 3 .* load volume 2 first"):
         restore(tape_url(f"tape+emu:{drive}", next_command=swapped), str(tmp_path / "restored"))
 

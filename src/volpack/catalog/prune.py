@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from volpack import media
 from volpack.catalog.identity import archive_at
 from volpack.catalog.policy import Decision, Policy, Snapshot, apply
-from volpack.catalog.record import normalize_url
 from volpack.catalog.store import ArchiveEntry, Catalog
 from volpack.errors import FormatError, MediumError, MediumNotFound, UsageError, VolpackError
 
@@ -111,9 +110,10 @@ def plan(
 def location_of(url: str) -> str:
     """The container listed to confirm an archive exists: its directory, or its key's prefix up
     to the last '/' (``s3://bucket/dir/a.vpk`` → ``s3://bucket/dir/``)."""
+    canonical = media.canonical_url(url)
     if media.scheme_of(url) == "file":
-        return os.path.dirname(normalize_url(url))
-    head, sep, _ = url.rpartition("/")
+        return os.path.dirname(canonical)
+    head, sep, _ = canonical.rpartition("/")
     return head + sep
 
 
@@ -135,7 +135,7 @@ def check(
             if where in listings:
                 continue
             try:
-                listings[where] = {normalize_url(u) for u, _, _ in lister(where)}
+                listings[where] = {media.canonical_url(u) for u, _, _ in lister(where)}
             except UsageError as exc:
                 raise UsageError(
                     f"prune: cannot list {where}, nothing deleted: {exc}; "
@@ -155,7 +155,7 @@ def check(
         for url in entry.urls:
             holds = (
                 _holds(url, identify, "nothing deleted")
-                if url in listings[location_of(url)]
+                if media.canonical_url(url) in listings[location_of(url)]
                 else None
             )
             if holds is None:

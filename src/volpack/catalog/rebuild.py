@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from volpack import media
-from volpack.catalog.record import entry_from_archive, normalize_url
+from volpack.catalog.record import entry_from_archive
 from volpack.catalog.store import Catalog
 from volpack.errors import NotAnArchive, VolpackError
 
@@ -30,15 +30,13 @@ class RebuildResult:
 def archives_at(
     url: str, list_archives: Callable[[str], list[tuple[str, int, float]]] | None = None
 ) -> list[str]:
-    """The archive URLs under ``url``: the file itself, or the listing of a directory/prefix.
-    A failed listing raises; it is never taken for an empty location."""
-    if media.scheme_of(url) == "file":
-        path = url[len("file://") :] if url.startswith("file://") else url
-        path = path[len("file:") :] if path.startswith("file:") else path
-        if os.path.isfile(path):
-            return [normalize_url(url)]
+    """The canonical archive URLs under ``url``: the file itself, or the listing of a directory
+    or prefix. A failed listing raises; it is never taken for an empty location."""
+    where = media.canonical_url(url)
+    if media.scheme_of(url) == "file" and os.path.isfile(where):
+        return [where]
     lister = list_archives or media.list_archives
-    return sorted(normalize_url(u) for u, _, _ in lister(normalize_url(url)))
+    return sorted(media.canonical_url(u) for u, _, _ in lister(where))
 
 
 def rebuild(

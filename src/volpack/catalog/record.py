@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from volpack.catalog.store import ArchiveEntry
 from volpack.errors import UsageError
-from volpack.media import scheme_of
+from volpack.media import canonical_url
 
 ENV_CATALOG = "VOLPACK_CATALOG"
 
@@ -56,18 +56,6 @@ def source_key(path: str) -> str:
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:", path):
         return path
     return os.path.abspath(path)
-
-
-def normalize_url(url: str) -> str:
-    """Medium URLs as the catalog stores them: files as absolute paths (``file:`` and
-    ``file://`` stripped), everything else unchanged, so listings and records compare equal."""
-    if scheme_of(url) != "file":
-        return url
-    if url.startswith("file://"):
-        url = url[len("file://") :]
-    elif url.startswith("file:"):
-        url = url[len("file:") :]
-    return os.path.abspath(url)
 
 
 def fs_uuid_of(description: Mapping[str, Any]) -> str | None:
@@ -132,7 +120,7 @@ def entry_from_result(
         block_size=int(result.block_size),
         used_blocks=int(result.used_blocks),
         format_version=_version_from(description, version),
-        urls=(normalize_url(result.url),) if result.url and result.url != "-" else (),
+        urls=(canonical_url(result.url),) if result.url and result.url != "-" else (),
         fs_uuid=fs_uuid_of(description),
         archive_size=int(result.archive_size),
         stored_bytes=int(result.stored_bytes),

@@ -18,6 +18,7 @@ from typing import Any
 
 from volpack.catalog.schema import connect, sqlite_error
 from volpack.errors import CatalogError, UsageError
+from volpack.media import canonical_url
 
 _COLUMNS = (
     "uuid",
@@ -151,9 +152,11 @@ class Catalog:
         Recording the same archive again (a rebuild, a second copy) keeps the earliest recording
         time and an existing verify status unless the new entry carries one. The entry's URLs are
         where it is now, so any other archive recorded at one of them is marked superseded there
-        (``--force`` wrote over it) and this archive's own row there is live again.
+        (``--force`` wrote over it) and this archive's own row there is live again. URLs are
+        stored canonical (``media.canonical_url``), so two spellings of one file are one location.
         """
         now = time.time()
+        urls = tuple(dict.fromkeys(canonical_url(url) for url in entry.urls))
         row = {name: getattr(entry, name) for name in _COLUMNS}
         row["description"] = json.dumps(entry.description, sort_keys=True, default=str)
         row["recorded_at"] = entry.recorded_at or now
@@ -172,12 +175,12 @@ class Catalog:
             db.executemany(
                 "UPDATE locations SET superseded_by = ?, superseded_at = ? "
                 "WHERE url = ? AND uuid <> ? AND superseded_by IS NULL",
-                [(entry.uuid, now, url, entry.uuid) for url in entry.urls],
+                [(entry.uuid, now, url, entry.uuid) for url in urls],
             )
             db.executemany(
                 "INSERT INTO locations (uuid, url, added) VALUES (?, ?, ?) "
                 "ON CONFLICT (uuid, url) DO UPDATE SET superseded_by = NULL, superseded_at = NULL",
-                [(entry.uuid, url, now) for url in entry.urls],
+                [(entry.uuid, url, now) for url in urls],
             )
 
     def record_backup(
@@ -256,7 +259,9 @@ class Catalog:
         until: float | None = None,
         url: str | None = None,
     ) -> list[ArchiveEntry]:
-        """Archives matching every given filter, oldest first. ``source`` is a source path."""
+        """Archives matching every given filter, oldest first. ``source`` is a source path;
+        ``url`` a location in any spelling (compared canonical), matched only where it still holds
+        the archive."""
         clauses: list[str] = []
         params: list[Any] = []
         if source is not None:
@@ -272,7 +277,7 @@ class Catalog:
             clauses.append(
                 "uuid IN (SELECT uuid FROM locations WHERE url = ? AND superseded_by IS NULL)"
             )
-            params.append(url)
+            params.append(canonical_url(url))
         where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
         return self._query(where, tuple(params))
 

@@ -58,7 +58,7 @@ def add_medium_options(parser: argparse.ArgumentParser, *, tape: bool = True) ->
 def apply_medium_options(args: argparse.Namespace) -> None:
     """Configure S3 and fold the tape options into a tape URL in ``args.archive``."""
     if getattr(args, "s3_endpoint", None) or getattr(args, "s3_profile", None):
-        from volpack.media.s3_client import configure
+        from volpack.media.s3.client import configure
 
         configure(endpoint=args.s3_endpoint, profile=args.s3_profile)
     tape_opts = tuple(

@@ -296,7 +296,7 @@ class Archive:
 
 def open_archive(url: str, *, cache_bytes: int = DEFAULT_CACHE) -> Archive:
     """Open the archive at ``url`` for random access (footer → trailer → tables → index)."""
-    medium = open_reader(url)
+    medium = open_reader(url, random_access=True)
     try:
         return Archive(medium, cache_bytes=cache_bytes)
     except BaseException:

@@ -96,9 +96,7 @@ class ArchiveWriter:
         self._emit(self._header_bytes)
         self._emit(self.head_records)
         # Media that repeat the tables (each tape volume) learn here where they end.
-        mark = getattr(self.medium, "mark_head_end", None)
-        if mark is not None:
-            mark()
+        self.medium.mark_head_end()
 
     def write_frames(self, produce: Producer, progress: Progress | None = None) -> None:
         h = self.header

@@ -1,7 +1,9 @@
 """The Medium seam: opaque bytes out (sequential, never seeking) and in (sequential or ranged).
 
 Media never parse archive bytes. A writer publishes the archive only on ``commit``; ``abort`` leaves
-nothing visible under the final name. Errors are MediumError subclasses.
+nothing visible under the final name. What a medium can do beyond this is declared with its scheme
+(``volpack.media.Capabilities``), not probed. Failures of the medium are MediumError subclasses; a
+medium with its own framing (tape records) raises CorruptArchive / IncompleteArchive for damage.
 """
 
 from __future__ import annotations
@@ -18,6 +20,11 @@ class MediumWriter(Protocol):
         """Append all of ``data``."""
         ...
 
+    def mark_head_end(self) -> None:
+        """Called once, after the archive's header and tables are written. Media that copy them
+        into every volume (tape) note where they end; the others inherit this no-op."""
+        return None
+
     def commit(self) -> None:
         """Make the archive durable and visible under its final name."""
         ...
@@ -25,9 +32,6 @@ class MediumWriter(Protocol):
     def abort(self) -> None:
         """Drop everything written; nothing partial stays visible. Safe to call after a failure."""
         ...
-
-    # Optional: ``mark_head_end()`` is called once after the header and tables are written, for
-    # media that copy them into every volume (tape). Media without it are not told.
 
 
 class MediumReader(Protocol):

@@ -13,23 +13,39 @@ import contextlib
 import errno
 import os
 import stat
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote, urlsplit
 
 from volpack.atomic import create_temp, discard, publish
-from volpack.errors import MediumError, MediumFull, MediumNotFound
-from volpack.media.base import Buffer
+from volpack.errors import MediumError, MediumFull, MediumNotFound, UsageError
+from volpack.media.base import Buffer, MediumReader, MediumWriter
 from volpack.writeback import for_fd
 
 
 def path_of(url: str) -> str:
-    if url.startswith("file:"):
-        parsed = urlparse(url)
-        if parsed.netloc not in ("", "localhost"):
-            raise MediumError(
-                f"{url}: file URLs on other hosts are not supported; use a local path"
-            )
-        return unquote(parsed.path)
-    return url
+    """The path a path or ``file:`` URL names: ``file:///a%20b.vpk`` is ``/a b.vpk``,
+    ``file://localhost/x`` is ``/x``; a plain path is taken as it is (``%20`` stays)."""
+    if url[:5].lower() != "file:":
+        return url
+    parsed = urlsplit(url)  # not urlparse: that would cut ';…' off the last path segment
+    if parsed.netloc not in ("", "localhost"):
+        raise MediumError(f"{url}: file URLs on other hosts are not supported; use a local path")
+    if parsed.query or parsed.fragment or url.endswith(("?", "#")):
+        raise UsageError(
+            f"{url}: a file URL has no '?' query or '#' fragment; write '?' as %3F and '#' as %23, "
+            "or give a plain path"
+        )
+    path = unquote(parsed.path)
+    if not path:
+        raise UsageError(f"{url}: the file URL names no file; write file:///path/to/archive.vpk")
+    if "\0" in path:
+        raise UsageError(f"{url}: %00 decodes to a NUL byte, which no file name can hold")
+    return path
+
+
+def canonical(url: str) -> str:
+    """The catalog's spelling of a file location: the absolute, normalised path (symbolic links
+    are not resolved; the same file reached through a link is another location)."""
+    return os.path.abspath(path_of(url))
 
 
 def _os_error(path: str, exc: OSError, doing: str) -> MediumError:
@@ -42,7 +58,7 @@ def _os_error(path: str, exc: OSError, doing: str) -> MediumError:
     return MediumError(f"{path}: {exc.strerror} while {doing}")
 
 
-class FileWriter:
+class FileWriter(MediumWriter):
     def __init__(self, url: str, *, force: bool, mode: int | None = None) -> None:
         self.url = url
         self.path = path_of(url)
@@ -121,7 +137,7 @@ class FileWriter:
         self.fd, self._tmp = -1, None
 
 
-class FileReader:
+class FileReader(MediumReader):
     def __init__(self, url: str) -> None:
         self.url = url
         self.path = path_of(url)

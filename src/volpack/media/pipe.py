@@ -10,10 +10,10 @@ import contextlib
 import os
 
 from volpack.errors import MediumError
-from volpack.media.base import Buffer
+from volpack.media.base import Buffer, MediumReader, MediumWriter
 
 
-class PipeWriter:
+class PipeWriter(MediumWriter):
     url = "-"
 
     def __init__(self) -> None:
@@ -45,7 +45,7 @@ class PipeWriter:
         pass
 
 
-class PipeReader:
+class PipeReader(MediumReader):
     url = "-"
 
     def __init__(self) -> None:
@@ -68,6 +68,10 @@ class PipeReader:
 
     def close(self) -> None:
         pass
+
+
+def canonical(url: str) -> str:
+    return "-"
 
 
 def open_writer(url: str, *, force: bool = False) -> PipeWriter:

@@ -1,4 +1,4 @@
-"""The ``s3://bucket/key`` medium: archives as S3 objects, written by streaming multipart upload.
+"""The S3 medium's writer: an archive streamed to ``s3://bucket/key`` by multipart upload.
 
 Memory stays bounded (a few parts in flight, no local copy); nothing is visible under the key
 until ``commit``. Archives beyond one object's limit continue in ``key.part2``, ``key.part3`` …,
@@ -8,51 +8,25 @@ joined again on read. It moves opaque bytes only and never parses the archive.
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 
-from volpack.errors import MediumError, MediumNotFound
-from volpack.media.base import Buffer
-from volpack.media.s3_client import (
-    S3Settings,
-    call,
-    client,
-    configure,
-    error_code,
-    parse_url,
-    part_size_for,
-    reset_configuration,
-    settings,
+from volpack.errors import MediumError
+from volpack.media.base import Buffer, MediumWriter
+from volpack.media.s3.client import S3Settings, call, client, error_code, parse_url, part_size_for
+from volpack.media.s3.layout import (
+    META_INDEX,
+    META_OBJECT_SIZE,
+    META_SPLIT_ID,
+    continuation_index,
+    continuation_key,
 )
-from volpack.media.s3_reader import S3Reader, head_object, split_objects
-
-__all__ = [
-    "S3Reader",
-    "S3Writer",
-    "configure",
-    "delete",
-    "list_archives",
-    "open_reader",
-    "open_writer",
-    "reset_configuration",
-]
+from volpack.media.s3.reader import head_object, list_objects
 
 log = logging.getLogger("volpack")
-
-# Object metadata that ties the numbered objects of one archive together (x-amz-meta-…).
-META_SPLIT_ID = "volpack-split-id"
-META_OBJECT_SIZE = "volpack-object-size"
-META_INDEX = "volpack-object-index"
-_CONTINUATION = re.compile(r"^(?P<base>.+)\.part(?P<n>[0-9]+)$")
-
-
-def continuation_key(key: str, index: int) -> str:
-    """Object ``index`` (1-based) of an archive: the key itself, then ``key.part2``, …"""
-    return key if index == 1 else f"{key}.part{index}"
 
 
 @dataclass(slots=True)
@@ -73,7 +47,7 @@ class _Part:
     body: bytearray
 
 
-class S3Writer:
+class S3Writer(MediumWriter):
     """Streams an archive to S3. Call ``write`` any number of times, then ``commit`` or ``abort``."""
 
     def __init__(self, url: str, *, force: bool, s: S3Settings) -> None:
@@ -97,7 +71,6 @@ class S3Writer:
         self._spare: list[bytearray] = []
         self._buf = self._new_buffer()
         self._fill = 0
-        self._written = 0
         self._inflight: deque[tuple[Future[str], _Part]] = deque()
         self._inflight_bytes = 0
         self._etags: dict[tuple[int, int], str] = {}
@@ -105,10 +78,6 @@ class S3Writer:
         self._state = "open"
 
     # --- writing ---------------------------------------------------------------------------------
-
-    @property
-    def bytes_written(self) -> int:
-        return self._written
 
     def _next_part_size(self) -> int:
         obj = self._objects[-1]
@@ -125,7 +94,6 @@ class S3Writer:
                 take = min(room, len(view))
                 self._buf[self._fill : self._fill + take] = view[:take]
                 self._fill += take
-                self._written += take
                 view = view[take:]
                 if self._fill == len(self._buf):
                     self._flush_part()
@@ -372,8 +340,8 @@ class S3Writer:
         try:
             stale = [
                 k
-                for k, _, _ in _list(self._s, self._bucket, self._key + ".part", self.url)
-                if _continuation_index(k, self._key) > count
+                for k, _, _ in list_objects(self._s, self._bucket, self._key + ".part", self.url)
+                if continuation_index(k, self._key) > count
             ]
         except MediumError as exc:
             log.warning("%s: could not look for stale continuation objects: %s", self.url, exc)
@@ -389,86 +357,3 @@ class S3Writer:
             self.commit()
         else:
             self.abort()
-
-
-def _continuation_index(key: str, base: str) -> int:
-    m = _CONTINUATION.match(key)
-    if m is None or m.group("base") != base:
-        return 0
-    return int(m.group("n"))
-
-
-def _list(s: S3Settings, bucket: str, prefix: str, subject: str) -> list[tuple[str, int, float]]:
-    """Every object under ``prefix`` as (key, size, mtime); raises on any failure."""
-    c = client(s)
-    found: list[tuple[str, int, float]] = []
-    token: str | None = None
-    while True:
-        args: dict[str, object] = {"Bucket": bucket, "Prefix": prefix}
-        if token:
-            args["ContinuationToken"] = token
-        page = call(s, subject, "list objects", partial(c.list_objects_v2, **args))
-        for item in page.get("Contents", []):
-            found.append((item["Key"], int(item["Size"]), item["LastModified"].timestamp()))
-        if not page.get("IsTruncated"):
-            return found
-        token = page.get("NextContinuationToken")
-        if not token:
-            raise MediumError(f"{subject}: S3 listing was truncated without a continuation token")
-
-
-# --- module-level medium API ---------------------------------------------------------------------
-
-
-def open_writer(url: str, *, force: bool = False) -> S3Writer:
-    return S3Writer(url, force=force, s=settings())
-
-
-def open_reader(url: str) -> S3Reader:
-    return S3Reader(url, settings())
-
-
-def list_archives(url_prefix: str) -> list[tuple[str, int, float]]:
-    """Archives under ``s3://bucket/prefix`` as (url, size, mtime), sorted by URL. Continuation
-    objects are folded into their archive's size. Any failure raises: an empty list means empty."""
-    s = settings()
-    bucket, prefix = parse_url(url_prefix, need_key=False)
-    entries = _list(s, bucket, prefix, url_prefix)
-    if not entries:
-        # A missing bucket must not look like an empty one.
-        c = client(s)
-        call(s, url_prefix, "check the bucket", lambda: c.head_bucket(Bucket=bucket))
-    names = {key for key, _, _ in entries}
-    totals: dict[str, list] = {}
-    for key, size, mtime in entries:
-        m = _CONTINUATION.match(key)
-        if m is not None and m.group("base") in names:
-            continue
-        totals[key] = [size, mtime]
-    for key, size, _ in entries:
-        m = _CONTINUATION.match(key)
-        if m is not None and m.group("base") in totals:
-            totals[m.group("base")][0] += size
-    return sorted((f"s3://{bucket}/{key}", v[0], v[1]) for key, v in totals.items())
-
-
-def delete(url: str) -> None:
-    """Remove an archive and its continuation objects; MediumNotFound when there is none."""
-    s = settings()
-    bucket, key = parse_url(url)
-    c = client(s)
-    if head_object(c, s, bucket, key, url, "find the archive to delete") is None:
-        raise MediumNotFound(f"{url}: no such archive to delete; check the URL")
-    continuations = [
-        k for k, _, _ in _list(s, bucket, key + ".part", url) if _continuation_index(k, key) > 1
-    ]
-    # The named key first: without it the rest is unreachable, never a truncated archive.
-    for name in [key, *continuations]:
-        call(s, url, f"delete {name}", partial(c.delete_object, Bucket=bucket, Key=name))
-
-
-def describe(url: str) -> list[tuple[str, int]]:
-    """The objects an archive occupies, as (key, size): for tools and tests."""
-    s = settings()
-    bucket, key = parse_url(url)
-    return [(o.key, o.size) for o in split_objects(client(s), s, bucket, key, url)]

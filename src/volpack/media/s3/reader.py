@@ -1,7 +1,8 @@
 """Reading an archive back from S3: one streaming GET for sequential reads (resumed at the same
 offset after a dropped connection), ranged GETs for random access, size from HEAD.
 
-Numbered continuation objects are joined into one byte range. It never parses archive bytes.
+Numbered continuation objects are joined into one byte range; objects under a prefix are listed
+here too. It never parses archive bytes.
 """
 
 from __future__ import annotations
@@ -9,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from volpack.errors import MediumError, MediumNotFound
-from volpack.media.s3_client import (
+from volpack.media.base import MediumReader
+from volpack.media.s3.client import (
     S3Settings,
     call,
     client,
@@ -21,12 +24,10 @@ from volpack.media.s3_client import (
     parse_url,
     translate,
 )
+from volpack.media.s3.layout import META_OBJECT_SIZE, META_SPLIT_ID, continuation_key
 
 log = logging.getLogger("volpack")
 
-# Same names as the writer's (s3.py); repeated here so the reader does not import the writer.
-_META_SPLIT_ID = "volpack-split-id"
-_META_OBJECT_SIZE = "volpack-object-size"
 _MAX_OBJECTS = 100_000  # bound on the probe loop; 100,000 × 5 TiB is far beyond any volume
 
 
@@ -68,20 +69,20 @@ def split_objects(c: Any, s: S3Settings, bucket: str, key: str, subject: str) ->
         raise MediumNotFound(f"{subject}: no such archive; check the URL")
     objects = [StoredObject(key, 0, int(first["ContentLength"]), str(first.get("ETag", "")))]
     meta = {k.lower(): v for k, v in (first.get("Metadata") or {}).items()}
-    split_id = meta.get(_META_SPLIT_ID)
+    split_id = meta.get(META_SPLIT_ID)
     try:
-        object_size = int(meta.get(_META_OBJECT_SIZE, "0"))
+        object_size = int(meta.get(META_OBJECT_SIZE, "0"))
     except ValueError:
         object_size = 0
     while split_id and object_size > 0 and objects[-1].size == object_size:
         if len(objects) >= _MAX_OBJECTS:
             raise MediumError(f"{subject}: more than {_MAX_OBJECTS} continuation objects; refused")
-        name = f"{key}.part{len(objects) + 1}"
+        name = continuation_key(key, len(objects) + 1)
         head = head_object(c, s, bucket, name, subject, f"look for {name}")
         if head is None:
             break
         their = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
-        if their.get(_META_SPLIT_ID) != split_id:
+        if their.get(META_SPLIT_ID) != split_id:
             log.warning("%s: ignoring %s, left over from another archive", subject, name)
             break
         start = objects[-1].start + objects[-1].size
@@ -89,7 +90,28 @@ def split_objects(c: Any, s: S3Settings, bucket: str, key: str, subject: str) ->
     return objects
 
 
-class S3Reader:
+def list_objects(
+    s: S3Settings, bucket: str, prefix: str, subject: str
+) -> list[tuple[str, int, float]]:
+    """Every object under ``prefix`` as (key, size, mtime); raises on any failure."""
+    c = client(s)
+    found: list[tuple[str, int, float]] = []
+    token: str | None = None
+    while True:
+        args: dict[str, object] = {"Bucket": bucket, "Prefix": prefix}
+        if token:
+            args["ContinuationToken"] = token
+        page = call(s, subject, "list objects", partial(c.list_objects_v2, **args))
+        for item in page.get("Contents", []):
+            found.append((item["Key"], int(item["Size"]), item["LastModified"].timestamp()))
+        if not page.get("IsTruncated"):
+            return found
+        token = page.get("NextContinuationToken")
+        if not token:
+            raise MediumError(f"{subject}: S3 listing was truncated without a continuation token")
+
+
+class S3Reader(MediumReader):
     """An archive on S3, read sequentially (``readinto``) or at random (``read_at``, thread-safe)."""
 
     def __init__(self, url: str, s: S3Settings) -> None:

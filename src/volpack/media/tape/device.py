@@ -1,7 +1,7 @@
 """Tape device layer under the tape medium: records, filemarks, positioning and drive status.
 
 ``TapeDevice`` is the seam; ``ScsiTape`` drives a Linux st device (``/dev/nst0``) through the
-MTIOCTOP/MTIOCGET ioctls of <sys/mtio.h>, and the emulator (``tape_emulator``) models the same
+MTIOCTOP/MTIOCGET ioctls of <sys/mtio.h>, and the emulator (``emulator.py``) models the same
 behaviour in a directory. This layer knows nothing of archives or volume sets and reports
 failures as ``OSError`` with the device's errno (ENOSPC, EIO, ENOMEM …); the medium maps them.
 """

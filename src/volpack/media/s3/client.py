@@ -1,7 +1,7 @@
 """S3 plumbing for the s3 medium: settings, URL parsing, boto3 clients, retries and error mapping.
 
-Everything that talks to botocore's exception types lives here so that ``s3.py`` deals only in
-volpack errors. It moves no archive bytes itself and never parses them.
+Everything that talks to botocore's exception types lives here so that the writer and reader
+deal only in volpack errors. It moves no archive bytes itself and never parses them.
 """
 
 from __future__ import annotations
@@ -318,10 +318,6 @@ _CREDENTIALS_REMEDY = (
 )
 
 
-class _Transient(Exception):
-    """Internal marker: retry this."""
-
-
 def error_code(exc: BaseException) -> tuple[str, int]:
     response = getattr(exc, "response", None) or {}
     code = str(response.get("Error", {}).get("Code", ""))
@@ -333,8 +329,6 @@ def is_transient(exc: BaseException) -> bool:
     """Throttling, 5xx and connection-level failures; never a 4xx answer."""
     import botocore.exceptions as bexc
 
-    if isinstance(exc, _Transient):
-        return True
     if isinstance(exc, bexc.ClientError):
         code, status = error_code(exc)
         return status >= 500 or status == 429 or code in _THROTTLE
@@ -408,12 +402,3 @@ def call(s: S3Settings, subject: str, what: str, fn: Callable[[], T]) -> T:
             delay = min(s.backoff_max, s.backoff * (2 ** (attempt - 1)))
             time.sleep(random.uniform(delay / 2, delay))
     raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
-
-
-def retryable(exc: BaseException) -> bool:
-    """For callers that catch errors from a streaming body themselves."""
-    return is_transient(exc)
-
-
-def transient_marker(message: str) -> Exception:
-    return _Transient(message)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from volpack.errors import MediumError
-from volpack.media.s3_client import call, client, error_code, parse_url, settings
+from volpack.media.s3.client import call, client, error_code, parse_url, settings
 
 _MAX_PAGES = 100_000  # bound on the listing loop (1,000 uploads a page)
 

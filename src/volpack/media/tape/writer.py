@@ -14,9 +14,9 @@ import time
 import uuid
 
 from volpack.errors import MediumError, MediumFull
-from volpack.media.base import Buffer
-from volpack.media.tape_device import TapeDevice
-from volpack.media.tape_records import (
+from volpack.media.base import Buffer, MediumWriter
+from volpack.media.tape.device import TapeDevice
+from volpack.media.tape.records import (
     ABORTED,
     DATA,
     END_INFO,
@@ -28,7 +28,7 @@ from volpack.media.tape_records import (
     VOLUME_INFO,
     pack_record,
 )
-from volpack.media.tape_volumes import TapeURL, VolumeChanger, medium_error
+from volpack.media.tape.volumes import TapeURL, VolumeChanger, medium_error
 
 log = logging.getLogger("volpack")
 
@@ -40,7 +40,7 @@ UNMARKED_HEAD_COPY = 1 << 20
 MAX_PENDING = 32 << 20
 
 
-class TapeWriter:
+class TapeWriter(MediumWriter):
     """``MediumWriter`` for ``tape:``; commit writes the end-of-archive record and a filemark."""
 
     def __init__(self, parsed: TapeURL, *, force: bool) -> None:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, urlencode
 
 from volpack.errors import MediumError, MediumFull, MediumNotFound, MediumTransient, UsageError
-from volpack.media.tape_device import ScsiTape, TapeDevice
-from volpack.media.tape_records import DEFAULT_RECORD, check_record_size
+from volpack.media.tape.device import ScsiTape, TapeDevice
+from volpack.media.tape.records import DEFAULT_RECORD, check_record_size
 
 log = logging.getLogger("volpack")
 
@@ -144,7 +144,7 @@ class VolumeChanger:
     def _open(self, dev: str) -> TapeDevice:
         try:
             if self.parsed.emulated:
-                from volpack.media.tape_emulator import EmulatedTape
+                from volpack.media.tape.emulator import EmulatedTape
 
                 return EmulatedTape(dev, write=self.write)
             return ScsiTape(dev, write=self.write)

@@ -13,8 +13,9 @@ import logging
 import uuid
 
 from volpack.errors import CorruptArchive, IncompleteArchive, MediumError
-from volpack.media.tape_device import TapeDevice
-from volpack.media.tape_records import (
+from volpack.media.base import MediumReader
+from volpack.media.tape.device import TapeDevice
+from volpack.media.tape.records import (
     ABORTED,
     DATA,
     END_OF_ARCHIVE,
@@ -29,12 +30,12 @@ from volpack.media.tape_records import (
     unpack_record,
     unpack_volume_info,
 )
-from volpack.media.tape_volumes import TapeURL, VolumeChanger, medium_error
+from volpack.media.tape.volumes import TapeURL, VolumeChanger, medium_error
 
 log = logging.getLogger("volpack")
 
 
-class TapeReader:
+class TapeReader(MediumReader):
     """``MediumReader`` for ``tape:``: sequential only (``read_at`` raises MediumError)."""
 
     def __init__(self, parsed: TapeURL) -> None:
