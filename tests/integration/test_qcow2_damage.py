@@ -201,6 +201,19 @@ def test_refuses_a_missing_backing_file_naming_it(tmp_path):
         open_qcow2(str(top))
 
 
+@pytest.mark.parametrize("offset", [1 << 20, 1 << 63, (1 << 64) - 512])
+def test_refuses_a_backing_file_name_past_the_end_of_the_file_even_beyond_any_offset(
+    tmp_path, offset
+):
+    a = make(tmp_path, name="a.qcow2")
+    put(a, 8, ">Q", offset)  # backing_file_offset
+    put(a, 16, ">I", 9)  # backing_file_size
+    with pytest.raises(
+        SourceError, match=f"backing file name: 9 bytes expected at offset {offset}"
+    ):
+        open_qcow2(str(a))
+
+
 def test_refuses_a_file_that_is_not_qcow2(tmp_path):
     junk = tmp_path / "junk.img"
     junk.write_bytes(b"\0" * 4096)

@@ -17,6 +17,7 @@ import numpy as np
 
 from volpack.compact.table import AddressTable
 from volpack.errors import SourceError, UsageError
+from volpack.exactio import Subject, preadv_exact, pwrite_all
 from volpack.source.base import PhysicalMap, Source
 from volpack.units import human
 
@@ -59,6 +60,17 @@ class Staging:
         self.path = path
         self.dense_size = dense_size
         self.created = False
+        self._subject = Subject(
+            f"staging {path}",
+            SourceError,
+            at_end=f"it must hold the whole {dense_size}-byte dense volume; it was truncated "
+            "or replaced during the backup, run the backup again",
+            # The same family as the up-front space check: the staging area chosen is too
+            # small, whichever moment finds out (README "Exit codes").
+            full=UsageError,
+            on_full=f"the dense volume needs {dense_size} B; free space or choose a larger "
+            "staging area",
+        )
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -128,28 +140,12 @@ class Staging:
                 self._pwrite(memoryview(bytes(pad)), table.dense_size - pad)
 
     def _pwrite(self, data: memoryview, offset: int) -> None:
-        try:
-            while data:
-                n = os.pwritev(self.fd, [data], offset)
-                data, offset = data[n:], offset + n
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                # The same family as the up-front space check: the staging area chosen is too
-                # small, whichever moment finds out (README "Exit codes").
-                raise UsageError(
-                    f"staging {self.path}: no space left at offset {offset} of "
-                    f"{self.dense_size} B; free space or choose a larger staging area"
-                ) from None
-            raise SourceError(f"staging {self.path}: write error ({exc.strerror})") from None
+        pwrite_all(self.fd, data, offset, self._subject)
 
     def read(self, dense_offset: int, view: memoryview) -> None:
-        got = 0
-        while got < len(view):
-            n = os.preadv(self.fd, [view[got:]], dense_offset + got)
-            if n == 0:
-                view[got:] = bytes(len(view) - got)
-                return
-            got += n
+        """Fill ``view`` with the dense bytes at ``dense_offset``; a staging file that ends
+        before them was cut short behind volpack's back, and is refused, never read as zeros."""
+        preadv_exact(self.fd, (view,), dense_offset, self._subject)
 
     def close(self) -> None:
         # A staging file has no name: closing it frees its space.

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from volpack.errors import SourceError, UsageError
+from volpack.exactio import Subject, preadv_exact
 from volpack.extents import Extents
 from volpack.source.base import PhysicalMap, SourceInfo
 from volpack.source.lvm_metadata import PVLabel, parse_config, read_metadata, read_pv_label
@@ -93,6 +94,13 @@ class RunReader:
         self.size = size
         self.where = where
         self._ends = runs.starts + runs.lengths
+        # Offsets in its messages are physical: where the PV holds the bytes.
+        self._pv = Subject(
+            f"{where} on its physical volume",
+            SourceError,
+            at_end="the PV image is truncated",
+            on_error="the PV may be failing",
+        )
 
     def read_into(self, offset: int, buf: memoryview) -> None:
         end = offset + len(buf)
@@ -113,7 +121,9 @@ class RunReader:
                 continue
             stop = min(int(self._ends[i]), end)
             phys = int(runs.offsets[i]) + (pos - start)
-            self._pread(self.fds[int(runs.device[i])], buf[pos - offset : stop - offset], phys)
+            preadv_exact(
+                self.fds[int(runs.device[i])], (buf[pos - offset : stop - offset],), phys, self._pv
+            )
             pos = stop
             i += 1
 
@@ -121,22 +131,6 @@ class RunReader:
         out = bytearray(length)
         self.read_into(offset, memoryview(out))
         return bytes(out)
-
-    def _pread(self, fd: int, view: memoryview, phys: int) -> None:
-        got = 0
-        while got < len(view):
-            try:
-                n = os.preadv(fd, [view[got:]], phys + got)
-            except OSError as exc:
-                raise SourceError(
-                    f"{self.where}: read error at physical offset {phys + got} ({exc.strerror})"
-                ) from None
-            if n == 0:
-                raise SourceError(
-                    f"{self.where}: physical volume ends before offset {phys + got}; the PV "
-                    "image is truncated"
-                )
-            got += n
 
 
 class LvmSource:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from volpack.errors import SourceError
+from volpack.exactio import Subject, pread_exact
 
 SECTOR = 512
 LABEL_SCAN_SECTORS = 4  # the label lives in one of the first four sectors
@@ -59,16 +60,6 @@ class PVLabel:
     device_size: int  # bytes, as recorded by pvcreate
     data_areas: tuple[tuple[int, int], ...]  # (offset, size) bytes; size 0 = to the end
     metadata_areas: tuple[tuple[int, int], ...]  # (offset, size) bytes
-
-
-def pread_exact(fd: int, path: str, offset: int, length: int) -> bytes:
-    data = os.pread(fd, length, offset)
-    if len(data) != length:
-        raise SourceError(
-            f"{path}: short read of {length} bytes at offset {offset} (got {len(data)}); "
-            "the physical volume is truncated"
-        )
-    return data
 
 
 def read_pv_label(fd: int, path: str) -> PVLabel:
@@ -143,7 +134,8 @@ def _read_mda(fd: int, path: str, offset: int, size: int, file_size: int) -> str
             f"{where}: size {size} does not fit a device of {file_size} bytes; the PV header is "
             "damaged or the image is truncated"
         )
-    header = pread_exact(fd, path, offset, MDA_HEADER_SIZE)
+    pv = Subject(path, SourceError, at_end="the physical volume is truncated")
+    header = pread_exact(fd, MDA_HEADER_SIZE, offset, pv)
     checksum, magic, version, start, mda_size = _MDA_HEADER.unpack_from(header, 0)
     if magic != MDA_MAGIC:
         raise SourceError(f"{where}: bad magic {magic!r}; the metadata area is damaged")
@@ -169,9 +161,9 @@ def _read_mda(fd: int, path: str, offset: int, size: int, file_size: int) -> str
         )
     # The text is a ring buffer after the header: it may wrap back to just past the header.
     first = min(text_size, size - text_offset)
-    data = pread_exact(fd, path, offset + text_offset, first)
+    data = pread_exact(fd, first, offset + text_offset, pv)
     if first < text_size:
-        data += pread_exact(fd, path, offset + MDA_HEADER_SIZE, text_size - first)
+        data += pread_exact(fd, text_size - first, offset + MDA_HEADER_SIZE, pv)
     actual = lvm_crc(data)
     if actual != text_crc:
         raise SourceError(

@@ -21,6 +21,7 @@ import numpy as np
 import zstandard
 
 from volpack.errors import SourceError
+from volpack.exactio import Subject, preadv_upto
 from volpack.extents import Extents
 from volpack.source.base import PM_COMPRESSED, PM_ZERO, PhysicalMap, SourceInfo
 from volpack.source.qcow2_bitmaps import Bitmap, read_bitmaps
@@ -50,6 +51,7 @@ class _Layer:
     data_fd: int
     size: int  # guest bytes this layer describes
     header: Header | None  # None for raw layers
+    reads: Subject  # names data_path in read errors
 
 
 def _open_file(path: str, what: str) -> tuple[int, os.stat_result]:
@@ -69,6 +71,10 @@ def _open_file(path: str, what: str) -> tuple[int, os.stat_result]:
         os.close(fd)
         raise SourceError(f"{path}: {what} is not a regular file or block device")
     return fd, st
+
+
+def _reads(data_path: str) -> Subject:
+    return Subject(data_path, SourceError, on_error="the image's storage may be failing")
 
 
 def _file_size(fd: int) -> int:
@@ -157,7 +163,7 @@ class Qcow2Source:
                 fmt = "qcow2" if os.pread(fd, 4, 0) == MAGIC else "raw"
             if fmt == "raw":
                 size = _file_size(fd)
-                self._layers.append(_Layer(path, "raw", path, fd, fd, size, None))
+                self._layers.append(_Layer(path, "raw", path, fd, fd, size, None, _reads(path)))
                 return
             try:
                 hdr = read_header(fd, path, _file_size(fd))
@@ -173,7 +179,9 @@ class Qcow2Source:
                     os.close(fd)
                     raise
                 self._files.append((data_path, data_fd))
-            self._layers.append(_Layer(path, "qcow2", data_path, fd, data_fd, hdr.size, hdr))
+            self._layers.append(
+                _Layer(path, "qcow2", data_path, fd, data_fd, hdr.size, hdr, _reads(data_path))
+            )
             if hdr.backing_file is None:
                 return
             fmt = hdr.backing_format
@@ -346,21 +354,11 @@ class Qcow2Source:
         return hdr.cluster_size if hdr is not None else 512
 
     def _pread(self, layer: int, view: memoryview, host: int) -> None:
-        fd = self._layers[layer].data_fd
-        done = 0
-        while done < len(view):
-            try:
-                got = os.preadv(fd, [view[done:]], host + done)
-            except OSError as exc:
-                raise SourceError(
-                    f"{self._layers[layer].data_path}: read of {len(view) - done} bytes at "
-                    f"offset {host + done} failed: {exc.strerror}"
-                ) from None
-            if got == 0:
-                # A last cluster that qemu never wrote to the end reads as zeros.
-                np.frombuffer(view, np.uint8)[done:] = 0
-                return
-            done += got
+        data = self._layers[layer]
+        got = preadv_upto(data.data_fd, (view,), host, data.reads)
+        if got < len(view):
+            # A last cluster that qemu never wrote to the end reads as zeros.
+            np.frombuffer(view, np.uint8)[got:] = 0
 
     def _inflate(self, layer: int, guest: int, host: int, csize: int) -> bytes:
         key = (layer, host)

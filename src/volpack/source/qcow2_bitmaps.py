@@ -7,7 +7,6 @@ in-use flag or otherwise touches the image, and it never trusts a bitmap qemu wo
 
 from __future__ import annotations
 
-import os
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from volpack.errors import SourceError
+from volpack.exactio import Subject, pread_exact, preadv_exact
 from volpack.extents import Extents
 from volpack.source.qcow2_format import Header
 
@@ -27,6 +27,7 @@ FLAG_EXTRA_DATA_COMPATIBLE = 1 << 2
 TYPE_DIRTY_TRACKING = 1
 _OFFSET_MASK = np.uint64(0x00FFFFFFFFFFFE00)
 _CHUNK_CLUSTERS = 256  # bitmap data clusters unpacked at once
+_DAMAGED = "the image is damaged"
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -65,7 +66,8 @@ def read_bitmaps(fd: int, hdr: Header, file_size: int) -> list[Bitmap]:
             f"{hdr.path}: qcow2 bitmap directory at offset {ext.directory_offset} is unaligned "
             f"or past the end of the {file_size}-byte file; the image is damaged"
         )
-    directory = os.pread(fd, ext.directory_size, ext.directory_offset)
+    where = Subject(f"{hdr.path}: qcow2 bitmap directory", SourceError, at_end=_DAMAGED)
+    directory = pread_exact(fd, ext.directory_size, ext.directory_offset, where)
     out: list[Bitmap] = []
     pos = 0
     for _ in range(ext.nb_bitmaps):
@@ -114,7 +116,8 @@ def _dirty(
         )
     if count == 0:
         return Extents.empty()
-    table = np.frombuffer(os.pread(fd, count * 8, offset), ">u8").astype(np.uint64)
+    where = Subject(f"{hdr.path}: qcow2 bitmap '{name}'", SourceError, at_end=_DAMAGED)
+    table = np.frombuffer(pread_exact(fd, count * 8, offset, where), ">u8").astype(np.uint64)
     hosts = (table & _OFFSET_MASK).astype(np.int64)
     bad = np.flatnonzero((hosts % cs != 0) | (hosts > file_size - cs))
     if bad.size:
@@ -130,12 +133,7 @@ def _dirty(
         data = np.zeros((last - first, cs), np.uint8)
         for row, i in enumerate(range(first, last)):
             if hosts[i]:
-                got = os.preadv(fd, [memoryview(data[row])], int(hosts[i]))
-                if got != cs:
-                    raise SourceError(
-                        f"{hdr.path}: qcow2 bitmap '{name}' data cluster {i} is cut short by the "
-                        "end of the file; the image is damaged"
-                    )
+                preadv_exact(fd, (memoryview(data[row]),), int(hosts[i]), where)
             elif table[i] & np.uint64(1):
                 data[row] = 0xFF
         # Bit n of the bitmap is bit n % 8 (least significant first) of byte n // 8.

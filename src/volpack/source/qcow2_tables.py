@@ -7,12 +7,12 @@ metadata only, never guest data, and knows nothing about backing chains.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from volpack.errors import SourceError
+from volpack.exactio import Subject, pread_exact, preadv_exact
 from volpack.extents import Extents
 from volpack.source.qcow2_format import Header
 
@@ -27,7 +27,6 @@ _I64 = np.int64
 # cluster expands into 32 subcluster rows, so those batches are smaller).
 _BATCH_ENTRIES = 1 << 20
 _BATCH_ENTRIES_EXTL2 = 1 << 17
-_IOV_MAX = 1024
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -122,12 +121,8 @@ def read_l1(fd: int, hdr: Header, file_size: int) -> np.ndarray:
     needed = -(-hdr.size // (hdr.cluster_size * hdr.l2_entries))
     if needed == 0:
         return np.zeros(0, _U64)
-    raw = os.pread(fd, needed * 8, hdr.l1_table_offset)
-    if len(raw) != needed * 8:
-        raise SourceError(
-            f"{hdr.path}: qcow2 L1 table at offset {hdr.l1_table_offset} is cut short by the end "
-            f"of the file; the image is damaged"
-        )
+    l1 = Subject(f"{hdr.path}: qcow2 L1 table", SourceError, at_end="the image is damaged")
+    raw = pread_exact(fd, needed * 8, hdr.l1_table_offset, l1)
     l2 = np.frombuffer(raw, ">u8").astype(_U64) & OFFSET_MASK
     ends = l2.astype(_I64) + hdr.cluster_size
     bad = np.flatnonzero((l2 % _U64(hdr.cluster_size) != 0) | (ends > file_size))
@@ -149,17 +144,10 @@ def _read_tables(fd: int, hdr: Header, offsets: np.ndarray) -> np.ndarray:
     host = offsets[order].astype(_I64)
     # Tables that sit back to back on the host are read by one preadv scattering into rows.
     breaks = np.flatnonzero(np.diff(host) != cs) + 1
+    l2 = Subject(f"{hdr.path}: qcow2 L2 tables", SourceError, at_end="the image is damaged")
     for group in np.split(np.arange(order.size), breaks):
-        for chunk in range(0, group.size, _IOV_MAX):
-            part = group[chunk : chunk + _IOV_MAX]
-            rows = [memoryview(buf[int(order[j])]) for j in part]
-            want = cs * len(rows)
-            got = os.preadv(fd, rows, int(host[part[0]]))
-            if got != want:
-                raise SourceError(
-                    f"{hdr.path}: qcow2 L2 table at offset {int(host[part[0]])} is cut short by "
-                    "the end of the file; the image is damaged"
-                )
+        rows = [memoryview(buf[j]) for j in order[group].tolist()]
+        preadv_exact(fd, rows, int(host[group[0]]), l2)
     return buf.view(">u8").astype(_U64)
 
 

@@ -17,6 +17,7 @@ import struct
 import numpy as np
 
 from volpack.errors import SourceError
+from volpack.exactio import Subject, preadv_exact
 from volpack.extents import Extents
 from volpack.source.base import (
     PM_ENCODED,
@@ -84,6 +85,12 @@ class RawSource:
             if self.is_device
             else f"dev:{os.major(self._stat.st_dev)}:{os.minor(self._stat.st_dev)}"
         )
+        self._subject = Subject(
+            path,
+            SourceError,
+            at_end="the volume shrank during the backup",
+            on_error="the source device may be failing",
+        )
 
     @property
     def size(self) -> int:
@@ -137,21 +144,7 @@ class RawSource:
                 f"{self.path}: read of {want} bytes at {offset} past the end "
                 f"({self._size} bytes); the volume shrank during the backup"
             )
-        got = 0
-        while got < want:
-            try:
-                n = os.preadv(self.fd, [buf[got:]], offset + got)
-            except OSError as exc:
-                raise SourceError(
-                    f"{self.path}: read error at offset {offset + got} "
-                    f"({exc.strerror}); the source device may be failing"
-                ) from None
-            if n == 0:
-                raise SourceError(
-                    f"{self.path}: unexpected end at offset {offset + got} "
-                    f"(size {self._size}); the volume shrank during the backup"
-                )
-            got += n
+        preadv_exact(self.fd, (buf,), offset, self._subject)
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -9,7 +9,6 @@ renamed over the target. It never touches an existing target before success; a n
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 import struct
@@ -18,6 +17,7 @@ import numpy as np
 
 from volpack.atomic import discard, publish
 from volpack.errors import TargetError
+from volpack.exactio import Subject, pwritev_all
 from volpack.extents import Extents
 from volpack.targets.raw import check_new_file, create_file_temp
 from volpack.units import check_mode, human
@@ -26,7 +26,6 @@ from volpack.writeback import Writeback
 COPIED = np.uint64(1 << 63)  # refcount is exactly one: qemu may write in place
 MAX_L1_BYTES = 32 << 20  # qemu refuses larger active L1 tables
 REFCOUNT_ORDER = 4  # 16-bit refcounts, qemu's default
-_IOV_MAX = 1024
 _HEADER = struct.Struct(">4sIQIIQIIQQIIQQQQII")  # the 104-byte version 3 header
 
 
@@ -45,6 +44,11 @@ class Qcow2Target:
         self, path: str, *, force: bool, cluster_size: int = 65536, mode: int | None = None
     ) -> None:
         self.path = path
+        self._subject = Subject(
+            path,
+            TargetError,
+            on_full="free space or choose another target (nothing was replaced)",
+        )
         self.cluster_bits = _check_cluster_size(cluster_size)
         self.cluster_size = cluster_size
         self.description = f"qcow2 image {path} ({human(cluster_size)} clusters)"
@@ -157,10 +161,7 @@ class Qcow2Target:
         if not keep.size:
             return
         hosts = self.next_host + np.arange(keep.size, dtype=np.int64) * cs
-        for chunk in range(0, keep.size, _IOV_MAX):
-            part = keep[chunk : chunk + _IOV_MAX]
-            iov = [view[int(i) * cs : (int(i) + 1) * cs] for i in part]
-            self._pwrite(iov, int(hosts[chunk]))
+        self._pwrite([view[i * cs : (i + 1) * cs] for i in keep.tolist()], int(hosts[0]))
         self.next_host += keep.size * cs
         self._writeback.wrote(self.next_host)
         guest = first + keep.astype(np.int64)
@@ -173,24 +174,7 @@ class Qcow2Target:
             table[guest[sel] % self.l2_entries] = hosts[sel].astype(np.uint64) | COPIED
 
     def _pwrite(self, iov: list[memoryview], offset: int) -> None:
-        want = sum(len(v) for v in iov)
-        try:
-            done = os.pwritev(self.fd, iov, offset)
-            if done != want:  # short write: finish it piece by piece
-                flat = b"".join(iov)[done:]
-                view = memoryview(flat)
-                while view:
-                    n = os.pwrite(self.fd, view, offset + done)
-                    view, done = view[n:], done + n
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise TargetError(
-                    f"{self.path}: no space left at offset {offset}; free space or choose another "
-                    "target (nothing was replaced)"
-                ) from None
-            raise TargetError(
-                f"{self.path}: write error at offset {offset} ({exc.strerror})"
-            ) from None
+        pwritev_all(self.fd, iov, offset, self._subject)
 
     # -- metadata ----------------------------------------------------------------------------
     def _write_metadata(self) -> None:
@@ -223,10 +207,7 @@ class Qcow2Target:
 
         iov = [self.tables[i].astype(">u8").data.cast("B") for i in l2_order]
         iov += [a.data.cast("B") for a in (l1, refcounts, reftable)]
-        for chunk in range(0, len(iov), _IOV_MAX):
-            part = iov[chunk : chunk + _IOV_MAX]
-            offset = l2_at + sum(len(v) for v in iov[:chunk])
-            self._pwrite(part, offset)
+        self._pwrite(iov, l2_at)
 
         header = _HEADER.pack(
             b"QFI\xfb",

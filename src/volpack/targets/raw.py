@@ -16,6 +16,7 @@ import stat
 
 from volpack.atomic import create_temp, discard, publish
 from volpack.errors import TargetError, UsageError
+from volpack.exactio import Subject, pwrite_all
 from volpack.extents import Extents
 from volpack.units import check_mode, human
 from volpack.writeback import Writeback
@@ -23,20 +24,6 @@ from volpack.writeback import Writeback
 BLKGETSIZE64 = 0x80081272
 BLKZEROOUT = 0x127F
 _ZERO_CHUNK = 8 << 20
-
-
-def _pwrite_all(fd: int, path: str, offset: int, data: memoryview) -> None:
-    try:
-        while data:
-            n = os.pwritev(fd, [data], offset)
-            data, offset = data[n:], offset + n
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise TargetError(
-                f"{path}: no space left at offset {offset}; free space or choose "
-                "another target (nothing was replaced)"
-            ) from None
-        raise TargetError(f"{path}: write error at offset {offset} ({exc.strerror})") from None
 
 
 def check_new_file(path: str, *, exists: bool, force: bool) -> None:
@@ -65,6 +52,11 @@ class FileTarget:
     def __init__(self, path: str, *, force: bool, mode: int | None = None) -> None:
         self.path = path
         self.description = f"thin file {path}"
+        self._subject = Subject(
+            path,
+            TargetError,
+            on_full="free space or choose another target (nothing was replaced)",
+        )
         check_new_file(path, exists=os.path.lexists(path), force=force)
         self.mode = None if mode is None else check_mode(mode)
         self.tmp: str | None = None
@@ -87,7 +79,7 @@ class FileTarget:
         self._writeback = Writeback(self.fd)
 
     def write_at(self, offset: int, data: memoryview) -> None:
-        _pwrite_all(self.fd, self.path, offset, data)
+        pwrite_all(self.fd, data, offset, self._subject)
         assert self._writeback is not None
         self._writeback.wrote(offset + len(data))
 
@@ -114,6 +106,7 @@ class DeviceTarget:
     def __init__(self, path: str, *, force: bool, allow_smaller: bool, assume_zeroed: bool) -> None:
         self.path = path
         self.description = f"block device {path}"
+        self._subject = Subject(path, TargetError, on_full="restore to a larger device")
         if not force:
             raise TargetError(
                 f"{path}: is a block device; restoring overwrites all of it, add --force"
@@ -160,11 +153,11 @@ class DeviceTarget:
                 self._zeroout_ok = False  # not supported here: fall back to writing zeros
         zeros = memoryview(bytes(min(_ZERO_CHUNK, end - start)))
         for off in range(start, end, _ZERO_CHUNK):
-            _pwrite_all(self.fd, self.path, off, zeros[: min(_ZERO_CHUNK, end - off)])
+            pwrite_all(self.fd, zeros[: min(_ZERO_CHUNK, end - off)], off, self._subject)
 
     def write_at(self, offset: int, data: memoryview) -> None:
         self._zero(self.zeroed_to, offset)
-        _pwrite_all(self.fd, self.path, offset, data)
+        pwrite_all(self.fd, data, offset, self._subject)
         self.zeroed_to = offset + len(data)
         self._writeback.wrote(self.zeroed_to)
 

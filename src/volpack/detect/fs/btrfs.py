@@ -10,6 +10,8 @@ from __future__ import annotations
 import bisect
 import hashlib
 import struct
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import xxhash
@@ -182,6 +184,40 @@ def _verify_csums(area: Area, nodes: list[bytes], csum_type: int) -> None:
 
 
 def analyse(area: Area) -> FsResult:
+    sb = _read_superblock(area)
+    nodes: list[bytes] = []  # every tree node read, checksummed in one pass before use
+    chunks = _system_chunks(area, sb)
+    _read_chunk_tree(area, sb, chunks, nodes)
+    extent_root = _find_extent_root(area, sb, chunks, nodes)
+    logical_used = _logical_extents(area, sb, chunks, extent_root, nodes)
+    _verify_csums(area, nodes, sb.csum_type)
+    used = _map_to_device(area, sb, chunks, logical_used)
+    return FsResult("btrfs", sb.dev_total, used, _details(sb, chunks))
+
+
+@dataclass(frozen=True, slots=True)
+class _Super:
+    """The superblock fields the tree walks need, checked against each other and the region."""
+
+    raw: bytes
+    csum_type: int
+    fsid: bytes  # what tree blocks carry: the fsid, or the metadata_uuid when that is set
+    generation: int
+    root: int
+    root_level: int
+    chunk_root: int
+    chunk_level: int
+    chunk_gen: int
+    log_root: int
+    num_devices: int
+    sectorsize: int
+    nodesize: int
+    sys_size: int
+    devid: int
+    dev_total: int
+
+
+def _read_superblock(area: Area) -> _Super:
     sb = area.read(SB_OFFSET, 4096)
     if sb[0x40:0x48] != MAGIC:
         raise area.damaged("btrfs superblock has no magic")
@@ -192,12 +228,11 @@ def analyse(area: Area) -> FsResult:
         raise area.damaged("btrfs superblock checksum mismatch")
     fsid = sb[0x20:0x30]
     (generation,) = struct.unpack_from("<Q", sb, 0x48)
-    root, chunk_root, log_root, total_bytes = struct.unpack_from("<QQQQ", sb, 0x50)
+    root, chunk_root, log_root, _total_bytes = struct.unpack_from("<QQQQ", sb, 0x50)
     (chunk_gen,) = struct.unpack_from("<Q", sb, 0xA4)
     (num_devices,) = struct.unpack_from("<Q", sb, 0x88)
     sectorsize, nodesize = struct.unpack_from("<II", sb, 0x90)
     (sys_size,) = struct.unpack_from("<I", sb, 0xA0)
-    root_level, chunk_level = sb[0xC6], sb[0xC7]
     devid, dev_total = struct.unpack_from("<QQ", sb, 0xC9)
     (incompat,) = struct.unpack_from("<Q", sb, 0xBC)
     if incompat & _INCOMPAT_METADATA_UUID:  # tree blocks carry metadata_uuid, not fsid
@@ -212,10 +247,36 @@ def analyse(area: Area) -> FsResult:
         raise area.damaged(
             f"btrfs device of {dev_total} bytes does not fit its {area.length}-byte region"
         )
+    return _Super(
+        raw=sb,
+        csum_type=csum_type,
+        fsid=fsid,
+        generation=generation,
+        root=root,
+        root_level=sb[0xC6],
+        chunk_root=chunk_root,
+        chunk_level=sb[0xC7],
+        chunk_gen=chunk_gen,
+        log_root=log_root,
+        num_devices=num_devices,
+        sectorsize=sectorsize,
+        nodesize=nodesize,
+        sys_size=sys_size,
+        devid=devid,
+        dev_total=dev_total,
+    )
 
+
+def _leaves(
+    area: Area, sb: _Super, chunks: _Chunks, root: tuple[int, int, int], nodes: list[bytes]
+) -> list[tuple[bytes, np.ndarray]]:
+    return _walk(area, chunks, root, sb.nodesize, sb.fsid, sb.devid, nodes)
+
+
+def _system_chunks(area: Area, sb: _Super) -> _Chunks:
+    """The chunks in the superblock's system chunk array: enough to read the chunk tree."""
     chunks = _Chunks()
-    nodes: list[bytes] = []
-    arr = sb[0x32B : 0x32B + sys_size]
+    arr = sb.raw[0x32B : 0x32B + sb.sys_size]
     pos = 0
     while pos + 17 <= len(arr):
         _oid, ktype, logical = struct.unpack_from("<QBQ", arr, pos)
@@ -226,19 +287,24 @@ def analyse(area: Area) -> FsResult:
         end = pos + 48 + 32 * nstripes
         chunks.add(area, logical, arr[pos:end])
         pos = end
+    return chunks
 
-    for leaf, items in _walk(
-        area, chunks, (chunk_root, chunk_level, chunk_gen), nodesize, fsid, devid, nodes
-    ):
+
+def _read_chunk_tree(area: Area, sb: _Super, chunks: _Chunks, nodes: list[bytes]) -> None:
+    """Add every chunk of the chunk tree to ``chunks``."""
+    root = (sb.chunk_root, sb.chunk_level, sb.chunk_gen)
+    for leaf, items in _leaves(area, sb, chunks, root, nodes):
         for i in np.flatnonzero(items["type"] == CHUNK_ITEM):
             at = _HDR + int(items["doff"][i])
             chunks.add(area, int(items["off"][i]), leaf[at : at + int(items["size"][i])])
 
-    # Logical extents: the extent tree's EXTENT_ITEM (data) and METADATA_ITEM (tree blocks).
+
+def _find_extent_root(
+    area: Area, sb: _Super, chunks: _Chunks, nodes: list[bytes]
+) -> tuple[int, int, int]:
+    """The extent tree's (root logical address, level, generation), from the root tree."""
     ext_root = ext_level = ext_gen = None
-    for leaf, items in _walk(
-        area, chunks, (root, root_level, generation), nodesize, fsid, devid, nodes
-    ):
+    for leaf, items in _leaves(area, sb, chunks, (sb.root, sb.root_level, sb.generation), nodes):
         hit = np.flatnonzero((items["oid"] == EXTENT_TREE) & (items["type"] == ROOT_ITEM))
         for i in hit:
             at = _HDR + int(items["doff"][i])
@@ -248,39 +314,41 @@ def analyse(area: Area) -> FsResult:
             ext_level = leaf[at + 238]
     if ext_root is None or ext_level is None or ext_gen is None:
         raise area.damaged("btrfs root tree has no extent tree")
+    return ext_root, ext_level, ext_gen
+
+
+def _logical_extents(
+    area: Area, sb: _Super, chunks: _Chunks, extent_root: tuple[int, int, int], nodes: list[bytes]
+) -> Extents:
+    """Logical extents: the extent tree's EXTENT_ITEM (data) and METADATA_ITEM (tree blocks)."""
     starts: list[np.ndarray] = []
     lens: list[np.ndarray] = []
-    for _leaf, items in _walk(
-        area, chunks, (ext_root, ext_level, ext_gen), nodesize, fsid, devid, nodes
-    ):
+    for _leaf, items in _leaves(area, sb, chunks, extent_root, nodes):
         data = items["type"] == EXTENT_ITEM
         meta = items["type"] == METADATA_ITEM
         big = (items["oid"] >= _MAX_ADDR) | (data & (items["off"] >= _MAX_ADDR))
         if big.any():
             raise area.damaged("btrfs extent item with an out-of-range address or length")
         starts.append(items["oid"][data | meta].astype(np.int64))
-        lens.append(np.where(data, items["off"], nodesize)[data | meta].astype(np.int64))
+        lens.append(np.where(data, items["off"], sb.nodesize)[data | meta].astype(np.int64))
     ls = np.concatenate(starts) if starts else np.zeros(0, np.int64)
     le = ls + (np.concatenate(lens) if lens else np.zeros(0, np.int64))
-    logical_used = Extents.from_arrays(ls, le)
-    # All nodes of the three trees at once: one batched checksum pass.
-    _verify_csums(area, nodes, csum_type)
+    return Extents.from_arrays(ls, le)
 
-    # Map to this device through the chunks; coarse (whole stripe) unless the chunk is single/DUP
-    # or a log tree is pending (its blocks are not in the extent tree).
+
+def _map_to_device(area: Area, sb: _Super, chunks: _Chunks, logical_used: Extents) -> Extents:
+    """Used bytes of this device: the reserved first MiB, the superblock mirrors and, through the
+    chunks, the logical extents; coarse (whole stripe) unless the chunk is single/DUP or a log
+    tree is pending (its blocks are not in the extent tree)."""
+    dev_total = sb.dev_total
     runs: list[tuple[int, int]] = [(0, _RESERVED)]
     runs += [(m, m + 4096) for m in SB_MIRRORS if m + 4096 <= dev_total]
-    chunk_list = []
     mapped_s: list[np.ndarray] = []
     mapped_e: list[np.ndarray] = []
     for logical, (length, ctype, stripes) in sorted(chunks.items.items()):
-        mine = [phys for dev, phys in stripes if dev == devid]
-        chunk_list.append([logical, length, ctype, [[d, p] for d, p in stripes]])
-        if not mine:
-            continue
         # Single and mirrored profiles keep the whole chunk, in order, in each stripe.
-        fine = not (ctype & _PROFILE_MASK & ~_MIRRORED) and not log_root
-        for phys in mine:
+        fine = not (ctype & _PROFILE_MASK & ~_MIRRORED) and not sb.log_root
+        for phys in [phys for dev, phys in stripes if dev == sb.devid]:
             if phys + length > dev_total and fine:
                 raise area.damaged(f"btrfs chunk at logical {logical} ends past the device")
             if not fine:
@@ -291,20 +359,27 @@ def analyse(area: Area) -> FsResult:
             mapped_s.append(inside.starts + (phys - logical))
             mapped_e.append(inside.ends + (phys - logical))
     arr_runs = np.array(runs, np.int64).reshape(-1, 2)
-    used = Extents.from_arrays(
+    return Extents.from_arrays(
         area.start + np.concatenate([arr_runs[:, 0], *mapped_s]),
         area.start + np.concatenate([arr_runs[:, 1], *mapped_e]),
     )
-    details = {
-        "uuid": uuid_str(sb[0x20:0x30]),
-        "label": text(sb[0x12B:0x22B]),
-        "block_size": sectorsize,
-        "node_size": nodesize,
-        "devid": devid,
-        "num_devices": num_devices,
-        "size": dev_total,
-        "chunks": chunk_list,
+
+
+def _details(sb: _Super, chunks: _Chunks) -> dict[str, Any]:
+    raw = sb.raw
+    details: dict[str, Any] = {
+        "uuid": uuid_str(raw[0x20:0x30]),
+        "label": text(raw[0x12B:0x22B]),
+        "block_size": sb.sectorsize,
+        "node_size": sb.nodesize,
+        "devid": sb.devid,
+        "num_devices": sb.num_devices,
+        "size": sb.dev_total,
+        "chunks": [
+            [logical, length, ctype, [[d, p] for d, p in stripes]]
+            for logical, (length, ctype, stripes) in sorted(chunks.items.items())
+        ],
     }
-    if log_root:
+    if sb.log_root:
         details["log_tree_pending"] = True
-    return FsResult("btrfs", dev_total, used, details)
+    return details
