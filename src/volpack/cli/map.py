@@ -43,7 +43,7 @@ def entries(vmap: Any) -> list[dict[str, Any]]:
     a zero cluster) or still hold stale data the detector found unused."""
     import bisect
 
-    from volpack.source.base import PM_COMPRESSED, PM_UNWRITTEN, PM_ZERO
+    from volpack.physmap import PM_COMPRESSED, PM_UNWRITTEN, PM_ZERO
 
     bs = vmap.detection.block_size
     used = vmap.detection.used.scale_in(bs).clip(0, vmap.size)

@@ -21,7 +21,7 @@ from volpack.format import records as R
 from volpack.format.reader import decode_frame_payload, parse_head_records
 from volpack.media import open_reader
 from volpack.media.base import MediumReader
-from volpack.source.base import PhysicalMap
+from volpack.physmap import PhysicalMap
 
 _FIRST_READ = 8 << 10  # holds the head (header and tables) of most archives in one ranged read
 DEFAULT_CACHE = 64 << 20  # decoded frames kept per archive (16 frames of the default 4 MiB)

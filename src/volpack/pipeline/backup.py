@@ -19,6 +19,7 @@ from volpack.detect import Detection, used_map
 from volpack.errors import SourceError, UsageError
 from volpack.format import records as R
 from volpack.identity import Role, check_distinct
+from volpack.physmap import PhysicalMap
 from volpack.pipeline.common import (
     DEFAULT_BLOCK,
     DEFAULT_COMPRESS,
@@ -29,7 +30,6 @@ from volpack.pipeline.common import (
     parse_compress,
 )
 from volpack.source import open_source
-from volpack.source.base import PhysicalMap
 
 
 def _region_json(detection: Detection) -> list[dict[str, Any]]:

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from volpack.detect import Detection, used_map
+from volpack.physmap import PhysicalMap
 from volpack.pipeline.common import DEFAULT_BLOCK, DEFAULT_FRAME, Progress, check_block_size
 from volpack.source import open_source
-from volpack.source.base import PhysicalMap
 
 
 @dataclass(frozen=True, slots=True, eq=False)

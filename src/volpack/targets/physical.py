@@ -21,7 +21,7 @@ import numpy as np
 from volpack.errors import SourceError, TargetError, UsageError
 from volpack.extents import Extents
 from volpack.identity import Role, check_distinct
-from volpack.source.base import PM_UNKNOWN, PhysicalMap
+from volpack.physmap import PM_UNKNOWN, PhysicalMap
 
 _ZERO_CHUNK = 4 << 20
 
