@@ -10,34 +10,18 @@ Library code: no printing; progress and notices go through callbacks.
 from __future__ import annotations
 
 from volpack.pipeline.backup import BackupResult, backup
-from volpack.pipeline.common import (
-    DEFAULT_BLOCK,
-    DEFAULT_COMPRESS,
-    DEFAULT_FRAME,
-    Progress,
-    check_block_size,
-    medium_roles,
-    parse_compress,
-)
 from volpack.pipeline.map import VolumeMap, map_volume
-from volpack.pipeline.restore import RestoreResult, check_expected, restore
+from volpack.pipeline.restore import RestoreResult, restore, restore_physical
 from volpack.pipeline.verify import VerifyResult, verify
 
 __all__ = [
-    "DEFAULT_BLOCK",
-    "DEFAULT_COMPRESS",
-    "DEFAULT_FRAME",
     "BackupResult",
-    "Progress",
     "RestoreResult",
     "VerifyResult",
     "VolumeMap",
     "backup",
-    "check_block_size",
-    "check_expected",
     "map_volume",
-    "medium_roles",
-    "parse_compress",
     "restore",
+    "restore_physical",
     "verify",
 ]

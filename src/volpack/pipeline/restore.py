@@ -1,19 +1,29 @@
 """``restore``: Medium → ArchiveStream → head (header, tables) → Target → scatter frames → tail.
 
-Nothing is written before the header and tables checked out; on any failure the target is
-aborted (a pre-existing target is never deleted). Library code: no printing.
+The sequence is written once, in ``restore_to``; the verbs differ only in the target they open
+once the head is known (a file, block device or qcow2 image; the PVs of ``--layout physical``).
+Nothing is written before the header and tables checked out; on any failure the target is aborted
+(a pre-existing target is never deleted). Library code: no printing.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from volpack.errors import ArchiveReplaced, TargetError, UsageError
 from volpack.format import records as R
+from volpack.format.reader import Head
 from volpack.identity import Role, check_distinct
 from volpack.pipeline.common import Progress, medium_roles, scatter
 from volpack.targets.base import Target
+
+if TYPE_CHECKING:
+    from volpack.targets.physical import PhysicalTarget
+
+T = TypeVar("T", bound=Target)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,25 +48,101 @@ def restore(
     progress: Progress | None = None,
     expect_uuid: str | None = None,
 ) -> RestoreResult:
-    """Restore the volume in ``archive_url`` to ``target`` (thin file or block device).
-    With ``expect_uuid`` (restore by catalog id), a different archive there is refused before
-    the target is touched. A new file gets permission bits ``mode`` (default 0600); one replaced
-    with ``force`` keeps its own."""
+    """Restore the volume in ``archive_url`` to ``target`` (thin file or block device, or a qcow2
+    image with ``target_format="qcow2"``). With ``expect_uuid`` (restore by catalog id), a
+    different archive there is refused before the target is touched. A new file gets permission
+    bits ``mode`` (default 0600); one replaced with ``force`` keeps its own."""
+    from volpack.targets.raw import open_raw_target
+
+    def open_target(head: Head) -> Target:
+        if target_format == "raw":
+            return open_raw_target(
+                target,
+                force=force,
+                allow_smaller=allow_smaller,
+                assume_zeroed=assume_zeroed,
+                mode=mode,
+            )
+        if target_format == "qcow2":
+            from volpack.targets.qcow2 import open_qcow2_target
+
+            return open_qcow2_target(target, force=force, mode=mode)
+        raise UsageError(f"--target-format {target_format}: use raw or qcow2")
+
+    roles = [Role(target, "the restore target", "target")]
+    done = restore_to(
+        archive_url, open_target, roles=roles, progress=progress, expect_uuid=expect_uuid
+    )
+    return done.result(target)
+
+
+def restore_physical(
+    archive_url: str,
+    pv_paths: tuple[str, ...],
+    *,
+    force: bool = False,
+    progress: Progress | None = None,
+    expect_uuid: str | None = None,
+) -> RestoreResult:
+    """Restore ``archive_url`` onto ``pv_paths`` at its recorded physical offsets
+    (``--layout physical``), in one pass over the archive (files, pipes, tape, S3). With
+    ``expect_uuid``, another archive there is refused before any PV is opened."""
+    from volpack.targets.physical import open_physical_for_archive
+
+    def open_target(head: Head) -> PhysicalTarget:
+        return open_physical_for_archive(archive_url, head, pv_paths, force=force)
+
+    roles = [Role(p, "a physical volume being written", "physical volume path") for p in pv_paths]
+    done = restore_to(
+        archive_url, open_target, roles=roles, progress=progress, expect_uuid=expect_uuid
+    )
+    return done.result(", ".join(done.target.paths))  # the PVs written, in the recorded order
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Restored(Generic[T]):
+    """What ``restore_to`` did: the archive's header, the finished target, the bytes written."""
+
+    header: R.Header
+    target: T
+    used_bytes: int
+    elapsed: float
+
+    def result(self, target: str) -> RestoreResult:
+        h = self.header
+        return RestoreResult(
+            archive_uuid=h.uuid,
+            target=target,
+            volume_size=h.volume_size,
+            used_bytes=self.used_bytes,
+            frame_count=h.frame_count,
+            elapsed=self.elapsed,
+        )
+
+
+def restore_to(
+    archive_url: str,
+    open_target: Callable[[Head], T],
+    *,
+    roles: Sequence[Role],
+    progress: Progress | None = None,
+    expect_uuid: str | None = None,
+) -> Restored[T]:
+    """The one restore sequence: refuse a target that is the archive (``roles``); check footer and
+    trailer first where the medium has a size; read and check the head; refuse an archive that is
+    not ``expect_uuid``; only then ``open_target(head)``, ``prepare``, scatter the frames, check
+    the tail and ``finish``; ``abort`` the target on any failure."""
     from volpack.format.random_access import Archive
     from volpack.format.reader import ArchiveStream
     from volpack.media import open_reader
-    from volpack.targets.raw import open_raw_target
 
     t0 = time.perf_counter()
     check_distinct(
-        [
-            *medium_roles(archive_url, "the archive being restored", "archive", "/dev/stdin"),
-            Role(target, "the restore target", "target"),
-        ],
+        [*medium_roles(archive_url, "the archive being restored", "archive", "/dev/stdin"), *roles],
         TargetError,
     )
     medium = open_reader(archive_url)
-    tgt: Target | None = None
+    tgt: T | None = None
     try:
         if medium.size is not None:
             Archive(medium)  # footer and trailer first: refuse incomplete archives up front
@@ -65,20 +151,7 @@ def restore(
         h = head.header
         check_expected(h, archive_url, expect_uuid)
         used_bytes = head.table.used_bytes(h.volume_size)
-        if target_format == "raw":
-            tgt = open_raw_target(
-                target,
-                force=force,
-                allow_smaller=allow_smaller,
-                assume_zeroed=assume_zeroed,
-                mode=mode,
-            )
-        elif target_format == "qcow2":
-            from volpack.targets.qcow2 import open_qcow2_target
-
-            tgt = open_qcow2_target(target, force=force, mode=mode)
-        else:
-            raise UsageError(f"--target-format {target_format}: use raw or qcow2")
+        tgt = open_target(head)
         tgt.prepare(h.volume_size, used_bytes)
         scatter(stream, head.table, h.volume_size, tgt.write_at, h.dense_size, progress)
         stream.read_tail()
@@ -89,9 +162,7 @@ def restore(
         raise
     finally:
         medium.close()
-    return RestoreResult(
-        h.uuid, target, h.volume_size, used_bytes.total(), h.frame_count, time.perf_counter() - t0
-    )
+    return Restored(h, tgt, used_bytes.total(), time.perf_counter() - t0)
 
 
 def check_expected(header: R.Header, archive_url: str, expect_uuid: str | None) -> None:

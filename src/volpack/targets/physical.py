@@ -12,15 +12,13 @@ import contextlib
 import errno
 import os
 import stat
-import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from volpack.errors import SourceError, TargetError, UsageError
 from volpack.extents import Extents
-from volpack.identity import Role, check_distinct
+from volpack.format.reader import Head
 from volpack.physmap import PM_UNKNOWN, PhysicalMap
 
 _ZERO_CHUNK = 4 << 20
@@ -245,68 +243,16 @@ def check_physical_layout_kind(archive_url: str, source: dict[str, Any]) -> None
         )
 
 
-def restore_physical(
-    archive_url: str,
-    pv_paths: tuple[str, ...],
-    *,
-    force: bool = False,
-    progress: Callable[[str, int, int], None] | None = None,
-    expect_uuid: str | None = None,
-) -> Any:
-    """Restore ``archive_url`` onto ``pv_paths`` at its recorded physical offsets, in one pass over
-    the archive (files, pipes, tape, S3). Returns a ``pipeline.RestoreResult``. With
-    ``expect_uuid``, another archive there is refused before any PV is opened."""
-    from volpack.format.random_access import Archive
-    from volpack.format.reader import ArchiveStream
-    from volpack.media import open_reader
-    from volpack.pipeline import RestoreResult, check_expected, medium_roles
-
-    t0 = time.perf_counter()
-    check_distinct(
-        [
-            *medium_roles(archive_url, "the archive being restored", "archive", "/dev/stdin"),
-            *(Role(p, "a physical volume being written", "physical volume path") for p in pv_paths),
-        ],
-        TargetError,
-    )
-    medium = open_reader(archive_url)
-    target = None
-    try:
-        if medium.size is not None:
-            Archive(medium)  # footer and trailer first: refuse an incomplete archive up front
-        stream = ArchiveStream(medium)
-        head = stream.read_head()
-        h = head.header
-        check_expected(h, archive_url, expect_uuid)
-        check_physical_layout_kind(archive_url, head.desc.get("source") or {})
-        details = (head.desc.get("source") or {}).get("details") or {}
-        pmap = physical_map_from_records(head.devices, head.pmap)
-        target = open_physical_target(pv_paths, pmap, force=force, source_details=details)
-        used = head.table.used_bytes(h.volume_size)
-        target.prepare(h.volume_size, used)
-        for dense_offset, raw in stream.frames():
-            vs, lens, ds = head.table.dense_to_volume(dense_offset, dense_offset + len(raw))
-            for v, n, d in zip(vs.tolist(), lens.tolist(), ds.tolist(), strict=True):
-                n = min(n, h.volume_size - v)
-                if n > 0:
-                    target.write_at(v, raw[d - dense_offset : d - dense_offset + n])
-            if progress is not None:
-                progress("restore", dense_offset + len(raw), h.dense_size)
-        stream.read_tail()
-        target.finish()
-    except BaseException:
-        if target is not None:
-            target.abort()
-        raise
-    finally:
-        medium.close()
-    return RestoreResult(
-        h.uuid,
-        ", ".join(target.paths),
-        h.volume_size,
-        used.total(),
-        h.frame_count,
-        time.perf_counter() - t0,
+def open_physical_for_archive(
+    archive_url: str, head: Head, pv_paths: tuple[str, ...], *, force: bool
+) -> PhysicalTarget:
+    """The physical-layout target for an archive whose head was just read: refuse a source kind
+    the layout is not for, then match ``pv_paths`` to the recorded devices."""
+    source = head.desc.get("source") or {}
+    check_physical_layout_kind(archive_url, source)
+    pmap = physical_map_from_records(head.devices, head.pmap)
+    return open_physical_target(
+        pv_paths, pmap, force=force, source_details=source.get("details") or {}
     )
 
 
