@@ -4,12 +4,14 @@ backup:  Source → used map → AddressTable → [Staging] → ArchiveWriter �
 restore: Medium → ArchiveStream → tables → scatter frames → Target
 verify:  Medium → ArchiveStream → frames checked (and compared with a volume)
 map:     Source → used map and physical map
+info:    Medium → footer, trailer, tables (or the head of a stream) → summary
 Library code: no printing; progress and notices go through callbacks.
 """
 
 from __future__ import annotations
 
 from volpack.pipeline.backup import BackupResult, backup
+from volpack.pipeline.info import summary
 from volpack.pipeline.map import VolumeMap, map_volume
 from volpack.pipeline.restore import RestoreResult, restore, restore_physical
 from volpack.pipeline.verify import VerifyResult, verify
@@ -23,5 +25,6 @@ __all__ = [
     "map_volume",
     "restore",
     "restore_physical",
+    "summary",
     "verify",
 ]

@@ -15,11 +15,18 @@ from typing import Any
 
 from volpack import __version__
 from volpack.compact.table import AddressTable
-from volpack.detect import Detection, used_map
+from volpack.detect import used_map
 from volpack.errors import SourceError, UsageError
 from volpack.format import records as R
+from volpack.format.description import (
+    ArchiveDescription,
+    DetectionDescription,
+    OptionsDescription,
+    RegionDescription,
+    SourceDescription,
+)
+from volpack.format.pmap import encode_pmap
 from volpack.identity import Role, check_distinct
-from volpack.physmap import PhysicalMap
 from volpack.pipeline.common import (
     DEFAULT_BLOCK,
     DEFAULT_COMPRESS,
@@ -30,27 +37,6 @@ from volpack.pipeline.common import (
     parse_compress,
 )
 from volpack.source import open_source
-
-
-def _region_json(detection: Detection) -> list[dict[str, Any]]:
-    return [
-        {"start": r.start, "end": r.end, "detector": r.detector, "details": r.details}
-        for r in detection.regions
-    ]
-
-
-def pmap_array(pmap: PhysicalMap):  # -> np.ndarray of PMAP_DTYPE
-    import numpy as np
-
-    runs = np.zeros(len(pmap), R.PMAP_DTYPE)
-    runs["volume_offset"] = pmap.starts
-    runs["length"] = pmap.lengths
-    runs["physical"] = np.where(
-        pmap.offsets < 0, np.uint64(R.UNKNOWN_OFFSET), pmap.offsets.astype(np.uint64)
-    )
-    runs["device"] = pmap.device
-    runs["flags"] = pmap.flags
-    return runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,31 +116,32 @@ def backup(
         info = src.info
         created = time.time_ns()
         header = R.Header(
-            str(uuidlib.uuid4()),
-            block_size,
-            frame_size,
-            src.size,
-            table.used_blocks,
-            created,
-            codec,
-            level,
+            uuid=str(uuidlib.uuid4()),
+            block_size=block_size,
+            frame_size=frame_size,
+            volume_size=src.size,
+            used_blocks=table.used_blocks,
+            created_ns=created,
+            codec=codec,
+            codec_level=level,
         )
-        source_desc = {"kind": info.kind, "path": info.path, "details": info.details}
-        detection_desc = {
-            "mode": detect,
-            "regions": _region_json(detection),
-            "warnings": list(detection.warnings),
-        }
-        desc = {
-            "tool": f"volpack {__version__}",
-            "host": socket.gethostname(),
-            "source": source_desc,
-            "detection": detection_desc,
-            "options": {"compress": compress, "staging": staging is not None},
-        }
+        desc = ArchiveDescription(
+            tool=f"volpack {__version__}",
+            host=socket.gethostname(),
+            source=SourceDescription(kind=info.kind, path=info.path, details=info.details),
+            detection=DetectionDescription(
+                mode=detect,
+                regions=tuple(
+                    RegionDescription(r.start, r.end, r.detector, r.details)
+                    for r in detection.regions
+                ),
+                warnings=tuple(detection.warnings),
+            ),
+            options=OptionsDescription(compress=compress, staging=staging is not None),
+        )
         head = (
-            R.encode_desc(desc)
-            + R.encode_pmap(pmap.devices, pmap_array(pmap))
+            R.encode_desc(desc.to_json())
+            + encode_pmap(pmap)
             + R.encode_atab(table.volume_block, table.count)
         )
         writer = ArchiveWriter(medium, header, head, threads=threads)
@@ -189,22 +176,22 @@ def backup(
         if stage is not None:
             stage.close()
     return BackupResult(
-        header.uuid,
-        archive_url,
-        header.volume_size,
-        block_size,
-        header.used_blocks,
-        header.dense_size,
-        written.archive_size,
-        written.stored_bytes,
-        written.frame_count,
-        written.digest,
-        time.perf_counter() - t0,
-        created,
-        source_desc,
-        detection_desc,
-        staging,
-        table.used_bytes(header.volume_size).total(),
+        archive_uuid=header.uuid,
+        url=archive_url,
+        volume_size=header.volume_size,
+        block_size=block_size,
+        used_blocks=header.used_blocks,
+        dense_size=header.dense_size,
+        archive_size=written.archive_size,
+        stored_bytes=written.stored_bytes,
+        frame_count=written.frame_count,
+        digest=written.digest,
+        elapsed=time.perf_counter() - t0,
+        created_ns=created,
+        source=desc.source.to_json(),
+        detection=desc.detection.to_json(),
+        staging=staging,
+        used_bytes=table.used_bytes(header.volume_size).total(),
     )
 
 

@@ -44,7 +44,7 @@ def verify(
     in the result. Raises on any failure."""
     from volpack.format.reader import ArchiveStream
     from volpack.media import open_reader
-    from volpack.targets.compare import VolumeComparer, zero_by_definition
+    from volpack.targets.compare import VolumeComparer, zero_runs
 
     t0 = time.perf_counter()
     medium = open_reader(archive_url)
@@ -63,7 +63,7 @@ def verify(
         if comparer is not None:
             comparer.check_unused(
                 head.table.used_bytes(h.volume_size),
-                zero_by_definition(head.desc.get("detection"), h.volume_size),
+                zero_runs(head.desc.detection, h.volume_size),
                 h.block_size,
             )
             diffs = comparer.differences()
@@ -73,15 +73,16 @@ def verify(
         if comparer is not None:
             comparer.close()
     result = VerifyResult(
-        h.uuid,
-        archive_url,
-        h.frame_count,
-        stream.offset,
-        trailer.digest.hex(),
-        against,
-        diffs,
-        time.perf_counter() - t0,
-        *stale,
+        archive_uuid=h.uuid,
+        url=archive_url,
+        frame_count=h.frame_count,
+        archive_size=stream.offset,
+        digest=trailer.digest.hex(),
+        against=against,
+        differences=diffs,
+        elapsed=time.perf_counter() - t0,
+        unused_nonzero_blocks=stale[0],
+        unused_nonzero=stale[1],
     )
     if diffs:
         first = ", ".join(f"[{a}, {b})" for a, b in diffs[:5])

@@ -12,12 +12,14 @@ import contextlib
 import errno
 import os
 import stat
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from volpack.errors import SourceError, TargetError, UsageError
 from volpack.extents import Extents
+from volpack.format.description import SourceDescription
 from volpack.format.reader import Head
 from volpack.physmap import PM_UNKNOWN, PhysicalMap
 
@@ -33,7 +35,7 @@ class PhysicalTarget:
         pmap: PhysicalMap,
         *,
         force: bool,
-        source_details: dict[str, Any] | None = None,
+        source_details: Mapping[str, Any] | None = None,
     ) -> None:
         self.pmap = pmap
         self.details = source_details or {}
@@ -232,14 +234,13 @@ class PhysicalTarget:
 PHYSICAL_LAYOUT_KINDS = ("lvm",)
 
 
-def check_physical_layout_kind(archive_url: str, source: dict[str, Any]) -> None:
+def check_physical_layout_kind(archive_url: str, source: SourceDescription) -> None:
     """UsageError unless the archive's recorded source is a kind ``--layout physical`` is for."""
-    kind = source.get("kind")
-    if kind not in PHYSICAL_LAYOUT_KINDS:
+    if source.kind not in PHYSICAL_LAYOUT_KINDS:
         raise UsageError(
             f"{archive_url}: --layout physical is for LVM logical volumes, but this archive was "
-            f"made from a {kind or 'unrecorded'} source ({source.get('path') or '?'}); restore it "
-            "without --layout physical"
+            f"made from a {source.kind or 'unrecorded'} source ({source.path or '?'}); restore "
+            "it without --layout physical"
         )
 
 
@@ -248,23 +249,9 @@ def open_physical_for_archive(
 ) -> PhysicalTarget:
     """The physical-layout target for an archive whose head was just read: refuse a source kind
     the layout is not for, then match ``pv_paths`` to the recorded devices."""
-    source = head.desc.get("source") or {}
-    check_physical_layout_kind(archive_url, source)
-    pmap = physical_map_from_records(head.devices, head.pmap)
+    check_physical_layout_kind(archive_url, head.desc.source)
     return open_physical_target(
-        pv_paths, pmap, force=force, source_details=source.get("details") or {}
-    )
-
-
-def physical_map_from_records(devices: tuple[str, ...], runs: np.ndarray) -> PhysicalMap:
-    """An archive's PMAP runs (``volume_offset, length, physical, device, flags``) as a map."""
-    return PhysicalMap(
-        tuple(devices),
-        runs["volume_offset"].astype(np.int64),
-        runs["length"].astype(np.int64),
-        runs["device"].astype(np.int32),
-        runs["physical"].astype(np.int64),  # the unknown marker wraps to -1
-        runs["flags"].astype(np.uint32),
+        pv_paths, head.pmap, force=force, source_details=head.desc.source.details
     )
 
 
@@ -273,7 +260,7 @@ def open_physical_target(
     physical_map: PhysicalMap,
     *,
     force: bool,
-    source_details: dict[str, Any] | None = None,
+    source_details: Mapping[str, Any] | None = None,
 ) -> PhysicalTarget:
     """A Target writing through ``physical_map`` onto ``pv_paths``. ``source_details`` is the
     archive's recorded source details (PV uuids, sizes, VG/LV) used to check the targets."""
