@@ -1,7 +1,7 @@
 """The physical map on the medium: ``PhysicalMap`` ↔ the PMAP record (docs/format.md §3.2).
 
 The one place that turns the value into PMAP runs and back: an unknown physical offset is ``-1``
-in the value and ``2^64 − 1`` on the medium. Byte layout and checks are ``records``'; no I/O.
+in the value and ``2^64 − 1`` on the medium; a run with no device (-1) reads with offset -1. Byte layout and checks are ``records``'; no I/O.
 """
 
 from __future__ import annotations
@@ -28,11 +28,14 @@ def encode_pmap(pmap: PhysicalMap) -> bytes:
 def decode_pmap(payload: bytes, header: R.Header, where: str) -> PhysicalMap:
     """The checked PMAP ``payload`` of an archive with ``header`` as a ``PhysicalMap``."""
     devices, runs = R.decode_pmap(payload, header, where)
+    device = runs["device"].astype(np.int32)
+    offsets = runs["physical"].astype(np.int64)  # UNKNOWN_OFFSET wraps to -1
+    offsets[device < 0] = -1  # no device, no place: whatever offset was written means nothing
     return PhysicalMap(
         devices,
         runs["volume_offset"].astype(np.int64),
         runs["length"].astype(np.int64),
-        runs["device"].astype(np.int32),
-        runs["physical"].astype(np.int64),  # UNKNOWN_OFFSET wraps to -1
+        device,
+        offsets,
         runs["flags"].astype(np.uint32),
     )

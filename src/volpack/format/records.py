@@ -37,6 +37,7 @@ INCOMPAT_NAMES = {
 RECORD_FLAGS = 0  # known flag bits of records (none yet)
 FRAME_FLAGS = 0  # known flag bits of frames (none yet)
 PMAP_FLAGS = 0x3F  # UNKNOWN, UNWRITTEN, COMPRESSED, ZERO, SHARED, ENCODED
+PMAP_UNKNOWN = 1  # the run's place is not known: device -1 (physmap.PM_UNKNOWN)
 
 MIN_BLOCK, MAX_BLOCK = 512, 1 << 20
 MIN_FRAME, MAX_FRAME = 64 << 10, 64 << 20
@@ -400,6 +401,16 @@ def decode_pmap(payload: bytes, header: Header, where: str) -> tuple[tuple[str, 
         flags = np.bitwise_or.reduce(runs["flags"])
         if int(flags) & ~PMAP_FLAGS:
             raise _unsupported(where, f"physical map run flags {int(flags):#x}")
+        # The UNKNOWN flag and device -1 say the same thing (no known place): they must agree.
+        # The physical offset of such a run means nothing (writers put 2^64 - 1).
+        unknown = (runs["flags"] & PMAP_UNKNOWN) != 0
+        bad = np.flatnonzero(unknown != (dev == -1))
+        if bad.size:
+            i = int(bad[0])
+            raise CorruptArchive(
+                f"{where}: physical map run {i} has device {int(dev[i])} but the UNKNOWN flag "
+                f"{'set' if unknown[i] else 'clear'}; they must agree"
+            )
     return tuple(devices), runs
 
 
