@@ -32,10 +32,10 @@ def decode_pmap(payload: bytes, header: R.Header, where: str) -> PhysicalMap:
     offsets = runs["physical"].astype(np.int64)  # UNKNOWN_OFFSET wraps to -1
     offsets[device < 0] = -1  # no device, no place: whatever offset was written means nothing
     return PhysicalMap(
-        devices,
-        runs["volume_offset"].astype(np.int64),
-        runs["length"].astype(np.int64),
-        device,
-        offsets,
-        runs["flags"].astype(np.uint32),
+        devices=devices,
+        starts=runs["volume_offset"].astype(np.int64),
+        lengths=runs["length"].astype(np.int64),
+        device=device,
+        offsets=offsets,
+        flags=runs["flags"].astype(np.uint32),
     )
