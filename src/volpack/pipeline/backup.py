@@ -15,7 +15,7 @@ from typing import Any
 
 from volpack import __version__
 from volpack.compact.table import AddressTable
-from volpack.detect import used_map
+from volpack.detect import Detection, used_map
 from volpack.errors import SourceError, UsageError
 from volpack.format import records as R
 from volpack.format.description import (
@@ -37,10 +37,16 @@ from volpack.pipeline.common import (
     parse_compress,
 )
 from volpack.source import open_source
+from volpack.source.base import Source, SourceInfo
 
 
 @dataclass(frozen=True, slots=True)
 class BackupResult:
+    """A finished backup. Sizes in bytes: ``volume_size`` of the source, ``dense_size`` of the
+    used blocks laid end to end (whole blocks), ``used_bytes`` of them within the volume,
+    ``stored_bytes`` of frame data after compression, ``archive_size`` of the whole archive.
+    ``elapsed`` in seconds; ``source`` and ``detection`` as recorded in the archive's DESC."""
+
     archive_uuid: str
     url: str
     volume_size: int
@@ -79,6 +85,8 @@ def backup(
 ) -> BackupResult:
     """Back up the used blocks of ``source`` to a new archive at ``archive_url``. A new archive
     file gets permission bits ``mode`` (default 0600); one replaced with ``force`` keeps its own."""
+    # Imported here, not at the top: ``import volpack.pipeline`` (every verb) stays fast for the
+    # CLI, which loads only the stages the verb it runs needs.
     from volpack.compact.dense import DenseReader
     from volpack.compact.staging import Staging
     from volpack.format.writer import ArchiveWriter
@@ -88,11 +96,7 @@ def backup(
     codec, level = parse_compress(compress)
     t0 = time.perf_counter()
     if not allow_mounted:
-        from volpack.detect.mounted import check_not_mounted
-
-        # An LVM volume is in use when one of its PVs is (an active VG on a loop device).
-        for path in pvs if source.startswith("lvm:") else (source,):
-            check_not_mounted(path)
+        _check_not_in_use(source, pvs)
     src = open_source(source, source_format, pvs=pvs)
     medium = None
     stage = None
@@ -113,7 +117,6 @@ def backup(
         detection = used_map(src, block_size, detect, scan)
         table = AddressTable.from_used(detection.used, block_size)
         pmap = src.physical_map()
-        info = src.info
         created = time.time_ns()
         header = R.Header(
             uuid=str(uuidlib.uuid4()),
@@ -125,20 +128,7 @@ def backup(
             codec=codec,
             codec_level=level,
         )
-        desc = ArchiveDescription(
-            tool=f"volpack {__version__}",
-            host=socket.gethostname(),
-            source=SourceDescription(kind=info.kind, path=info.path, details=info.details),
-            detection=DetectionDescription(
-                mode=detect,
-                regions=tuple(
-                    RegionDescription(r.start, r.end, r.detector, r.details)
-                    for r in detection.regions
-                ),
-                warnings=tuple(detection.warnings),
-            ),
-            options=OptionsDescription(compress=compress, staging=staging is not None),
-        )
+        desc = _description(src.info, detect, detection, compress, staging is not None)
         head = (
             R.encode_desc(desc.to_json())
             + encode_pmap(pmap)
@@ -195,6 +185,33 @@ def backup(
     )
 
 
+def _check_not_in_use(source: str, pvs: tuple[str, ...]) -> None:
+    from volpack.detect.mounted import check_not_mounted
+
+    # An LVM volume is in use when one of its PVs is (an active VG on a loop device).
+    for path in pvs if source.startswith("lvm:") else (source,):
+        check_not_mounted(path)
+
+
+def _description(
+    info: SourceInfo, detect: str, detection: Detection, compress: str, staged: bool
+) -> ArchiveDescription:
+    """The archive's DESC: this tool and host, the source, how its used map was made, options."""
+    return ArchiveDescription(
+        tool=f"volpack {__version__}",
+        host=socket.gethostname(),
+        source=SourceDescription(kind=info.kind, path=info.path, details=info.details),
+        detection=DetectionDescription(
+            mode=detect,
+            regions=tuple(
+                RegionDescription(r.start, r.end, r.detector, r.details) for r in detection.regions
+            ),
+            warnings=tuple(detection.warnings),
+        ),
+        options=OptionsDescription(compress=compress, staging=staged),
+    )
+
+
 def _source_roles(
     source: str, source_format: str, pvs: tuple[str, ...], details: dict[str, Any]
 ) -> list[Role]:
@@ -210,7 +227,7 @@ def _source_roles(
     return roles
 
 
-def _check_unchanged(src: Any, before: tuple[object, ...], path: str) -> None:
+def _check_unchanged(src: Source, before: tuple[object, ...], path: str) -> None:
     if src.identity() != before:
         raise SourceError(
             f"{path}: the volume changed during the backup (size or modification "

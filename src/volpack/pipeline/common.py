@@ -7,12 +7,15 @@ No flow lives here; each verb's module reads top to bottom as the flow it runs.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from volpack.compact.table import AddressTable
 from volpack.errors import UsageError
 from volpack.format import records as R
 from volpack.identity import Role
+
+if TYPE_CHECKING:
+    from volpack.format.reader import ArchiveStream
 
 DEFAULT_BLOCK = 4096
 DEFAULT_FRAME = 4 << 20
@@ -60,7 +63,7 @@ def medium_roles(url: str, what: str, choose: str, stdio: str) -> list[Role]:
 
 
 def scatter(
-    stream: Any,
+    stream: ArchiveStream,
     table: AddressTable,
     volume_size: int,
     write_at: Callable[[int, memoryview], None],

@@ -17,6 +17,7 @@ def summary(archive_url: str) -> dict[str, Any]:
     """What ``volpack info --json`` prints: uuid, format, created, sizes, codec, table runs,
     devices, the recorded source and detection, tool, host; ``complete`` (True after random
     access, None from a stream) with archive_size, stored_bytes, frames and digest as known."""
+    # Stages load on first use, so that importing the pipeline stays fast (see backup.py).
     from volpack.format.random_access import Archive
     from volpack.format.reader import ArchiveStream
     from volpack.format.records import CODECS

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 from volpack.errors import ArchiveReplaced, TargetError, UsageError
 from volpack.format import records as R
-from volpack.format.reader import Head
 from volpack.identity import Role, check_distinct
 from volpack.pipeline.common import Progress, medium_roles, scatter
 from volpack.targets.base import Target
 
 if TYPE_CHECKING:
+    from volpack.format.reader import Head
     from volpack.targets.physical import PhysicalTarget
 
 T = TypeVar("T", bound=Target)
@@ -52,6 +52,7 @@ def restore(
     image with ``target_format="qcow2"``). With ``expect_uuid`` (restore by catalog id), a
     different archive there is refused before the target is touched. A new file gets permission
     bits ``mode`` (default 0600); one replaced with ``force`` keeps its own."""
+    # Stages load on first use, so that importing the pipeline stays fast (see backup.py).
     from volpack.targets.raw import open_raw_target
 
     def open_target(head: Head) -> Target:

@@ -42,6 +42,7 @@ def verify(
     compare a volume with it: used blocks equal; unused blocks zero where the archive's detector
     found them holes or zeros, elsewhere (filesystem-free blocks) nonzero ones are only counted
     in the result. Raises on any failure."""
+    # Stages load on first use, so that importing the pipeline stays fast (see backup.py).
     from volpack.format.reader import ArchiveStream
     from volpack.media import open_reader
     from volpack.targets.compare import VolumeComparer, zero_runs
