@@ -40,7 +40,7 @@ from volpack.source import open_source
 from volpack.source.base import Source, SourceInfo
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class BackupResult:
     """A finished backup. Sizes in bytes: ``volume_size`` of the source, ``dense_size`` of the
     used blocks laid end to end (whole blocks), ``used_bytes`` of them within the volume,

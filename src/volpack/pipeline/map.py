@@ -16,7 +16,7 @@ from volpack.pipeline.common import DEFAULT_BLOCK, DEFAULT_FRAME, Progress, chec
 from volpack.source import open_source
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True, eq=False, kw_only=True)
 class VolumeMap:
     path: str
     size: int

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 T = TypeVar("T", bound=Target)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RestoreResult:
     archive_uuid: str
     target: str
@@ -163,7 +163,9 @@ def restore_to(
         raise
     finally:
         medium.close()
-    return Restored(h, tgt, used_bytes.total(), time.perf_counter() - t0)
+    return Restored(
+        header=h, target=tgt, used_bytes=used_bytes.total(), elapsed=time.perf_counter() - t0
+    )
 
 
 def check_expected(header: R.Header, archive_url: str, expect_uuid: str | None) -> None:

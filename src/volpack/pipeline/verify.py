@@ -14,7 +14,7 @@ from volpack.pipeline.common import Progress, scatter
 from volpack.source import open_source
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class VerifyResult:
     archive_uuid: str
     url: str
