@@ -1,7 +1,8 @@
 """volpack: block-level backup of virtual and thin-provisioned volumes.
 
 Public API (lazy, so that ``import volpack`` stays fast): backup(), restore(), verify(),
-open_archive(), used_map(). Results are typed dataclasses; errors are volpack.errors.VolpackError.
+map_volume() (from volpack.pipeline, one module per verb) and open_archive(). Results are typed
+dataclasses; errors are volpack.errors.VolpackError.
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ __all__ = [
     "locate_archive_ref",
     "locate_volume_at",
     "parse_time",
+    "recorded_source",
     "record_after_backup",
     "record_after_verify",
     "resolve_archive_ref",
@@ -64,11 +65,10 @@ def record_after_backup(
     can be rebuilt from media, so a failure is logged as a warning and False returned.
     """
     path = _catalog_path(catalog_path)
-    if description is None:
-        description = getattr(result, "description", None)
     try:
+        entry = entry_from_result(result, description)
         with Catalog.open(path) as catalog:
-            catalog.record_backup(result, description)
+            catalog.add(entry)
     except (VolpackError, sqlite3.Error, OSError) as exc:
         log.warning(
             "archive %s was written but not recorded in the catalog %s: %s; "
@@ -146,14 +146,18 @@ def locate_volume_at(volume: str, at: str, catalog_path: str | None = None) -> L
     path = _catalog_path(catalog_path)
     when = parse_time(at)
     with Catalog.open(path, create=False) as catalog:
-        key = source_key(volume)
-        try:
-            entry = catalog.resolve(key, when)
-        except CatalogError:
-            if key == volume:
-                raise
-            entry = catalog.resolve(volume, when)
+        entry = catalog.resolve(recorded_source(catalog, volume), when)
         return _located(entry, path, catalog)
+
+
+def recorded_source(catalog: Catalog, volume: str) -> str:
+    """The source ``volume`` (as a user names it) is recorded under: its normalised key (an
+    absolute path for a plain path) when the catalog holds archives under it, else the text as
+    given (a qcow2 or other source recorded verbatim)."""
+    key = source_key(volume)
+    if key != volume and not catalog.find(source=key):
+        return volume
+    return key
 
 
 def _located(entry: ArchiveEntry, path: str, catalog: Catalog) -> Located:

@@ -11,11 +11,16 @@ import os
 import re
 import time
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from volpack.catalog.store import ArchiveEntry
 from volpack.errors import UsageError
+from volpack.format.description import ArchiveDescription, SourceDescription
+from volpack.format.records import MAJOR, MINOR
 from volpack.media import canonical_url
+
+if TYPE_CHECKING:
+    from volpack.format.random_access import Archive
 
 ENV_CATALOG = "VOLPACK_CATALOG"
 
@@ -58,33 +63,25 @@ def source_key(path: str) -> str:
     return os.path.abspath(path)
 
 
-def fs_uuid_of(description: Mapping[str, Any]) -> str | None:
+def fs_uuid_of(description: ArchiveDescription) -> str | None:
     """The filesystem UUID if the archive's description names one: the source details, else the
     first detection region whose details carry a ``uuid`` (a partitioned disk may hold several;
     the full description stays in the catalog)."""
-    candidates: list[Any] = []
-    source = description.get("source")
-    if isinstance(source, Mapping):
-        details = source.get("details")
-        if isinstance(details, Mapping):
-            candidates += [details.get(k) for k in ("fs_uuid", "filesystem_uuid", "uuid")]
-    detection = description.get("detection")
-    regions = detection.get("regions") if isinstance(detection, Mapping) else None
-    if isinstance(regions, list):
-        for region in regions:
-            details = region.get("details") if isinstance(region, Mapping) else None
-            if isinstance(details, Mapping):
-                candidates += [details.get(k) for k in ("fs_uuid", "uuid")]
+    details = description.source.details
+    candidates: list[Any] = [details.get(k) for k in ("fs_uuid", "filesystem_uuid", "uuid")]
+    for region in description.detection.regions:
+        candidates += [region.details.get(k) for k in ("fs_uuid", "uuid")]
     for value in candidates:
         if isinstance(value, str) and value:
             return value
     return None
 
 
-def _source_of(description: Mapping[str, Any], fallback: Mapping[str, Any]) -> tuple[str, str]:
-    for src in (fallback, description.get("source")):
-        if isinstance(src, Mapping) and src.get("path"):
-            return str(src["path"]), str(src.get("kind") or "unknown")
+def _source_of(*sources: SourceDescription) -> tuple[str, str]:
+    """Path and kind of the first source that names a path."""
+    for src in sources:
+        if src.path:
+            return src.path, src.kind or "unknown"
     return "unknown", "unknown"
 
 
@@ -92,25 +89,23 @@ def entry_from_result(
     result: BackupResultLike, description: Mapping[str, Any] | None = None
 ) -> ArchiveEntry:
     """The catalog entry for a backup that just finished (``pipeline.BackupResult``). Without a
-    ``description``, the result's ``source`` and ``detection`` stand in for the archive's DESC."""
+    ``description`` (the archive's DESC object), the result's ``source`` and ``detection`` stand
+    in for it."""
+    given = SourceDescription.from_json(result.source)
     if description is None:
         description = {
-            "source": getattr(result, "source", None) or {},
+            "source": result.source,
             "detection": getattr(result, "detection", None) or {},
         }
-    path, kind = _source_of(description, getattr(result, "source", None) or {})
-    created_ns = getattr(result, "created_ns", None)
+    desc = ArchiveDescription.from_json(description)
+    path, kind = _source_of(given, desc.source)
+    created_ns = getattr(result, "created_ns", None)  # a BackupResult has it; duck types may not
     if isinstance(created_ns, int) and created_ns > 0:
         created: float | None = created_ns / 1e9
     else:
-        created = _created_from(description)
+        created = _created_from(desc)
     if created is None:
         created = time.time() - float(result.elapsed or 0.0)
-    version = getattr(result, "format_version", None)
-    if version is None:
-        from volpack.format.records import MAJOR, MINOR
-
-        version = (MAJOR, MINOR)
     return ArchiveEntry(
         uuid=str(result.archive_uuid),
         created=float(created),
@@ -119,9 +114,9 @@ def entry_from_result(
         volume_size=int(result.volume_size),
         block_size=int(result.block_size),
         used_blocks=int(result.used_blocks),
-        format_version=_version_from(description, version),
+        format_version=f"{MAJOR}.{MINOR}",  # what this volpack writes
         urls=(canonical_url(result.url),) if result.url and result.url != "-" else (),
-        fs_uuid=fs_uuid_of(description),
+        fs_uuid=fs_uuid_of(desc),
         archive_size=int(result.archive_size),
         stored_bytes=int(result.stored_bytes),
         digest=str(result.digest) if result.digest else None,
@@ -129,60 +124,35 @@ def entry_from_result(
     )
 
 
-def entry_from_archive(archive: Any, url: str) -> ArchiveEntry:
+def entry_from_archive(archive: Archive, url: str) -> ArchiveEntry:
     """The catalog entry for an archive opened with ``open_archive`` (what rebuild records)."""
     header = archive.header
-    description = archive.description if isinstance(archive.description, Mapping) else {}
-    path, kind = _source_of(description, {})
-    used_blocks = int(archive.used.total())
-    created = _header_time(header)
-    if created is None:
-        created = _created_from(description) or 0.0
+    path, kind = _source_of(archive.desc.source)
+    if header.created_ns > 0:
+        created = header.created_ns / 1e9
+    else:
+        created = _created_from(archive.desc) or 0.0
     return ArchiveEntry(
-        uuid=str(archive.uuid),
-        created=float(created),
+        uuid=archive.uuid,
+        created=created,
         source_path=path,
         source_kind=kind,
-        volume_size=int(archive.size),
-        block_size=int(archive.block_size),
-        used_blocks=used_blocks,
-        format_version=_version_from(description, _header_version(header)),
+        volume_size=archive.size,
+        block_size=archive.block_size,
+        used_blocks=int(archive.used.total()),
+        format_version=f"{header.major}.{header.minor}",
         urls=(url,),
-        fs_uuid=fs_uuid_of(description),
-        archive_size=int(archive.archive_size),
-        stored_bytes=_int_or_none(getattr(archive, "stored_bytes", None)),
-        digest=str(archive.digest) if archive.digest else None,
-        description=dict(description),
+        fs_uuid=fs_uuid_of(archive.desc),
+        archive_size=archive.archive_size,
+        stored_bytes=archive.stored_bytes,
+        digest=archive.digest or None,
+        description=dict(archive.description),  # as the archive records it
     )
 
 
-def _int_or_none(value: Any) -> int | None:
-    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _header_time(header: Any) -> float | None:
-    ns = getattr(header, "created_ns", None)
-    if isinstance(ns, int) and ns > 0:
-        return ns / 1e9
-    for name in ("created", "created_time", "ctime", "time"):
-        value = getattr(header, name, None)
-        if isinstance(value, dt.datetime):
-            return value.timestamp()
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            # Nanoseconds or microseconds since the epoch are both plausible on-disk encodings.
-            return value / 1e9 if value > 1e14 else (value / 1e6 if value > 1e11 else float(value))
-    return None
-
-
-def _header_version(header: Any) -> Any:
-    version = getattr(header, "version", None)
-    if version is None and hasattr(header, "major"):
-        version = (header.major, getattr(header, "minor", 0))
-    return version
-
-
-def _created_from(description: Mapping[str, Any]) -> float | None:
-    value = description.get("created")
+def _created_from(description: ArchiveDescription) -> float | None:
+    """A ``created`` time some other writer put in the description (seconds or ISO 8601)."""
+    value = description.extra.get("created")
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, str):
@@ -191,15 +161,6 @@ def _created_from(description: Mapping[str, Any]) -> float | None:
         except ValueError:
             return None
     return None
-
-
-def _version_from(description: Mapping[str, Any], version: Any) -> str:
-    if isinstance(version, tuple):
-        return ".".join(str(v) for v in version)
-    if version is not None:
-        return str(version)
-    value = description.get("format_version")
-    return str(value) if value is not None else "unknown"
 
 
 def parse_time(text: str, now: float | None = None) -> float:

@@ -11,7 +11,7 @@ import json
 import re
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -182,16 +182,6 @@ class Catalog:
                 "ON CONFLICT (uuid, url) DO UPDATE SET superseded_by = NULL, superseded_at = NULL",
                 [(entry.uuid, url, now) for url in urls],
             )
-
-    def record_backup(
-        self, result: Any, description: Mapping[str, Any] | None = None
-    ) -> ArchiveEntry:
-        """Record a ``pipeline.BackupResult`` (with the archive's description when known)."""
-        from volpack.catalog.record import entry_from_result
-
-        entry = entry_from_result(result, description)
-        self.add(entry)
-        return entry
 
     def record_verify(self, uuid: str, ok: bool, when: float | None = None) -> None:
         """Store the outcome of a verify run; CatalogError when the archive is not catalogued."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
 from volpack.cli.common import (
@@ -30,54 +29,6 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def describe(archive: str) -> dict[str, Any]:
-    """Summary of an archive as a JSON-able dict (random access when the medium allows)."""
-    from volpack.format.random_access import Archive
-    from volpack.format.reader import ArchiveStream
-    from volpack.format.records import CODECS
-    from volpack.media import open_reader
-
-    medium = open_reader(archive)
-    try:
-        if medium.size is not None:
-            a = Archive(medium)
-            h, desc, table, pmap = a.header, a.description, a.table, a.physical_map
-            extra = {
-                "complete": True,
-                "archive_size": a.archive_size,
-                "stored_bytes": a.stored_bytes,
-                "frames": a.trailer.frame_count,
-                "digest": a.digest,
-            }
-        else:
-            head = ArchiveStream(medium).read_head()
-            h, desc, table = head.header, head.desc, head.table
-            pmap = None
-            extra = {"complete": None, "frames": h.frame_count}
-    finally:
-        medium.close()
-    used = table.used_bytes(h.volume_size).total()  # the last block may be partial
-    return {
-        "uuid": h.uuid,
-        "format": f"{h.major}.{h.minor}",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(h.created_ns / 1e9)),
-        "volume_size": h.volume_size,
-        "block_size": h.block_size,
-        "frame_size": h.frame_size,
-        "used_blocks": h.used_blocks,
-        "used_bytes": used,
-        "codec": CODECS[h.codec] + (f":{h.codec_level}" if h.codec else ""),
-        "address_table_runs": len(table),
-        "physical_map_runs": len(pmap) if pmap is not None else None,
-        "devices": list(pmap.devices) if pmap is not None else None,
-        "source": desc.get("source"),
-        "detection": desc.get("detection"),
-        "tool": desc.get("tool"),
-        "host": desc.get("host"),
-        **extra,
-    }
-
-
 def segment_text(seg: dict[str, Any]) -> str:
     """'extents 0+100 striped (64 KiB) on pv0@0, pv1@0' from an LVM segment description."""
     text = f"extents {seg.get('start_extent')}+{seg.get('extent_count')} {seg.get('type')}"
@@ -94,12 +45,14 @@ def segment_text(seg: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     apply_medium_options(args)
-    d = describe(args.archive)
+    from volpack.pipeline.info import summary
+
+    d = summary(args.archive)
     vol, used = d["volume_size"], d["used_bytes"]
     lines = [
         f"archive      {d['uuid']} (format {d['format']}, {d['tool']})",
         f"created      {d['created']} on {d['host']}",
-        f"source       {(d['source'] or {}).get('kind')} {(d['source'] or {}).get('path')}",
+        f"source       {d['source'].get('kind')} {d['source'].get('path')}",
         f"volume       {human(vol)} ({vol} B), block size {d['block_size']}",
         f"used         {human(used)} ({share(used, vol)}), {d['used_blocks']} blocks in "
         f"{d['address_table_runs']} runs",
@@ -112,14 +65,14 @@ def run(args: argparse.Namespace) -> int:
         lines.append(f"physical map {d['physical_map_runs']} runs on {', '.join(d['devices'])}")
     else:
         lines.append("trailer      not read (stream): run 'volpack verify' to check the whole")
-    details = (d["source"] or {}).get("details") or {}
+    details = d["source"].get("details", {})
     if details.get("vg"):
         lines.append(f"lvm          VG {details.get('vg')}, LV {details.get('lv')}")
     for seg in details.get("segments") or []:
         lines.append(f"segment      {segment_text(seg)}")
-    for r in (d.get("detection") or {}).get("regions", []):
+    for r in d["detection"].get("regions", []):
         lines.append(f"detector     [{r['start']}, {r['end']}) {r['detector']}")
-    for w in (d.get("detection") or {}).get("warnings", []):
+    for w in d["detection"].get("warnings", []):
         lines.append(f"warning      {w}")
     emit(args, d, lines)
     return EXIT_OK

@@ -35,13 +35,12 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from volpack.catalog import Catalog, source_key
+    from volpack.catalog import Catalog, recorded_source
     from volpack.catalog.record import catalog_path
 
     with Catalog.open(catalog_path(args.catalog), create=False) as catalog:
-        entries = catalog.find(source=source_key(args.source)) if args.source else catalog.find()
-        if args.source and not entries:
-            entries = catalog.find(source=args.source)
+        source = recorded_source(catalog, args.source) if args.source else None
+        entries = catalog.find(source=source)
     if args.json:
         print_json([e.to_json() for e in entries])
         return EXIT_OK

@@ -37,57 +37,6 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def entries(vmap: Any) -> list[dict[str, Any]]:
-    """One entry per run, in volume order: used runs split at physical-map and detector-region
-    boundaries (with location and flags); unused runs say whether they read as zeros (a hole or
-    a zero cluster) or still hold stale data the detector found unused."""
-    import bisect
-
-    from volpack.source.base import PM_COMPRESSED, PM_UNWRITTEN, PM_ZERO
-
-    bs = vmap.detection.block_size
-    used = vmap.detection.used.scale_in(bs).clip(0, vmap.size)
-    regions = vmap.detection.regions
-    starts = [r.start for r in regions]
-    pmap = vmap.physical_map
-    out: list[dict[str, Any]] = []
-    for start, length, dev, phys, flags in pmap.locate(used):
-        i = max(0, bisect.bisect_right(starts, start) - 1)
-        entry: dict[str, Any] = {
-            "start": start,
-            "length": length,
-            "data": True,
-            "detector": regions[i].detector if regions else "?",
-        }
-        if dev >= 0:
-            entry["device"] = pmap.devices[dev]
-        if phys >= 0:
-            entry["offset"] = phys
-        if flags & PM_COMPRESSED:
-            entry["compressed"] = True
-        if flags:
-            entry["flags"] = flags
-        out.append(entry)
-    for start, length, dev, _, flags in pmap.locate(used.complement(0, vmap.size)):
-        zero = dev < 0 or bool(flags & (PM_ZERO | PM_UNWRITTEN))
-        out.append({"start": start, "length": length, "data": False, "zero": zero})
-    out.sort(key=lambda e: e["start"])
-    merged: list[dict[str, Any]] = []
-    for e in out:  # unused neighbours with the same zero flag read alike: one entry
-        last = merged[-1] if merged else None
-        if (
-            last is not None
-            and not e["data"]
-            and not last["data"]
-            and last["zero"] == e["zero"]
-            and last["start"] + last["length"] == e["start"]
-        ):
-            last["length"] += e["length"]
-        else:
-            merged.append(e)
-    return merged
-
-
 def bitmap_lines(source: dict[str, Any]) -> list[str]:
     """qcow2 persistent dirty bitmaps, one line each (for later incrementals)."""
     lines = []
@@ -117,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         )
     finally:
         progress.close()
-    items = entries(vmap)
+    items = vmap.entries()
     det = vmap.detection
     used = det.used.scale_in(det.block_size).clip(0, vmap.size).total()  # last block may be partial
     if args.json:

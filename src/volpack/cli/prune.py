@@ -48,18 +48,14 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     apply_medium_options(args)
-    from volpack.catalog import Catalog, Policy, source_key
+    from volpack.catalog import Catalog, Policy, recorded_source
     from volpack.catalog.prune import check, execute, plan
     from volpack.catalog.record import catalog_path
 
     policy = Policy(args.keep_last, args.keep_daily, args.keep_weekly, args.keep_monthly)
     policy.check()
     with Catalog.open(catalog_path(args.catalog), create=False) as catalog:
-        source = None
-        if args.source:
-            source = source_key(args.source)
-            if not catalog.find(source=source):
-                source = args.source
+        source = recorded_source(catalog, args.source) if args.source else None
         pplan = plan(catalog, policy, source=source)
         if not args.json:
             _print_plan(pplan, args.dry_run)

@@ -108,7 +108,7 @@ def resolve_archive(text: str, catalog: str | None) -> tuple[str, str | None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from volpack.pipeline import restore
+    from volpack.pipeline import restore, restore_physical
 
     apply_medium_options(args)
     expect: str | None  # the archive id the location must hold (restore by id or by time)
@@ -133,8 +133,6 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress(args)
     try:
         if args.layout == "physical":
-            from volpack.targets.physical import restore_physical
-
             result = restore_physical(
                 archive,
                 (args.target, *args.pv),

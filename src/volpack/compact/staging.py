@@ -18,7 +18,8 @@ import numpy as np
 from volpack.compact.table import AddressTable
 from volpack.errors import SourceError, UsageError
 from volpack.exactio import Subject, preadv_exact, pwrite_all
-from volpack.source.base import PhysicalMap, Source
+from volpack.physmap import PhysicalMap
+from volpack.source.base import Source
 from volpack.units import human
 
 _CHUNK = 8 << 20

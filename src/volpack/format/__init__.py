@@ -1,5 +1,7 @@
-"""The only code that knows the bytes on the medium (docs/format.md): records, writer, readers.
+"""The only code that knows the bytes on the medium (docs/format.md): records, the typed archive
+description and physical-map codec, writer, readers.
 
-It never imports source/ or detect/: the writer takes tables and dense bytes, the readers give
-them back.
+It never imports source/ or detect/ (tests/unit/test_imports.py holds this): the writer takes
+tables (volpack.physmap, compact.table) and dense bytes, the readers give them back, both
+through the media protocols.
 """

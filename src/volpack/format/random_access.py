@@ -18,10 +18,11 @@ from volpack.compact.table import AddressTable
 from volpack.errors import CorruptArchive, IncompleteArchive, MediumError, UsageError
 from volpack.extents import Extents
 from volpack.format import records as R
+from volpack.format.description import ArchiveDescription
 from volpack.format.reader import decode_frame_payload, parse_head_records
 from volpack.media import open_reader
 from volpack.media.base import MediumReader
-from volpack.source.base import PhysicalMap
+from volpack.physmap import PhysicalMap
 
 _FIRST_READ = 8 << 10  # holds the head (header and tables) of most archives in one ranged read
 DEFAULT_CACHE = 64 << 20  # decoded frames kept per archive (16 frames of the default 4 MiB)
@@ -101,7 +102,7 @@ class Archive:
                     f"{head_hash.hex()}, its head hash is {t.head_hash.hex()}; the archive is "
                     "damaged"
                 )
-        desc, devices, pmap, table, used_len = parse_head_records(t.head_records, header, where)
+        desc, pmap, table, used_len = parse_head_records(t.head_records, header, where)
         if used_len != len(t.head_records):
             raise CorruptArchive(
                 f"{where}: {len(t.head_records) - used_len} stray bytes after the table copies"
@@ -151,9 +152,11 @@ class Archive:
         self.header = header
         self.trailer = t
         self.footer = footer
+        # The DESC object as recorded (the catalog keeps it so), and its typed reading.
         self.description: dict[str, Any] = desc
-        self.devices = devices
-        self._pmap_runs = pmap
+        self.desc = ArchiveDescription.from_json(desc)
+        self.physical_map: PhysicalMap = pmap
+        self.devices = pmap.devices
         self.table: AddressTable = table
         self._offsets = offsets
         self._stored = stored
@@ -196,19 +199,6 @@ class Archive:
     @property
     def stored_bytes(self) -> int:
         return self.trailer.stored_bytes
-
-    @property
-    def physical_map(self) -> PhysicalMap:
-        r = self._pmap_runs
-        offsets = r["physical"].astype(np.int64)  # UNKNOWN_OFFSET wraps to -1
-        return PhysicalMap(
-            self.devices,
-            r["volume_offset"].astype(np.int64),
-            r["length"].astype(np.int64),
-            r["device"].astype(np.int32),
-            offsets,
-            r["flags"].astype(np.uint32),
-        )
 
     # -- data ----------------------------------------------------------------------------------
     def frame(self, seq: int) -> memoryview:

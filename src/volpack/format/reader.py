@@ -21,7 +21,10 @@ import numpy as np
 from volpack.compact.table import AddressTable
 from volpack.errors import CorruptArchive, IncompleteArchive
 from volpack.format import records as R
+from volpack.format.description import ArchiveDescription
+from volpack.format.pmap import decode_pmap
 from volpack.media.base import MediumReader
+from volpack.physmap import PhysicalMap
 
 _CHUNK = 8 << 20
 
@@ -30,17 +33,17 @@ _CHUNK = 8 << 20
 class Head:
     header: R.Header
     header_bytes: bytes
-    desc: dict[str, Any]
-    devices: tuple[str, ...]
-    pmap: np.ndarray  # PMAP_DTYPE
+    desc: ArchiveDescription
+    pmap: PhysicalMap
     table: AddressTable
     head_records: bytes
 
 
 def parse_head_records(
     data: bytes, header: R.Header, where: str
-) -> tuple[dict[str, Any], tuple[str, ...], np.ndarray, AddressTable, int]:
-    """Decode DESC, PMAP, ATAB from ``data`` (records back to back); returns them and the length used."""
+) -> tuple[dict[str, Any], PhysicalMap, AddressTable, int]:
+    """Decode DESC (the JSON object as recorded), PMAP, ATAB from ``data`` (records back to back);
+    returns them and the length used."""
     pos = 0
     out: list[bytes] = []
     for tag, limit in (
@@ -59,8 +62,8 @@ def parse_head_records(
         out.append(payload)
         pos += length
     desc = R.decode_desc(out[0], where)
-    devices, pmap = R.decode_pmap(out[1], header, where)
-    return desc, devices, pmap, table_from_atab(R.decode_atab(out[2], header, where), header), pos
+    pmap = decode_pmap(out[1], header, where)
+    return desc, pmap, table_from_atab(R.decode_atab(out[2], header, where), header), pos
 
 
 def table_from_atab(runs: np.ndarray, header: R.Header) -> AddressTable:
@@ -147,8 +150,15 @@ class ArchiveStream:
         ):
             records.append(self._read_record(tag, limit))
         head_records = b"".join(h + p for h, p in records)
-        desc, devices, pmap, table, _ = parse_head_records(head_records, header, self.name)
-        self.head = Head(header, header_bytes, desc, devices, pmap, table, head_records)
+        desc, pmap, table, _ = parse_head_records(head_records, header, self.name)
+        self.head = Head(
+            header=header,
+            header_bytes=header_bytes,
+            desc=ArchiveDescription.from_json(desc),
+            pmap=pmap,
+            table=table,
+            head_records=head_records,
+        )
         return self.head
 
     def frames(self, threads: int = 2) -> Iterator[tuple[int, memoryview]]:

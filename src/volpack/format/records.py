@@ -37,6 +37,7 @@ INCOMPAT_NAMES = {
 RECORD_FLAGS = 0  # known flag bits of records (none yet)
 FRAME_FLAGS = 0  # known flag bits of frames (none yet)
 PMAP_FLAGS = 0x3F  # UNKNOWN, UNWRITTEN, COMPRESSED, ZERO, SHARED, ENCODED
+PMAP_UNKNOWN = 1  # the run's place is not known: device -1 (physmap.PM_UNKNOWN)
 
 MIN_BLOCK, MAX_BLOCK = 512, 1 << 20
 MIN_FRAME, MAX_FRAME = 64 << 10, 64 << 20
@@ -233,18 +234,18 @@ class Header:
             f"used_blocks {used} exceeds the volume's {-(-vsize // bs)} blocks",
         )
         return Header(
-            str(uuidlib.UUID(bytes=uid)),
-            bs,
-            fs,
-            vsize,
-            used,
-            created,
-            codec,
-            level,
-            incompat,
-            compat,
-            major,
-            minor,
+            uuid=str(uuidlib.UUID(bytes=uid)),
+            block_size=bs,
+            frame_size=fs,
+            volume_size=vsize,
+            used_blocks=used,
+            created_ns=created,
+            codec=codec,
+            codec_level=level,
+            incompat_features=incompat,
+            compat_features=compat,
+            major=major,
+            minor=minor,
         )
 
 
@@ -400,6 +401,12 @@ def decode_pmap(payload: bytes, header: Header, where: str) -> tuple[tuple[str, 
         flags = np.bitwise_or.reduce(runs["flags"])
         if int(flags) & ~PMAP_FLAGS:
             raise _unsupported(where, f"physical map run flags {int(flags):#x}")
+        # The UNKNOWN flag and device -1 say the same thing (no known place): they must agree.
+        # The physical offset of such a run means nothing (writers put 2^64 - 1).
+        unknown = (runs["flags"] & PMAP_UNKNOWN) != 0
+        for i in np.flatnonzero(unknown != (dev == -1))[:1].tolist():
+            flag = "set" if unknown[i] else "clear"
+            _check(False, where, f"physical map run {i}: device {dev[i]} and UNKNOWN flag {flag}")
     return tuple(devices), runs
 
 
@@ -507,7 +514,17 @@ def split_trailer(payload: bytes, where: str, bound: bool) -> Trailer:
         digest, head_hash = bytes(payload[end:]), bytes(first_hash)
     else:
         digest, head_hash = bytes(first_hash), b""
-    return Trailer(frames, dense, stored, toff, digest, hdr, records, index, head_hash)
+    return Trailer(
+        frame_count=frames,
+        dense_size=dense,
+        stored_bytes=stored,
+        trailer_offset=toff,
+        digest=digest,
+        header_bytes=hdr,
+        head_records=records,
+        index=index,
+        head_hash=head_hash,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -174,15 +174,15 @@ class ArchiveWriter:
         head_hash = blake3.blake3(self._header_bytes + self.head_records).digest()
         body = R.trailer_body(
             R.Trailer(
-                h.frame_count,
-                h.dense_size,
-                self._stored,
-                trailer_offset,
-                b"",
-                self._header_bytes,
-                self.head_records,
-                self._index,
-                head_hash,
+                frame_count=h.frame_count,
+                dense_size=h.dense_size,
+                stored_bytes=self._stored,
+                trailer_offset=trailer_offset,
+                digest=b"",
+                header_bytes=self._header_bytes,
+                head_records=self.head_records,
+                index=self._index,
+                head_hash=head_hash,
             )
         )
         # The digest covers everything before it but the TRLR record header, whose payload
@@ -194,7 +194,14 @@ class ArchiveWriter:
         length = trailer_offset + len(trailer) + R.FOOTER_SIZE
         self.medium.write(
             R.encode_footer(
-                R.Footer(trailer_offset, len(trailer), h.uuid, h.major, h.minor, length)
+                R.Footer(
+                    trailer_offset=trailer_offset,
+                    trailer_length=len(trailer),
+                    uuid=h.uuid,
+                    major=h.major,
+                    minor=h.minor,
+                    archive_length=length,
+                )
             )
         )
         return WriteResult(length, self._stored, h.frame_count, digest.hex())

@@ -7,11 +7,10 @@ data (holes are zeros by definition). Keeps the first differing ranges, merged. 
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from volpack.extents import Extents
+from volpack.format.description import DetectionDescription
 from volpack.source.base import Source
 
 MAX_DIFFS = 64
@@ -25,22 +24,17 @@ _ZEROS = bytes(_CHUNK)
 ZERO_BY_DEFINITION = ("holes", "holes+zeros", "all-used")
 
 
-def zero_by_definition(detection: Any, volume_size: int) -> Extents:
+def zero_by_definition(recorded: object, volume_size: int) -> Extents:
+    """``zero_runs`` of a detection description as recorded in JSON (anything unusable: all)."""
+    return zero_runs(DetectionDescription.from_json(recorded), volume_size)
+
+
+def zero_runs(detection: DetectionDescription, volume_size: int) -> Extents:
     """Byte runs of the volume where the archive's unused blocks must read as zeros, from the
-    recorded ``detection`` description; all of it when the archive records no usable regions."""
-    everything = Extents.span(0, volume_size)
-    regions = detection.get("regions") if isinstance(detection, dict) else None
-    if not isinstance(regions, list) or not regions:
-        return everything
-    spans = []
-    for r in regions:
-        if not isinstance(r, dict):
-            return everything
-        start, end = r.get("start"), r.get("end")
-        if not (isinstance(start, int) and isinstance(end, int)):
-            return everything
-        if r.get("detector") in ZERO_BY_DEFINITION:
-            spans.append((start, end))
+    recorded ``detection``; all of it when the archive records no usable regions."""
+    if not detection.regions or not detection.complete:
+        return Extents.span(0, volume_size)
+    spans = [(r.start, r.end) for r in detection.regions if r.detector in ZERO_BY_DEFINITION]
     return Extents.from_pairs(spans).clip(0, volume_size)
 
 

@@ -9,19 +9,19 @@ writes only inside the recorded runs: never LVM or thin metadata, never outside 
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import stat
-import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from volpack.errors import SourceError, TargetError, UsageError
+from volpack.exactio import Subject, pwrite_all
 from volpack.extents import Extents
-from volpack.identity import Role, check_distinct
-from volpack.source.base import PM_UNKNOWN, PhysicalMap
+from volpack.format.description import SourceDescription
+from volpack.format.reader import Head
+from volpack.physmap import PM_UNKNOWN, PhysicalMap
 
 _ZERO_CHUNK = 4 << 20
 
@@ -35,7 +35,7 @@ class PhysicalTarget:
         pmap: PhysicalMap,
         *,
         force: bool,
-        source_details: dict[str, Any] | None = None,
+        source_details: Mapping[str, Any] | None = None,
     ) -> None:
         self.pmap = pmap
         self.details = source_details or {}
@@ -189,15 +189,7 @@ class PhysicalTarget:
             i += 1
 
     def _pwrite(self, dev: int, data: memoryview, phys: int) -> None:
-        fd, path = self.fds[dev], self.paths[dev]
-        try:
-            while data:
-                n = os.pwritev(fd, [data], phys)
-                data, phys = data[n:], phys + n
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise TargetError(f"{path}: no space left at offset {phys}") from None
-            raise TargetError(f"{path}: write error at offset {phys} ({exc.strerror})") from None
+        pwrite_all(self.fds[dev], data, phys, Subject(self.paths[dev], TargetError))
 
     def finish(self) -> None:
         # The LV must read as the archive says: zeros wherever the archive holds no data.
@@ -234,91 +226,24 @@ class PhysicalTarget:
 PHYSICAL_LAYOUT_KINDS = ("lvm",)
 
 
-def check_physical_layout_kind(archive_url: str, source: dict[str, Any]) -> None:
+def check_physical_layout_kind(archive_url: str, source: SourceDescription) -> None:
     """UsageError unless the archive's recorded source is a kind ``--layout physical`` is for."""
-    kind = source.get("kind")
-    if kind not in PHYSICAL_LAYOUT_KINDS:
+    if source.kind not in PHYSICAL_LAYOUT_KINDS:
         raise UsageError(
             f"{archive_url}: --layout physical is for LVM logical volumes, but this archive was "
-            f"made from a {kind or 'unrecorded'} source ({source.get('path') or '?'}); restore it "
-            "without --layout physical"
+            f"made from a {source.kind or 'unrecorded'} source ({source.path or '?'}); restore "
+            "it without --layout physical"
         )
 
 
-def restore_physical(
-    archive_url: str,
-    pv_paths: tuple[str, ...],
-    *,
-    force: bool = False,
-    progress: Callable[[str, int, int], None] | None = None,
-    expect_uuid: str | None = None,
-) -> Any:
-    """Restore ``archive_url`` onto ``pv_paths`` at its recorded physical offsets, in one pass over
-    the archive (files, pipes, tape, S3). Returns a ``pipeline.RestoreResult``. With
-    ``expect_uuid``, another archive there is refused before any PV is opened."""
-    from volpack.format.random_access import Archive
-    from volpack.format.reader import ArchiveStream
-    from volpack.media import open_reader
-    from volpack.pipeline import RestoreResult, check_expected, medium_roles
-
-    t0 = time.perf_counter()
-    check_distinct(
-        [
-            *medium_roles(archive_url, "the archive being restored", "archive", "/dev/stdin"),
-            *(Role(p, "a physical volume being written", "physical volume path") for p in pv_paths),
-        ],
-        TargetError,
-    )
-    medium = open_reader(archive_url)
-    target = None
-    try:
-        if medium.size is not None:
-            Archive(medium)  # footer and trailer first: refuse an incomplete archive up front
-        stream = ArchiveStream(medium)
-        head = stream.read_head()
-        h = head.header
-        check_expected(h, archive_url, expect_uuid)
-        check_physical_layout_kind(archive_url, head.desc.get("source") or {})
-        details = (head.desc.get("source") or {}).get("details") or {}
-        pmap = physical_map_from_records(head.devices, head.pmap)
-        target = open_physical_target(pv_paths, pmap, force=force, source_details=details)
-        used = head.table.used_bytes(h.volume_size)
-        target.prepare(h.volume_size, used)
-        for dense_offset, raw in stream.frames():
-            vs, lens, ds = head.table.dense_to_volume(dense_offset, dense_offset + len(raw))
-            for v, n, d in zip(vs.tolist(), lens.tolist(), ds.tolist(), strict=True):
-                n = min(n, h.volume_size - v)
-                if n > 0:
-                    target.write_at(v, raw[d - dense_offset : d - dense_offset + n])
-            if progress is not None:
-                progress("restore", dense_offset + len(raw), h.dense_size)
-        stream.read_tail()
-        target.finish()
-    except BaseException:
-        if target is not None:
-            target.abort()
-        raise
-    finally:
-        medium.close()
-    return RestoreResult(
-        h.uuid,
-        ", ".join(target.paths),
-        h.volume_size,
-        used.total(),
-        h.frame_count,
-        time.perf_counter() - t0,
-    )
-
-
-def physical_map_from_records(devices: tuple[str, ...], runs: np.ndarray) -> PhysicalMap:
-    """An archive's PMAP runs (``volume_offset, length, physical, device, flags``) as a map."""
-    return PhysicalMap(
-        tuple(devices),
-        runs["volume_offset"].astype(np.int64),
-        runs["length"].astype(np.int64),
-        runs["device"].astype(np.int32),
-        runs["physical"].astype(np.int64),  # the unknown marker wraps to -1
-        runs["flags"].astype(np.uint32),
+def open_physical_for_archive(
+    archive_url: str, head: Head, pv_paths: tuple[str, ...], *, force: bool
+) -> PhysicalTarget:
+    """The physical-layout target for an archive whose head was just read: refuse a source kind
+    the layout is not for, then match ``pv_paths`` to the recorded devices."""
+    check_physical_layout_kind(archive_url, head.desc.source)
+    return open_physical_target(
+        pv_paths, head.pmap, force=force, source_details=head.desc.source.details
     )
 
 
@@ -327,7 +252,7 @@ def open_physical_target(
     physical_map: PhysicalMap,
     *,
     force: bool,
-    source_details: dict[str, Any] | None = None,
+    source_details: Mapping[str, Any] | None = None,
 ) -> PhysicalTarget:
     """A Target writing through ``physical_map`` onto ``pv_paths``. ``source_details`` is the
     archive's recorded source details (PV uuids, sizes, VG/LV) used to check the targets."""

@@ -1,0 +1,65 @@
+"""``info``: an archive's summary (header, sizes, tables, description) as a JSON-able dict.
+
+Random access (footer → trailer → tables) when the medium has a size, so the whole archive is
+known complete; from a stream, the head only. Reads nothing but the archive; no printing.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from volpack.format.description import ArchiveDescription
+from volpack.physmap import PhysicalMap
+
+
+def summary(archive_url: str) -> dict[str, Any]:
+    """What ``volpack info --json`` prints: uuid, format, created, sizes, codec, table runs,
+    devices, the recorded source and detection, tool, host; ``complete`` (True after random
+    access, None from a stream) with archive_size, stored_bytes, frames and digest as known."""
+    # Stages load on first use, so that importing the pipeline stays fast (see backup.py).
+    from volpack.format.random_access import Archive
+    from volpack.format.reader import ArchiveStream
+    from volpack.format.records import CODECS
+    from volpack.media import open_reader
+
+    medium = open_reader(archive_url)
+    pmap: PhysicalMap | None
+    desc: ArchiveDescription
+    try:
+        if medium.size is not None:
+            a = Archive(medium)
+            h, desc, table, pmap = a.header, a.desc, a.table, a.physical_map
+            extra = {
+                "complete": True,
+                "archive_size": a.archive_size,
+                "stored_bytes": a.stored_bytes,
+                "frames": a.trailer.frame_count,
+                "digest": a.digest,
+            }
+        else:
+            head = ArchiveStream(medium).read_head()
+            h, desc, table, pmap = head.header, head.desc, head.table, None
+            extra = {"complete": None, "frames": h.frame_count}
+    finally:
+        medium.close()
+    used = table.used_bytes(h.volume_size).total()  # the last block may be partial
+    return {
+        "uuid": h.uuid,
+        "format": f"{h.major}.{h.minor}",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(h.created_ns / 1e9)),
+        "volume_size": h.volume_size,
+        "block_size": h.block_size,
+        "frame_size": h.frame_size,
+        "used_blocks": h.used_blocks,
+        "used_bytes": used,
+        "codec": CODECS[h.codec] + (f":{h.codec_level}" if h.codec else ""),
+        "address_table_runs": len(table),
+        "physical_map_runs": len(pmap) if pmap is not None else None,
+        "devices": list(pmap.devices) if pmap is not None else None,
+        "source": desc.source.to_json(),
+        "detection": desc.detection.to_json(),
+        "tool": desc.tool,
+        "host": desc.host,
+        **extra,
+    }
