@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -88,3 +89,35 @@ def test_cli_restore_with_a_tape_read_error_exits_with_the_medium_code(tmp_path,
     )
     assert done.returncode == 7, done.stderr
     assert "EIO" in done.stderr and "not the end of the tape" in done.stderr
+
+
+def test_archives_appended_to_a_tape_are_catalogued_by_tape_file_and_restored_by_id(tmp_path):
+    cart = te.create_cartridge(str(tmp_path / "big"), capacity=64 * MiB)
+    drive = str(tmp_path / "drive")
+    te.load(drive, cart)
+    first, second = str(tmp_path / "first"), str(tmp_path / "second")
+    _sparse_image(first)
+    with open(second, "wb") as f:
+        f.truncate(3 * MiB)
+        f.write(os.urandom(MiB))
+    env = {**os.environ, "VOLPACK_CATALOG": str(tmp_path / "catalog.sqlite")}
+    run = [sys.executable, "-m", "volpack"]
+    ids = []
+    for image in (first, second):
+        done = subprocess.run(
+            [*run, "backup", image, f"tape+emu:{drive}", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+        ids.append(json.loads(done.stdout)["archive_uuid"])
+    listed = subprocess.run([*run, "list", "--json"], env=env, capture_output=True, text=True)
+    rows = {r["uuid"]: r for r in json.loads(listed.stdout)}
+    # Appending is not writing over: both stay live, each at its own tape file.
+    assert [rows[i]["urls"] for i in ids] == [[f"tape+emu:{drive}#1"], [f"tape+emu:{drive}#2"]]
+    assert not any(rows[i]["is_superseded"] for i in ids)
+    restored = str(tmp_path / "restored")
+    done = subprocess.run([*run, "restore", ids[0], restored], env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr
+    assert subprocess.run(["cmp", first, restored]).returncode == 0

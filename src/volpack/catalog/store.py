@@ -18,7 +18,7 @@ from typing import Any
 
 from volpack.catalog.schema import connect, sqlite_error
 from volpack.errors import CatalogError, UsageError
-from volpack.media import canonical_url
+from volpack.media import canonical_url, holds_one_archive
 
 _COLUMNS = (
     "uuid",
@@ -154,6 +154,8 @@ class Catalog:
         where it is now, so any other archive recorded at one of them is marked superseded there
         (``--force`` wrote over it) and this archive's own row there is live again. URLs are
         stored canonical (``media.canonical_url``), so two spellings of one file are one location.
+        A URL that names a position, not one archive (a tape without ``#N``), supersedes nothing:
+        archives written through it were appended.
         """
         now = time.time()
         urls = tuple(dict.fromkeys(canonical_url(url) for url in entry.urls))
@@ -175,7 +177,7 @@ class Catalog:
             db.executemany(
                 "UPDATE locations SET superseded_by = ?, superseded_at = ? "
                 "WHERE url = ? AND uuid <> ? AND superseded_by IS NULL",
-                [(entry.uuid, now, url, entry.uuid) for url in urls],
+                [(entry.uuid, now, url, entry.uuid) for url in urls if holds_one_archive(url)],
             )
             db.executemany(
                 "INSERT INTO locations (uuid, url, added) VALUES (?, ?, ?) "

@@ -47,6 +47,9 @@ class Capabilities:
     # What an interrupted write leaves behind for ``volpack cleanup``: hidden partial files
     # (removed when their writer is provably dead) or open multipart uploads.
     leftovers: Literal["partials", "uploads"] | None = None
+    # A URL may name a position (a tape without ``#N``: wherever the tape stands) rather than one
+    # archive; the module then says per URL with ``holds_one_archive(url)``.
+    positional: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +64,7 @@ class Scheme:
     capabilities: Capabilities
 
 
-_TAPE = Scheme("volpack.media.tape", Capabilities())
+_TAPE = Scheme("volpack.media.tape", Capabilities(positional=True))
 
 SCHEMES: Mapping[str, Scheme] = {
     "file": Scheme(
@@ -126,6 +129,15 @@ def canonical_url(url: str) -> str:
     module defines. Two URLs name the same location exactly when their canonical forms are equal.
     Raises UsageError or MediumError for a URL its medium cannot use."""
     return str(_module(url).canonical(url))
+
+
+def holds_one_archive(url: str) -> bool:
+    """Whether the location ``url`` names holds one archive, so a new archive written there
+    replaces the one before (a file, an S3 key, tape file ``#N``). A tape URL without ``#N``
+    names wherever the tape stands: archives written through it are appended, not replaced."""
+    if not capabilities(url).positional:
+        return True
+    return bool(_module(url).holds_one_archive(url))
 
 
 def local_file(url: str, *, stdio: str) -> str | None:

@@ -20,6 +20,12 @@ class MediumWriter(Protocol):
         """Append all of ``data``."""
         ...
 
+    @property
+    def location(self) -> str:
+        """Where the committed archive is read back, as the catalog records it: ``url`` itself,
+        except that a tape writer names the tape file it wrote (``#N``) when the drive tells."""
+        return self.url
+
     def mark_head_end(self) -> None:
         """Called once, after the archive's header and tables are written. Media that copy them
         into every volume (tape) note where they end; the others inherit this no-op."""

@@ -167,7 +167,7 @@ def backup(
             stage.close()
     return BackupResult(
         archive_uuid=header.uuid,
-        url=archive_url,
+        url=medium.location,
         volume_size=header.volume_size,
         block_size=block_size,
         used_blocks=header.used_blocks,

@@ -17,6 +17,7 @@ __all__ = [
     "TapeURL",
     "TapeWriter",
     "canonical",
+    "holds_one_archive",
     "open_reader",
     "open_writer",
     "tape_url",
@@ -29,6 +30,11 @@ def canonical(url: str) -> str:
     parse_tape_url(url)  # refuses what is not a usable tape URL
     scheme, _, rest = url.partition(":")
     return f"{scheme.lower()}:{rest}"
+
+
+def holds_one_archive(url: str) -> bool:
+    """Only ``#N`` names one tape file; without it the URL is wherever the tape stands."""
+    return parse_tape_url(url).file_number is not None
 
 
 def open_writer(url: str, *, force: bool = False) -> TapeWriter:

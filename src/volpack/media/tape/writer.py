@@ -66,6 +66,12 @@ class TapeWriter(MediumWriter):
             self._unmarked_copy = min(UNMARKED_HEAD_COPY, parsed.volume_size // 4)
         self._changer = VolumeChanger(parsed, write=True, force=force)
         self._dev: TapeDevice | None = self._changer.first()
+        # The tape file this archive starts at (0-based), so that it can be found again without
+        # knowing where the tape stood; None when the drive cannot tell.
+        try:
+            self._first_file = self._dev.status().file_number
+        except OSError:
+            self._first_file = None
 
     @property
     def set_uuid(self) -> str:
@@ -90,6 +96,13 @@ class TapeWriter(MediumWriter):
         except BaseException:
             self._state = "failed"
             raise
+
+    @property
+    def location(self) -> str:
+        """``url`` naming the tape file written (``#N``, 1-based), when the drive tells."""
+        if self._first_file is None:
+            return self.url
+        return f"{self.url.partition('#')[0]}#{self._first_file + 1}"
 
     def mark_head_end(self) -> None:
         """The bytes written so far are the archive's head (header and tables).
