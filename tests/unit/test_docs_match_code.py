@@ -31,3 +31,15 @@ def test_every_error_family_exits_with_a_code_the_readme_explains():
     assert len(families) > 10
     for family in families:
         assert family.exit_code in documented, family.__name__
+
+
+def test_the_version_has_one_source():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "version" not in project and "version" in project["dynamic"]
+    from importlib.metadata import version
+
+    import volpack
+
+    assert version("volpack") == volpack.__version__
