@@ -43,3 +43,12 @@ def test_the_version_has_one_source():
     import volpack
 
     assert version("volpack") == volpack.__version__
+
+
+def test_the_architecture_map_names_every_top_level_module_and_package():
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    src = ROOT / "src" / "volpack"
+    names = [p.name for p in src.iterdir() if p.is_dir() and (p / "__init__.py").exists()]
+    names += [p.name for p in src.glob("*.py") if p.name not in ("__main__.py",)]
+    missing = [n for n in names if n.removesuffix(".py") not in text]
+    assert missing == []
