@@ -157,25 +157,7 @@ def _read_superblock(area: Area) -> _Super:
     (blocks_hi,) = struct.unpack_from("<I", sb, 0x150)
     backup_bgs = struct.unpack_from("<II", sb, 0x24C)
     (checksum_seed,) = struct.unpack_from("<I", sb, 0x270)
-    (sb_checksum,) = struct.unpack_from("<I", sb, 0x3FC)
-
-    (group_nr,) = struct.unpack_from("<H", sb, 0x5A)
-    if group_nr != 0:
-        # A backup superblock where a primary should be: the region does not start the filesystem.
-        raise area.damaged(f"ext superblock of group {group_nr} where the primary should be")
-    if incompat & INCOMPAT_JOURNAL_DEV:
-        raise area.damaged("is an external ext journal device, not a filesystem")
-    if ro_compat & RO_METADATA_CSUM and crc32c_raw(sb[:0x3FC]) != sb_checksum:
-        raise area.damaged(f"ext superblock checksum mismatch (stored {sb_checksum:#010x})")
-    (state,) = struct.unpack_from("<H", sb, 0x3A)
-    if not state & STATE_VALID or state & STATE_ERROR:
-        # Without a journal, a mounted or crashed ext2 has VALID cleared; ERROR means the kernel
-        # found an inconsistency. Either way the bitmaps are not to be trusted.
-        what = "has errors recorded" if state & STATE_ERROR else "was not cleanly unmounted"
-        raise area.damaged(f"ext filesystem {what} (state {state:#x}); run e2fsck first")
-    needs_recovery = bool(incompat & INCOMPAT_RECOVER)
-    if needs_recovery and not compat & COMPAT_HAS_JOURNAL:
-        raise area.damaged("ext journal needs recovery but there is no internal journal")
+    _check_superblock_state(area, sb, compat, incompat, ro_compat)
     if log_block > 6 or log_cluster < log_block or log_cluster > log_block + 16:
         raise area.damaged(f"ext block size log {log_block}, cluster size log {log_cluster}")
     block_size = 1024 << log_block
@@ -237,8 +219,32 @@ def _read_superblock(area: Area) -> _Super:
         reserved_gdt=reserved_gdt if compat & COMPAT_RESIZE_INODE else 0,
         super_groups=_super_groups(groups, compat, ro_compat, backup_bgs),
         csum_seed=checksum_seed if incompat & INCOMPAT_CSUM_SEED else crc32c_raw(uuid),
-        needs_recovery=needs_recovery,
+        needs_recovery=bool(incompat & INCOMPAT_RECOVER),
     )
+
+
+def _check_superblock_state(
+    area: Area, sb: bytes, compat: int, incompat: int, ro_compat: int
+) -> None:
+    """The primary superblock of a filesystem, intact, cleanly unmounted and with any journal
+    to recover inside it: otherwise nothing it describes is to be trusted."""
+    (group_nr,) = struct.unpack_from("<H", sb, 0x5A)
+    if group_nr != 0:
+        # A backup superblock where a primary should be: the region does not start the filesystem.
+        raise area.damaged(f"ext superblock of group {group_nr} where the primary should be")
+    if incompat & INCOMPAT_JOURNAL_DEV:
+        raise area.damaged("is an external ext journal device, not a filesystem")
+    (sb_checksum,) = struct.unpack_from("<I", sb, 0x3FC)
+    if ro_compat & RO_METADATA_CSUM and crc32c_raw(sb[:0x3FC]) != sb_checksum:
+        raise area.damaged(f"ext superblock checksum mismatch (stored {sb_checksum:#010x})")
+    (state,) = struct.unpack_from("<H", sb, 0x3A)
+    if not state & STATE_VALID or state & STATE_ERROR:
+        # Without a journal, a mounted or crashed ext2 has VALID cleared; ERROR means the kernel
+        # found an inconsistency. Either way the bitmaps are not to be trusted.
+        what = "has errors recorded" if state & STATE_ERROR else "was not cleanly unmounted"
+        raise area.damaged(f"ext filesystem {what} (state {state:#x}); run e2fsck first")
+    if incompat & INCOMPAT_RECOVER and not compat & COMPAT_HAS_JOURNAL:
+        raise area.damaged("ext journal needs recovery but there is no internal journal")
 
 
 def _super_groups(
