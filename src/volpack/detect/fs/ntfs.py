@@ -8,6 +8,7 @@ dirty volume raises FsDamaged. Reads only.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import numpy as np
 
@@ -147,20 +148,41 @@ def _record(area: Area, geo: _Geometry, mft_runs: list[tuple[int, int, int]], n:
 
 
 def analyse(area: Area) -> FsResult:
+    boot, geo = _read_boot_sector(area)
+    mft_size, mft_runs = _mft_runlist(area, geo)
+    label = _read_volume_record(area, geo, mft_runs)
+    bitmap_data_runs = _bitmap_runlist(area, geo, mft_runs)
+    starts, ends = _scan_bitmap(area, geo, bitmap_data_runs)
+    marked = Extents.from_arrays(starts, ends)
+    _check_bitmap_marks(area, mft_runs, bitmap_data_runs, marked)
+    # $Bitmap has no checksum: every cluster an in-use record maps must be set in it.
+    checked = check_mft_references(area, geo, mft_runs, mft_size, marked)
+    size = _volume_size(area, geo)
+    used = _used_extents(area, geo, size, starts, ends, mft_runs)
+    return FsResult("ntfs", size, used, _details(boot, geo, label, size, checked))
+
+
+def _read_boot_sector(area: Area) -> tuple[bytes, _Geometry]:
     boot = area.read(0, 512)
     if boot[3:11] != b"NTFS    ":
         raise area.damaged("NTFS boot sector has no NTFS signature")
-    geo = _Geometry(area, boot)
+    return boot, _Geometry(area, boot)
+
+
+def _mft_runlist(area: Area, geo: _Geometry) -> tuple[int, list[tuple[int, int, int]]]:
+    """(data size, runs) of $MFT itself, from record 0 at the boot sector's MFT cluster."""
     where = geo.mft_lcn * geo.cluster
     rec0 = bytearray(area.read(where, geo.record))
     _fixup(area, rec0, where)
     mft_data = _find(_attributes(area, bytes(rec0), where), 0x80)
     if mft_data is None:
         raise area.damaged("NTFS $MFT record has no $DATA attribute")
-    mft_size, mft_runs = _runlist(area, mft_data, geo)
+    return _runlist(area, mft_data, geo)
 
-    volume = _record(area, geo, mft_runs, 3)
-    vattrs = _attributes(area, volume, 3)
+
+def _read_volume_record(area: Area, geo: _Geometry, mft_runs: list[tuple[int, int, int]]) -> str:
+    """The volume label from $Volume (record 3); a volume marked dirty raises."""
+    vattrs = _attributes(area, _record(area, geo, mft_runs, 3), 3)
     info = _find(vattrs, 0x70)
     label = ""
     name = _find(vattrs, 0x60)
@@ -173,7 +195,13 @@ def analyse(area: Area) -> FsResult:
             (vflags,) = struct.unpack_from("<H", info, voff + 10)
             if vflags & _VOLUME_DIRTY:
                 raise area.damaged("NTFS volume is marked dirty; run chkdsk or ntfsfix first")
+    return label
 
+
+def _bitmap_runlist(
+    area: Area, geo: _Geometry, mft_runs: list[tuple[int, int, int]]
+) -> list[tuple[int, int, int]]:
+    """The runs of $Bitmap's data (record 6), which must hold a bit for every cluster."""
     bitmap_rec = _record(area, geo, mft_runs, 6)
     bitmap_attr = _find(_attributes(area, bitmap_rec, 6 * geo.record), 0x80)
     if bitmap_attr is None:
@@ -182,6 +210,14 @@ def analyse(area: Area) -> FsResult:
     need = -(-geo.clusters // 8)
     if data_size < need:
         raise area.damaged(f"NTFS $Bitmap holds {data_size} bytes for {geo.clusters} clusters")
+    return runs
+
+
+def _scan_bitmap(
+    area: Area, geo: _Geometry, runs: list[tuple[int, int, int]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Used cluster runs ``[starts, ends)`` from $Bitmap, which must cover every cluster."""
+    need = -(-geo.clusters // 8)
     # The bitmap is consumed piece by piece so a multi-TiB volume never holds it all at once.
     starts_l: list[np.ndarray] = []
     ends_l: list[np.ndarray] = []
@@ -204,37 +240,61 @@ def analyse(area: Area) -> FsResult:
         raise area.damaged(f"NTFS $Bitmap runs cover {covered} of {need} bytes")
     starts = np.concatenate(starts_l) if starts_l else np.zeros(0, np.int64)
     ends = np.concatenate(ends_l) if ends_l else np.zeros(0, np.int64)
-    # The bitmap must at least mark the clusters of $MFT and of its own data, and the boot
-    # sector's cluster: a bitmap that does not is damaged (NTFS has no checksum for it).
-    marked = Extents.from_arrays(starts, ends)
-    must = [(lcn, lcn + n) for _v, n, lcn in (*mft_runs, *runs) if lcn >= 0] + [(0, 1)]
+    return starts, ends
+
+
+def _check_bitmap_marks(
+    area: Area,
+    mft_runs: list[tuple[int, int, int]],
+    bitmap_data_runs: list[tuple[int, int, int]],
+    marked: Extents,
+) -> None:
+    """The bitmap must at least mark the clusters of $MFT and of its own data, and the boot
+    sector's cluster: a bitmap that does not is damaged (NTFS has no checksum for it)."""
+    must = [(lcn, lcn + n) for _v, n, lcn in (*mft_runs, *bitmap_data_runs) if lcn >= 0] + [(0, 1)]
     missing = Extents.from_pairs(must).subtract(marked)
     if missing.total():
         raise area.damaged(
             f"NTFS $Bitmap marks {missing.first} free although $MFT, $Bitmap or the boot "
             "sector uses it; the bitmap is damaged"
         )
-    # $Bitmap has no checksum: every cluster an in-use record maps must be set in it.
-    checked = check_mft_references(area, geo, mft_runs, mft_size, marked)
 
+
+def _volume_size(area: Area, geo: _Geometry) -> int:
+    """The volume's bytes: through the backup boot sector after the last sector, when the
+    region holds it."""
+    backup_boot = geo.total_sectors * geo.bps
+    return backup_boot + geo.bps if backup_boot + geo.bps <= area.length else backup_boot
+
+
+def _used_extents(
+    area: Area,
+    geo: _Geometry,
+    size: int,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    mft_runs: list[tuple[int, int, int]],
+) -> Extents:
+    """Absolute byte runs: the marked clusters plus both boot sectors, $MFT and $MFTMirr."""
     extra = [(0, geo.bps)]
     backup_boot = geo.total_sectors * geo.bps
-    size = backup_boot
-    if backup_boot + geo.bps <= area.length:
-        extra.append((backup_boot, backup_boot + geo.bps))
-        size = backup_boot + geo.bps
+    if size > backup_boot:
+        extra.append((backup_boot, size))
     for _vcn, length, lcn in mft_runs:
         if lcn >= 0:
             extra.append((lcn * geo.cluster, (lcn + length) * geo.cluster))
     mirr = geo.mirr_lcn * geo.cluster
     extra.append((mirr, mirr + max(4 * geo.record, geo.cluster)))
     ex = np.array(extra, np.int64)
-    used = Extents.from_arrays(
+    return Extents.from_arrays(
         area.start + np.concatenate([starts * geo.cluster, ex[:, 0]]),
         area.start + np.minimum(np.concatenate([ends * geo.cluster, ex[:, 1]]), size),
     )
+
+
+def _details(boot: bytes, geo: _Geometry, label: str, size: int, checked: int) -> dict[str, Any]:
     (serial,) = struct.unpack_from("<Q", boot, 0x48)
-    details = {
+    return {
         "uuid": f"{serial:016X}",
         "label": label,
         "block_size": geo.cluster,
@@ -242,4 +302,3 @@ def analyse(area: Area) -> FsResult:
         "size": size,
         "records_checked": checked,
     }
-    return FsResult("ntfs", size, used, details)
