@@ -186,6 +186,11 @@ def _read_volume_record(area: Area, geo: _Geometry, mft_runs: list[tuple[int, in
     info = _find(vattrs, 0x70)
     label = ""
     name = _find(vattrs, 0x60)
+    # A resident attribute's value length and offset sit at 0x10..0x16; a damaged record may
+    # hold a shorter attribute, which is damage, never a struct.error.
+    for attr in (name, info):
+        if attr is not None and attr[8] == 0 and len(attr) < 0x16:
+            raise area.damaged(f"NTFS $Volume attribute of {len(attr)} bytes is too short")
     if name is not None and name[8] == 0:
         vlen, voff = struct.unpack_from("<IH", name, 0x10)
         label = name[voff : voff + vlen].decode("utf-16-le", "replace")
