@@ -32,7 +32,7 @@ def small_archive(tmp_path_factory):
     write_sparse(vol, 600_000, [(4096, text), (400_000, rng.randbytes(3000))])
     arc = str(d / "v.vpk")
     pipeline.backup(vol, arc, frame_size=65536, compress="zstd:3", allow_mounted=True)
-    return vol, arc, open(arc, "rb").read()
+    return vol, arc, pathlib.Path(arc).read_bytes()
 
 
 def boundaries(data: bytes) -> list[int]:
