@@ -162,6 +162,7 @@ def test_ten_thousand_random_reads_of_an_archive_match_the_source(served, source
     random_reads(served.url, source, 10_000, seed=4)
 
 
+@pytest.mark.warns_log  # the server logs each failed read
 def test_a_corrupted_frame_gives_eio_there_and_exact_bytes_elsewhere(archive, source, tmp_path):
     from volpack import open_archive
 
