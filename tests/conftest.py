@@ -1,15 +1,21 @@
 """Shared fixtures. S3: a real SeaweedFS (``weed mini``) per test session, and a distributed
 SeaweedFS set for the slow suite; both from tests/s3_server.py, stopped by PID at the end.
-Every test also fails on a WARNING from the ``volpack`` logger that it did not declare.
+Every test also fails on a WARNING from the ``volpack`` logger that it did not declare, and
+volpack subprocesses run with warnings as errors.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 
 import s3_server
+
+# volpack run as a subprocess (`python3 -m volpack`) is as strict as the tests themselves: a
+# warning there is an error, or at least a line on stderr that the tests' one-line checks catch.
+os.environ.setdefault("PYTHONWARNINGS", "error")
 
 
 def _need_weed() -> None:
