@@ -1,12 +1,21 @@
 """Shared fixtures. S3: a real SeaweedFS (``weed mini``) per test session, and a distributed
 SeaweedFS set for the slow suite; both from tests/s3_server.py, stopped by PID at the end.
+Every test also fails on a WARNING from the ``volpack`` logger that it did not declare, and
+volpack subprocesses run with warnings as errors.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+
 import pytest
 
 import s3_server
+
+# volpack run as a subprocess (`python3 -m volpack`) is as strict as the tests themselves: a
+# warning there is an error, or at least a line on stderr that the tests' one-line checks catch.
+os.environ.setdefault("PYTHONWARNINGS", "error")
 
 
 def _need_weed() -> None:
@@ -38,3 +47,32 @@ def s3_bucket(weed_mini, monkeypatch):
     """A fresh bucket on the session's ``weed mini``, with volpack configured to reach it."""
     s3_server.use_s3_server(weed_mini, monkeypatch)
     return weed_mini.new_bucket()
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture(autouse=True)
+def _no_unexpected_volpack_warnings(request):
+    """A WARNING logged by volpack in this process is a test failure unless the test expects it:
+    marked ``warns_log`` or asserting on the records through ``caplog``. Subprocesses are not
+    watched: their stderr is the test's to check."""
+    expected = request.node.get_closest_marker("warns_log") or "caplog" in request.fixturenames
+    handler = _Collect()
+    logger = logging.getLogger("volpack")
+    logger.addHandler(handler)
+    yield
+    logger.removeHandler(handler)
+    if handler.records and not expected:
+        lines = "\n".join(f"  {r.levelname}: {r.getMessage()}" for r in handler.records)
+        pytest.fail(
+            "volpack logged warnings this test does not expect (mark it warns_log if it should):\n"
+            + lines,
+            pytrace=False,
+        )

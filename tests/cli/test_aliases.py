@@ -483,7 +483,7 @@ def test_staging_full_up_front_and_mid_copy_give_the_same_exit_code(tmp_path, sm
         copied = free_before - free()
         if proc.poll() is not None or copied >= 40 * MiB:
             os.kill(proc.pid, signal.SIGCONT)
-            proc.wait()
+            proc.communicate()  # reaps it and closes its pipes
             pytest.skip(f"could not pause the staging copy in time (copied {copied})")
         _fill(mnt / "filler")
         os.kill(proc.pid, signal.SIGCONT)
@@ -492,7 +492,7 @@ def test_staging_full_up_front_and_mid_copy_give_the_same_exit_code(tmp_path, sm
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGCONT)
             proc.kill()
-            proc.wait()
+            proc.communicate()
     mid = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     one_error_line(mid, up_front.returncode, "stage", "no space left", "larger staging")
     assert sha(vol) == before

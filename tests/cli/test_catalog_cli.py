@@ -138,7 +138,7 @@ def test_prune_without_rule_is_refused(env, capsys):
     assert (media / "a1.vpk").exists()
 
 
-def test_catalog_rebuild_restores_listing_and_warns_on_damaged_archive(env, capsys):
+def test_catalog_rebuild_restores_listing_and_warns_on_damaged_archive(env, capsys, caplog):
     tmp, catalog, media, a, b = env
     ids = {backup(capsys, a, media / "a1.vpk"), backup(capsys, b, media / "b1.vpk")}
     for suffix in ("", "-wal", "-shm"):
@@ -153,6 +153,8 @@ def test_catalog_rebuild_restores_listing_and_warns_on_damaged_archive(env, caps
     other = str(tmp / "other.sqlite")
     code, out, _ = run(capsys, "catalog", "rebuild", "--catalog", other, str(media))
     assert code == EXIT_WARNING and "recorded 1 archives" in out and "failed:" in out
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.startswith(f"{media / 'b1.vpk'}: skipped: ") and "incomplete" in warning
 
 
 @pytest.mark.skipif(shutil.which("mkfs.ext4") is None, reason="needs mkfs.ext4 (e2fsprogs)")

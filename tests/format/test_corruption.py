@@ -32,7 +32,7 @@ def small_archive(tmp_path_factory):
     write_sparse(vol, 600_000, [(4096, text), (400_000, rng.randbytes(3000))])
     arc = str(d / "v.vpk")
     pipeline.backup(vol, arc, frame_size=65536, compress="zstd:3", allow_mounted=True)
-    return vol, arc, open(arc, "rb").read()
+    return vol, arc, pathlib.Path(arc).read_bytes()
 
 
 def boundaries(data: bytes) -> list[int]:
@@ -540,7 +540,7 @@ def test_volpack_serve_gives_eio_for_a_foreign_frame_and_nbdcopy_fails(raw_pair,
         assert "Input/output error" in copy.stderr or "EIO" in copy.stderr, copy.stderr
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(20)
+        proc.communicate(timeout=20)  # reaps it and closes its pipes
 
 
 def test_volpack_serve_refuses_an_archive_with_an_edited_trailer_table(raw_pair, tmp_path):

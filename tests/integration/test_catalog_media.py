@@ -76,7 +76,7 @@ def test_rebuild_after_deleting_catalog_lists_every_archive(tmp_path):
     assert rows(catalog) == before
 
 
-def test_rebuild_reports_incomplete_archive_and_records_the_rest(tmp_path):
+def test_rebuild_reports_incomplete_archive_and_records_the_rest(tmp_path, caplog):
     media = tmp_path / "media"
     media.mkdir()
     catalog = str(tmp_path / "c.sqlite")
@@ -90,6 +90,8 @@ def test_rebuild_reports_incomplete_archive_and_records_the_rest(tmp_path):
         result = rebuild(c, str(media))
     assert len(result.recorded) == 1
     assert [u for u, _ in result.failed] == [str(media / "cut.vpk")]
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.startswith(f"{media / 'cut.vpk'}: skipped: ") and "incomplete" in warning
 
 
 def test_restore_by_id_prefix_and_by_volume_time_round_trips(tmp_path):

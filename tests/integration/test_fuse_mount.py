@@ -90,6 +90,7 @@ def mount_file(source: Path, mnt: Path, name: str = "volume.img") -> Mounted:
         wait_mounted(mnt, proc)
     except BaseException:
         proc.kill()
+        proc.communicate()  # reaps it and closes its pipes
         unmount_quietly(mnt)
         raise
     return Mounted(proc, mnt, source, name)
@@ -98,10 +99,12 @@ def mount_file(source: Path, mnt: Path, name: str = "volume.img") -> Mounted:
 def stop(m: Mounted, sig: int = signal.SIGTERM) -> int:
     m.proc.send_signal(sig)
     try:
-        return m.proc.wait(20)
+        m.proc.communicate(timeout=20)  # reaps it and closes its pipes
+        return m.proc.returncode
     finally:
         if m.proc.poll() is None:
             m.proc.kill()
+            m.proc.communicate()
         unmount_quietly(m.mnt)
 
 

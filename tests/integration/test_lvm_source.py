@@ -463,11 +463,14 @@ def test_damaged_metadata_text_is_refused(lab, tmp_path):
         open_lvm(f"lvm:{lab.vg}/lin", (str(bad), str(lab.images[1])))
 
 
-def test_image_without_lvm_label_is_refused(tmp_path):
+def test_image_without_lvm_label_is_refused_and_left_closed(tmp_path):
     img = tmp_path / "blank.img"
     img.write_bytes(bytes(MiB))
+    before = set(os.listdir("/proc/self/fd"))
     with pytest.raises(SourceError, match="LABELONE"):
         open_lvm("lvm:vg/lv", (str(img),))
+    opened = set(os.listdir("/proc/self/fd")) - before
+    assert not [os.readlink(f"/proc/self/fd/{fd}") for fd in opened if fd.isdigit()]
 
 
 def test_metadata_ring_buffer_that_wrapped_still_yields_the_newest_vg(tmp_path):

@@ -303,6 +303,7 @@ def test_unix_socket_export_copies_exactly(tmp_path):
     assert not os.path.exists(sock), "the socket file is removed on close"
 
 
+@pytest.mark.warns_log  # the server logs each failed read
 def test_a_damaged_range_gives_eio_for_that_read_only(tmp_path):
     nbd = _nbd_module()
     path = tmp_path / "src.img"

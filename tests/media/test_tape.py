@@ -221,7 +221,7 @@ def test_volume_size_closes_volumes_on_media_that_do_not_signal_the_end(shelf):
     assert read(url) == data
 
 
-def test_hard_end_without_early_warning_still_spans_and_reads_back(shelf):
+def test_hard_end_without_early_warning_still_spans_and_reads_back(shelf, caplog):
     # No early-warning zone: the record that hits the end is refused and no end-of-volume
     # record fits; the reader accepts the volume because the next one starts where it stopped.
     carts = [shelf.cart(f"c{i}", 2 * MiB, 0) for i in range(2)]
@@ -232,6 +232,10 @@ def test_hard_end_without_early_warning_still_spans_and_reads_back(shelf):
     assert write(url, data).volumes == 2
     te.load(drive, carts[0])
     assert read(url) == data
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 2, warned
+    assert "no room for the end-of-volume record" in warned[0]
+    assert "the volume ends without an end record; continuing on volume 2" in warned[1]
 
 
 def test_full_volume_without_a_next_volume_is_medium_full(shelf):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 
@@ -81,7 +82,8 @@ def test_a_unix_socket_path_that_is_a_regular_file_is_refused(tmp_path):
 
 def test_a_stale_unix_socket_file_is_reused(tmp_path):
     path = str(tmp_path / "s.sock")
-    NbdServer([Export.of("a", _Empty())], socket_path=path)._listener.close()  # left behind
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
+        dead.bind(path)  # left behind by a server that died: the file stays, nobody listens
     with NbdServer([Export.of("a", _Empty())], socket_path=path) as srv:
         assert srv.urls() == [f"nbd+unix:///a?socket={path}"]
 

@@ -82,7 +82,13 @@ class NbdServer:
         self._clients: dict[Connection, threading.Thread] = {}
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_w.setblocking(False)
-        self._listener = self._unix(socket_path) if socket_path else self._tcp(host, port)
+        try:
+            self._listener = self._unix(socket_path) if socket_path else self._tcp(host, port)
+        except BaseException:
+            # No server comes of it, so nobody would ever close the wake-up pair.
+            self._wake_r.close()
+            self._wake_w.close()
+            raise
 
     # -- listening -----------------------------------------------------------------------------
     @staticmethod

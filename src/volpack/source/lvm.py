@@ -67,13 +67,18 @@ class _PVFile:
                 f"{path}: cannot open physical volume ({exc.strerror}); an active VG holds its "
                 "PVs busy: deactivate it or back up a snapshot"
             ) from None
-        if self.is_device:
-            buf = array.array("B", bytes(8))
-            fcntl.ioctl(self.fd, BLKGETSIZE64, buf, True)
-            self.size = int.from_bytes(buf.tobytes(), "little")
-        else:
-            self.size = os.fstat(self.fd).st_size
-        self.label: PVLabel = read_pv_label(self.fd, path)
+        try:
+            if self.is_device:
+                buf = array.array("B", bytes(8))
+                fcntl.ioctl(self.fd, BLKGETSIZE64, buf, True)
+                self.size = int.from_bytes(buf.tobytes(), "little")
+            else:
+                self.size = os.fstat(self.fd).st_size
+            self.label: PVLabel = read_pv_label(self.fd, path)
+        except BaseException:
+            # A file given with --pv that is no PV: no object is made, so none would close it.
+            self.close()
+            raise
 
     def stamp(self) -> tuple[object, ...]:
         st = os.fstat(self.fd)
