@@ -1,4 +1,4 @@
-"""Volumes in: raw files and block devices, qcow2 images, LVM logical volumes.
+"""Volumes in: raw files and block devices, qcow2 images, LVM logical volumes, NBD exports.
 
 ``open_source`` picks the reader; each reader yields size, data runs, physical map and bytes.
 """
@@ -21,6 +21,10 @@ def open_source(path: str, source_format: str = "auto", *, pvs: tuple[str, ...] 
     from volpack.source.checks import check_volume_path
     from volpack.source.raw import open_raw
 
+    if path.startswith(("nbd://", "nbd+unix://")):
+        from volpack.source.nbd import open_nbd
+
+        return open_nbd(path)
     if source_format == "lvm" or path.startswith("lvm:"):
         from volpack.source.lvm import open_lvm
 
