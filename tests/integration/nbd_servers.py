@@ -29,6 +29,7 @@ def url(sock: Path, export: str = "") -> str:
 def server(argv: list[str], sock: Path) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``argv`` (which listens on ``sock``) until the block ends, then stop it by PID."""
     need(argv[0])
+    sock.unlink(missing_ok=True)  # a stale socket would look like a ready server
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 20

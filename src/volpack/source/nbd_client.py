@@ -351,6 +351,60 @@ class NbdClient:
                 raise self._fail(f"a reply chunk of {clen} bytes is oversize during {what}")
             self._recv(clen, what)
 
+    # -- writing (restore targets) -------------------------------------------------------------
+    def _command(
+        self, cmd: int, offset: int, length: int, what: str, payload: memoryview | None = None
+    ) -> None:
+        """Send one command (with ``payload`` for WRITE) and wait for its reply: a simple reply,
+        or structured chunks that may only be NONE or an error."""
+        cookie = self._request(cmd, offset, length)
+        if payload is not None:
+            self._send(payload, what)
+        while True:
+            structured, flags, rtype, clen, _ = self._reply_header(cookie, what)
+            if not structured:
+                if flags:
+                    raise self._simple_error(flags, what)
+                return
+            if rtype in (w.REPLY_TYPE_ERROR, w.REPLY_TYPE_ERROR_OFFSET):
+                err = self._error_chunk(clen, what)
+                self._drain(cookie, flags, what)
+                raise err
+            if rtype != w.REPLY_TYPE_NONE or clen:
+                raise self._fail(f"unexpected reply chunk type {rtype} ({clen} bytes) to {what}")
+            if flags & w.REPLY_FLAG_DONE:
+                return
+
+    def pwrite(self, data: memoryview, offset: int) -> None:
+        """Write ``data`` at ``offset`` in requests of at most max_block."""
+        step = self.export.max_block
+        with self._lock:
+            for pos in range(0, len(data), step):
+                part = data[pos : pos + step]
+                what = f"a write of {len(part)} bytes at offset {offset + pos}"
+                self._command(w.CMD_WRITE, offset + pos, len(part), what, part)
+
+    def zero(self, start: int, end: int) -> None:
+        """Make ``[start, end)`` read as zeros: WRITE_ZEROES where the server offers it, else
+        writes of zeros."""
+        if end <= start:
+            return
+        if not self.export.tflags & w.TFLAG_SEND_WRITE_ZEROES:
+            zeros = memoryview(bytes(min(self.export.max_block, end - start)))
+            for pos in range(start, end, len(zeros)):
+                self.pwrite(zeros[: min(len(zeros), end - pos)], pos)
+            return
+        with self._lock:
+            for pos in range(start, end, STATUS_CHUNK):
+                n = min(STATUS_CHUNK, end - pos)
+                self._command(w.CMD_WRITE_ZEROES, pos, n, f"zeroing {n} bytes at offset {pos}")
+
+    def flush(self) -> None:
+        """FLUSH when the server asks for it; a server without the flag writes through."""
+        if self.export.tflags & w.TFLAG_SEND_FLUSH:
+            with self._lock:
+                self._command(w.CMD_FLUSH, 0, 0, "the final flush")
+
     def block_status(self) -> list[tuple[int, int, int]] | None:
         """``(offset, length, flags)`` runs of base:allocation over the whole export, or None when
         the server offers no such context."""
