@@ -1,4 +1,5 @@
-"""Volumes in: raw files and block devices, qcow2 images, LVM logical volumes, NBD exports.
+"""Volumes in: raw files and block devices, qcow2 images, LVM logical volumes, NBD exports, and
+other QEMU image formats (vmdk, vdi, vhdx, vpc, qed) through a private qemu-nbd.
 
 ``open_source`` picks the reader; each reader yields size, data runs, physical map and bytes.
 """
@@ -34,6 +35,13 @@ def open_source(path: str, source_format: str = "auto", *, pvs: tuple[str, ...] 
         from volpack.source.qcow2 import open_qcow2
 
         return open_qcow2(path)
+    if source_format == "auto":
+        from volpack.source.qemu_image import has_qemu_magic, open_qemu_image
+
+        if has_qemu_magic(path):
+            image = open_qemu_image(path)
+            if image is not None:
+                return image
     return open_raw(path)
 
 
