@@ -461,11 +461,16 @@ class NbdClient:
         """Say goodbye with NBD_CMD_DISC (no reply), then close the socket."""
         if self._sock.fileno() < 0:
             return
+        # Another thread may be stuck in a request to a dead server (after SIGINT): do not wait
+        # for it longer than a moment; closing the socket ends its wait too.
+        locked = self._lock.acquire(timeout=5)
         try:
-            with self._lock:
+            if locked:
                 self._request(w.CMD_DISC, 0, 0)
-                self._sock.shutdown(socket.SHUT_RDWR)
+            self._sock.shutdown(socket.SHUT_RDWR)
         except (OSError, VolpackError):
             pass  # the server already went away; nothing left to tell it
         finally:
             self._sock.close()
+            if locked:
+                self._lock.release()

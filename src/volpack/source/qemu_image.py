@@ -76,7 +76,6 @@ class QemuImageSource:
     def __init__(self, path: str, fmt: str) -> None:
         self.path = path
         self.fmt = fmt
-        self._stat = os.stat(path)
         self._dir = tempfile.mkdtemp(prefix="volpack-qemu-nbd-")
         self._proc: subprocess.Popen[bytes] | None = None
         self._nbd: NbdSource | None = None
