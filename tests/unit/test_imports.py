@@ -27,7 +27,9 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "extents"),
     # exactio: positioned reads and writes that raise the caller's error family.
-    ("physmap", "units", "identity", "partials", "writeback", "exactio"),
+    # nbdwire: the NBD protocol's numbers and structs, one owner for the client (source/,
+    # targets/) and the server (serve/), which sit in different layers.
+    ("physmap", "units", "identity", "partials", "writeback", "exactio", "nbdwire"),
     ("atomic",),
     ("source",),
     ("detect",),

@@ -33,7 +33,9 @@ def register(sub: Any) -> None:
         description="Back up the used blocks of a volume (image file, block device, "
         "qcow2, lvm:VG/LV) into a self-describing archive.",
     )
-    p.add_argument("source", help="image file, block device, qcow2 image or lvm:VG/LV")
+    p.add_argument(
+        "source", help="image file, block device, qcow2 image, lvm:VG/LV or nbd://HOST/EXPORT"
+    )
     p.add_argument(
         "archive", help="archive path, '-' for stdout, or a URL (s3://bucket/key, tape:)"
     )

@@ -22,7 +22,9 @@ def register(sub: Any) -> None:
         description="Show which extents of a volume are used, which detector "
         "decided, and their physical locations (like qemu-img map).",
     )
-    p.add_argument("source", help="image file, block device, qcow2 image or lvm:VG/LV")
+    p.add_argument(
+        "source", help="image file, block device, qcow2 image, lvm:VG/LV or nbd://HOST/EXPORT"
+    )
     p.add_argument("--detect", choices=DETECT_MODES, default="auto")
     p.add_argument("--block-size", type=size_arg("--block-size"), default=4096)
     p.add_argument("--source-format", choices=SOURCE_FORMATS, default="auto")

@@ -35,9 +35,14 @@ def register(sub: Any) -> None:
         nargs="?",
         help="archive path, '-' for stdin, a URL, or a catalog id (omit with --volume)",
     )
-    p.add_argument("target", help="file (restored thin) or block device (needs --force)")
     p.add_argument(
-        "--force", action="store_true", help="replace an existing file or overwrite a block device"
+        "target",
+        help="file (restored thin), block device or NBD export nbd://… (both need --force)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing file or overwrite a block device or NBD export",
     )
     p.add_argument(
         "--mode",

@@ -188,6 +188,8 @@ def backup(
 def _check_not_in_use(source: str, pvs: tuple[str, ...]) -> None:
     from volpack.detect.mounted import check_not_mounted
 
+    if source.startswith(("nbd://", "nbd+unix://")):
+        return  # a live export: its server, not this host's mounts, says whether it is in use
     # An LVM volume is in use when one of its PVs is (an active VG on a loop device).
     for path in pvs if source.startswith("lvm:") else (source,):
         check_not_mounted(path)
@@ -217,6 +219,8 @@ def _source_roles(
 ) -> list[Role]:
     """The files and devices a backup reads: the source, a qcow2 image's backing chain and data
     file, or an LVM volume's PVs."""
+    if source.startswith(("nbd://", "nbd+unix://")):
+        return []  # a network export occupies no local file or device volpack could overlap
     if source_format == "lvm" or source.startswith("lvm:"):
         return [Role(pv, f"a physical volume of the source {source}", "--pv") for pv in pvs]
     roles = [Role(source, "the source being backed up", "source")]

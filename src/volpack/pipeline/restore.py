@@ -48,14 +48,27 @@ def restore(
     progress: Progress | None = None,
     expect_uuid: str | None = None,
 ) -> RestoreResult:
-    """Restore the volume in ``archive_url`` to ``target`` (thin file or block device, or a qcow2
-    image with ``target_format="qcow2"``). With ``expect_uuid`` (restore by catalog id), a
+    """Restore the volume in ``archive_url`` to ``target`` (thin file or block device, an NBD
+    export ``nbd://…``, or a qcow2 image with ``target_format="qcow2"``). With ``expect_uuid`` (restore by catalog id), a
     different archive there is refused before the target is touched. A new file gets permission
     bits ``mode`` (default 0600); one replaced with ``force`` keeps its own."""
     # Stages load on first use, so that importing the pipeline stays fast (see backup.py).
     from volpack.targets.raw import open_raw_target
 
+    nbd = target.startswith(("nbd://", "nbd+unix://"))
+
     def open_target(head: Head) -> Target:
+        if nbd:
+            from volpack.targets.nbd import open_nbd_target
+
+            if target_format != "raw":
+                raise UsageError(
+                    f"--target-format {target_format}: an NBD export takes raw volume bytes; "
+                    "choose the image format when exporting it (qemu-nbd -f)"
+                )
+            return open_nbd_target(
+                target, force=force, allow_smaller=allow_smaller, assume_zeroed=assume_zeroed
+            )
         if target_format == "raw":
             return open_raw_target(
                 target,
@@ -70,7 +83,8 @@ def restore(
             return open_qcow2_target(target, force=force, mode=mode)
         raise UsageError(f"--target-format {target_format}: use raw or qcow2")
 
-    roles = [Role(target, "the restore target", "target")]
+    # An NBD export occupies no local file or device that could overlap the archive.
+    roles = [] if nbd else [Role(target, "the restore target", "target")]
     done = restore_to(
         archive_url, open_target, roles=roles, progress=progress, expect_uuid=expect_uuid
     )

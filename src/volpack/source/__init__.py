@@ -1,4 +1,5 @@
-"""Volumes in: raw files and block devices, qcow2 images, LVM logical volumes.
+"""Volumes in: raw files and block devices, qcow2 images, LVM logical volumes, NBD exports, and
+other QEMU image formats (vmdk, vdi, vhdx, vpc, qed) through a private qemu-nbd.
 
 ``open_source`` picks the reader; each reader yields size, data runs, physical map and bytes.
 """
@@ -21,6 +22,10 @@ def open_source(path: str, source_format: str = "auto", *, pvs: tuple[str, ...] 
     from volpack.source.checks import check_volume_path
     from volpack.source.raw import open_raw
 
+    if path.startswith(("nbd://", "nbd+unix://")):
+        from volpack.source.nbd import open_nbd
+
+        return open_nbd(path)
     if source_format == "lvm" or path.startswith("lvm:"):
         from volpack.source.lvm import open_lvm
 
@@ -30,6 +35,13 @@ def open_source(path: str, source_format: str = "auto", *, pvs: tuple[str, ...] 
         from volpack.source.qcow2 import open_qcow2
 
         return open_qcow2(path)
+    if source_format == "auto":
+        from volpack.source.qemu_image import has_qemu_magic, open_qemu_image
+
+        if has_qemu_magic(path):
+            image = open_qemu_image(path)
+            if image is not None:
+                return image
     return open_raw(path)
 
 

@@ -1,0 +1,167 @@
+"""QEMU image formats volpack has no reader for (vmdk, vdi, vhdx, vpc, qed), read through qemu-nbd.
+
+A file whose first bytes carry one of these formats' magic is named by ``qemu-img info``, then
+served read-only by a private ``qemu-nbd`` on a Unix socket in a private temporary directory and
+read as an NBD source. volpack starts that server and stops it by PID on every exit path; the
+server also exits by itself when its one client goes away. The pure-Python qcow2 reader stays
+the reader of qcow2; raw stays raw.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.parse
+
+from volpack.errors import SourceError
+from volpack.extents import Extents
+from volpack.source.base import PhysicalMap, SourceInfo
+from volpack.source.nbd import NbdSource
+
+# Formats read through qemu-nbd, and how each announces itself in its first bytes (qemu's own
+# probes). A fixed VHD has its footer at the end only and qemu reads it as raw, as volpack does.
+QEMU_FORMATS = ("vmdk", "vdi", "vhdx", "vpc", "qed")
+_MAGIC: tuple[tuple[int, bytes], ...] = (
+    (0, b"KDMV"),  # vmdk sparse extent
+    (0, b"# Disk DescriptorFile"),  # vmdk descriptor
+    (0x40, b"\x7f\x10\xda\xbe"),  # vdi signature 0xbeda107f, little-endian
+    (0, b"vhdxfile"),
+    (0, b"conectix"),  # dynamic VHD (vpc)
+    (0, b"QED\x00"),
+)
+START_TIMEOUT = 30.0
+
+
+def has_qemu_magic(path: str) -> bool:
+    """Whether ``path`` starts like one of QEMU_FORMATS (cheap: no qemu-img for raw files)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(0x44)
+    except OSError:
+        return False
+    return any(head[at : at + len(m)] == m for at, m in _MAGIC)
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        raise SourceError(f"{name} is not installed; reading QEMU image formats needs qemu-utils")
+    return found
+
+
+def qemu_format(path: str) -> str:
+    """The format ``qemu-img info`` names for ``path``."""
+    r = subprocess.run(
+        [_tool("qemu-img"), "info", "--output=json", path],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["no message"])[-1]
+        raise SourceError(f"{path}: qemu-img cannot read the image ({last}); check the image")
+    try:
+        return str(json.loads(r.stdout)["format"])
+    except (ValueError, KeyError, TypeError):
+        raise SourceError(f"{path}: qemu-img info gave no format; check the image") from None
+
+
+class QemuImageSource:
+    """An image in a QEMU format, read through a private read-only qemu-nbd."""
+
+    def __init__(self, path: str, fmt: str) -> None:
+        self.path = path
+        self.fmt = fmt
+        self._dir = tempfile.mkdtemp(prefix="volpack-qemu-nbd-")
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._nbd: NbdSource | None = None
+        try:
+            sock = os.path.join(self._dir, "nbd.sock")
+            self._start(sock)
+            url = f"nbd+unix:///?socket={urllib.parse.quote(sock)}"
+            self._nbd = NbdSource(url)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, sock: str) -> None:
+        # No -t: qemu-nbd exits when its one client disconnects, even if volpack is killed.
+        argv = [_tool("qemu-nbd"), "-r", "-f", self.fmt, "-k", sock, "--", self.path]
+        self._proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + START_TIMEOUT
+        while not os.path.exists(sock):
+            if self._proc.poll() is not None:
+                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
+                last = (err.strip().splitlines() or ["no message"])[-1]
+                raise SourceError(
+                    f"{self.path}: qemu-nbd could not serve the {self.fmt} image ({last})"
+                )
+            if time.monotonic() > deadline:
+                raise SourceError(
+                    f"{self.path}: qemu-nbd did not start in {START_TIMEOUT:.0f} s; check the image"
+                )
+            time.sleep(0.01)
+
+    @property
+    def _src(self) -> NbdSource:
+        assert self._nbd is not None
+        return self._nbd
+
+    @property
+    def size(self) -> int:
+        return self._src.size
+
+    @property
+    def info(self) -> SourceInfo:
+        details: dict[str, object] = {"format": self.fmt, "reader": "qemu-nbd"}
+        details["block_size_max"] = self._src.info.details["block_size_max"]
+        return SourceInfo(self.fmt, os.path.abspath(self.path), details)
+
+    def identity(self) -> tuple[object, ...]:
+        st = os.stat(self.path)
+        return (self._src.size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
+    def data_extents(self) -> Extents:
+        return self._src.data_extents()
+
+    def physical_map(self) -> PhysicalMap:
+        # Where the format keeps each cluster in the file is qemu's knowledge, not told over NBD.
+        return PhysicalMap.unknown(self._src.size)
+
+    def read_into(self, offset: int, buf: memoryview) -> None:
+        self._src.read_into(offset, buf)
+
+    def close(self) -> None:
+        """Disconnect, stop qemu-nbd by its PID, remove the private directory."""
+        try:
+            if self._nbd is not None:
+                self._nbd.close()
+                self._nbd = None
+        finally:
+            proc, self._proc = self._proc, None
+            if proc is not None:
+                if proc.poll() is None:
+                    proc.terminate()
+                    try:
+                        proc.wait(10)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
+                if proc.stderr is not None:
+                    proc.stderr.close()
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def open_qemu_image(path: str) -> QemuImageSource | None:
+    """The image through qemu-nbd, or None when qemu-img names it raw or qcow2 (volpack's own
+    readers take those)."""
+    fmt = qemu_format(path)
+    if fmt not in QEMU_FORMATS:
+        return None
+    return QemuImageSource(path, fmt)

@@ -1,0 +1,136 @@
+"""The NBD client against a scripted server that misbehaves in ways real servers do not on cue:
+replies outside the request, short replies, a wrong cookie, a disconnect mid-reply. Each one is
+one SourceError line, never bytes taken on trust."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from volpack import nbdwire as w
+from volpack.errors import SourceError
+from volpack.source.nbd import NbdSource
+
+SIZE = 1 << 20
+
+
+def _recv(conn: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        part = conn.recv(n - len(data))
+        if not part:
+            raise ConnectionError
+        data += part
+    return data
+
+
+def _handshake(conn: socket.socket) -> None:
+    conn.sendall(struct.pack(">QQH", w.NBDMAGIC, w.IHAVEOPT, w.FLAG_FIXED_NEWSTYLE))
+    _recv(conn, 4)
+    while True:
+        _, opt, length = w.OPTION_HEADER.unpack(_recv(conn, w.OPTION_HEADER.size))
+        _recv(conn, length)
+        if opt == w.OPT_SET_META_CONTEXT:
+            ctx = w.U32.pack(1) + w.BASE_ALLOCATION.encode()
+            conn.sendall(w.OPTION_REPLY.pack(w.OPT_REPLY_MAGIC, opt, w.REP_META_CONTEXT, len(ctx)))
+            conn.sendall(ctx)
+        if opt == w.OPT_GO:
+            info = w.U16.pack(w.INFO_EXPORT) + struct.pack(">QH", SIZE, 1)
+            conn.sendall(w.OPTION_REPLY.pack(w.OPT_REPLY_MAGIC, opt, w.REP_INFO, len(info)) + info)
+        conn.sendall(w.OPTION_REPLY.pack(w.OPT_REPLY_MAGIC, opt, w.REP_ACK, 0))
+        if opt == w.OPT_GO:
+            return
+
+
+def _serve(tmp_path: Path, answer: Callable[[socket.socket, int, int, int], None]) -> str:
+    """Listen on a private socket; answer the first READ with ``answer(conn, cookie, off, len)``."""
+    path = tmp_path / "s.sock"
+    lsock = socket.socket(socket.AF_UNIX)
+    lsock.bind(str(path))
+    lsock.listen(1)
+
+    def run() -> None:
+        conn, _ = lsock.accept()
+        try:
+            _handshake(conn)
+            while True:
+                _, _, cmd, cookie, off, length = w.REQUEST.unpack(_recv(conn, w.REQUEST.size))
+                if cmd == w.CMD_READ:
+                    answer(conn, cookie, off, length)
+                    return
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            conn.close()
+            lsock.close()
+
+    threading.Thread(target=run, daemon=True).start()
+    return f"nbd+unix:///?socket={path}"
+
+
+def _read_fails(url: str, match: str) -> None:
+    src = NbdSource(url)
+    try:
+        with pytest.raises(SourceError, match=match):
+            src.read_into(0, memoryview(bytearray(65536)))
+    finally:
+        src.close()
+
+
+def _data_chunk(cookie: int, offset: int, data: bytes, flags: int = w.REPLY_FLAG_DONE) -> bytes:
+    return (
+        struct.pack(
+            ">IHHQI",
+            w.STRUCTURED_REPLY_MAGIC,
+            flags,
+            w.REPLY_TYPE_OFFSET_DATA,
+            cookie,
+            8 + len(data),
+        )
+        + w.U64.pack(offset)
+        + data
+    )
+
+
+def test_a_data_chunk_outside_the_request_is_refused(tmp_path):
+    url = _serve(tmp_path, lambda c, k, o, n: c.sendall(_data_chunk(k, o + n, b"x" * 16)))
+    _read_fails(url, "outside")
+
+
+def test_a_reply_covering_less_than_the_request_is_refused(tmp_path):
+    url = _serve(tmp_path, lambda c, k, o, n: c.sendall(_data_chunk(k, o, b"x" * (n // 2))))
+    _read_fails(url, "answered 32768 of the 65536 bytes")
+
+
+def test_a_reply_to_another_request_is_refused(tmp_path):
+    url = _serve(tmp_path, lambda c, k, o, n: c.sendall(_data_chunk(k + 7, o, b"x" * n)))
+    _read_fails(url, "while waiting for request")
+
+
+def test_a_server_closing_mid_reply_is_a_source_error(tmp_path):
+    url = _serve(tmp_path, lambda c, k, o, n: c.sendall(_data_chunk(k, o, b"x" * n)[:1000]))
+    _read_fails(url, "closed the connection")
+
+
+def test_an_error_chunk_fails_the_read_with_the_servers_message(tmp_path):
+    def answer(c: socket.socket, k: int, o: int, n: int) -> None:
+        msg = b"disk on fire"
+        body = w.U32.pack(w.EIO) + w.U16.pack(len(msg)) + msg
+        c.sendall(
+            struct.pack(
+                ">IHHQI",
+                w.STRUCTURED_REPLY_MAGIC,
+                w.REPLY_FLAG_DONE,
+                w.REPLY_TYPE_ERROR,
+                k,
+                len(body),
+            )
+            + body
+        )
+
+    _read_fails(_serve(tmp_path, answer), "error 5: disk on fire")
