@@ -116,6 +116,7 @@ class NbdClient:
 
     def _connect(self) -> socket.socket:
         a = self.addr
+        s: socket.socket | None = None
         try:
             if a.socket_path:
                 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -125,6 +126,8 @@ class NbdClient:
                 s = socket.create_connection((a.host, a.port), timeout=TIMEOUT)
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as exc:
+            if s is not None:
+                s.close()
             where = a.socket_path or f"{a.host}:{a.port}"
             raise self._fail(
                 f"cannot connect to the NBD server at {where} ({exc.strerror or exc}); "
