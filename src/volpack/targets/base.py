@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from volpack.errors import TargetError
 from volpack.extents import Extents
 
 
@@ -31,3 +32,25 @@ class Target(Protocol):
     def abort(self) -> None:
         """Stop after a failure: never delete a pre-existing target; drop a temporary file."""
         ...
+
+
+def writable_limit(
+    subject: str, kind: str, capacity: int, volume_size: int, used: Extents, allow_smaller: bool
+) -> int:
+    """How much of the volume a fixed-size target (a device, an NBD export) of ``capacity`` bytes
+    takes: all of it, or with ``allow_smaller`` as much as fits when every used byte does."""
+    highest = used.last
+    if capacity < volume_size:
+        if not allow_smaller:
+            raise TargetError(
+                f"{subject}: {kind} holds {capacity} B, the volume is {volume_size} B; use a "
+                f"larger {kind}, or --allow-smaller (needs at least {highest} B, the end of the "
+                "highest used block)"
+            )
+        if capacity < highest:
+            raise TargetError(
+                f"{subject}: {kind} holds {capacity} B, the highest used byte ends at "
+                f"{highest} B; use {'an' if kind[0] in 'aeiou' else 'a'} {kind} of at least that "
+                "size"
+            )
+    return min(volume_size, capacity)

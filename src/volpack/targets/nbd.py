@@ -11,6 +11,7 @@ from __future__ import annotations
 from volpack.errors import TargetError
 from volpack.extents import Extents
 from volpack.source.nbd_client import NbdClient
+from volpack.targets.base import writable_limit
 
 
 class NbdTarget:
@@ -35,20 +36,9 @@ class NbdTarget:
             raise TargetError(
                 f"{self.url}: the export is read-only; export it writable (qemu-nbd without -r)"
             )
-        highest = used_bytes.last
-        if self.capacity < volume_size:
-            if not self.allow_smaller:
-                raise TargetError(
-                    f"{self.url}: export holds {self.capacity} B, the volume is {volume_size} B; "
-                    f"use a larger export, or --allow-smaller (needs at least {highest} B, the "
-                    "end of the highest used block)"
-                )
-            if self.capacity < highest:
-                raise TargetError(
-                    f"{self.url}: export holds {self.capacity} B, the highest used byte ends at "
-                    f"{highest} B; use an export of at least that size"
-                )
-        self.limit = min(volume_size, self.capacity)
+        self.limit = writable_limit(
+            self.url, "export", self.capacity, volume_size, used_bytes, self.allow_smaller
+        )
 
     def _zero(self, start: int, end: int) -> None:
         if not self.assume_zeroed:

@@ -18,6 +18,7 @@ from volpack.atomic import create_temp, discard, publish
 from volpack.errors import TargetError, UsageError
 from volpack.exactio import Subject, pwrite_all
 from volpack.extents import Extents
+from volpack.targets.base import writable_limit
 from volpack.units import check_mode, human
 from volpack.writeback import Writeback
 
@@ -127,20 +128,9 @@ class DeviceTarget:
         self._writeback = Writeback(self.fd)
 
     def prepare(self, volume_size: int, used_bytes: Extents) -> None:
-        highest = used_bytes.last
-        if self.capacity < volume_size:
-            if not self.allow_smaller:
-                raise TargetError(
-                    f"{self.path}: device holds {self.capacity} B, the volume is {volume_size} B; "
-                    f"use a larger device, or --allow-smaller (needs at least {highest} B, the "
-                    "end of the highest used block)"
-                )
-            if self.capacity < highest:
-                raise TargetError(
-                    f"{self.path}: device holds {self.capacity} B, the highest used "
-                    f"byte ends at {highest} B; use a device of at least that size"
-                )
-        self.limit = min(volume_size, self.capacity)
+        self.limit = writable_limit(
+            self.path, "device", self.capacity, volume_size, used_bytes, self.allow_smaller
+        )
 
     def _zero(self, start: int, end: int) -> None:
         if self.assume_zeroed or end <= start:
