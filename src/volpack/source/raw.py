@@ -73,13 +73,20 @@ class RawSource:
                     "or unmount it first"
                 ) from None
             raise SourceError(f"{path}: cannot open for reading ({exc.strerror})") from None
-        self._stat = os.fstat(self.fd)
-        if self.is_device:
-            buf = array.array("B", bytes(8))
-            fcntl.ioctl(self.fd, BLKGETSIZE64, buf, True)
-            self._size = int.from_bytes(buf.tobytes(), "little")
-        else:
-            self._size = self._stat.st_size
+        try:
+            self._stat = os.fstat(self.fd)
+            if self.is_device:
+                buf = array.array("B", bytes(8))
+                fcntl.ioctl(self.fd, BLKGETSIZE64, buf, True)
+                self._size = int.from_bytes(buf.tobytes(), "little")
+            else:
+                self._size = self._stat.st_size
+        except OSError as exc:
+            os.close(self.fd)
+            raise SourceError(
+                f"{path}: cannot read its size ({exc.strerror}); check that it is a working "
+                "image file or block device"
+            ) from None
         self.device_name = (
             f"dev:{os.major(self._stat.st_rdev)}:{os.minor(self._stat.st_rdev)}"
             if self.is_device
