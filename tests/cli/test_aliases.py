@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_helpers import one_error_line
 from volpack import pipeline
 from volpack.errors import EXIT_TARGET, EXIT_USAGE
 from volumes import write_sparse
@@ -30,16 +31,6 @@ def vp(*args: str, stdout=None) -> subprocess.CompletedProcess:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def one_error_line(r: subprocess.CompletedProcess, code: int, *words: str) -> str:
-    assert r.returncode == code, (r.returncode, r.stderr)
-    assert "Traceback" not in r.stderr
-    lines = [x for x in r.stderr.splitlines() if x.startswith("volpack: error:")]
-    assert len(lines) == 1, r.stderr
-    for w in words:
-        assert w.lower() in lines[0].lower(), (w, lines[0])
-    return lines[0]
 
 
 def sha(path: Path | str) -> str:

@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+from cli_helpers import one_error_line
 from volpack import pipeline
 from volumes import write_sparse
 
@@ -15,16 +16,6 @@ def vp(*args: str, stdin=None) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["python3", "-m", "volpack", *args], capture_output=True, text=True, stdin=stdin
     )
-
-
-def one_error_line(r: subprocess.CompletedProcess, code: int, *words: str) -> str:
-    assert r.returncode == code, (r.returncode, r.stderr)
-    assert "Traceback" not in r.stderr
-    lines = [x for x in r.stderr.splitlines() if x.startswith("volpack: error:")]
-    assert len(lines) == 1, r.stderr
-    for w in words:
-        assert w.lower() in lines[0].lower(), (w, lines[0])
-    return lines[0]
 
 
 @pytest.fixture
