@@ -56,7 +56,7 @@ def cleanup(url: str, *, older_than: float | None = None, dry_run: bool = False)
     default 24 h). For files ``older_than`` is an extra filter (default none: the lock decides).
     With ``dry_run`` nothing is changed. Raises when the place cannot be listed."""
     if older_than is not None and older_than < 0:
-        raise UsageError(f"older than {older_than} s: must be 0 or more")
+        raise UsageError(f"--older-than {older_than} s: must be 0 or more; give an age like 24h")
     leftovers = media.capabilities(url).leftovers
     if leftovers == "uploads":
         age = DEFAULT_UPLOAD_AGE if older_than is None else older_than

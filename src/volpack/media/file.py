@@ -38,7 +38,9 @@ def path_of(url: str) -> str:
     if not path:
         raise UsageError(f"{url}: the file URL names no file; write file:///path/to/archive.vpk")
     if "\0" in path:
-        raise UsageError(f"{url}: %00 decodes to a NUL byte, which no file name can hold")
+        raise UsageError(
+            f"{url}: %00 decodes to a NUL byte, which no file name can hold; remove it from the URL"
+        )
     return path
 
 

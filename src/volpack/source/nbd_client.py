@@ -60,7 +60,9 @@ def parse_nbd_url(url: str) -> NbdAddress:
     try:
         port = parts.port or DEFAULT_PORT
     except ValueError:
-        raise UsageError(f"{url}: the port is not a number from 1 to 65535") from None
+        raise UsageError(
+            f"{url}: the port is not a number from 1 to 65535; write nbd://HOST:PORT/EXPORT"
+        ) from None
     return NbdAddress(url=url, export=export, host=parts.hostname, port=port)
 
 

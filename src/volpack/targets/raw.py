@@ -44,7 +44,9 @@ def create_file_temp(path: str, mode: int | None) -> tuple[str, int]:
     try:
         return create_temp(path, mode)
     except OSError as exc:
-        raise TargetError(f"{path}: cannot create ({exc.strerror})") from None
+        raise TargetError(
+            f"{path}: cannot create ({exc.strerror}); choose a target in a writable directory"
+        ) from None
 
 
 class FileTarget:
