@@ -19,6 +19,7 @@ EXIT_MEDIUM = 7
 EXIT_TARGET = 8
 EXIT_CATALOG = 9
 EXIT_DIFFERS = 10
+EXIT_CHAIN = 11
 EXIT_INTERRUPTED = 130
 
 
@@ -102,6 +103,13 @@ class VolumeDiffers(VolpackError):
     """verify --against found a volume that is not what the archive holds."""
 
     exit_code = EXIT_DIFFERS
+
+
+class ChainError(VolpackError):
+    """An incremental's base chain is broken: a base missing, replaced, of another volume or
+    geometry, or a cycle. Nothing was written."""
+
+    exit_code = EXIT_CHAIN
 
 
 class CatalogFull(CatalogError):

@@ -173,6 +173,13 @@ def forge_header(data: bytes, **fields) -> bytes:
         "level",
         "csum",
         "dig",
+        "hbs",
+        "chain_id",
+        "chain_seq",
+        "base_uuid",
+        "base_digest",
+        "base_state",
+        "base_size",
         "reserved",
     ]
     values = dict(zip(names, R.HEADER.unpack_from(data), strict=True))
@@ -278,11 +285,15 @@ def layout(data: bytes) -> tuple[list[int], int, int]:
     foot = data[-R.FOOTER_SIZE :]
     _, toff, _tlen, *_ = R.FOOTER.unpack_from(foot)
     payload = data[toff + R.RECORD_SIZE : -R.FOOTER_SIZE]
-    frames = R.TRAILER_FIXED.unpack_from(payload)[0]
-    end = len(payload) - R.DIGEST_SIZE
-    index = np.frombuffer(payload, R.INDEX_DTYPE, frames, end - frames * R.INDEX_DTYPE.itemsize)
-    offsets = index["offset"].tolist()
+    header = R.Header.decode(data[: R.HEADER_SIZE])
+    offsets = R.split_trailer(payload, "", header.bound, header.hashed).index["offset"].tolist()
     return offsets, offsets[0] if offsets else toff, toff
+
+
+def index_at(data: bytes) -> int:
+    """Archive offset of the trailer's frame index (after the fixed fields and the copies)."""
+    offsets, head_len, toff = layout(data)
+    return toff + R.RECORD_SIZE + R.TRAILER_FIXED.size + head_len
 
 
 def reseal(data: bytes, *, digest: bool = False) -> bytes:
@@ -421,9 +432,9 @@ def test_an_edited_head_hash_with_the_trailer_checksum_recomputed_is_refused(raw
 
 def test_the_digest_covers_the_trailer_up_to_the_digest(raw_pair, tmp_path):
     _, _, data = raw_pair[0]
-    _, _, toff = layout(data)
+    offsets, _, toff = layout(data)
     # A reserved byte of the last frame index entry: no other check looks at it.
-    at = len(data) - R.FOOTER_SIZE - R.DIGEST_SIZE - 1
+    at = index_at(data) + len(offsets) * R.INDEX_DTYPE.itemsize - 1
     edited = reseal(data[:at] + b"\x01" + data[at + 1 :])
     (tmp_path / "e.vpk").write_bytes(edited)
     with pytest.raises(CorruptArchive, match="archive digest"):
@@ -432,11 +443,7 @@ def test_the_digest_covers_the_trailer_up_to_the_digest(raw_pair, tmp_path):
 
 def test_verify_checks_the_frame_index_against_the_frames_it_read(raw_pair, tmp_path):
     _, _, data = raw_pair[0]
-    _, _, toff = layout(data)
-    payload_at = toff + R.RECORD_SIZE
-    frames = R.TRAILER_FIXED.unpack_from(data, payload_at)[0]
-    index_at = len(data) - R.FOOTER_SIZE - R.DIGEST_SIZE - frames * R.INDEX_DTYPE.itemsize
-    stored_at = index_at + R.INDEX_DTYPE.itemsize + 8  # frame 1's stored_length
+    stored_at = index_at(data) + R.INDEX_DTYPE.itemsize + 8  # frame 1's stored_length
     wrong = (65536 - 100).to_bytes(4, "little")
     # Even with every checksum and the digest recomputed, the index disagrees with the frames.
     edited = reseal(data[:stored_at] + wrong + data[stored_at + 4 :], digest=True)
@@ -652,7 +659,7 @@ def test_another_major_version_is_unsupported_even_with_a_checksum_this_version_
     _, _, data = small_archive
     forged = bytearray(data)
     forged[8] = 2  # major 2; its header may be checksummed differently
-    with pytest.raises(UnsupportedArchive, match=r"version 2\.1"):
+    with pytest.raises(UnsupportedArchive, match=r"version 2\.2"):
         stream_check(bytes(forged), tmp_path)
 
 
@@ -714,10 +721,10 @@ def test_a_gap_between_the_tables_and_the_first_frame_is_refused(raw_pair, tmp_p
     gap = 8
     payload = bytearray(data[toff + R.RECORD_SIZE : -R.FOOTER_SIZE])
     frames = len(offsets)
-    index_at = len(payload) - R.DIGEST_SIZE - frames * R.INDEX_DTYPE.itemsize
-    index = np.frombuffer(payload, R.INDEX_DTYPE, frames, index_at).copy()
+    at = index_at(data) - toff - R.RECORD_SIZE
+    index = np.frombuffer(payload, R.INDEX_DTYPE, frames, at).copy()
     index["offset"] += gap
-    payload[index_at : index_at + index.nbytes] = index.tobytes()
+    payload[at : at + index.nbytes] = index.tobytes()
     payload[24:32] = (toff + gap).to_bytes(8, "little")  # trailer_offset
     shifted = data[:head_len] + bytes(gap) + data[head_len:toff]
     forged = with_trailer(shifted, toff + gap, bytes(payload))
@@ -730,10 +737,7 @@ def test_a_gap_between_the_tables_and_the_first_frame_is_refused(raw_pair, tmp_p
 
 def test_a_frame_index_codec_that_differs_from_the_frame_is_refused(raw_pair, tmp_path):
     _, _, data = raw_pair[0]
-    _, _, toff = layout(data)
-    frames = R.TRAILER_FIXED.unpack_from(data, toff + R.RECORD_SIZE)[0]
-    index_at = len(data) - R.FOOTER_SIZE - R.DIGEST_SIZE - frames * R.INDEX_DTYPE.itemsize
-    codec_at = index_at + R.INDEX_DTYPE.itemsize + 12  # frame 1's codec: raw (0) → zstd (1)
+    codec_at = index_at(data) + R.INDEX_DTYPE.itemsize + 12  # frame 1's codec: raw (0) → zstd (1)
     edited = reseal(data[:codec_at] + b"\x01" + data[codec_at + 1 :], digest=True)
     path = tmp_path / "c.vpk"
     path.write_bytes(edited)

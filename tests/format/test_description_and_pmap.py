@@ -22,6 +22,7 @@ from volpack.format import records as R
 from volpack.format.description import ArchiveDescription
 from volpack.format.pmap import decode_pmap, encode_pmap
 from volpack.format.random_access import open_archive
+from volpack.format.hashtable import HashBuilder
 from volpack.format.writer import ArchiveWriter
 from volpack.media import open_writer
 from volpack.physmap import PM_UNKNOWN, PM_ZERO, PhysicalMap
@@ -54,7 +55,8 @@ def write_archive(path: Path, desc_payload: bytes, data: bytes) -> None:
     )
     dense = memoryview(data + bytes(-len(data) % BLOCK))
     medium = open_writer(str(path))
-    writer = ArchiveWriter(medium, header, head, threads=1)
+    hashes = HashBuilder(table, header.volume_size, header.hash_block_size)
+    writer = ArchiveWriter(medium, header, head, threads=1, hashes=hashes)
     writer.write_head()
 
     def produce(seq: int, view: memoryview) -> None:

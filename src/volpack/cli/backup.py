@@ -49,8 +49,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--block-size",
         type=size_arg("--block-size"),
-        default=4096,
-        help="used-map block size, power of two 512..1Mi (default 4K)",
+        default=None,
+        help="used-map block size, power of two 512..1Mi (default 4K; an incremental keeps its "
+        "base's)",
     )
     p.add_argument(
         "--frame-size",
@@ -103,6 +104,18 @@ def register(sub: Any) -> None:
         help="permission bits of the archive file, e.g. 0640 (default: 0600 for a new file, the "
         "old file's for one replaced with --force; the umask can only take bits away)",
     )
+    p.add_argument(
+        "--base",
+        metavar="ARCHIVE|latest",
+        help="make an incremental holding only what changed since this archive (a path or URL, "
+        "or 'latest': the newest catalogued archive of this source)",
+    )
+    p.add_argument(
+        "--bitmap",
+        metavar="NAME",
+        help="with --base: use the source's dirty bitmap NAME (qcow2 persistent bitmap or NBD "
+        "export) as a hint; it is checked against the base and replaced by hash compare if wrong",
+    )
     p.add_argument("--catalog", metavar="PATH", help="catalog file (default: the user's catalog)")
     p.add_argument("--no-catalog", action="store_true", help="do not record the backup")
     add_medium_options(p)
@@ -147,6 +160,9 @@ def run(args: argparse.Namespace) -> int:
             threads=args.threads,
             progress=progress,
             on_source_released=released,
+            base=args.base,
+            bitmap=args.bitmap,
+            catalog=None if args.no_catalog and args.base != "latest" else args.catalog,
         )
     finally:
         progress.close()

@@ -134,7 +134,40 @@ class OptionsDescription:
         return _drop_none({"compress": self.compress, "staging": self.staging})
 
 
-_KNOWN = ("tool", "host", "source", "detection", "options")
+@dataclass(frozen=True, slots=True)
+class ChangesDescription:
+    """How an incremental found what changed since its base: ``method`` (``hash-compare``,
+    ``bitmap:NAME``, ``merge``), source bytes read for it, un-hinted hash blocks sampled, and why
+    a hint was not used."""
+
+    method: str | None = None
+    read_bytes: int | None = None
+    sampled: int | None = None
+    warnings: tuple[str, ...] = ()
+
+    @staticmethod
+    def from_json(value: object) -> ChangesDescription:
+        d = _map(value)
+        read, sampled, warnings = d.get("read_bytes"), d.get("sampled"), d.get("warnings")
+        return ChangesDescription(
+            _str(d.get("method")),
+            read if isinstance(read, int) and not isinstance(read, bool) else None,
+            sampled if isinstance(sampled, int) and not isinstance(sampled, bool) else None,
+            tuple(w for w in warnings if isinstance(w, str)) if isinstance(warnings, list) else (),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return _drop_none(
+            {
+                "method": self.method,
+                "read_bytes": self.read_bytes,
+                "sampled": self.sampled,
+                "warnings": list(self.warnings),
+            }
+        )
+
+
+_KNOWN = ("tool", "host", "source", "detection", "options", "changes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +180,7 @@ class ArchiveDescription:
     source: SourceDescription = field(default_factory=SourceDescription)
     detection: DetectionDescription = field(default_factory=DetectionDescription)
     options: OptionsDescription = field(default_factory=OptionsDescription)
+    changes: ChangesDescription | None = None  # incrementals only
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @staticmethod
@@ -158,6 +192,7 @@ class ArchiveDescription:
             source=SourceDescription.from_json(value.get("source")),
             detection=DetectionDescription.from_json(value.get("detection")),
             options=OptionsDescription.from_json(value.get("options")),
+            changes=ChangesDescription.from_json(value["changes"]) if "changes" in value else None,
             extra=MappingProxyType({k: v for k, v in value.items() if k not in _KNOWN}),
         )
 
@@ -169,4 +204,5 @@ class ArchiveDescription:
             "source": self.source.to_json(),
             "detection": self.detection.to_json(),
             "options": self.options.to_json(),
+            **({"changes": self.changes.to_json()} if self.changes is not None else {}),
         }

@@ -19,7 +19,7 @@ from volpack.errors import CorruptArchive, IncompleteArchive, MediumError, Usage
 from volpack.extents import Extents
 from volpack.format import records as R
 from volpack.format.description import ArchiveDescription
-from volpack.format.reader import decode_frame_payload, parse_head_records
+from volpack.format.reader import check_hash_table, decode_frame_payload, parse_head_records
 from volpack.media import open_reader
 from volpack.media.base import MediumReader
 from volpack.physmap import PhysicalMap
@@ -82,7 +82,7 @@ class Archive:
         header = R.Header.decode(
             payload[R.TRAILER_FIXED.size : R.TRAILER_FIXED.size + R.HEADER_SIZE], where
         )
-        t = R.split_trailer(payload, where, header.bound)
+        t = R.split_trailer(payload, where, header.bound, header.hashed)
         if header.uuid != footer.uuid or head_header.uuid != header.uuid:
             raise CorruptArchive(
                 f"{where}: header uuid {header.uuid} differs from footer "
@@ -102,11 +102,17 @@ class Archive:
                     f"{head_hash.hex()}, its head hash is {t.head_hash.hex()}; the archive is "
                     "damaged"
                 )
-        desc, pmap, table, used_len = parse_head_records(t.head_records, header, where)
-        if used_len != len(t.head_records):
+        tables = parse_head_records(t.head_records, header, where)
+        desc, pmap, table = tables.desc, tables.pmap, tables.table
+        if tables.length != len(t.head_records):
             raise CorruptArchive(
-                f"{where}: {len(t.head_records) - used_len} stray bytes after the table copies"
+                f"{where}: {len(t.head_records) - tables.length} stray bytes after the table copies"
             )
+        # HASHED: the state this archive leaves, checked against its state digest here; whether
+        # the frames hash so is verify's job (it reads every frame).
+        self.hash_table = check_hash_table(t, header, where) if header.hashed else None
+        self.zeros: Extents = tables.zeros
+        self.covered: Extents = tables.covered
         if t.frame_count != header.frame_count or t.dense_size != header.dense_size:
             raise CorruptArchive(
                 f"{where}: trailer counts {t.frame_count} frames / "
@@ -195,6 +201,15 @@ class Archive:
     @property
     def digest(self) -> str:
         return self.trailer.digest.hex()
+
+    @property
+    def state_digest(self) -> str:
+        """The digest of the volume state this archive leaves ('' before format 1.2)."""
+        return self.trailer.state_digest.hex()
+
+    @property
+    def incremental(self) -> bool:
+        return self.header.incremental
 
     @property
     def stored_bytes(self) -> int:

@@ -20,8 +20,10 @@ import numpy as np
 
 from volpack.compact.table import AddressTable
 from volpack.errors import CorruptArchive, IncompleteArchive
+from volpack.extents import Extents
 from volpack.format import records as R
 from volpack.format.description import ArchiveDescription
+from volpack.format.hashtable import HashBuilder, HashTable
 from volpack.format.pmap import decode_pmap
 from volpack.media.base import MediumReader
 from volpack.physmap import PhysicalMap
@@ -37,20 +39,34 @@ class Head:
     pmap: PhysicalMap
     table: AddressTable
     head_records: bytes
+    # INCREMENTAL: blocks set to zero, and the hash blocks this archive covers (data or zero);
+    # a full archive covers every hash block and its zeros are the blocks outside its table.
+    zeros: Extents
+    covered: Extents
 
 
-def parse_head_records(
-    data: bytes, header: R.Header, where: str
-) -> tuple[dict[str, Any], PhysicalMap, AddressTable, int]:
-    """Decode DESC (the JSON object as recorded), PMAP, ATAB from ``data`` (records back to back);
-    returns them and the length used."""
+def head_tags(header: R.Header) -> tuple[tuple[bytes, int], ...]:
+    """The head's records in order, with their payload limits."""
+    tags = ((R.TAG_DESC, R.MAX_DESC), (R.TAG_PMAP, R.MAX_TABLE), (R.TAG_ATAB, R.MAX_TABLE))
+    return tags + (((R.TAG_ZTAB, R.MAX_TABLE),) if header.incremental else ())
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class HeadTables:
+    desc: dict[str, Any]
+    pmap: PhysicalMap
+    table: AddressTable
+    zeros: Extents
+    covered: Extents
+    length: int
+
+
+def parse_head_records(data: bytes, header: R.Header, where: str) -> HeadTables:
+    """Decode DESC (the JSON object as recorded), PMAP, ATAB and (INCREMENTAL) ZTAB from ``data``
+    (records back to back); returns them and the length used."""
     pos = 0
     out: list[bytes] = []
-    for tag, limit in (
-        (R.TAG_DESC, R.MAX_DESC),
-        (R.TAG_PMAP, R.MAX_TABLE),
-        (R.TAG_ATAB, R.MAX_TABLE),
-    ):
+    for tag, limit in head_tags(header):
         if pos + R.RECORD_SIZE > len(data):
             raise CorruptArchive(f"{where}: {tag.decode()} record missing from the table copies")
         length, psum = R.decode_record_header(data[pos : pos + R.RECORD_SIZE], where, tag, limit)
@@ -63,7 +79,14 @@ def parse_head_records(
         pos += length
     desc = R.decode_desc(out[0], where)
     pmap = decode_pmap(out[1], header, where)
-    return desc, pmap, table_from_atab(R.decode_atab(out[2], header, where), header), pos
+    table = table_from_atab(R.decode_atab(out[2], header, where), header)
+    if header.incremental:
+        zeros = R.decode_ztab(out[3], header, where)
+        covered = R.check_coverage(table.used(), zeros, header, where)
+    else:
+        zeros = table.used().complement(0, header.volume_blocks)
+        covered = Extents.span(0, header.hash_blocks)
+    return HeadTables(desc, pmap, table, zeros, covered, pos)
 
 
 def table_from_atab(runs: np.ndarray, header: R.Header) -> AddressTable:
@@ -73,8 +96,15 @@ def table_from_atab(runs: np.ndarray, header: R.Header) -> AddressTable:
 
 
 class ArchiveStream:
-    def __init__(self, medium: MediumReader, name: str | None = None) -> None:
+    def __init__(
+        self, medium: MediumReader, name: str | None = None, *, check_hashes: bool = False
+    ) -> None:
+        """``check_hashes``: hash the frames read and check the trailer's block hash table
+        against them (verify does; a restore relies on the frame checksums and digest)."""
         self.medium = medium
+        self.check_hashes = check_hashes
+        self._hashes: HashBuilder | None = None
+        self.hash_table: HashTable | None = None
         self.name = name or medium.url
         self._buf = bytearray(64 << 10)  # grows to the largest frame actually seen
         self._pos = self._end = 0
@@ -142,23 +172,21 @@ class ArchiveStream:
         first = self._read(8, "the header")
         header_bytes = bytes(first) + bytes(self._read(R.HEADER_SIZE - 8, "the header"))
         header = R.Header.decode(header_bytes, self._where(0))
-        records = []
-        for tag, limit in (
-            (R.TAG_DESC, R.MAX_DESC),
-            (R.TAG_PMAP, R.MAX_TABLE),
-            (R.TAG_ATAB, R.MAX_TABLE),
-        ):
-            records.append(self._read_record(tag, limit))
+        records = [self._read_record(tag, limit) for tag, limit in head_tags(header)]
         head_records = b"".join(h + p for h, p in records)
-        desc, pmap, table, _ = parse_head_records(head_records, header, self.name)
+        t = parse_head_records(head_records, header, self.name)
         self.head = Head(
             header=header,
             header_bytes=header_bytes,
-            desc=ArchiveDescription.from_json(desc),
-            pmap=pmap,
-            table=table,
+            desc=ArchiveDescription.from_json(t.desc),
+            pmap=t.pmap,
+            table=t.table,
             head_records=head_records,
+            zeros=t.zeros,
+            covered=t.covered,
         )
+        if self.check_hashes and header.hashed:
+            self._hashes = HashBuilder(t.table, header.volume_size, header.hash_block_size)
         return self.head
 
     def frames(self, threads: int = 2) -> Iterator[tuple[int, memoryview]]:
@@ -213,7 +241,10 @@ class ArchiveStream:
             while (item := ready.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
-                yield item.result()
+                frame = item.result()
+                if self._hashes is not None:
+                    self._hashes.feed(*frame)
+                yield frame
         finally:
             stop.set()
             while reader.is_alive():  # free a slot so a blocked reader sees the stop
@@ -229,13 +260,16 @@ class ArchiveStream:
         h = self.head.header
         self._hashing = False
         offset = self.offset
-        expect = R.trailer_payload_length(h, len(self.head.head_records))
-        thdr, payload = self._read_record(R.TAG_TRLR, expect)
+        limit = R.trailer_payload_length(h, len(self.head.head_records))
+        thdr, payload = self._read_record(R.TAG_TRLR, limit)
         where = self._where(offset)
         if h.bound:  # the digest also covers the trailer up to the digest itself
             self._digest.update(memoryview(payload)[: len(payload) - R.DIGEST_SIZE])
         digest = self._digest.digest()
-        t = R.split_trailer(payload, where, h.bound)
+        t = R.split_trailer(payload, where, h.bound, h.hashed)
+        expect = R.trailer_payload_length(
+            h, len(self.head.head_records), len(t.hash_entries) // R.HASH_ENTRY_SIZE
+        )
         checks = [
             (t.frame_count, h.frame_count, "frame count"),
             (t.dense_size, h.dense_size, "dense size"),
@@ -260,6 +294,10 @@ class ArchiveStream:
         check_index_matches(
             t.index, self._frame_offsets, self._frame_stored, self._frame_codecs, where
         )
+        if h.hashed:
+            self.hash_table = check_hash_table(t, h, where)
+            if self._hashes is not None:
+                check_own_hashes(self.hash_table, self._hashes.result(), self.head.covered, where)
         # The digest last: the checks above name the part that differs, it catches the rest.
         if t.digest != digest:
             raise CorruptArchive(
@@ -285,6 +323,31 @@ class ArchiveStream:
                 "the medium holds more than one archive or trailing garbage"
             )
         return t
+
+
+def check_hash_table(t: R.Trailer, h: R.Header, where: str) -> HashTable:
+    """Decode the trailer's block hash table and check its state digest."""
+    table = HashTable.decode(t.hash_entries, h.hash_block_size, h.volume_size, where)
+    actual = table.state_digest()
+    if actual != t.state_digest:
+        raise CorruptArchive(
+            f"{where}: block hash table hashes to state digest {actual.hex()}, the trailer "
+            f"records {t.state_digest.hex()}; the archive is damaged"
+        )
+    return table
+
+
+def check_own_hashes(
+    recorded: HashTable, computed: HashTable, covered: Extents, where: str
+) -> None:
+    """The hash blocks an archive covers hash, from its frames, as its table says."""
+    want, got = recorded.select(covered), computed.select(covered)
+    if not want.equals(got):
+        at = want.first_difference(got)
+        raise CorruptArchive(
+            f"{where}: hash block {at} (volume offset {(at or 0) * recorded.hash_block_size}) "
+            "does not hash as the block hash table records; the archive is damaged"
+        )
 
 
 def check_index_matches(

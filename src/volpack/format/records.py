@@ -1,5 +1,5 @@
-"""Byte layouts of archive format 1.1 (docs/format.md) and the 1.0 rules it still reads: header,
-records, tables, frames, trailer, footer. Pure encode/decode with every bound checked; no I/O, no
+"""Byte layouts of archive format 1.2 (docs/format.md) and the 1.0 / 1.1 rules it still reads:
+header, records, tables, frames, trailer, footer. Pure encode/decode with every bound checked; no I/O, no
 knowledge of sources or media.
 """
 
@@ -8,15 +8,16 @@ from __future__ import annotations
 import json
 import struct
 import uuid as uuidlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import xxhash
 
 from volpack.errors import CorruptArchive, IncompleteArchive, NotAnArchive, UnsupportedArchive
+from volpack.extents import Extents
 
-MAJOR, MINOR = 1, 1
+MAJOR, MINOR = 1, 2
 MAGIC = b"\x89VPK\r\n\x1a\n"
 END_MAGIC = b"\x89VPKEND\n"
 
@@ -28,12 +29,16 @@ DIGEST_BLAKE3 = 1
 FEATURE_ENCRYPTED = 1 << 0
 FEATURE_INCREMENTAL = 1 << 1
 FEATURE_BOUND = 1 << 2  # 1.1: frame checksums bound to archive and position; head hash, digest
-KNOWN_INCOMPAT = FEATURE_BOUND  # bits this version implements
+FEATURE_HASHED = 1 << 3  # 1.2: chain fields in the header, block hash table in the trailer
+# bits this version implements
+KNOWN_INCOMPAT = FEATURE_BOUND | FEATURE_HASHED | FEATURE_INCREMENTAL
 INCOMPAT_NAMES = {
     FEATURE_ENCRYPTED: "ENCRYPTED",
     FEATURE_INCREMENTAL: "INCREMENTAL",
     FEATURE_BOUND: "BOUND",
+    FEATURE_HASHED: "HASHED",
 }
+WRITTEN_INCOMPAT = FEATURE_BOUND | FEATURE_HASHED  # set on every archive this version writes
 RECORD_FLAGS = 0  # known flag bits of records (none yet)
 FRAME_FLAGS = 0  # known flag bits of frames (none yet)
 PMAP_FLAGS = 0x3F  # UNKNOWN, UNWRITTEN, COMPRESSED, ZERO, SHARED, ENCODED
@@ -45,8 +50,11 @@ MAX_VOLUME = (1 << 63) - 1
 MAX_DESC = 1 << 20
 MAX_TABLE = 1 << 32
 UNKNOWN_OFFSET = (1 << 64) - 1
+MIN_HASH_BLOCK, MAX_HASH_BLOCK = 64 << 10, 64 << 20
+DEFAULT_HASH_BLOCK = 1 << 20
 
-HEADER = struct.Struct("<8sHHIQQ16sIIQQQBbBB164s")  # without the trailing checksum
+# without the trailing checksum; the 1.2 chain fields sit in what 1.0 / 1.1 reserved
+HEADER = struct.Struct("<8sHHIQQ16sIIQQQBbBBI16sQ16s32s32sQ48s")
 RECORD = struct.Struct("<4sIQQ")  # + u64 header checksum
 FRAME = struct.Struct("<4sBBHQQIIQ")  # + u64 header checksum
 FOOTER = struct.Struct("<8sQQ16sHHIQ")  # + u64 footer checksum
@@ -68,6 +76,9 @@ FRAME_HEADER_SIZE = FRAME.size + 8  # 48
 FOOTER_SIZE = FOOTER.size + 8  # 64
 
 TAG_DESC, TAG_PMAP, TAG_ATAB, TAG_TRLR, TAG_FRAME = b"DESC", b"PMAP", b"ATAB", b"TRLR", b"FRAM"
+TAG_ZTAB = b"ZTAB"
+ZTAB_DTYPE = np.dtype([("volume_block", "<u8"), ("count", "<u8")])
+_NIL_UUID = bytes(16)
 
 
 def checksum(data: bytes | bytearray | memoryview, seed: int = 0) -> int:
@@ -102,6 +113,17 @@ def _check(ok: bool, where: str, what: str) -> None:
 
 # -- header -------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
+class BaseLink:
+    """What an incremental archive applies to: the base archive by UUID and digest, and the base's
+    state (state digest and volume size), which any archive of the same state can stand in for."""
+
+    uuid: str
+    digest: bytes
+    state_digest: bytes
+    volume_size: int
+
+
+@dataclass(frozen=True, slots=True)
 class Header:
     uuid: str
     block_size: int
@@ -111,10 +133,15 @@ class Header:
     created_ns: int
     codec: int = CODEC_ZSTD
     codec_level: int = 1
-    incompat_features: int = FEATURE_BOUND
+    incompat_features: int = WRITTEN_INCOMPAT
     compat_features: int = 0
     major: int = MAJOR
     minor: int = MINOR
+    # HASHED (1.2): hash block of the trailer's block hash table, the chain and the link in it
+    hash_block_size: int = DEFAULT_HASH_BLOCK
+    chain_id: str = field(default_factory=lambda: str(uuidlib.uuid4()))
+    chain_seq: int = 0
+    base: BaseLink | None = None  # with INCREMENTAL only
 
     @property
     def dense_size(self) -> int:
@@ -137,11 +164,25 @@ class Header:
         return bool(self.incompat_features & FEATURE_BOUND)
 
     @property
+    def hashed(self) -> bool:
+        """Format 1.2: chain fields, and a block hash table and state digest in the trailer."""
+        return bool(self.incompat_features & FEATURE_HASHED)
+
+    @property
+    def incremental(self) -> bool:
+        return bool(self.incompat_features & FEATURE_INCREMENTAL)
+
+    @property
+    def hash_blocks(self) -> int:
+        return -(-self.volume_size // self.hash_block_size) if self.hashed else 0
+
+    @property
     def seed_uuid(self) -> bytes | None:
         """The UUID bytes that seed frame checksums, or None for a 1.0 archive (unseeded)."""
         return uuidlib.UUID(self.uuid).bytes if self.bound else None
 
     def encode(self) -> bytes:
+        base = self.base if self.incremental else None
         body = HEADER.pack(
             MAGIC,
             self.major,
@@ -159,7 +200,14 @@ class Header:
             self.codec_level,
             CHECKSUM_XXH3,
             DIGEST_BLAKE3,
-            bytes(164),
+            self.hash_block_size if self.hashed else 0,
+            uuidlib.UUID(self.chain_id).bytes if self.hashed else _NIL_UUID,
+            self.chain_seq if self.hashed else 0,
+            uuidlib.UUID(base.uuid).bytes if base else _NIL_UUID,
+            base.digest if base else bytes(32),
+            base.state_digest if base else bytes(32),
+            base.volume_size if base else 0,
+            bytes(48),
         )
         return body + checksum(body).to_bytes(8, "little")
 
@@ -187,6 +235,13 @@ class Header:
             level,
             csum,
             dig,
+            hbs,
+            chain_id,
+            chain_seq,
+            base_uuid,
+            base_digest,
+            base_state,
+            base_size,
             _,
         ) = HEADER.unpack_from(data)
         if major != MAJOR:
@@ -212,6 +267,17 @@ class Header:
             where,
             f"format {major}.{minor} archive without the BOUND feature bit",
         )
+        hashed = bool(incompat & FEATURE_HASHED)
+        _check(
+            minor < 2 or hashed,
+            where,
+            f"format {major}.{minor} archive without the HASHED feature bit",
+        )
+        _check(
+            not incompat & FEATURE_INCREMENTAL or hashed,
+            where,
+            "INCREMENTAL feature bit without HASHED",
+        )
         if csum != CHECKSUM_XXH3 or dig != DIGEST_BLAKE3:
             raise _unsupported(where, f"checksum algorithm {csum} / digest algorithm {dig}")
         if codec not in CODECS:
@@ -228,6 +294,24 @@ class Header:
             f"frame_size {fs} is not a power of two in {MIN_FRAME}..{MAX_FRAME} and >= block_size",
         )
         _check(vsize <= MAX_VOLUME, where, f"volume_size {vsize} exceeds {MAX_VOLUME}")
+        base = None
+        if hashed:
+            _check(
+                _power_of_two(hbs) and MIN_HASH_BLOCK <= hbs <= MAX_HASH_BLOCK and hbs >= bs,
+                where,
+                f"hash_block_size {hbs} is not a power of two in {MIN_HASH_BLOCK}.."
+                f"{MAX_HASH_BLOCK} and >= block_size",
+            )
+            _check(chain_id != _NIL_UUID, where, "chain_id is zero")
+        if incompat & FEATURE_INCREMENTAL:
+            _check(
+                base_uuid != _NIL_UUID and base_uuid != uid,
+                where,
+                "incremental archive with a zero base UUID or itself as base",
+            )
+            _check(chain_seq >= 1, where, f"incremental archive with chain sequence {chain_seq}")
+            _check(base_size <= MAX_VOLUME, where, f"base volume_size {base_size} too large")
+            base = BaseLink(str(uuidlib.UUID(bytes=base_uuid)), base_digest, base_state, base_size)
         _check(
             used <= -(-vsize // bs),
             where,
@@ -246,6 +330,10 @@ class Header:
             compat_features=compat,
             major=major,
             minor=minor,
+            hash_block_size=hbs if hashed else 0,
+            chain_id=str(uuidlib.UUID(bytes=chain_id)) if hashed else "",
+            chain_seq=chain_seq if hashed else 0,
+            base=base,
         )
 
 
@@ -346,6 +434,68 @@ def decode_atab(payload: bytes, header: Header, where: str) -> np.ndarray:
         bool((runs["dense_block"] == dense).all()), where, "address table dense blocks have gaps"
     )
     return runs
+
+
+# -- zero table (INCREMENTAL) -------------------------------------------------------------------
+def encode_ztab(zeros: Extents) -> bytes:
+    """Block runs an incremental archive sets to zero (trimmed, zeroed or newly unused)."""
+    runs = np.empty(len(zeros), ZTAB_DTYPE)
+    runs["volume_block"] = zeros.starts
+    runs["count"] = zeros.ends - zeros.starts
+    return encode_record(TAG_ZTAB, len(zeros).to_bytes(8, "little") + runs.tobytes())
+
+
+def decode_ztab(payload: bytes, header: Header, where: str) -> Extents:
+    _check(len(payload) >= 8, where, "zero table shorter than its count")
+    n = int.from_bytes(payload[:8], "little")
+    _check(
+        len(payload) == 8 + n * ZTAB_DTYPE.itemsize,
+        where,
+        f"zero table of {len(payload)} bytes does not hold {n} runs",
+    )
+    runs = np.frombuffer(payload, ZTAB_DTYPE, count=n, offset=8)
+    if n == 0:
+        return Extents.empty()
+    vblocks = header.volume_blocks
+    starts, counts = runs["volume_block"], runs["count"]
+    _check(
+        bool((counts > 0).all() and (counts <= vblocks).all() and (starts <= vblocks).all()),
+        where,
+        f"zero table run with a block count of 0 or outside the volume's {vblocks} blocks",
+    )
+    ends = starts + counts
+    _check(bool((starts[1:] > ends[:-1]).all()), where, "zero table runs out of order or touching")
+    _check(int(ends[-1]) <= vblocks, where, f"zero table reaches block {int(ends[-1])}")
+    return Extents(starts.astype(np.int64), ends.astype(np.int64))
+
+
+def check_coverage(data: Extents, zeros: Extents, header: Header, where: str) -> Extents:
+    """An incremental's data and zero runs (blocks) are disjoint and together cover whole hash
+    blocks, including every hash block the size change touches; returns the covered hash blocks
+    (docs/format.md section 3.4)."""
+    _check(data.intersect(zeros).total() == 0, where, "zero table overlaps the address table")
+    covered = data.union(zeros)
+    per = header.hash_block_size // header.block_size
+    hash_blocks = covered.scale_out(per)
+    whole = hash_blocks.scale_in(per).clip(0, header.volume_blocks)
+    _check(
+        whole == covered,
+        where,
+        f"address and zero tables do not cover whole hash blocks of {header.hash_block_size} B",
+    )
+    base = header.base
+    if base is not None:
+        resized = min(base.volume_size, header.volume_size) // header.hash_block_size
+        changed = Extents.span(resized, header.hash_blocks)
+        if base.volume_size == header.volume_size:
+            changed = Extents.empty()
+        _check(
+            hash_blocks.contains(changed),
+            where,
+            f"the volume size changed from {base.volume_size} to {header.volume_size} B but "
+            "the hash blocks at the old or new end are not all covered",
+        )
+    return hash_blocks
 
 
 # -- physical map -------------------------------------------------------------------------------
@@ -472,15 +622,28 @@ class Trailer:
     head_records: bytes  # DESC + PMAP + ATAB records, byte for byte
     index: np.ndarray  # INDEX_DTYPE
     head_hash: bytes = b""  # BOUND: blake3 of header + head records; empty for 1.0
+    hash_entries: bytes = b""  # HASHED: the block hash table's entries (24 bytes each)
+    state_digest: bytes = b""  # HASHED: blake3 over the state the hash table describes
 
 
-def trailer_payload_length(header: Header, head_records_length: int) -> int:
-    """The exact TRLR payload length (docs/format.md section 5)."""
+HASH_ENTRY_SIZE = 24  # u64 hash block index + 16-byte hash
+
+
+def trailer_payload_length(
+    header: Header, head_records_length: int, hash_entries: int | None = None
+) -> int:
+    """The exact TRLR payload length (docs/format.md section 5); with HASHED and
+    ``hash_entries`` None, the longest one possible (every hash block with an entry)."""
+    hashed = 0
+    if header.hashed:
+        n = header.hash_blocks if hash_entries is None else hash_entries
+        hashed = n * HASH_ENTRY_SIZE + 8 + DIGEST_SIZE
     return (
         TRAILER_FIXED.size
         + HEADER_SIZE
         + head_records_length
         + header.frame_count * INDEX_DTYPE.itemsize
+        + hashed
         + (DIGEST_SIZE if header.bound else 0)
     )
 
@@ -490,18 +653,37 @@ def trailer_body(t: Trailer) -> bytes:
     fixed = TRAILER_FIXED.pack(
         t.frame_count, t.dense_size, t.stored_bytes, t.trailer_offset, t.head_hash
     )
-    return fixed + t.header_bytes + t.head_records + t.index.tobytes()
+    body = fixed + t.header_bytes + t.head_records + t.index.tobytes()
+    if t.state_digest:
+        count = len(t.hash_entries) // HASH_ENTRY_SIZE
+        body += t.hash_entries + count.to_bytes(8, "little") + t.state_digest
+    return body
 
 
-def split_trailer(payload: bytes, where: str, bound: bool) -> Trailer:
-    """Parse the trailer payload (1.1 layout when ``bound``, else 1.0); the head records are split
-    and checked by the caller, the digest compared by whoever computed it."""
+def split_trailer(payload: bytes, where: str, bound: bool, hashed: bool = False) -> Trailer:
+    """Parse the trailer payload (1.2 layout when ``hashed``, 1.1 when ``bound``, else 1.0); the
+    head records are split and checked by the caller, the digest compared by whoever computed it,
+    the hash table decoded by format.hashtable."""
     tail = DIGEST_SIZE if bound else 0
     _check(len(payload) >= TRAILER_FIXED.size + HEADER_SIZE + tail, where, "trailer too short")
     frames, dense, stored, toff, first_hash = TRAILER_FIXED.unpack_from(payload)
     index_len = frames * INDEX_DTYPE.itemsize
     rest = TRAILER_FIXED.size + HEADER_SIZE
     end = len(payload) - tail
+    last = bytes(payload[end:])
+    hash_entries = state_digest = b""
+    if hashed:
+        _check(end - rest >= 8 + DIGEST_SIZE, where, "trailer too short for its hash table")
+        state_digest = bytes(payload[end - DIGEST_SIZE : end])
+        end -= DIGEST_SIZE + 8
+        count = int.from_bytes(payload[end : end + 8], "little")
+        _check(
+            count <= (end - rest) // HASH_ENTRY_SIZE,
+            where,
+            f"trailer names {count} hash table entries but has no room for them",
+        )
+        hash_entries = bytes(payload[end - count * HASH_ENTRY_SIZE : end])
+        end -= count * HASH_ENTRY_SIZE
     _check(
         index_len <= end - rest,
         where,
@@ -511,7 +693,7 @@ def split_trailer(payload: bytes, where: str, bound: bool) -> Trailer:
     records = bytes(payload[rest : end - index_len])
     index = np.frombuffer(payload, INDEX_DTYPE, count=frames, offset=end - index_len)
     if bound:
-        digest, head_hash = bytes(payload[end:]), bytes(first_hash)
+        digest, head_hash = last, bytes(first_hash)
     else:
         digest, head_hash = bytes(first_hash), b""
     return Trailer(
@@ -524,6 +706,8 @@ def split_trailer(payload: bytes, where: str, bound: bool) -> Trailer:
         head_records=records,
         index=index,
         head_hash=head_hash,
+        hash_entries=hash_entries,
+        state_digest=state_digest,
     )
 
 

@@ -18,6 +18,7 @@ import blake3
 import numpy as np
 
 from volpack.format import records as R
+from volpack.format.hashtable import HashBuilder, HashTable
 from volpack.media.base import MediumWriter
 
 # produce(seq, view): fill ``view`` (exactly the frame's raw length) with dense bytes. Called
@@ -34,6 +35,7 @@ class WriteResult:
     stored_bytes: int
     frame_count: int
     digest: str
+    state_digest: str
 
 
 class _Encoder:
@@ -72,11 +74,23 @@ class _Encoder:
 
 class ArchiveWriter:
     def __init__(
-        self, medium: MediumWriter, header: R.Header, head_records: bytes, threads: int = 2
+        self,
+        medium: MediumWriter,
+        header: R.Header,
+        head_records: bytes,
+        threads: int = 2,
+        *,
+        hashes: HashBuilder,
+        state: Callable[[HashTable], HashTable] | None = None,
     ) -> None:
-        if not header.bound or header.minor != R.MINOR:
+        """``hashes`` is fed every frame in order; ``state`` turns the table of this archive's
+        own data into the table of the state it leaves (an incremental applies it to its base's)."""
+        if not header.bound or not header.hashed or header.minor != R.MINOR:
             # A programming error, not bad input: the writer implements only the newest rules.
-            raise ValueError(f"ArchiveWriter writes format {R.MAJOR}.{R.MINOR} with BOUND only")
+            raise ValueError(f"ArchiveWriter writes format {R.MAJOR}.{R.MINOR} only")
+        self.hashes = hashes
+        self.state = state
+        self.hash_table: HashTable | None = None
         self.medium = medium
         self.header = header
         self.head_records = head_records  # DESC + PMAP + ATAB records
@@ -129,7 +143,11 @@ class ArchiveWriter:
                     # The digest runs on its own thread (in order, one worker) while the same
                     # bytes go to the medium; the buffer is reused only after both are done.
                     parts = (first,) if second is None else (first, second)
-                    hashed = [hasher.submit(self._digest.update, part) for part in parts]
+                    hashed: list[Future[object]] = [
+                        hasher.submit(self._digest.update, part) for part in parts
+                    ]
+                    raw = memoryview(buf)[_HDR : _HDR + h.frame_length(seq)]
+                    hashed.append(tabler.submit(self.hashes.feed, seq * h.frame_size, raw))
                     for part in parts:
                         self.medium.write(part)
                         self._offset += len(part)
@@ -150,6 +168,7 @@ class ArchiveWriter:
 
         pool = ThreadPoolExecutor(self.threads, thread_name_prefix="vp-frame")
         hasher = ThreadPoolExecutor(1, thread_name_prefix="vp-digest")
+        tabler = ThreadPoolExecutor(1, thread_name_prefix="vp-hashtable")
         thread = threading.Thread(target=writer, name="vp-write", daemon=True)
         thread.start()
         try:
@@ -164,6 +183,7 @@ class ArchiveWriter:
             thread.join()
             pool.shutdown(wait=True)
             hasher.shutdown(wait=True)
+            tabler.shutdown(wait=True)
         if failure:
             raise failure[0]
 
@@ -172,6 +192,10 @@ class ArchiveWriter:
         h = self.header
         trailer_offset = self._offset
         head_hash = blake3.blake3(self._header_bytes + self.head_records).digest()
+        table = self.hashes.result()
+        if self.state is not None:
+            table = self.state(table)
+        self.hash_table = table
         body = R.trailer_body(
             R.Trailer(
                 frame_count=h.frame_count,
@@ -183,6 +207,8 @@ class ArchiveWriter:
                 head_records=self.head_records,
                 index=self._index,
                 head_hash=head_hash,
+                hash_entries=table.encode(),
+                state_digest=table.state_digest(),
             )
         )
         # The digest covers everything before it but the TRLR record header, whose payload
@@ -204,4 +230,6 @@ class ArchiveWriter:
                 )
             )
         )
-        return WriteResult(length, self._stored, h.frame_count, digest.hex())
+        return WriteResult(
+            length, self._stored, h.frame_count, digest.hex(), table.state_digest().hex()
+        )

@@ -1,32 +1,40 @@
-"""``backup``: Source → used map → AddressTable → [Staging] → ArchiveWriter → Medium.
+"""``backup``: Source → used map → [changes since a base] → AddressTable → [Staging] →
+ArchiveWriter → Medium.
 
+A full holds every used block; an incremental (``base``) only the hash blocks that changed since
+its base (data, and zero runs for what became empty), found by a checked hint or hash compare.
 The archive is committed only after the source proved unchanged; any failure aborts the medium
 (a file medium keeps an older archive at the same name). Library code: no printing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import time
 import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from volpack import __version__
 from volpack.compact.table import AddressTable
 from volpack.detect import Detection, used_map
-from volpack.errors import SourceError, UsageError
+from volpack.errors import ChainError, SourceError, UsageError
+from volpack.extents import Extents
 from volpack.format import records as R
 from volpack.format.description import (
     ArchiveDescription,
+    ChangesDescription,
     DetectionDescription,
     OptionsDescription,
     RegionDescription,
     SourceDescription,
 )
+from volpack.format.hashtable import HashBuilder
 from volpack.format.pmap import encode_pmap
 from volpack.identity import Role, check_distinct
+from volpack.pipeline.changes import Changes
 from volpack.pipeline.common import (
     DEFAULT_BLOCK,
     DEFAULT_COMPRESS,
@@ -38,6 +46,9 @@ from volpack.pipeline.common import (
 )
 from volpack.source import open_source
 from volpack.source.base import Source, SourceInfo
+
+if TYPE_CHECKING:
+    from volpack.format.random_access import Archive
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,13 +74,20 @@ class BackupResult:
     detection: dict[str, Any] = field(default_factory=dict)
     staging: str | None = None
     used_bytes: int = 0  # used blocks' bytes within the volume (the last block may be partial)
+    # the chain: its id and this archive's place in it; an incremental's base and its changes
+    chain_id: str = ""
+    chain_seq: int = 0
+    state_digest: str = ""
+    base_uuid: str | None = None
+    zero_blocks: int = 0
+    changes: dict[str, Any] = field(default_factory=dict)
 
 
 def backup(
     source: str,
     archive_url: str,
     *,
-    block_size: int = DEFAULT_BLOCK,
+    block_size: int | None = None,
     detect: str = "auto",
     compress: str = DEFAULT_COMPRESS,
     frame_size: int = DEFAULT_FRAME,
@@ -82,9 +100,17 @@ def backup(
     threads: int = 2,
     progress: Progress | None = None,
     on_source_released: Callable[[], None] | None = None,
+    base: str | None = None,
+    bitmap: str | None = None,
+    catalog: str | None = None,
 ) -> BackupResult:
     """Back up the used blocks of ``source`` to a new archive at ``archive_url``. A new archive
-    file gets permission bits ``mode`` (default 0600); one replaced with ``force`` keeps its own."""
+    file gets permission bits ``mode`` (default 0600); one replaced with ``force`` keeps its own.
+
+    With ``base`` (an archive URL, or ``latest``: the newest archive of this source in
+    ``catalog``) the archive is an incremental holding what changed since that base; ``bitmap``
+    names a dirty bitmap of the source to use as a hint (checked; hash compare otherwise).
+    ``block_size`` defaults to 4 KiB, or the base's for an incremental."""
     # Imported here, not at the top: ``import volpack.pipeline`` (every verb) stays fast for the
     # CLI, which loads only the stages the verb it runs needs.
     from volpack.compact.dense import DenseReader
@@ -92,15 +118,36 @@ def backup(
     from volpack.format.writer import ArchiveWriter
     from volpack.media import open_writer
 
-    check_block_size(block_size, frame_size)
+    if bitmap is not None and base is None:
+        raise UsageError(
+            f"--bitmap {bitmap}: a dirty bitmap is a hint for an incremental; give --base too"
+        )
     codec, level = parse_compress(compress)
     t0 = time.perf_counter()
     if not allow_mounted:
         _check_not_in_use(source, pvs)
-    src = open_source(source, source_format, pvs=pvs)
+    base_archive = _open_base(base, source, catalog) if base is not None else None
+    if base_archive is not None:
+        if block_size not in (None, base_archive.block_size):
+            base_archive.close()
+            raise UsageError(
+                f"--block-size {block_size}: the base {base_archive.url} has block size "
+                f"{base_archive.block_size} and an incremental keeps its base's; leave out "
+                "--block-size"
+            )
+        block_size = base_archive.block_size
+    block_size = block_size or DEFAULT_BLOCK
+    try:
+        check_block_size(block_size, frame_size)
+    except BaseException:
+        if base_archive is not None:
+            base_archive.close()
+        raise
+    src = None
     medium = None
     stage = None
     try:
+        src = open_source(source, source_format, pvs=pvs)
         check_distinct(
             [
                 *_source_roles(source, source_format, pvs, src.info.details),
@@ -115,26 +162,77 @@ def backup(
         medium = open_writer(archive_url, force=force, mode=mode)
         scan = (lambda done: progress("scan", done, src.size)) if progress else None
         detection = used_map(src, block_size, detect, scan)
-        table = AddressTable.from_used(detection.used, block_size)
         pmap = src.physical_map()
         created = time.time_ns()
-        header = R.Header(
-            uuid=str(uuidlib.uuid4()),
-            block_size=block_size,
-            frame_size=frame_size,
-            volume_size=src.size,
-            used_blocks=table.used_blocks,
-            created_ns=created,
-            codec=codec,
-            codec_level=level,
-        )
+        this = str(uuidlib.uuid4())
+        state = None
+        changes: Changes | None = None
+        if base_archive is None:
+            table = AddressTable.from_used(detection.used, block_size)
+            zeros = Extents.empty()
+            header = R.Header(
+                uuid=this,
+                block_size=block_size,
+                frame_size=frame_size,
+                volume_size=src.size,
+                used_blocks=table.used_blocks,
+                created_ns=created,
+                codec=codec,
+                codec_level=level,
+                chain_id=str(uuidlib.uuid4()),
+            )
+        else:
+            changes = _changes(src, detection, base_archive, bitmap, threads, progress)
+            detection = dataclasses.replace(
+                detection, warnings=(*detection.warnings, *changes.warnings)
+            )
+            hbs = base_archive.header.hash_block_size
+            per = hbs // block_size
+            vblocks = -(-src.size // block_size)
+            covered_blocks = changes.covered.scale_in(per).clip(0, vblocks)
+            data = detection.used.intersect(covered_blocks)
+            zeros = covered_blocks.subtract(data)
+            table = AddressTable.from_used(data, block_size)
+            base_table = base_archive.hash_table
+            assert base_table is not None
+            covered = changes.covered
+            state = lambda own: base_table.apply(covered, own)  # noqa: E731
+            header = R.Header(
+                uuid=this,
+                block_size=block_size,
+                frame_size=frame_size,
+                volume_size=src.size,
+                used_blocks=table.used_blocks,
+                created_ns=created,
+                codec=codec,
+                codec_level=level,
+                incompat_features=R.WRITTEN_INCOMPAT | R.FEATURE_INCREMENTAL,
+                hash_block_size=hbs,
+                chain_id=base_archive.header.chain_id,
+                chain_seq=base_archive.header.chain_seq + 1,
+                base=R.BaseLink(
+                    base_archive.uuid,
+                    base_archive.trailer.digest,
+                    base_archive.trailer.state_digest,
+                    base_archive.size,
+                ),
+            )
         desc = _description(src.info, detect, detection, compress, staging is not None)
+        if changes is not None:
+            desc = dataclasses.replace(
+                desc,
+                changes=ChangesDescription(
+                    changes.method, changes.read_bytes, changes.sampled, changes.warnings
+                ),
+            )
         head = (
             R.encode_desc(desc.to_json())
             + encode_pmap(pmap)
             + R.encode_atab(table.volume_block, table.count)
+            + (R.encode_ztab(zeros) if header.incremental else b"")
         )
-        writer = ArchiveWriter(medium, header, head, threads=threads)
+        hashes = HashBuilder(table, header.volume_size, header.hash_block_size)
+        writer = ArchiveWriter(medium, header, head, threads=threads, hashes=hashes, state=state)
         total = table.dense_size
         if staging is not None:
             stage = Staging(staging, total, force=force)
@@ -162,9 +260,12 @@ def backup(
             medium.abort()
         raise
     finally:
-        src.close()
+        if src is not None:
+            src.close()
         if stage is not None:
             stage.close()
+        if base_archive is not None:
+            base_archive.close()
     return BackupResult(
         archive_uuid=header.uuid,
         url=medium.location,
@@ -182,7 +283,101 @@ def backup(
         detection=desc.detection.to_json(),
         staging=staging,
         used_bytes=table.used_bytes(header.volume_size).total(),
+        chain_id=header.chain_id,
+        chain_seq=header.chain_seq,
+        state_digest=written.state_digest,
+        base_uuid=header.base.uuid if header.base else None,
+        zero_blocks=zeros.total(),
+        changes=desc.changes.to_json() if desc.changes else {},
     )
+
+
+def _open_base(spec: str, source: str, catalog: str | None) -> Archive:
+    """The base archive ``spec`` names (a URL, or ``latest`` of ``source`` in the catalog),
+    opened for random access; it must carry a block hash table."""
+    from volpack.format.random_access import open_archive
+
+    url = spec
+    if spec == "latest":
+        url = _latest(source, catalog)
+    arch = open_archive(url)
+    if not arch.header.hashed or arch.hash_table is None:
+        arch.close()
+        raise ChainError(
+            f"--base {url}: archive format {arch.header.major}.{arch.header.minor} has no block "
+            "hash table to compare with; back up a new full first (volpack 1.2 archives have one)"
+        )
+    if catalog is not None:
+        _check_catalogued_digest(arch, catalog)
+    return arch
+
+
+def _latest(source: str, catalog: str | None) -> str:
+    from volpack.catalog.record import catalog_path
+    from volpack.catalog.store import Catalog
+
+    path = catalog_path(catalog)
+    with Catalog.open(path, create=False) as cat:
+        found = [e for e in cat.find(source=source) if e.urls]
+    if not found:
+        raise ChainError(
+            f"--base latest: {path} records no archive of {source} that still exists; give the "
+            "base archive's path or URL, or back up a full first"
+        )
+    return found[-1].urls[0]
+
+
+def _check_catalogued_digest(arch: Archive, catalog: str) -> None:
+    """A base whose digest differs from the one catalogued for its UUID was rewritten."""
+    import os
+
+    from volpack.catalog.record import catalog_path
+    from volpack.catalog.store import Catalog
+    from volpack.errors import CatalogError
+
+    path = catalog_path(catalog)
+    if not os.path.exists(path):
+        return
+    try:
+        with Catalog.open(path, create=False) as cat:
+            entry = cat.get(arch.uuid)
+    except CatalogError:
+        return
+    if entry.digest and entry.digest != arch.digest:
+        raise ChainError(
+            f"--base {arch.url}: archive {arch.uuid} has digest {arch.digest}, the catalog "
+            f"recorded {entry.digest} when it was written; it was rewritten, so it cannot be a "
+            "base: back up a new full"
+        )
+
+
+def _changes(
+    src: Source,
+    detection: Detection,
+    base: Archive,
+    bitmap: str | None,
+    threads: int,
+    progress: Progress | None,
+) -> Changes:
+    """What changed since ``base``: the checked bitmap hint, else hash compare."""
+    from volpack.pipeline import changes as C
+
+    table = base.hash_table
+    assert table is not None
+    used = detection.used.scale_in(base.block_size).clip(0, src.size)
+    warnings: list[str] = []
+    if bitmap is not None:
+        dirty = C.dirty_hint(src, bitmap)
+        if isinstance(dirty, str):
+            warnings.append(f"{src.info.path}: {dirty}")
+        else:
+            hinted = C.check_hint(src, used, table, dirty, bitmap, threads)
+            if not isinstance(hinted, str):
+                return hinted
+            warnings.append(f"{src.info.path}: {hinted}")
+    report = (lambda done, total: progress("compare", done, total)) if progress else None
+    found = C.hash_compare(src, used, table, threads, report)
+    return dataclasses.replace(found, warnings=tuple(warnings))
 
 
 def _check_not_in_use(source: str, pvs: tuple[str, ...]) -> None:

@@ -1,0 +1,262 @@
+"""Chains of archives: find an incremental's bases and read the state a chain leaves.
+
+A base is looked for in the incremental's own directory or prefix first, then through the
+catalog by UUID, then in the places given with ``--search``; it must be the archive the link
+names (UUID and digest), or one that leaves the same state (same chain, state digest and volume
+size: a merged full standing in for the links it replaced). ``ChainView`` serves the newest
+state: each hash block from the newest archive that covers it. Library code: no printing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from volpack import media
+from volpack.errors import ChainError, FormatError, MediumError, UsageError, VolpackError
+from volpack.extents import Extents
+from volpack.format.hashtable import HashTable
+from volpack.format.random_access import Archive, open_archive
+
+MAX_LINKS = 10000
+
+
+def parent_location(url: str) -> str | None:
+    """The directory or prefix holding the archive at ``url``, or None for media that list
+    nothing (pipes, tapes)."""
+    scheme = media.scheme_of(url)
+    if scheme == "-" or not media.capabilities(url).can_list:
+        return None
+    if scheme == "file":
+        return os.path.dirname(os.path.abspath(media.canonical_url(url))) or "/"
+    return url.rsplit("/", 1)[0] + "/"
+
+
+def stands_for(candidate: Archive, link_of: Archive) -> bool:
+    """Whether ``candidate`` is the base ``link_of``'s link names, or leaves the same state."""
+    link = link_of.header.base
+    assert link is not None
+    if candidate.uuid == link.uuid:
+        return candidate.trailer.digest == link.digest
+    return (
+        candidate.header.hashed
+        and candidate.header.chain_id == link_of.header.chain_id
+        and candidate.trailer.state_digest == link.state_digest
+        and candidate.size == link.volume_size
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Places:
+    """Where bases are looked for besides the incremental's own directory or prefix."""
+
+    search: tuple[str, ...] = ()
+    catalog: str | None = None
+
+
+def _catalog_urls(catalog: str | None, uuid: str) -> list[str]:
+    if catalog is None or not os.path.exists(catalog):
+        return []
+    from volpack.catalog.store import Catalog
+
+    try:
+        with Catalog.open(catalog, create=False) as cat:
+            return list(cat.get(uuid).urls)
+    except VolpackError:
+        return []
+
+
+def _listing(place: str) -> list[str]:
+    try:
+        return [u for u, _, _ in media.list_archives(place)]
+    except (MediumError, UsageError):
+        return []
+
+
+def find_base(child: Archive, places: Places, opened: dict[str, Archive]) -> Archive:
+    """The archive ``child``'s base link names (or one of the same state), checked."""
+    link = child.header.base
+    assert link is not None
+    tried: list[str] = []
+    replaced: str | None = None
+    candidates: list[str] = []
+    home = parent_location(child.url)
+    for place in ([home] if home else []) + list(places.search):
+        if media.scheme_of(place) == "file" and os.path.isfile(place):
+            candidates.append(place)
+        else:
+            candidates.extend(_listing(place))
+    candidates = _catalog_urls(places.catalog, link.uuid) + candidates
+    seen: set[str] = set()
+    for url in candidates:
+        key = media.canonical_url(url)
+        if key in seen or key == media.canonical_url(child.url):
+            continue
+        seen.add(key)
+        arch = opened.get(key)
+        if arch is None:
+            try:
+                arch = open_archive(url)
+            except (FormatError, MediumError, UsageError):
+                continue
+            opened[key] = arch
+        tried.append(url)
+        if stands_for(arch, child):
+            return arch
+        if arch.uuid == link.uuid:
+            replaced = url
+    if replaced is not None:
+        raise ChainError(
+            f"{child.url}: its base {link.uuid} at {replaced} has digest "
+            f"{opened[media.canonical_url(replaced)].digest}, the link records "
+            f"{link.digest.hex()}: the base was replaced or rewritten; restore needs the "
+            "original base (or a merge of it), or back up a new full"
+        )
+    looked = ", ".join(([home] if home else []) + list(places.search)) or "nowhere"
+    raise ChainError(
+        f"{child.url}: base archive {link.uuid} (state {link.state_digest.hex()[:16]}…) not "
+        f"found in {looked} or the catalog; give its location with --search DIR|PREFIX"
+    )
+
+
+def resolve_chain(top: Archive, places: Places) -> list[Archive]:
+    """``top`` and its bases down to a full, newest first; every link checked."""
+    opened: dict[str, Archive] = {}
+    chain = [top]
+    seen = {top.uuid}
+    try:
+        while chain[-1].incremental:
+            child = chain[-1]
+            base = find_base(child, places, opened)
+            if base.uuid in seen or len(chain) > MAX_LINKS:
+                raise ChainError(
+                    f"{child.url}: its base {base.uuid} is already in the chain (a cycle); the "
+                    "archives were tampered with"
+                )
+            if (base.block_size, base.header.hash_block_size) != (
+                child.block_size,
+                child.header.hash_block_size,
+            ):
+                raise ChainError(
+                    f"{child.url}: block size {child.block_size} / hash block "
+                    f"{child.header.hash_block_size}, its base {base.url} has {base.block_size} / "
+                    f"{base.header.hash_block_size}; they are not one chain"
+                )
+            seen.add(base.uuid)
+            chain.append(base)
+    except BaseException:
+        for arch in opened.values():
+            if arch not in chain:
+                arch.close()
+        raise
+    for arch in opened.values():
+        if arch not in chain:
+            arch.close()
+    return chain
+
+
+class ChainView:
+    """The volume a chain leaves, read at random: each hash block from the newest archive that
+    covers it (a full covers all). Same reading interface as ``Archive`` for serve, restore and
+    merge."""
+
+    def __init__(self, chain: list[Archive]) -> None:
+        self.chain = chain
+        top = chain[0]
+        self.top = top
+        self.url = top.url
+        self.size = top.size
+        self.block_size = top.block_size
+        self.header = top.header
+        self.desc = top.desc
+        hbs = top.header.hash_block_size or top.size or 1
+        whole = Extents.span(0, -(-self.size // hbs))
+        taken = Extents.empty()
+        # owner runs in bytes: (archive index, runs)
+        self.owned: list[Extents] = []
+        for arch in chain:
+            mine = (arch.covered if arch.incremental else whole).subtract(taken).intersect(whole)
+            taken = taken.union(mine)
+            self.owned.append(mine.scale_in(hbs).clip(0, self.size))
+        used_parts = [
+            arch.used_bytes().intersect(own) for arch, own in zip(chain, self.owned, strict=True)
+        ]
+        self._used = Extents.empty()
+        for part in used_parts:
+            self._used = self._used.union(part)
+        self.used_parts = used_parts
+        starts = np.concatenate([o.starts for o in self.owned] or [np.zeros(0, np.int64)])
+        ends = np.concatenate([o.ends for o in self.owned] or [np.zeros(0, np.int64)])
+        owner = np.concatenate(
+            [np.full(len(o), i, np.int64) for i, o in enumerate(self.owned)]
+            or [np.zeros(0, np.int64)]
+        )
+        order = np.argsort(starts, kind="stable")
+        self._starts, self._ends, self._owner = starts[order], ends[order], owner[order]
+
+    @property
+    def uuid(self) -> str:
+        return self.top.uuid
+
+    @property
+    def digest(self) -> str:
+        return self.top.digest
+
+    @property
+    def hash_table(self) -> HashTable | None:
+        return self.top.hash_table
+
+    def used_bytes(self) -> Extents:
+        return self._used
+
+    @property
+    def used(self) -> Extents:
+        return self._used.scale_out(self.block_size)
+
+    def read_views(self, offset: int, length: int) -> list[memoryview]:
+        end = offset + length
+        views: list[memoryview] = []
+        lo = int(np.searchsorted(self._ends, offset, side="right"))
+        hi = int(np.searchsorted(self._starts, end, side="left"))
+        pos = offset
+        for s, e, k in zip(
+            self._starts[lo:hi].tolist(),
+            self._ends[lo:hi].tolist(),
+            self._owner[lo:hi].tolist(),
+            strict=True,
+        ):
+            s, e = max(s, offset), min(e, end)
+            if s > pos:  # not owned: past every archive's volume (cannot happen inside size)
+                views.append(memoryview(bytes(s - pos)))
+            views.extend(self.chain[k].read_views(s, e - s))
+            pos = e
+        if pos < end:
+            views.append(memoryview(bytes(end - pos)))
+        return views
+
+    def read(self, offset: int, length: int) -> bytes:
+        return b"".join(self.read_views(offset, length))
+
+    def close(self) -> None:
+        for arch in self.chain:
+            arch.close()
+
+    def __enter__(self) -> ChainView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_chain(url: str, places: Places | None = None) -> Archive | ChainView:
+    """The archive at ``url``, or for an incremental the view of its whole chain."""
+    top = open_archive(url)
+    if not top.incremental:
+        return top
+    try:
+        return ChainView(resolve_chain(top, places or Places()))
+    except BaseException:
+        top.close()
+        raise

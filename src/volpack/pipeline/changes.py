@@ -1,0 +1,178 @@
+"""What changed since a base archive: the hash blocks an incremental must cover.
+
+Two ways, in order: a change hint (a dirty bitmap), checked before it is trusted — volume size
+and a sample of un-hinted hash blocks hashed against the base's table —, else hash compare: read
+every used hash block once, hash it, keep those whose hash differs from the base's. A hint that
+fails its check is reported and replaced by hash compare, never trusted blindly. Library code:
+warnings go back to the caller as text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from volpack.errors import UsageError
+from volpack.extents import Extents
+from volpack.format.hashtable import HashTable, block_hash
+from volpack.source.base import Source
+
+SAMPLE_MIN, SAMPLE_SHARE = 16, 0.001
+_BATCH = 64  # hash blocks handed to the pool at once
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """The hash blocks to cover (runs of hash block indices) and how they were found."""
+
+    covered: Extents
+    method: str  # "hash-compare" or "bitmap:NAME"
+    read_bytes: int  # source bytes read to find them
+    sampled: int = 0  # un-hinted hash blocks checked against the base
+    warnings: tuple[str, ...] = ()
+
+
+class _Hasher:
+    """Hashes hash blocks of the source as a restore of the new archive would read them: used
+    bytes from the source, zeros elsewhere."""
+
+    def __init__(self, src: Source, used_bytes: Extents, hbs: int, threads: int) -> None:
+        self.src, self.used, self.hbs, self.threads = src, used_bytes, hbs, max(1, threads)
+        self.read_bytes = 0
+
+    def one(self, index: int) -> bytes:
+        start = index * self.hbs
+        end = min(start + self.hbs, self.src.size)
+        buf = bytearray(end - start)
+        view = memoryview(buf)
+        for s, e in self.used.clip(start, end):
+            self.src.read_into(s, view[s - start : e - start])
+            self.read_bytes += e - s
+        return block_hash(view)
+
+    def many(
+        self, indices: np.ndarray, progress: Callable[[int], None] | None = None
+    ) -> list[bytes]:
+        out: list[bytes] = []
+        with ThreadPoolExecutor(self.threads + 1, thread_name_prefix="vp-compare") as pool:
+            for first in range(0, len(indices), _BATCH):
+                batch = indices[first : first + _BATCH].tolist()
+                out.extend(pool.map(self.one, batch))
+                if progress is not None:
+                    progress(len(out))
+        return out
+
+
+def _resized(base: HashTable, volume_size: int, hbs: int) -> Extents:
+    """Hash blocks a size change touches: from the old (or new) end to the new end."""
+    if base.volume_size == volume_size:
+        return Extents.empty()
+    return Extents.span(min(base.volume_size, volume_size) // hbs, -(-volume_size // hbs))
+
+
+def _indices(runs: Extents) -> np.ndarray:
+    if not len(runs):
+        return np.zeros(0, np.int64)
+    return np.concatenate([np.arange(s, e, dtype=np.int64) for s, e in runs])
+
+
+def hash_compare(
+    src: Source,
+    used_bytes: Extents,
+    base: HashTable,
+    threads: int = 2,
+    progress: Callable[[int, int], None] | None = None,
+) -> Changes:
+    """Read and hash every hash block holding used bytes; cover those whose hash differs from
+    the base's, those the base holds data in and that are now empty, and the resized ones."""
+    hbs = base.hash_block_size
+    blocks = -(-src.size // hbs)
+    touched = used_bytes.scale_out(hbs).clip(0, blocks)
+    indices = _indices(touched)
+    hasher = _Hasher(src, used_bytes, hbs, threads)
+    report = (lambda n: progress(n, len(indices))) if progress else None
+    new = hasher.many(indices, report)
+    old = base.hashes(indices)
+    differ = np.array([a != b for a, b in zip(new, old, strict=True)], bool)
+    changed = Extents.from_arrays(indices[differ], indices[differ] + 1)
+    emptied = base.nonzero().clip(0, blocks).subtract(touched)
+    covered = changed.union(emptied).union(_resized(base, src.size, hbs))
+    return Changes(covered, "hash-compare", hasher.read_bytes)
+
+
+def sample_indices(candidates: Extents, count: int) -> np.ndarray:
+    """``count`` hash blocks spread evenly over ``candidates`` (runs), first and last included."""
+    total = candidates.total()
+    if total == 0:
+        return np.zeros(0, np.int64)
+    ranks = np.unique(np.linspace(0, total - 1, min(count, total)).round().astype(np.int64))
+    lengths = candidates.ends - candidates.starts
+    run_end = np.cumsum(lengths)
+    run = np.searchsorted(run_end, ranks, side="right")
+    before = run_end[run] - lengths[run]
+    return candidates.starts[run] + (ranks - before)
+
+
+def check_hint(
+    src: Source,
+    used_bytes: Extents,
+    base: HashTable,
+    dirty: Extents,
+    name: str,
+    threads: int = 2,
+) -> Changes | str:
+    """The hash blocks a hint (dirty byte runs) says changed, or why it cannot be trusted: the
+    un-hinted blocks sampled (max(16, 0.1 %), first and last included) must hash as in the base."""
+    hbs = base.hash_block_size
+    blocks = -(-src.size // hbs)
+    touched = used_bytes.scale_out(hbs).clip(0, blocks)
+    emptied = base.nonzero().clip(0, blocks).subtract(touched)
+    covered = (
+        dirty.scale_out(hbs).clip(0, blocks).union(emptied).union(_resized(base, src.size, hbs))
+    )
+    unhinted = Extents.span(0, min(blocks, base.hash_blocks)).subtract(covered)
+    want = max(SAMPLE_MIN, int(unhinted.total() * SAMPLE_SHARE))
+    sample = sample_indices(unhinted, want)
+    hasher = _Hasher(src, used_bytes, hbs, threads)
+    got = hasher.many(sample)
+    for index, actual, recorded in zip(sample.tolist(), got, base.hashes(sample), strict=True):
+        if actual != recorded:
+            return (
+                f"dirty bitmap '{name}' does not mark hash block {index} (volume offset "
+                f"{index * hbs}) that differs from the base; the bitmap is not in step with the "
+                "base archive, so every block is compared instead"
+            )
+    return Changes(covered, f"bitmap:{name}", hasher.read_bytes, sampled=len(sample))
+
+
+def dirty_hint(src: Source, name: str) -> Extents | str:
+    """The dirty byte runs of the source's bitmap ``name``, or why they cannot be used. A bitmap
+    that does not exist is a usage error; one that is in use or inconsistent is a reason."""
+    dirty_extents = getattr(src, "dirty_extents", None)
+    if dirty_extents is not None:
+        result: Extents = dirty_extents(name)
+        return result
+    dirty_bitmaps = getattr(src, "dirty_bitmaps", None)
+    if dirty_bitmaps is None:
+        raise UsageError(
+            f"--bitmap {name}: a {src.info.kind} source has no dirty bitmaps; leave out --bitmap "
+            "to compare hashes, or back up a qcow2 image or an NBD export that has one"
+        )
+    usable = dirty_bitmaps()
+    if name in usable:
+        bitmaps: Extents = usable[name]
+        return bitmaps
+    known = {b.get("name"): b for b in src.info.details.get("dirty_bitmaps") or ()}
+    if name in known:
+        return (
+            f"dirty bitmap '{name}' is flagged in use or inconsistent (a writer stopped without "
+            "saving it), so every block is compared instead"
+        )
+    names = ", ".join(sorted(str(n) for n in known)) or "none"
+    raise UsageError(
+        f"--bitmap {name}: {src.info.path} has no dirty bitmap of that name (it has: {names}); "
+        "add one with 'qemu-img bitmap --add --enable' after a full backup"
+    )
