@@ -118,3 +118,7 @@ class CatalogFull(CatalogError):
 
 class ArchiveReplaced(CatalogError):
     """The catalogued location now holds another archive than the one asked for (overwritten)."""
+
+
+class ArchiveIdClash(CatalogError):
+    """Two different archives (other digests) claim one archive id; the second is not recorded."""
