@@ -243,20 +243,24 @@ def test_prune_stops_on_a_cycle_of_base_links(cat):
 
 def test_a_merged_full_of_the_same_state_stands_in_for_a_base_the_catalog_lost(cat):
     chain = nightly(cat, 3)
-    merged = full(
-        2,
-        kind="merged",
-        chain_id=chain[1].chain_id,
-        state_digest=chain[1].state_digest,
-        created=chain[2].created - 1,
-    )
+    # Merged after the link it replaces and after the incremental built on that link.
+    merged = full(4, kind="merged", chain_id=chain[1].chain_id, state_digest=chain[1].state_digest)
     cat.add(merged)
-    top = inc(chain[1], 3)
-    cat.add(top)
+    top = chain[2]
     cat.forget(chain[1].uuid)
-    p = plan(cat, Policy(last=1), tz=dt.UTC)
+    p = plan(cat, Policy(last=2), tz=dt.UTC)
     assert {e.uuid for e in p.keep} == {top.uuid, merged.uuid}
+    assert [e.uuid for e in p.remove] == [chain[0].uuid]
     assert p.groups[0].base_of[merged.uuid] == (top.uuid,)
+
+
+def test_a_later_incremental_back_at_the_base_state_is_never_taken_for_that_base(cat):
+    chain = nightly(cat, 2)
+    back = inc(chain[1], 2, state_digest=chain[0].state_digest)  # the changes undone
+    cat.add(back)
+    cat.forget(chain[0].uuid)
+    with pytest.raises(ChainError, match=f"needs base {chain[0].uuid}"):
+        plan(cat, Policy(last=1), tz=dt.UTC)
 
 
 def test_prune_of_one_source_keeps_a_base_another_source_s_archive_needs(cat):
@@ -275,8 +279,13 @@ def test_chain_trees_draw_each_full_with_its_incrementals_and_mark_lost_bases(ca
     orphan = inc(full(0), 4)
     cat.add(orphan)
     trees = chain_trees(ChainIndex(cat.find()))
-    drawn = [[(r.link.entry.uuid, r.depth, r.link.state) for r in rows] for rows in trees]
-    assert [(e.uuid, n) for n, e in enumerate(chain)] == [(u, d) for u, d, _ in drawn[0]]
-    assert [s for _, _, s in drawn[0]] == ["full", "ok", "ok"]
-    assert [u for u, _, _ in drawn[1]] == [e.uuid for e in other]
-    assert drawn[2] == [(orphan.uuid, 0, "missing")]
+    drawn = {
+        rows[0].link.entry.uuid: [(r.link.entry.uuid, r.depth, r.link.state) for r in rows]
+        for rows in trees
+    }
+    assert drawn[chain[0].uuid] == [
+        (e.uuid, n, "full" if n == 0 else "ok") for n, e in enumerate(chain)
+    ]
+    assert [u for u, _, _ in drawn[other[0].uuid]] == [e.uuid for e in other]
+    assert drawn[orphan.uuid] == [(orphan.uuid, 0, "missing")]
+    assert len(trees) == 3

@@ -67,12 +67,14 @@ class ChainIndex:
     def _stand_in(self, entry: ArchiveEntry) -> ArchiveEntry | None:
         if not entry.chain_id or not entry.base_state_digest:
             return None
+        # A full (a merge is made after the links it replaces) needs nothing below it; an
+        # incremental only if older, so that a later one that went back to the same state and
+        # builds on ``entry`` is never taken for its base (a loop).
         found = [
             e
             for e in self._by_state.get((entry.chain_id, entry.base_state_digest), [])
-            if e.uuid != entry.uuid and e.created <= entry.created
+            if e.uuid != entry.uuid and (e.kind in ("full", "merged") or e.created < entry.created)
         ]
-        # A full needs nothing below it; among equals the newest (a merge is made after its links).
         found.sort(key=lambda e: (e.kind in ("full", "merged"), e.created, e.uuid))
         return found[-1] if found else None
 
