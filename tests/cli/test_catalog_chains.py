@@ -122,6 +122,18 @@ def test_backup_records_each_link_of_a_chain_and_rebuild_reads_the_same_back(env
         assert {f: again[uid][f] for f in CHAIN_FIELDS} == {f: row[f] for f in CHAIN_FIELDS}
 
 
+def test_show_names_an_incremental_s_kind_chain_seq_and_base(env, capsys):
+    tmp, catalog, media, vol = env
+    done = nightly(capsys, vol, f"{media}/", 2)
+    code, out, err = run(capsys, "show", done[1]["archive_uuid"][:8])
+    assert code == EXIT_OK, err
+    assert re.search(r"^kind:\s+incremental$", out, re.M)
+    assert re.search(rf"^chain:\s+{done[0]['chain_id']} seq 1$", out, re.M)
+    assert re.search(
+        rf"^base:\s+{done[0]['archive_uuid']} \(digest {done[0]['digest']}\)", out, re.M
+    )
+
+
 def test_list_chains_draws_full_then_incrementals_with_seq_and_location(env, capsys):
     tmp, catalog, media, vol = env
     done = nightly(capsys, vol, f"{media}/", 3)
