@@ -132,31 +132,36 @@ def test_version_2_catalog_is_migrated_and_its_incrementals_need_a_rebuild_befor
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute(_V2_ARCHIVES)
     conn.execute(_V2_LOCATIONS)
-    ids = [str(uuidlib.uuid4()) for _ in range(3)]
-    descs = [
-        {"source": {}},
-        {"changes": {"method": "hash-compare"}},
-        {"changes": {"method": "merge"}},
+    ids = [str(uuidlib.uuid4()) for _ in range(4)]
+    rows = [
+        ("1.1", {"source": {}}),
+        ("1.2", {"source": {}}),
+        ("1.2", {"changes": {"method": "hash-compare"}}),
+        ("1.2", {"changes": {"method": "merge"}}),
     ]
-    for n, (uid, desc) in enumerate(zip(ids, descs, strict=True)):
+    for n, (uid, (version, desc)) in enumerate(zip(ids, rows, strict=True)):
         conn.execute(
             "INSERT INTO archives VALUES (?, ?, '/img', 'file', 1, NULL, 4096, 1, NULL, NULL, "
-            "'1.2', NULL, NULL, NULL, 0, ?)",
-            (uid, T0 + n, json.dumps(desc)),
+            "?, NULL, NULL, NULL, 0, ?)",
+            (uid, T0 + n, version, json.dumps(desc)),
         )
         conn.execute("INSERT INTO locations VALUES (?, ?, 0, NULL, NULL)", (uid, f"/b/{n}.vpk"))
     conn.execute("PRAGMA user_version = 2")
     conn.close()
     with Catalog.open(path, create=False) as c:
-        rows = c.find()
-        assert [(e.kind, e.chain_seq, e.base_uuid) for e in rows] == [
+        assert [(e.kind, e.chain_seq, e.base_uuid) for e in c.find()] == [
             ("full", 0, None),
+            (None, None, None),
             ("incremental", None, None),
             (None, None, None),
         ]
-        with pytest.raises(ChainError, match="recorded before the catalog knew chains") as err:
-            plan(c, Policy(last=1), tz=dt.UTC)
-        assert "catalog rebuild" in str(err.value) and "nothing deleted" in str(err.value)
+        for last in (1, 2, 3):
+            with pytest.raises(ChainError, match="recorded before the catalog knew chains") as err:
+                plan(c, Policy(last=last), tz=dt.UTC)
+            assert "catalog rebuild" in str(err.value) and "nothing deleted" in str(err.value)
+        for uid in ids[1:]:
+            c.forget(uid)
+        assert [e.uuid for e in plan(c, Policy(last=1), tz=dt.UTC).keep] == [ids[0]]
     check = sqlite3.connect(path)
     assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     check.close()

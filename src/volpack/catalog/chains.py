@@ -87,8 +87,8 @@ def doubt_message(link: Link, why: str) -> str:
     tail = "nothing deleted"
     if link.state == UNKNOWN:
         return (
-            f"{head} is an incremental recorded before the catalog knew chains, so its base is "
-            f"not known; {tail}; run 'volpack catalog rebuild URL' on the place that holds it "
+            f"{head} was recorded before the catalog knew chains, so whether it needs a base "
+            f"is not known; {tail}; run 'volpack catalog rebuild URL' on the place that holds it "
             "and prune again"
         )
     if link.state == MISSING:

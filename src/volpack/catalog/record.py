@@ -97,6 +97,9 @@ def entry_from_result(
             "source": result.source,
             "detection": getattr(result, "detection", None) or {},
         }
+        changes = getattr(result, "changes", None)
+        if isinstance(changes, dict) and changes:  # as the archive's DESC records it
+            description["changes"] = changes
     desc = ArchiveDescription.from_json(description)
     path, kind = _source_of(given, desc.source)
     created_ns = getattr(result, "created_ns", None)  # a BackupResult has it; duck types may not

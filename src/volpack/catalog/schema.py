@@ -94,10 +94,11 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
                       AND r.url = locations.url AND r.newest <> r.uuid)
         """,
     ),
-    # Version 2 did not record chains. An archive whose description says how it found its changes
-    # is an incremental (or, for "merge", not known); anything else is a full. The base link and
-    # the chain are only in the archive's header: prune treats such an incremental as a doubt
-    # until 'catalog rebuild' reads them.
+    # Version 2 did not record chains, and the base link is only in the archive's header. Before
+    # format 1.2 there were no incrementals: those are fulls. A 1.2 archive whose description
+    # says how it found its changes is an incremental (base not known); any other 1.2 archive
+    # is not known (backup recorded no such description). Prune treats "not known" as a doubt
+    # until 'catalog rebuild' reads the headers.
     2: (
         "ALTER TABLE archives ADD COLUMN kind TEXT",
         "ALTER TABLE archives ADD COLUMN chain_id TEXT",
@@ -108,8 +109,9 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE archives ADD COLUMN state_digest TEXT",
         """
         UPDATE archives SET kind = CASE
+            WHEN format_version IN ('1.0', '1.1') THEN 'full'
             WHEN NOT json_valid(description) THEN NULL
-            WHEN json_extract(description, '$.changes.method') IS NULL THEN 'full'
+            WHEN json_extract(description, '$.changes.method') IS NULL THEN NULL
             WHEN json_extract(description, '$.changes.method') = 'merge' THEN NULL
             ELSE 'incremental' END
         """,
