@@ -17,6 +17,7 @@ import numpy as np
 from volpack import media
 from volpack.errors import ChainError, FormatError, MediumError, UsageError, VolpackError
 from volpack.extents import Extents
+from volpack.format import records as R
 from volpack.format.hashtable import HashTable
 from volpack.format.random_access import Archive, open_archive
 
@@ -34,15 +35,16 @@ def parent_location(url: str) -> str | None:
     return url.rsplit("/", 1)[0] + "/"
 
 
-def stands_for(candidate: Archive, link_of: Archive) -> bool:
-    """Whether ``candidate`` is the base ``link_of``'s link names, or leaves the same state."""
-    link = link_of.header.base
+def stands_for(candidate: Archive, child: R.Header) -> bool:
+    """Whether ``candidate`` is the base the ``child`` header's link names, or leaves the same
+    state in the same chain."""
+    link = child.base
     assert link is not None
     if candidate.uuid == link.uuid:
         return candidate.trailer.digest == link.digest
     return (
         candidate.header.hashed
-        and candidate.header.chain_id == link_of.header.chain_id
+        and candidate.header.chain_id == child.chain_id
         and candidate.trailer.state_digest == link.state_digest
         and candidate.size == link.volume_size
     )
@@ -75,14 +77,17 @@ def _listing(place: str) -> list[str]:
         return []
 
 
-def find_base(child: Archive, places: Places, opened: dict[str, Archive]) -> Archive:
-    """The archive ``child``'s base link names (or one of the same state), checked."""
-    link = child.header.base
+def find_base(
+    child: R.Header, child_url: str, places: Places, opened: dict[str, Archive]
+) -> Archive:
+    """The archive the ``child`` header's base link names (or one of the same state), checked.
+    Archives opened on the way are kept in ``opened`` (by canonical URL) for the caller to close."""
+    link = child.base
     assert link is not None
     tried: list[str] = []
     replaced: str | None = None
     candidates: list[str] = []
-    home = parent_location(child.url)
+    home = parent_location(child_url)
     for place in ([home] if home else []) + list(places.search):
         if media.scheme_of(place) == "file" and os.path.isfile(place):
             candidates.append(place)
@@ -92,7 +97,7 @@ def find_base(child: Archive, places: Places, opened: dict[str, Archive]) -> Arc
     seen: set[str] = set()
     for url in candidates:
         key = media.canonical_url(url)
-        if key in seen or key == media.canonical_url(child.url):
+        if key in seen or (child_url != "-" and key == media.canonical_url(child_url)):
             continue
         seen.add(key)
         arch = opened.get(key)
@@ -109,14 +114,14 @@ def find_base(child: Archive, places: Places, opened: dict[str, Archive]) -> Arc
             replaced = url
     if replaced is not None:
         raise ChainError(
-            f"{child.url}: its base {link.uuid} at {replaced} has digest "
+            f"{child_url}: its base {link.uuid} at {replaced} has digest "
             f"{opened[media.canonical_url(replaced)].digest}, the link records "
             f"{link.digest.hex()}: the base was replaced or rewritten; restore needs the "
             "original base (or a merge of it), or back up a new full"
         )
     looked = ", ".join(([home] if home else []) + list(places.search)) or "nowhere"
     raise ChainError(
-        f"{child.url}: base archive {link.uuid} (state {link.state_digest.hex()[:16]}…) not "
+        f"{child_url}: base archive {link.uuid} (state {link.state_digest.hex()[:16]}…) not "
         f"found in {looked} or the catalog; give its location with --search DIR|PREFIX"
     )
 
@@ -129,7 +134,7 @@ def resolve_chain(top: Archive, places: Places) -> list[Archive]:
     try:
         while chain[-1].incremental:
             child = chain[-1]
-            base = find_base(child, places, opened)
+            base = find_base(child.header, child.url, places, opened)
             if base.uuid in seen or len(chain) > MAX_LINKS:
                 raise ChainError(
                     f"{child.url}: its base {base.uuid} is already in the chain (a cycle); the "
