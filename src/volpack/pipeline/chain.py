@@ -119,10 +119,10 @@ def find_base(
             f"{link.digest.hex()}: the base was replaced or rewritten; restore needs the "
             "original base (or a merge of it), or back up a new full"
         )
-    looked = ", ".join(([home] if home else []) + list(places.search)) or "nowhere"
+    looked = ", ".join([*([home] if home else []), *places.search, "the catalog"])
     raise ChainError(
         f"{child_url}: base archive {link.uuid} (state {link.state_digest.hex()[:16]}…) not "
-        f"found in {looked} or the catalog; give its location with --search DIR|PREFIX"
+        f"found (looked in {looked}); give its directory or prefix with --search"
     )
 
 
