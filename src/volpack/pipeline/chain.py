@@ -19,7 +19,7 @@ from volpack.errors import ChainError, FormatError, MediumError, UsageError, Vol
 from volpack.extents import Extents
 from volpack.format import records as R
 from volpack.format.hashtable import HashTable
-from volpack.format.random_access import Archive, open_archive
+from volpack.format.random_access import DEFAULT_CACHE, Archive, open_archive
 
 MAX_LINKS = 10000
 
@@ -78,7 +78,11 @@ def _listing(place: str) -> list[str]:
 
 
 def find_base(
-    child: R.Header, child_url: str, places: Places, opened: dict[str, Archive]
+    child: R.Header,
+    child_url: str,
+    places: Places,
+    opened: dict[str, Archive],
+    cache_bytes: int = DEFAULT_CACHE,
 ) -> Archive:
     """The archive the ``child`` header's base link names (or one of the same state), checked.
     Archives opened on the way are kept in ``opened`` (by canonical URL) for the caller to close."""
@@ -103,7 +107,7 @@ def find_base(
         arch = opened.get(key)
         if arch is None:
             try:
-                arch = open_archive(url)
+                arch = open_archive(url, cache_bytes=cache_bytes)
             except (FormatError, MediumError, UsageError):
                 continue
             opened[key] = arch
@@ -126,7 +130,7 @@ def find_base(
     )
 
 
-def resolve_chain(top: Archive, places: Places) -> list[Archive]:
+def resolve_chain(top: Archive, places: Places, cache_bytes: int = DEFAULT_CACHE) -> list[Archive]:
     """``top`` and its bases down to a full, newest first; every link checked."""
     opened: dict[str, Archive] = {}
     chain = [top]
@@ -134,7 +138,7 @@ def resolve_chain(top: Archive, places: Places) -> list[Archive]:
     try:
         while chain[-1].incremental:
             child = chain[-1]
-            base = find_base(child.header, child.url, places, opened)
+            base = find_base(child.header, child.url, places, opened, cache_bytes)
             if base.uuid in seen or len(chain) > MAX_LINKS:
                 raise ChainError(
                     f"{child.url}: its base {base.uuid} is already in the chain (a cycle); the "
@@ -176,6 +180,7 @@ class ChainView:
         self.block_size = top.block_size
         self.header = top.header
         self.desc = top.desc
+        self.frame_size = top.frame_size
         hbs = top.header.hash_block_size or top.size or 1
         whole = Extents.span(0, -(-self.size // hbs))
         taken = Extents.empty()
@@ -255,13 +260,16 @@ class ChainView:
         self.close()
 
 
-def open_chain(url: str, places: Places | None = None) -> Archive | ChainView:
-    """The archive at ``url``, or for an incremental the view of its whole chain."""
-    top = open_archive(url)
+def open_chain(
+    url: str, places: Places | None = None, *, cache_bytes: int = DEFAULT_CACHE
+) -> Archive | ChainView:
+    """The archive at ``url``, or for an incremental the view of its whole chain (what serve and
+    mount offer: the volume as it was when that archive was made)."""
+    top = open_archive(url, cache_bytes=cache_bytes)
     if not top.incremental:
         return top
     try:
-        return ChainView(resolve_chain(top, places or Places()))
+        return ChainView(resolve_chain(top, places or Places(), cache_bytes))
     except BaseException:
         top.close()
         raise
