@@ -20,6 +20,7 @@ VERBS = (
     "backup",
     "restore",
     "verify",
+    "merge",
     "info",
     "map",
     "serve",
