@@ -29,6 +29,7 @@ VERBS = (
     "prune",
     "catalog",
     "cleanup",
+    "key",
 )
 
 

@@ -30,6 +30,7 @@ from volpack.crypto.keys import (
     Passphrase,
     Recipient,
 )
+from volpack.crypto.seal import Cipher
 from volpack.errors import CorruptArchive, UsageError, WeakKeySlot, WrongKey
 
 X25519_INFO = b"age-encryption.org/v1/X25519"
@@ -345,12 +346,14 @@ def _decode_body(kind: int, body: bytes, bad) -> KeySlot:  # type: ignore[no-unt
 
 @dataclass(frozen=True, slots=True)
 class EncryptKeys:
-    """Whom a new archive is sealed to: one slot per recipient, passphrase and key file."""
+    """Whom a new archive is sealed to (one slot per recipient, passphrase and key file), and
+    the AEAD its records are sealed with."""
 
     recipients: tuple[Recipient, ...] = ()
     passphrases: tuple[Passphrase, ...] = field(default=(), repr=False)
     key_files: tuple[KeyFile, ...] = field(default=(), repr=False)
     argon2: Argon2Params = Argon2Params()
+    cipher: Cipher = Cipher.AES_256_GCM
 
     @property
     def count(self) -> int:
