@@ -30,8 +30,8 @@ from volpack.crypto.keys import (  # noqa: E402
 from volpack.crypto.seal import (  # noqa: E402
     Cipher,
     RecordKind,
-    RecordPosition,
     RecordOpener,
+    RecordPosition,
     Sealer,
     associated_data,
     check_header_mac,

@@ -101,7 +101,9 @@ class Argon2Params:
     def weakness(self) -> str | None:
         """Why these parameters are too weak, or None."""
         if self.memory_kib < MIN_MEMORY_KIB:
-            return f"memory {self.memory_kib} KiB is below the minimum {MIN_MEMORY_KIB} KiB (64 MiB)"
+            return (
+                f"memory {self.memory_kib} KiB is below the minimum {MIN_MEMORY_KIB} KiB (64 MiB)"
+            )
         if self.iterations * self.memory_kib < MIN_WORK_KIB:
             return (
                 f"iterations × memory = {self.iterations} × {self.memory_kib} KiB is below the "
@@ -318,20 +320,24 @@ def decode_slots(data: bytes, subject: str = "archive") -> tuple[KeySlot, ...]:
                 f"{len(data) - pos - SLOT_HEAD.size} remain (at most {MAX_SLOT_BODY})",
             )
         body = data[pos + SLOT_HEAD.size : pos + SLOT_HEAD.size + length]
-        slots.append(_decode_body(kind, body, lambda p, o=pos: bad(o, f"slot {number}: {p}")))
+        try:
+            slots.append(_decode_body(kind, body))
+        except ValueError as exc:
+            raise bad(pos, f"slot {number}: {exc}") from None
         pos += SLOT_HEAD.size + length
     if pos != len(data):
         raise bad(pos, f"{len(data) - pos} bytes after the last of {count} slots")
     return tuple(slots)
 
 
-def _decode_body(kind: int, body: bytes, bad) -> KeySlot:  # type: ignore[no-untyped-def]
+def _decode_body(kind: int, body: bytes) -> KeySlot:
+    """One slot from its kind and body; ValueError saying what does not fit."""
     sizes = {KIND_X25519: X25519_BODY, KIND_ARGON2ID: ARGON2_BODY, KIND_KEY_FILE: KEY_FILE_BODY}
     layout = sizes.get(kind)
     if layout is None:
         return UnknownSlot(kind, body)
     if len(body) != layout.size:
-        raise bad(f"kind {kind} body is {len(body)} bytes, expected {layout.size}")
+        raise ValueError(f"kind {kind} body is {len(body)} bytes, expected {layout.size}")
     if kind == KIND_X25519:
         return X25519Slot(*X25519_BODY.unpack(body))
     if kind == KIND_KEY_FILE:
@@ -340,7 +346,7 @@ def _decode_body(kind: int, body: bytes, bad) -> KeySlot:  # type: ignore[no-unt
     params = Argon2Params(memory_kib=memory, iterations=iterations, lanes=lanes)
     problem = params.beyond_bounds()
     if problem:
-        raise bad(f"Argon2id {problem}")
+        raise ValueError(f"Argon2id {problem}")
     return PassphraseSlot(salt, params, wrapped)
 
 
@@ -386,9 +392,7 @@ def make_slots(data_key: DataKey, keys: EncryptKeys) -> tuple[KeySlot, ...]:
     return tuple(slots)
 
 
-def open_slots(
-    slots: Sequence[KeySlot], keys: DecryptKeys, subject: str = "archive"
-) -> DataKey:
+def open_slots(slots: Sequence[KeySlot], keys: DecryptKeys, subject: str = "archive") -> DataKey:
     """The data key from the first slot that one of ``keys`` opens. Cheap kinds are tried first;
     a passphrase slot with weak parameters is never tried. WrongKey when nothing opens."""
     if keys.count == 0:
