@@ -235,3 +235,10 @@ def test_a_key_file_of_any_size_but_32_bytes_is_refused_naming_its_size(tmp_path
         read_key_file(str(path))
     path.write_bytes(os.urandom(32))
     assert len(read_key_file(str(path)).secret) == 32
+
+
+def test_a_low_order_recipient_is_refused_when_sealing():
+    from volpack.crypto import Recipient
+
+    with pytest.raises(UsageError, match="low order"):
+        make_slots(DataKey.generate(), EncryptKeys(recipients=(Recipient(bytes(32)),)))
