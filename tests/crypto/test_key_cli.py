@@ -245,3 +245,22 @@ def test_on_a_terminal_the_passphrase_is_asked_twice_and_never_echoed():
 def test_on_a_terminal_two_different_passphrases_are_refused():
     out = _run_on_terminal([b"first", b"second"])
     assert "ERR the two passphrases differ" in out
+
+
+MISSING_EXTRA = """
+import sys
+sys.modules[sys.argv[1]] = None  # as if the package were not installed
+from volpack.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("module", ["cryptography", "bech32"])
+def test_without_the_crypto_extra_key_commands_are_one_line_with_the_install_hint(tmp_path, module):
+    r = subprocess.run(
+        [sys.executable, "-c", MISSING_EXTRA, module, "key", "generate", "-o", str(tmp_path / "k")],
+        capture_output=True,
+        text=True,
+    )
+    one_error_line(r, EXIT_USAGE, f"needs the {module} module", "pip install 'volpack[crypto]'")
+    assert not (tmp_path / "k").exists()

@@ -135,6 +135,7 @@ def test_every_truncation_and_every_trailing_byte_of_a_slot_list_is_corrupt(seal
         (lambda d: d[:2] + b"\1\0" + d[4:], "reserved field is 1"),
         (lambda d: d[:5] + b"\7" + d[6:], "slot 1: reserved field is 7"),
         (lambda d: d[:6] + struct.pack("<H", 63) + d[8:], "kind 1 body is 63 bytes"),
+        (lambda d: d[:4] + b"\0" + d[5:], "slot 1: kind 0 is reserved"),
         (lambda d: d[:6] + struct.pack("<H", 5000) + d[8:], "claims 5000 bytes"),
     ],
 )

@@ -12,7 +12,7 @@ from volpack.errors import UsageError
 try:
     import bech32 as _bech32  # noqa: F401
     import cryptography as _cryptography  # noqa: F401
-except ImportError as _exc:  # pragma: no cover - exercised only without the extra
+except ImportError as _exc:  # tests/crypto/test_key_cli.py hides the modules to test this
     raise UsageError(
         f"encryption needs the {_exc.name} module, which is not installed; "
         "run: pip install 'volpack[crypto]'"

@@ -334,6 +334,8 @@ def _decode_body(kind: int, body: bytes) -> KeySlot:
     """One slot from its kind and body; ValueError saying what does not fit."""
     sizes = {KIND_X25519: X25519_BODY, KIND_ARGON2ID: ARGON2_BODY, KIND_KEY_FILE: KEY_FILE_BODY}
     layout = sizes.get(kind)
+    if kind == 0:
+        raise ValueError("kind 0 is reserved")
     if layout is None:
         return UnknownSlot(kind, body)
     if len(body) != layout.size:
