@@ -30,6 +30,7 @@ VERBS = (
     "prune",
     "catalog",
     "cleanup",
+    "key",
 )
 
 
