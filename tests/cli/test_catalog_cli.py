@@ -83,7 +83,7 @@ def test_show_by_prefix_and_verify_status(env, capsys):
     code, out, _ = run(capsys, "show", "--json", uid[:6])
     shown = json.loads(out)
     assert shown["verify_ok"] is True and shown["verified_at"] is not None
-    assert shown["used_blocks"] > 0 and shown["format_version"] == "1.1"
+    assert shown["used_blocks"] > 0 and shown["format_version"] == "1.2"
 
 
 def test_show_unknown_id_exits_with_catalog_code(env, capsys):
