@@ -25,6 +25,7 @@ APT_PACKAGES=(
     fuse3
     zstd
     time
+    age
 )
 
 sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }

@@ -1,15 +1,26 @@
 """volpack: block-level backup of virtual and thin-provisioned volumes.
 
 Public API (lazy, so that ``import volpack`` stays fast): backup(), restore(), verify(),
-map_volume() (from volpack.pipeline, one module per verb) and open_archive(). Results are typed
-dataclasses; errors are volpack.errors.VolpackError.
+map_volume() (from volpack.pipeline, one module per verb), merge() and apply() for incremental
+chains, open_archive() and open_volume() (an archive, or an incremental's whole chain, for
+random reads). Results are typed dataclasses; errors are volpack.errors.VolpackError.
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "backup", "restore", "verify", "open_archive", "map_volume"]
+__all__ = [
+    "__version__",
+    "backup",
+    "restore",
+    "verify",
+    "open_archive",
+    "open_volume",
+    "map_volume",
+    "merge",
+    "apply",
+]
 
 
 def __getattr__(name: str):
@@ -21,4 +32,16 @@ def __getattr__(name: str):
         from volpack.format.random_access import open_archive
 
         return open_archive
+    if name == "open_volume":
+        from volpack.pipeline.chain import open_chain
+
+        return open_chain
+    if name == "merge":
+        from volpack.pipeline.merge import merge
+
+        return merge
+    if name == "apply":
+        from volpack.pipeline.apply import apply
+
+        return apply
     raise AttributeError(f"module 'volpack' has no attribute {name!r}")

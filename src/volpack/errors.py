@@ -20,6 +20,7 @@ EXIT_TARGET = 8
 EXIT_CATALOG = 9
 EXIT_DIFFERS = 10
 EXIT_CHAIN = 11
+EXIT_KEY = 12
 EXIT_INTERRUPTED = 130
 
 
@@ -118,6 +119,25 @@ class CatalogFull(CatalogError):
 
 class ArchiveReplaced(CatalogError):
     """The catalogued location now holds another archive than the one asked for (overwritten)."""
+
+
+class KeyRefused(VolpackError):
+    """An encrypted archive could not be authenticated: the key given opens none of its key
+    slots, a key slot asks for too little work, or a sealed part or its header MAC fails."""
+
+    exit_code = EXIT_KEY
+
+
+class WrongKey(KeyRefused):
+    """None of the archive's key slots opens with the identity, passphrase or key file given."""
+
+
+class WeakKeySlot(KeyRefused):
+    """A passphrase key slot records key-derivation parameters below volpack's minimum."""
+
+
+class TamperedArchive(KeyRefused):
+    """A sealed record or the header MAC does not authenticate under the archive's data key."""
 
 
 class ArchiveIdClash(CatalogError):

@@ -20,6 +20,7 @@ POSITIONALS = {
     "backup": ["v.img", "v.vpk"],
     "restore": ["v.vpk", "out.img"],
     "verify": ["v.vpk"],
+    "merge": ["v.vpk", "out.vpk"],
     "info": ["v.vpk"],
     "map": ["v.img"],
     "serve": ["v.vpk"],

@@ -20,9 +20,9 @@ from volpack.errors import CorruptArchive
 from volpack.extents import Extents
 from volpack.format import records as R
 from volpack.format.description import ArchiveDescription
+from volpack.format.hashtable import HashBuilder
 from volpack.format.pmap import decode_pmap, encode_pmap
 from volpack.format.random_access import open_archive
-from volpack.format.hashtable import HashBuilder
 from volpack.format.writer import ArchiveWriter
 from volpack.media import open_writer
 from volpack.physmap import PM_UNKNOWN, PM_ZERO, PhysicalMap

@@ -123,3 +123,41 @@ def test_golden_1_1_digest_covers_the_trailer_and_head_hash_the_head():
     with open_archive(os.path.join(GOLDEN, "v1.1.vpk")) as a:
         first_frame = int(a.trailer.index["offset"][0])
     assert payload[32:64] == blake3.blake3(data[:first_frame]).digest()
+
+
+def test_golden_1_2_hash_table_and_state_digest_follow_the_spec(tmp_path):
+    """Section 5.1 computed from the spec alone: 16-byte BLAKE3 per non-zero 1 MiB hash block of
+    the restored volume, the state digest over label, sizes and entries; header fields of 2."""
+    import struct
+    import uuid
+
+    import blake3
+
+    data = pathlib.Path(os.path.join(GOLDEN, "v1.2.vpk")).read_bytes()
+    assert int.from_bytes(data[10:12], "little") == 2
+    assert int.from_bytes(data[16:24], "little") == (1 << 2) | (1 << 3)  # BOUND, HASHED
+    hbs = int.from_bytes(data[84:88], "little")
+    assert hbs == 1 << 20 and data[88:104] != bytes(16) and data[104:112] == bytes(8)
+    assert data[112:248] == bytes(136)  # no base link in a full; the rest reserved
+    out = tmp_path / "v.img"
+    pipeline.restore(os.path.join(GOLDEN, "v1.2.vpk"), str(out))
+    volume = out.read_bytes()
+    entries = b""
+    for index in range(-(-len(volume) // hbs)):
+        block = volume[index * hbs : (index + 1) * hbs]
+        h = blake3.blake3(block).digest()[:16]
+        if h != blake3.blake3(bytes(len(block))).digest()[:16]:
+            entries += index.to_bytes(8, "little") + h
+    state = blake3.blake3(
+        b"volpack state v1" + struct.pack("<QI", len(volume), hbs) + entries
+    ).digest()
+    toff = int.from_bytes(data[-56:-48], "little")
+    payload = data[toff + 32 : -64]
+    count = len(entries) // 24
+    assert payload[-72:-64] == count.to_bytes(8, "little")
+    assert payload[-64:-32] == state
+    assert payload[-72 - len(entries) : -72] == entries
+    with open_archive(os.path.join(GOLDEN, "v1.2.vpk")) as a:
+        assert a.state_digest == state.hex() and a.header.chain_id == str(
+            uuid.UUID(bytes=data[88:104])
+        )

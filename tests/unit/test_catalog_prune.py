@@ -21,7 +21,9 @@ T0 = dt.datetime(2024, 3, 1, 12, tzinfo=dt.UTC).timestamp()
 
 def header_bytes(uid: str) -> bytes:
     """A real archive header for ``uid`` (what prune reads to learn which archive is where)."""
-    return R.Header(uid, 4096, 1 << 20, 1 << 20, 3, 1, chain_id=uid).encode() + b"rest of the archive"
+    return (
+        R.Header(uid, 4096, 1 << 20, 1 << 20, 3, 1, chain_id=uid).encode() + b"rest of the archive"
+    )
 
 
 def make(cat: Catalog, directory, source: str, day: int) -> ArchiveEntry:

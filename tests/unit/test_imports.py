@@ -31,6 +31,9 @@ LAYERS: list[tuple[str, ...]] = [
     # targets/) and the server (serve/), which sit in different layers.
     ("physmap", "units", "identity", "partials", "writeback", "exactio", "nbdwire"),
     ("atomic",),
+    # crypto: keys, key slots and sealing; bytes in memory (and local key files through atomic),
+    # below format, which will seal its records with it.
+    ("crypto",),
     ("source",),
     ("detect",),
     ("compact",),

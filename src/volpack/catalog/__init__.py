@@ -44,6 +44,7 @@ __all__ = [
     "recorded_source",
     "record_after_backup",
     "record_after_verify",
+    "record_archive",
     "resolve_archive_ref",
     "resolve_volume_at",
     "source_key",
@@ -77,6 +78,28 @@ def record_after_backup(
             path,
             exc,
             getattr(result, "url", "URL"),
+        )
+        return False
+    return True
+
+
+def record_archive(url: str, catalog_path: str | None) -> bool:
+    """Record the archive at ``url`` as rebuild would (read from its trailer); like
+    ``record_after_backup`` it only warns when the catalog cannot take it."""
+    from volpack.format.random_access import open_archive
+
+    path = _catalog_path(catalog_path)
+    try:
+        with open_archive(url) as archive, Catalog.open(path) as catalog:
+            catalog.add(entry_from_archive(archive, archive.url))
+    except (VolpackError, sqlite3.Error, OSError) as exc:
+        log.warning(
+            "archive at %s was written but not recorded in the catalog %s: %s; "
+            "run 'volpack catalog rebuild %s' later",
+            url,
+            path,
+            exc,
+            url,
         )
         return False
     return True

@@ -20,6 +20,7 @@ VERBS = (
     "backup",
     "restore",
     "verify",
+    "merge",
     "info",
     "map",
     "serve",
@@ -29,6 +30,7 @@ VERBS = (
     "prune",
     "catalog",
     "cleanup",
+    "key",
 )
 
 

@@ -185,6 +185,14 @@ def run(args: argparse.Namespace) -> int:
         f"({share(used, result.volume_size)}), archive {human(result.archive_size)} "
         f"(volume/archive {ratio:.1f}x), {result.elapsed:.2f} s, {rate(used, result.elapsed)}",
     ]
+    if result.base_uuid is not None:
+        zeroed = result.zero_blocks * result.block_size
+        lines[1] = (
+            f"incremental {result.chain_seq} on {result.base_uuid}: changed hash blocks "
+            f"{human(used + zeroed)} ({human(used)} data, the rest zero), found by "
+            f"{result.changes.get('method')} ({human(result.changes.get('read_bytes') or 0)} "
+            f"read); archive {human(result.archive_size)}, {result.elapsed:.2f} s"
+        )
     # With the archive on stdout, the result must not mix into it: it goes to stderr.
     emit(args, dataclasses.asdict(result), lines, to_stderr=args.archive == "-")
     return EXIT_WARNING if warnings else EXIT_OK

@@ -7,9 +7,12 @@ import json
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from volpack.units import human, parse_size
+
+if TYPE_CHECKING:
+    from volpack.pipeline.chain import Places
 
 log = logging.getLogger("volpack")
 
@@ -161,3 +164,23 @@ def rate(nbytes: int, seconds: float) -> str:
 def share(used: int, size: int) -> str:
     """'12.5%' of a volume; an empty volume has no share to give."""
     return f"{100.0 * used / size:.1f}%" if size else "empty volume"
+
+
+def add_search_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--search",
+        action="append",
+        default=[],
+        metavar="DIR|PREFIX",
+        help="where else to look for an incremental's base archives (after its own directory "
+        "or prefix and the catalog); repeat",
+    )
+
+
+def places_from(args: argparse.Namespace) -> Places:
+    """Where an incremental's bases are looked for: ``--search`` and the catalog."""
+    from volpack.catalog.record import catalog_path
+    from volpack.pipeline.chain import Places
+
+    catalog = getattr(args, "catalog", None)
+    return Places(search=tuple(args.search), catalog=catalog_path(catalog))

@@ -58,6 +58,21 @@ def run(args: argparse.Namespace) -> int:
         f"{d['address_table_runs']} runs",
         f"frames       {d['frames']} x {human(d['frame_size'])}, codec {d['codec']}",
     ]
+    if d.get("chain_id"):
+        base = d.get("base")
+        level = (
+            f"incremental, sequence {d['chain_seq']} of chain {d['chain_id']}"
+            if base
+            else f"full, sequence {d['chain_seq']} of chain {d['chain_id']}"
+        )
+        lines.append(f"level        {level}")
+        if base:
+            lines.append(f"base         {base['uuid']} (blake3:{base['digest']})")
+            changes = d.get("changes") or {}
+            lines.append(
+                f"changes      by {changes.get('method', '?')}, "
+                f"{human(changes.get('read_bytes') or 0)} read from the source"
+            )
     if d.get("archive_size") is not None:
         ratio = vol / d["archive_size"] if d["archive_size"] else 0.0
         lines.append(f"archive size {human(d['archive_size'])} (volume/archive {ratio:.1f}x)")

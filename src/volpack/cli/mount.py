@@ -10,7 +10,13 @@ import argparse
 import os
 import sys
 
-from volpack.cli.common import add_medium_options, apply_medium_options, size_arg
+from volpack.cli.common import (
+    add_medium_options,
+    add_search_option,
+    apply_medium_options,
+    places_from,
+    size_arg,
+)
 from volpack.errors import EXIT_OK
 from volpack.serve.fuse import DEFAULT_FILE_NAME, mount
 from volpack.units import human
@@ -49,16 +55,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     parser.add_argument("-v", "--verbose", action="store_true", help="also log FUSE requests")
+    add_search_option(parser)
+    parser.add_argument(
+        "--catalog", metavar="PATH", help="catalog where bases of an incremental are looked up"
+    )
     add_medium_options(parser, tape=False)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     apply_medium_options(args)
-    from volpack import open_archive
+    from volpack.pipeline.chain import open_chain
 
     cache = args.cache_size
-    with open_archive(args.archive, cache_bytes=cache) as archive:
+    with open_chain(args.archive, places_from(args), cache_bytes=cache) as archive:
         path = os.path.join(args.mountpoint, args.file_name)
         if not args.quiet:
             print(

@@ -11,8 +11,10 @@ from volpack.cli.common import (
     Progress,
     add_medium_options,
     add_output_options,
+    add_search_option,
     apply_medium_options,
     emit,
+    places_from,
     rate,
 )
 from volpack.errors import EXIT_OK, UsageError
@@ -81,6 +83,20 @@ def register(sub: Any) -> None:
         metavar="PATH",
         help="with --layout physical: a further physical volume; repeat",
     )
+    p.add_argument(
+        "--apply",
+        action="store_true",
+        help="the target holds the incremental's base state: change it in place to the "
+        "incremental's (needs --force; reads the archive in one pass, also from '-' or tape)",
+    )
+    p.add_argument(
+        "--verify-target",
+        choices=("sample", "full"),
+        default="sample",
+        help="with --apply: hash a sample (default) or every hash block of the target against "
+        "the base before writing",
+    )
+    add_search_option(p)
     p.add_argument("--catalog", metavar="PATH", help="catalog for archive ids")
     p.add_argument(
         "--volume",
@@ -135,9 +151,26 @@ def run(args: argparse.Namespace) -> int:
             "restore: --mode is for files restore creates; --layout physical writes existing "
             "volumes in place, drop --mode"
         )
+    if args.apply and (args.layout == "physical" or args.target_format != "raw"):
+        raise UsageError(
+            "restore: --apply changes a raw file or block device in place; drop --layout / "
+            "--target-format"
+        )
     progress = Progress(args)
     try:
-        if args.layout == "physical":
+        if args.apply:
+            from volpack.pipeline.apply import apply
+
+            result = apply(
+                archive,
+                args.target,
+                force=args.force,
+                verify_target=args.verify_target,
+                places=places_from(args),
+                progress=progress,
+                expect_uuid=expect,
+            )
+        elif args.layout == "physical":
             result = restore_physical(
                 archive,
                 (args.target, *args.pv),
@@ -156,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
                 mode=None if args.mode is None else parse_mode(args.mode),
                 progress=progress,
                 expect_uuid=expect,
+                places=places_from(args),
             )
     finally:
         progress.close()

@@ -13,7 +13,13 @@ import sys
 from contextlib import ExitStack
 from pathlib import PurePosixPath
 
-from volpack.cli.common import add_medium_options, apply_medium_options, size_arg
+from volpack.cli.common import (
+    add_medium_options,
+    add_search_option,
+    apply_medium_options,
+    places_from,
+    size_arg,
+)
 from volpack.errors import EXIT_OK, UsageError
 from volpack.serve.allocator import use_one_malloc_arena
 from volpack.serve.export import Export
@@ -94,6 +100,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every connection")
+    add_search_option(parser)
+    parser.add_argument(
+        "--catalog", metavar="PATH", help="catalog where bases of an incremental are looked up"
+    )
     add_medium_options(parser, tape=False)
     parser.set_defaults(func=run)
 
@@ -131,7 +141,9 @@ def run(args: argparse.Namespace) -> int:
     # Before any thread exists: glibc fixes its arena limit when the first thread allocates.
     use_one_malloc_arena()
     apply_medium_options(args)
-    from volpack import open_archive
+    from volpack.pipeline.chain import open_chain
+
+    places = places_from(args)
 
     if len(args.name) > len(args.archives):
         raise UsageError(
@@ -154,7 +166,8 @@ def run(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         exports = []
         for url, name in zip(args.archives, names, strict=True):
-            archive = stack.enter_context(open_archive(url, cache_bytes=cache))
+            archive = open_chain(url, places, cache_bytes=cache)
+            stack.callback(archive.close)
             desc = f"volpack archive {archive.uuid} of {url} ({human(archive.size)})"
             exports.append(Export.of(name, archive, desc))
         if args.socket:

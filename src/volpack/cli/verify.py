@@ -11,8 +11,10 @@ from volpack.cli.common import (
     Progress,
     add_medium_options,
     add_output_options,
+    add_search_option,
     apply_medium_options,
     emit,
+    places_from,
 )
 from volpack.errors import EXIT_OK, VolpackError
 
@@ -45,6 +47,13 @@ def register(sub: Any) -> None:
         metavar="PATH",
         help="an LVM physical volume for --against lvm:VG/LV; repeat",
     )
+    p.add_argument(
+        "--chain",
+        action="store_true",
+        help="for an incremental: verify every base down to the full too, each link and the "
+        "state each archive leaves",
+    )
+    add_search_option(p)
     p.add_argument("--catalog", metavar="PATH", help="catalog to record the verdict in")
     add_medium_options(p)
     add_output_options(p)
@@ -64,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
             source_format=args.source_format,
             pvs=tuple(args.pv),
             progress=progress,
+            chain=args.chain,
+            places=places_from(args),
         )
     except VolpackError as exc:
         uuid = getattr(exc, "archive_uuid", None)
@@ -72,11 +83,19 @@ def run(args: argparse.Namespace) -> int:
         raise
     finally:
         progress.close()
-    record_after_verify(result.archive_uuid, True, args.catalog)
+    for uuid, _ in result.chain or ((result.archive_uuid, args.archive),):
+        record_after_verify(uuid, True, args.catalog)
     lines = [
         f"archive {result.archive_uuid} ok: {result.frame_count} frames, "
         f"{result.archive_size} bytes, digest blake3:{result.digest}"
     ]
+    if result.chain:
+        lines.append(
+            f"chain ok: {len(result.chain)} archives, every link and state checked: "
+            + " <- ".join(url for _, url in result.chain)
+        )
+    elif result.level == "incremental":
+        lines.append("incremental: its bases were not read; 'volpack verify --chain' checks them")
     if result.against and result.unused_nonzero_blocks:
         first = ", ".join(f"[{a}, {b})" for a, b in result.unused_nonzero[:5])
         log.info(

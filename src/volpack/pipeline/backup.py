@@ -157,9 +157,16 @@ def backup(
                     archive_url, "the archive being written", "archive path", "/dev/stdout"
                 ),
                 *([Role(staging, "the staging area", "staging path")] if staging else []),
+                *(
+                    medium_roles(base_archive.url, "the base archive", "--base", "/dev/stdin")
+                    if base_archive is not None
+                    else []
+                ),
             ],
             UsageError,
         )
+        if base_archive is not None:
+            _check_not_base(archive_url, base_archive.url)
         before = src.identity()
         medium = open_writer(archive_url, force=force, mode=mode)
         scan = (lambda done: progress("scan", done, src.size)) if progress else None
@@ -314,6 +321,18 @@ def _open_base(spec: str, source: str, catalog: str | None) -> Archive:
     if catalog is not None:
         _check_catalogued_digest(arch, catalog)
     return arch
+
+
+def _check_not_base(archive_url: str, base_url: str) -> None:
+    """Writing an incremental over its own base would leave a link to an archive that is gone
+    (media without local files: compared by location)."""
+    from volpack import media
+
+    if archive_url != "-" and media.canonical_url(archive_url) == media.canonical_url(base_url):
+        raise UsageError(
+            f"{archive_url}: is the base archive of this incremental; writing there would "
+            "destroy the base the new archive needs; choose another archive path"
+        )
 
 
 def _latest(source: str, catalog: str | None) -> str:

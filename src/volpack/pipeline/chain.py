@@ -17,8 +17,9 @@ import numpy as np
 from volpack import media
 from volpack.errors import ChainError, FormatError, MediumError, UsageError, VolpackError
 from volpack.extents import Extents
+from volpack.format import records as R
 from volpack.format.hashtable import HashTable
-from volpack.format.random_access import Archive, open_archive
+from volpack.format.random_access import DEFAULT_CACHE, Archive, open_archive
 
 MAX_LINKS = 10000
 
@@ -34,15 +35,16 @@ def parent_location(url: str) -> str | None:
     return url.rsplit("/", 1)[0] + "/"
 
 
-def stands_for(candidate: Archive, link_of: Archive) -> bool:
-    """Whether ``candidate`` is the base ``link_of``'s link names, or leaves the same state."""
-    link = link_of.header.base
+def stands_for(candidate: Archive, child: R.Header) -> bool:
+    """Whether ``candidate`` is the base the ``child`` header's link names, or leaves the same
+    state in the same chain."""
+    link = child.base
     assert link is not None
     if candidate.uuid == link.uuid:
         return candidate.trailer.digest == link.digest
     return (
         candidate.header.hashed
-        and candidate.header.chain_id == link_of.header.chain_id
+        and candidate.header.chain_id == child.chain_id
         and candidate.trailer.state_digest == link.state_digest
         and candidate.size == link.volume_size
     )
@@ -75,14 +77,21 @@ def _listing(place: str) -> list[str]:
         return []
 
 
-def find_base(child: Archive, places: Places, opened: dict[str, Archive]) -> Archive:
-    """The archive ``child``'s base link names (or one of the same state), checked."""
-    link = child.header.base
+def find_base(
+    child: R.Header,
+    child_url: str,
+    places: Places,
+    opened: dict[str, Archive],
+    cache_bytes: int = DEFAULT_CACHE,
+) -> Archive:
+    """The archive the ``child`` header's base link names (or one of the same state), checked.
+    Archives opened on the way are kept in ``opened`` (by canonical URL) for the caller to close."""
+    link = child.base
     assert link is not None
     tried: list[str] = []
     replaced: str | None = None
     candidates: list[str] = []
-    home = parent_location(child.url)
+    home = parent_location(child_url)
     for place in ([home] if home else []) + list(places.search):
         if media.scheme_of(place) == "file" and os.path.isfile(place):
             candidates.append(place)
@@ -92,13 +101,13 @@ def find_base(child: Archive, places: Places, opened: dict[str, Archive]) -> Arc
     seen: set[str] = set()
     for url in candidates:
         key = media.canonical_url(url)
-        if key in seen or key == media.canonical_url(child.url):
+        if key in seen or (child_url != "-" and key == media.canonical_url(child_url)):
             continue
         seen.add(key)
         arch = opened.get(key)
         if arch is None:
             try:
-                arch = open_archive(url)
+                arch = open_archive(url, cache_bytes=cache_bytes)
             except (FormatError, MediumError, UsageError):
                 continue
             opened[key] = arch
@@ -109,19 +118,19 @@ def find_base(child: Archive, places: Places, opened: dict[str, Archive]) -> Arc
             replaced = url
     if replaced is not None:
         raise ChainError(
-            f"{child.url}: its base {link.uuid} at {replaced} has digest "
+            f"{child_url}: its base {link.uuid} at {replaced} has digest "
             f"{opened[media.canonical_url(replaced)].digest}, the link records "
             f"{link.digest.hex()}: the base was replaced or rewritten; restore needs the "
             "original base (or a merge of it), or back up a new full"
         )
-    looked = ", ".join(([home] if home else []) + list(places.search)) or "nowhere"
+    looked = ", ".join([*([home] if home else []), *places.search, "the catalog"])
     raise ChainError(
-        f"{child.url}: base archive {link.uuid} (state {link.state_digest.hex()[:16]}…) not "
-        f"found in {looked} or the catalog; give its location with --search DIR|PREFIX"
+        f"{child_url}: base archive {link.uuid} (state {link.state_digest.hex()[:16]}…) not "
+        f"found (looked in {looked}); give its directory or prefix with --search"
     )
 
 
-def resolve_chain(top: Archive, places: Places) -> list[Archive]:
+def resolve_chain(top: Archive, places: Places, cache_bytes: int = DEFAULT_CACHE) -> list[Archive]:
     """``top`` and its bases down to a full, newest first; every link checked."""
     opened: dict[str, Archive] = {}
     chain = [top]
@@ -129,7 +138,7 @@ def resolve_chain(top: Archive, places: Places) -> list[Archive]:
     try:
         while chain[-1].incremental:
             child = chain[-1]
-            base = find_base(child, places, opened)
+            base = find_base(child.header, child.url, places, opened, cache_bytes)
             if base.uuid in seen or len(chain) > MAX_LINKS:
                 raise ChainError(
                     f"{child.url}: its base {base.uuid} is already in the chain (a cycle); the "
@@ -171,6 +180,7 @@ class ChainView:
         self.block_size = top.block_size
         self.header = top.header
         self.desc = top.desc
+        self.frame_size = top.frame_size
         hbs = top.header.hash_block_size or top.size or 1
         whole = Extents.span(0, -(-self.size // hbs))
         taken = Extents.empty()
@@ -250,13 +260,16 @@ class ChainView:
         self.close()
 
 
-def open_chain(url: str, places: Places | None = None) -> Archive | ChainView:
-    """The archive at ``url``, or for an incremental the view of its whole chain."""
-    top = open_archive(url)
+def open_chain(
+    url: str, places: Places | None = None, *, cache_bytes: int = DEFAULT_CACHE
+) -> Archive | ChainView:
+    """The archive at ``url``, or for an incremental the view of its whole chain (what serve and
+    mount offer: the volume as it was when that archive was made)."""
+    top = open_archive(url, cache_bytes=cache_bytes)
     if not top.incremental:
         return top
     try:
-        return ChainView(resolve_chain(top, places or Places()))
+        return ChainView(resolve_chain(top, places or Places(), cache_bytes))
     except BaseException:
         top.close()
         raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from volpack.format import records as R
 from volpack.format.description import ArchiveDescription
 from volpack.physmap import PhysicalMap
 
@@ -36,6 +37,8 @@ def summary(archive_url: str) -> dict[str, Any]:
                 "stored_bytes": a.stored_bytes,
                 "frames": a.trailer.frame_count,
                 "digest": a.digest,
+                "state_digest": a.state_digest or None,
+                "hash_table_entries": len(a.hash_table.entries) if a.hash_table else None,
             }
         else:
             head = ArchiveStream(medium).read_head()
@@ -59,7 +62,30 @@ def summary(archive_url: str) -> dict[str, Any]:
         "devices": list(pmap.devices) if pmap is not None else None,
         "source": desc.source.to_json(),
         "detection": desc.detection.to_json(),
+        **_chain(h, desc),
         "tool": desc.tool,
         "host": desc.host,
         **extra,
+    }
+
+
+def _chain(h: R.Header, desc: ArchiveDescription) -> dict[str, Any]:
+    """Where the archive sits in its chain: level, chain id, sequence, base link, changes."""
+    if not h.hashed:
+        return {"level": "full", "chain_id": None, "chain_seq": None, "base": None}
+    base = h.base
+    return {
+        "level": "incremental" if h.incremental else "full",
+        "chain_id": h.chain_id,
+        "chain_seq": h.chain_seq,
+        "hash_block_size": h.hash_block_size,
+        "base": None
+        if base is None
+        else {
+            "uuid": base.uuid,
+            "digest": base.digest.hex(),
+            "state_digest": base.state_digest.hex(),
+            "volume_size": base.volume_size,
+        },
+        "changes": desc.changes.to_json() if desc.changes is not None else None,
     }

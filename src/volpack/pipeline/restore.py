@@ -2,6 +2,9 @@
 
 The sequence is written once, in ``restore_to``; the verbs differ only in the target they open
 once the head is known (a file, block device or qcow2 image; the PVs of ``--layout physical``).
+An incremental is restored through its chain (``restore_chain_to``: every link checked first,
+each block written once, from the newest archive that holds it), or applied in place onto a
+target that holds its base's state (``pipeline.apply``).
 Nothing is written before the header and tables checked out; on any failure the target is aborted
 (a pre-existing target is never deleted). Library code: no printing.
 """
@@ -20,7 +23,9 @@ from volpack.pipeline.common import Progress, medium_roles, scatter
 from volpack.targets.base import Target
 
 if TYPE_CHECKING:
+    from volpack.format.random_access import Archive
     from volpack.format.reader import Head
+    from volpack.pipeline.chain import Places
     from volpack.targets.physical import PhysicalTarget
 
 T = TypeVar("T", bound=Target)
@@ -47,11 +52,14 @@ def restore(
     mode: int | None = None,
     progress: Progress | None = None,
     expect_uuid: str | None = None,
+    places: Places | None = None,
 ) -> RestoreResult:
     """Restore the volume in ``archive_url`` to ``target`` (thin file or block device, an NBD
-    export ``nbd://…``, or a qcow2 image with ``target_format="qcow2"``). With ``expect_uuid`` (restore by catalog id), a
-    different archive there is refused before the target is touched. A new file gets permission
-    bits ``mode`` (default 0600); one replaced with ``force`` keeps its own."""
+    export ``nbd://…``, or a qcow2 image with ``target_format="qcow2"``). With ``expect_uuid``
+    (restore by catalog id), a different archive there is refused before the target is touched.
+    A new file gets permission bits ``mode`` (default 0600); one replaced with ``force`` keeps its
+    own. An incremental is restored with its whole chain; its bases are looked for in its own
+    directory or prefix, the catalog and ``places``."""
     # Stages load on first use, so that importing the pipeline stays fast (see backup.py).
     from volpack.targets.raw import open_raw_target
 
@@ -83,10 +91,17 @@ def restore(
             return open_qcow2_target(target, force=force, mode=mode)
         raise UsageError(f"--target-format {target_format}: use raw or qcow2")
 
+    from volpack.pipeline.chain import Places
+
     # An NBD export occupies no local file or device that could overlap the archive.
     roles = [] if nbd else [Role(target, "the restore target", "target")]
     done = restore_to(
-        archive_url, open_target, roles=roles, progress=progress, expect_uuid=expect_uuid
+        archive_url,
+        open_target,
+        roles=roles,
+        progress=progress,
+        expect_uuid=expect_uuid,
+        places=places or Places(),
     )
     return done.result(target)
 
@@ -105,6 +120,11 @@ def restore_physical(
     from volpack.targets.physical import open_physical_for_archive
 
     def open_target(head: Head) -> PhysicalTarget:
+        if head.header.incremental:
+            raise UsageError(
+                f"{archive_url}: is an incremental archive; --layout physical writes one archive's "
+                "physical map: restore it in volume layout, or merge the chain into a full first"
+            )
         return open_physical_for_archive(archive_url, head, pv_paths, force=force)
 
     roles = [Role(p, "a physical volume being written", "physical volume path") for p in pv_paths]
@@ -142,29 +162,45 @@ def restore_to(
     roles: Sequence[Role],
     progress: Progress | None = None,
     expect_uuid: str | None = None,
+    places: Places | None = None,
 ) -> Restored[T]:
     """The one restore sequence: refuse a target that is the archive (``roles``); check footer and
     trailer first where the medium has a size; read and check the head; refuse an archive that is
     not ``expect_uuid``; only then ``open_target(head)``, ``prepare``, scatter the frames, check
-    the tail and ``finish``; ``abort`` the target on any failure."""
+    the tail and ``finish``; ``abort`` the target on any failure. An incremental goes through
+    ``restore_chain_to`` (random access); from a stream it needs ``apply``."""
     from volpack.format.random_access import Archive
     from volpack.format.reader import ArchiveStream
     from volpack.media import open_reader
+    from volpack.media.base import MediumReader
+    from volpack.pipeline.chain import Places
 
     t0 = time.perf_counter()
     check_distinct(
         [*medium_roles(archive_url, "the archive being restored", "archive", "/dev/stdin"), *roles],
         TargetError,
     )
-    medium = open_reader(archive_url)
+    medium: MediumReader | None = open_reader(archive_url)
+    assert medium is not None
     tgt: T | None = None
     try:
         if medium.size is not None:
-            Archive(medium)  # footer and trailer first: refuse incomplete archives up front
+            # footer and trailer first: refuse incomplete archives up front
+            top = Archive(medium)
+            if top.incremental:
+                check_expected(top.header, archive_url, expect_uuid)
+                medium = None  # the chain owns it now
+                return restore_chain_to(top, open_target, places or Places(), progress, t0)
         stream = ArchiveStream(medium)
         head = stream.read_head()
         h = head.header
         check_expected(h, archive_url, expect_uuid)
+        if h.incremental:
+            raise UsageError(
+                f"{archive_url}: is an incremental archive (chain {h.chain_id[:8]}… sequence "
+                f"{h.chain_seq}) read as a stream; restore it from its file or URL so its bases "
+                "can be read, or apply it onto a target holding its base with --apply"
+            )
         used_bytes = head.table.used_bytes(h.volume_size)
         tgt = open_target(head)
         tgt.prepare(h.volume_size, used_bytes)
@@ -176,10 +212,68 @@ def restore_to(
             tgt.abort()
         raise
     finally:
-        medium.close()
+        if medium is not None:
+            medium.close()
     return Restored(
         header=h, target=tgt, used_bytes=used_bytes.total(), elapsed=time.perf_counter() - t0
     )
+
+
+_CHUNK = 8 << 20
+
+
+def restore_chain_to(
+    top: Archive,
+    open_target: Callable[[Head], T],
+    places: Places,
+    progress: Progress | None,
+    t0: float,
+) -> Restored[T]:
+    """Restore the state an incremental's chain leaves: resolve and check every link (UUID,
+    digest, geometry) before the target is opened, then write each used byte once, in volume
+    order, from the newest archive holding it; the rest is unused (zero)."""
+    from volpack.format.reader import Head
+    from volpack.pipeline.chain import ChainView, resolve_chain
+
+    try:
+        view = ChainView(resolve_chain(top, places))
+    except BaseException:
+        top.close()
+        raise
+    tgt: T | None = None
+    try:
+        h = top.header
+        head = Head(
+            header=h,
+            header_bytes=top.trailer.header_bytes,
+            desc=top.desc,
+            pmap=top.physical_map,
+            table=top.table,
+            head_records=top.trailer.head_records,
+            zeros=top.zeros,
+            covered=top.covered,
+        )
+        used = view.used_bytes()
+        tgt = open_target(head)
+        tgt.prepare(h.volume_size, used)
+        total, done = used.total(), 0
+        for start, end in used:
+            for off in range(start, end, _CHUNK):
+                pos = off
+                for part in view.read_views(off, min(_CHUNK, end - off)):
+                    tgt.write_at(pos, part)
+                    pos += len(part)
+                done += pos - off
+                if progress is not None:
+                    progress("restore", done, total)
+        tgt.finish()
+    except BaseException:
+        if tgt is not None:
+            tgt.abort()
+        raise
+    finally:
+        view.close()
+    return Restored(header=h, target=tgt, used_bytes=total, elapsed=time.perf_counter() - t0)
 
 
 def check_expected(header: R.Header, archive_url: str, expect_uuid: str | None) -> None:

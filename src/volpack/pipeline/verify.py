@@ -1,17 +1,21 @@
-"""``verify``: read the whole archive checking every frame, count and the digest; with a volume
-given, compare it too (used blocks equal, unused blocks zero where the archive says so).
-
-Raises on any failure; returns a VerifyResult. Library code: no printing.
+"""``verify``: read the whole archive checking every frame, count, the block hash table and the
+digest; with a volume given, compare it too (used blocks equal, unused blocks zero where the
+archive says so). With ``chain``, every base of an incremental too, each link and the state each
+one leaves. Raises on any failure; returns a VerifyResult. Library code: no printing.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from volpack.errors import VolumeDiffers
 from volpack.pipeline.common import Progress, scatter
 from volpack.source import open_source
+
+if TYPE_CHECKING:
+    from volpack.pipeline.chain import Places
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -28,6 +32,10 @@ class VerifyResult:
     # deleted or stale data, not a difference. Their count and first byte ranges.
     unused_nonzero_blocks: int = 0
     unused_nonzero: tuple[tuple[int, int], ...] = ()
+    level: str = "full"  # or "incremental"
+    state_digest: str = ""
+    # with chain=True: every archive verified, newest first (uuid, url)
+    chain: tuple[tuple[str, str], ...] = ()
 
 
 def verify(
@@ -37,11 +45,30 @@ def verify(
     source_format: str = "auto",
     pvs: tuple[str, ...] = (),
     progress: Progress | None = None,
+    chain: bool = False,
+    places: Places | None = None,
 ) -> VerifyResult:
-    """Read the whole archive checking every frame, count and the digest; with ``against``, also
-    compare a volume with it: used blocks equal; unused blocks zero where the archive's detector
-    found them holes or zeros, elsewhere (filesystem-free blocks) nonzero ones are only counted
-    in the result. Raises on any failure."""
+    """Read the whole archive checking every frame, count, hash table and the digest; with
+    ``against``, also compare a volume with it: used blocks equal; unused blocks zero where the
+    archive's detector found them holes or zeros, elsewhere (filesystem-free blocks) nonzero ones
+    are only counted in the result. With ``chain`` (and always with ``against`` for an
+    incremental), every base down to the full too: each read whole, each link's UUID and digest,
+    and each archive's hash table equal to its base's with its own changes applied. Raises on
+    any failure."""
+
+    result = _verify_one(archive_url, None if chain else against, source_format, pvs, progress)
+    if result.level == "incremental" and (chain or against is not None):
+        result = _verify_chain(archive_url, result, against, source_format, pvs, places, progress)
+    return result
+
+
+def _verify_one(
+    archive_url: str,
+    against: str | None,
+    source_format: str,
+    pvs: tuple[str, ...],
+    progress: Progress | None,
+) -> VerifyResult:
     # Stages load on first use, so that importing the pipeline stays fast (see backup.py).
     from volpack.format.reader import ArchiveStream
     from volpack.media import open_reader
@@ -51,9 +78,11 @@ def verify(
     medium = open_reader(archive_url)
     comparer = None
     try:
-        stream = ArchiveStream(medium)
+        stream = ArchiveStream(medium, check_hashes=True)
         head = stream.read_head()
         h = head.header
+        if h.incremental:
+            against = None  # compared through the chain (the caller's second step)
         if against is not None:
             comparer = VolumeComparer(open_source(against, source_format, pvs=pvs), h.volume_size)
         sink = comparer.compare_at if comparer else (lambda off, data: None)
@@ -84,7 +113,16 @@ def verify(
         elapsed=time.perf_counter() - t0,
         unused_nonzero_blocks=stale[0],
         unused_nonzero=stale[1],
+        level="incremental" if h.incremental else "full",
+        state_digest=trailer.state_digest.hex(),
     )
+    _raise_differences(diffs, against, archive_url)
+    return result
+
+
+def _raise_differences(
+    diffs: tuple[tuple[int, int], ...], against: str | None, archive_url: str
+) -> None:
     if diffs:
         first = ", ".join(f"[{a}, {b})" for a, b in diffs[:5])
         raise VolumeDiffers(
@@ -92,4 +130,70 @@ def verify(
             f"{len(diffs)}{'+' if len(diffs) >= 64 else ''} byte range(s), first "
             f"{first}; the archive itself is intact"
         )
-    return result
+
+
+def _verify_chain(
+    archive_url: str,
+    top: VerifyResult,
+    against: str | None,
+    source_format: str,
+    pvs: tuple[str, ...],
+    places: Places | None,
+    progress: Progress | None,
+) -> VerifyResult:
+    """Every base of the incremental ``top`` (already verified itself): read whole, linked, and
+    the state each one leaves; then the chain's volume against ``against``."""
+    import dataclasses
+
+    from volpack.errors import ChainError
+    from volpack.format.random_access import open_archive
+    from volpack.pipeline.chain import ChainView, resolve_chain
+    from volpack.targets.compare import VolumeComparer, zero_runs
+
+    t0 = time.perf_counter()
+    view = ChainView(resolve_chain(open_archive(archive_url), places or Places()))
+    comparer = None
+    try:
+        done = [(top.archive_uuid, archive_url)]
+        for arch in view.chain[1:]:
+            r = _verify_one(arch.url, None, source_format, pvs, progress)
+            if r.archive_uuid != arch.uuid or r.digest != arch.digest:
+                raise ChainError(
+                    f"{arch.url}: changed while being verified (now archive {r.archive_uuid}); "
+                    "verify again"
+                )
+            done.append((arch.uuid, arch.url))
+        for child, base in zip(view.chain, view.chain[1:], strict=False):
+            assert child.hash_table is not None and base.hash_table is not None
+            expected = base.hash_table.apply(child.covered, child.hash_table)
+            if not expected.equals(child.hash_table):
+                at = expected.first_difference(child.hash_table)
+                raise ChainError(
+                    f"{child.url}: its block hash table differs from its base {base.url}'s at "
+                    f"hash block {at}, a block it does not hold: the archive does not apply to "
+                    "this base; the chain is broken"
+                )
+        diffs: tuple[tuple[int, int], ...] = ()
+        if against is not None:
+            comparer = VolumeComparer(open_source(against, source_format, pvs=pvs), view.size)
+            used = view.used_bytes()
+            for start, end in used:
+                for off in range(start, end, 8 << 20):
+                    pos = off
+                    for part in view.read_views(off, min(8 << 20, end - off)):
+                        comparer.compare_at(pos, part)
+                        pos += len(part)
+            comparer.check_unused(used, zero_runs(view.desc.detection, view.size), view.block_size)
+            diffs = comparer.differences()
+    finally:
+        view.close()
+        if comparer is not None:
+            comparer.close()
+    _raise_differences(diffs, against, archive_url)
+    return dataclasses.replace(
+        top,
+        against=against,
+        differences=diffs,
+        chain=tuple(done),
+        elapsed=top.elapsed + time.perf_counter() - t0,
+    )

@@ -1,0 +1,187 @@
+"""Sealing records with an AEAD: the nonce layout, the associated data, the write-side sealer
+that can never use a nonce twice, the read-side opener, the header MAC and the keyed hash.
+
+One call per record (a frame, a table): no per-block work here. It never decides what a record
+is or where it goes; the format passes each record's position in.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import struct
+from dataclasses import dataclass
+from hashlib import sha256
+
+import blake3
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
+from volpack.crypto.subkeys import UUID_SIZE, Subkeys
+from volpack.errors import TamperedArchive, UsageError
+
+TAG_SIZE = 16
+NONCE_SIZE = 12
+MAC_SIZE = 32
+MAX_COUNTER = (1 << 64) - 1
+MAX_DENSE_OFFSET = (1 << 63) - 1
+MAX_PUBLIC = (1 << 32) - 1
+AD_MAGIC = b"VPKSEAL1"
+# nonce: record kind, three zero bytes, 64-bit counter (docs/encryption.md, "Nonces")
+NONCE = struct.Struct("<B3xQ")
+# associated data: magic, archive UUID, kind, final flag, cipher, sequence, dense offset,
+# length of the record's public fields (which follow)
+AD = struct.Struct("<8s16sBBHQQI")
+
+
+class Cipher(enum.IntEnum):
+    """The AEAD of an archive's records; the number is what the archive records."""
+
+    AES_256_GCM = 1
+    CHACHA20_POLY1305 = 2
+
+    @property
+    def label(self) -> str:
+        return {1: "aes-256-gcm", 2: "chacha20-poly1305"}[self.value]
+
+    @classmethod
+    def parse(cls, text: str) -> Cipher:
+        for c in cls:
+            if c.label == text.strip().lower():
+                return c
+        names = ", ".join(c.label for c in cls)
+        raise UsageError(f"cipher {text!r}: unknown; choose one of {names}")
+
+
+class RecordKind(enum.IntEnum):
+    """What a sealed record is; part of its nonce and its associated data. Frames are sealed
+    with the frames subkey, every other kind with the tables subkey."""
+
+    FRAME = 1
+    ADDRESS_TABLE = 2
+    PHYSICAL_MAP = 3
+    DESCRIPTION = 4
+    HASH_TABLE = 5
+    FRAME_INDEX = 6
+    TRAILER = 7
+
+
+@dataclass(frozen=True, slots=True)
+class RecordPosition:
+    """Where a record sits in its archive: its kind, its sequence number among records of that
+    kind (the nonce counter), its dense offset (0 where none applies) and whether it is the
+    archive's last sealed record (``final``, which makes truncation detectable)."""
+
+    kind: RecordKind
+    sequence: int
+    dense_offset: int = 0
+    final: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.sequence <= MAX_COUNTER:
+            raise ValueError(f"sequence {self.sequence} outside 0..2^64-1")
+        if not 0 <= self.dense_offset <= MAX_DENSE_OFFSET:
+            raise ValueError(f"dense offset {self.dense_offset} outside 0..2^63-1")
+
+
+def nonce(position: RecordPosition) -> bytes:
+    """The 96-bit nonce of a record: unique per (kind, sequence) under one data key."""
+    return NONCE.pack(position.kind, position.sequence)
+
+
+def associated_data(
+    archive_uuid: bytes, cipher: Cipher, position: RecordPosition, public: bytes = b""
+) -> bytes:
+    """What the AEAD binds besides the ciphertext: the archive, the record's kind, position,
+    final flag and cipher, and ``public``, the record's own clear fields (codec, lengths)."""
+    if len(archive_uuid) != UUID_SIZE:
+        raise ValueError(f"an archive UUID is {UUID_SIZE} bytes")
+    if len(public) > MAX_PUBLIC:
+        raise ValueError("public fields longer than 2^32-1 bytes")
+    head = AD.pack(
+        AD_MAGIC,
+        archive_uuid,
+        position.kind,
+        1 if position.final else 0,
+        cipher,
+        position.sequence,
+        position.dense_offset,
+        len(public),
+    )
+    return head + public
+
+
+def _aeads(keys: Subkeys, cipher: Cipher) -> tuple[AESGCM | ChaCha20Poly1305, ...]:
+    make = AESGCM if cipher is Cipher.AES_256_GCM else ChaCha20Poly1305
+    return make(keys.frames), make(keys.tables)
+
+
+class Sealer:
+    """Seals the records of one archive being written. Within a kind, sequence numbers must
+    rise: a nonce can then never repeat, and the check needs no memory per record."""
+
+    def __init__(self, keys: Subkeys, cipher: Cipher = Cipher.AES_256_GCM) -> None:
+        self.keys = keys
+        self.cipher = Cipher(cipher)
+        self._frames, self._tables = _aeads(keys, self.cipher)
+        self._last: dict[RecordKind, int] = {}
+
+    def seal(self, position: RecordPosition, plaintext: bytes, public: bytes = b"") -> bytes:
+        """Ciphertext followed by the 16-byte tag."""
+        last = self._last.get(position.kind)
+        if last is not None and position.sequence <= last:
+            # A programming error in the caller, never bad input: sealing it would reuse a nonce.
+            raise ValueError(
+                f"{position.kind.name} record {position.sequence} sealed after record {last}: "
+                "sequence numbers must rise, a nonce is never used twice"
+            )
+        self._last[position.kind] = position.sequence
+        aead = self._frames if position.kind is RecordKind.FRAME else self._tables
+        ad = associated_data(self.keys.archive_uuid, self.cipher, position, public)
+        return aead.encrypt(nonce(position), plaintext, ad)
+
+
+class RecordOpener:
+    """Opens sealed records of one archive in any order (restore, serve, verify)."""
+
+    def __init__(self, keys: Subkeys, cipher: Cipher, subject: str = "archive") -> None:
+        self.keys = keys
+        self.cipher = Cipher(cipher)
+        self.subject = subject
+        self._frames, self._tables = _aeads(keys, self.cipher)
+
+    def open(self, position: RecordPosition, sealed: bytes, public: bytes = b"") -> bytes:
+        """The plaintext, or TamperedArchive when the record is not the one ``position`` says,
+        or was altered, or belongs to another archive."""
+        aead = self._frames if position.kind is RecordKind.FRAME else self._tables
+        ad = associated_data(self.keys.archive_uuid, self.cipher, position, public)
+        try:
+            return aead.decrypt(nonce(position), sealed, ad)
+        except InvalidTag:
+            what = f"{position.kind.name.lower().replace('_', ' ')} {position.sequence}"
+            final = ", final" if position.final else ""
+            raise TamperedArchive(
+                f"{self.subject}: sealed {what} (dense offset {position.dense_offset}{final}, "
+                f"{len(sealed)} bytes) does not authenticate: it was altered, moved or taken "
+                "from another archive; restore from another copy"
+            ) from None
+
+
+def header_mac(keys: Subkeys, header: bytes) -> bytes:
+    """HMAC-SHA256 of the header bytes under the header-MAC subkey (32 bytes)."""
+    return hmac.new(keys.header_mac, header, sha256).digest()
+
+
+def check_header_mac(keys: Subkeys, header: bytes, mac: bytes, subject: str = "archive") -> None:
+    """TamperedArchive unless ``mac`` is the header MAC of ``header``; constant time."""
+    if not hmac.compare_digest(header_mac(keys, header), mac):
+        raise TamperedArchive(
+            f"{subject}: the header MAC does not match the header's {len(header)} bytes "
+            "(key slots, cipher, base or chain fields were changed); restore from another copy"
+        )
+
+
+def keyed_hash(keys: Subkeys) -> blake3.blake3:
+    """A BLAKE3 hasher keyed with the hash-table subkey: hashes of an encrypted archive's blocks
+    say nothing to whoever lacks the key (an unkeyed hash would confirm guessed contents)."""
+    return blake3.blake3(key=keys.hash_table)
