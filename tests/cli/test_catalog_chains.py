@@ -102,6 +102,14 @@ def chain_reads_back(url: str, vol: Volume) -> bool:
         return view.read(0, view.size) == vol.read()
 
 
+def restores_equal(capsys, url: str, vol: Volume, target) -> bool:
+    """``volpack restore`` of ``url`` (its chain found next to it) gives the volume's bytes."""
+    code, _, err = run(capsys, "restore", url, str(target))
+    assert code == EXIT_OK, err
+    with open(target, "rb") as f:
+        return f.read() == vol.read()
+
+
 def test_backup_records_each_link_of_a_chain_and_rebuild_reads_the_same_back(env, capsys):
     tmp, catalog, media, vol = env
     done = nightly(capsys, vol, f"{media}/", 3)
@@ -175,6 +183,7 @@ def test_nightly_incrementals_then_prune_keep_last_1_deletes_nothing_the_newest_
         assert f"(kept as base of {upper['archive_uuid'][:8]})" in out
     assert sorted(p.name for p in media.iterdir()) == [f"d{n}.vpk" for n in range(4)]
     assert chain_reads_back(str(media / "d3.vpk"), vol)
+    assert restores_equal(capsys, str(media / "d3.vpk"), vol, tmp / "r3.img")
     # A new full and one incremental: the old chain is needed by nothing kept any more.
     vol.change()
     new = nightly(capsys, vol, f"{media}/", 2, first=4)
@@ -185,6 +194,26 @@ def test_nightly_incrementals_then_prune_keep_last_1_deletes_nothing_the_newest_
     assert [k["base_of"] for k in report["keep"]] == [[], [new[1]["archive_uuid"]]]
     assert sorted(p.name for p in media.iterdir()) == ["d4.vpk", "d5.vpk"]
     assert chain_reads_back(str(media / "d5.vpk"), vol)
+    assert restores_equal(capsys, str(media / "d5.vpk"), vol, tmp / "r5.img")
+
+
+def test_prune_after_merge_keeps_the_merged_full_an_incremental_builds_on(env, capsys):
+    tmp, catalog, media, vol = env
+    done = nightly(capsys, vol, f"{media}/", 3)
+    code, out, err = run(capsys, "merge", "--json", str(media / "d2.vpk"), str(media / "m2.vpk"))
+    assert code == EXIT_OK, err
+    rows = listed(capsys)
+    merged = next(r for r in rows.values() if r["urls"] == [str(media / "m2.vpk")])
+    assert merged["kind"] == "merged" and merged["state_digest"] == done[2]["state_digest"]
+    vol.change()
+    top = backup(capsys, vol, media / "d3.vpk", "--base", "latest")
+    assert top["base_uuid"] == merged["uuid"]
+    code, out, err = run(capsys, "prune", "--keep-last", "1", "--json")
+    assert code == EXIT_OK, err
+    report = json.loads(out)
+    assert set(report["deleted"]) == {d["archive_uuid"] for d in done}
+    assert sorted(p.name for p in media.iterdir()) == ["d3.vpk", "m2.vpk"]
+    assert restores_equal(capsys, str(media / "d3.vpk"), vol, tmp / "r.img")
 
 
 @pytest.mark.s3
@@ -200,6 +229,7 @@ def test_prune_on_s3_keeps_every_link_the_newest_incremental_needs(env, capsys, 
     names = [u for u, _, _ in M.list_archives(prefix)]
     assert names == [f"{prefix}d{n}.vpk" for n in range(3)]
     assert chain_reads_back(f"{prefix}d2.vpk", vol)
+    assert restores_equal(capsys, f"{prefix}d2.vpk", vol, tmp / "r2.img")
     vol.change()
     nightly(capsys, vol, prefix, 2, first=3)
     code, out, err = run(capsys, "prune", "--keep-last", "1", "--json")
@@ -207,6 +237,7 @@ def test_prune_on_s3_keeps_every_link_the_newest_incremental_needs(env, capsys, 
     assert set(json.loads(out)["deleted"]) == {d["archive_uuid"] for d in done}
     assert [u for u, _, _ in M.list_archives(prefix)] == [f"{prefix}d3.vpk", f"{prefix}d4.vpk"]
     assert chain_reads_back(f"{prefix}d4.vpk", vol)
+    assert restores_equal(capsys, f"{prefix}d4.vpk", vol, tmp / "r4.img")
 
 
 def test_prune_stops_with_nothing_deleted_when_the_catalog_lacks_a_kept_incremental_s_base(
