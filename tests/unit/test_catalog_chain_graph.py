@@ -7,12 +7,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
+import time
 import uuid as uuidlib
 
 import pytest
 
 from volpack.catalog import ArchiveEntry, Catalog, Policy
-from volpack.catalog.chains import ChainIndex, chain_trees
+from volpack.catalog.chains import ChainIndex, chain_trees, needed_bases
 from volpack.catalog.prune import plan
 from volpack.catalog.schema import SCHEMA_VERSION
 from volpack.errors import ArchiveIdClash, ChainError
@@ -294,3 +295,16 @@ def test_chain_trees_draw_each_full_with_its_incrementals_and_mark_lost_bases(ca
     assert [u for u, _, _ in drawn[other[0].uuid]] == [e.uuid for e in other]
     assert drawn[orphan.uuid] == [(orphan.uuid, 0, "missing")]
     assert len(trees) == 3
+
+
+def test_a_chain_of_thousands_of_links_is_planned_and_drawn_in_linear_time(cat):
+    chain = [full(0)]
+    for n in range(1, 3000):
+        chain.append(inc(chain[-1], 0, created=T0 + n))
+    index = ChainIndex(chain)
+    t = time.perf_counter()
+    need = needed_bases(index, list(reversed(chain)))
+    rows = chain_trees(index)
+    assert time.perf_counter() - t < 5
+    assert len(need) == 2999 and need[chain[0].uuid] == (chain[1].uuid,)
+    assert [r.depth for r in rows[0]] == list(range(3000))

@@ -123,6 +123,9 @@ def needed_bases(
     missing, not known, replaced or written over, or a cycle) raises ChainError; a doubt below a
     ``protected`` archive (one this prune does not judge) only stops the walk there."""
     need: dict[str, list[str]] = {}
+    # Archives whose bases were walked already: a chain of N links kept whole costs N steps, not
+    # N²/2. Strict walks come first, so a strict walk stops only at archives checked strictly.
+    walked: set[str] = set()
     for strict, seeds in ((True, kept), (False, protected)):
         for seed in seeds:
             seen = {seed.uuid}
@@ -148,8 +151,11 @@ def needed_bases(
                             "deleted; the archives were tampered with: verify them"
                         )
                     break
+                if base.uuid in walked:
+                    break
                 seen.add(base.uuid)
                 entry, why = base, f"is kept as base of {entry.uuid[:8]}"
+            walked.update(seen)
     return {k: tuple(v) for k, v in need.items()}
 
 
