@@ -138,3 +138,7 @@ class WeakKeySlot(KeyRefused):
 
 class TamperedArchive(KeyRefused):
     """A sealed record or the header MAC does not authenticate under the archive's data key."""
+
+
+class ArchiveIdClash(CatalogError):
+    """Two different archives (other digests) claim one archive id; the second is not recorded."""

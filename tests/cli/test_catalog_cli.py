@@ -15,6 +15,7 @@ import pytest
 
 from volpack.cli import main
 from volpack.errors import EXIT_CATALOG, EXIT_OK, EXIT_USAGE, EXIT_WARNING
+from volpack.format import records as R
 
 
 def make_volume(path, seed: int) -> str:
@@ -83,7 +84,8 @@ def test_show_by_prefix_and_verify_status(env, capsys):
     code, out, _ = run(capsys, "show", "--json", uid[:6])
     shown = json.loads(out)
     assert shown["verify_ok"] is True and shown["verified_at"] is not None
-    assert shown["used_blocks"] > 0 and shown["format_version"] == "1.2"
+    assert shown["used_blocks"] > 0 and shown["format_version"] == f"{R.MAJOR}.{R.MINOR}"
+    assert shown["kind"] == "full" and shown["chain_seq"] == 0 and shown["base_uuid"] is None
 
 
 def test_show_unknown_id_exits_with_catalog_code(env, capsys):

@@ -1,7 +1,8 @@
 """Prune: apply a retention policy to the catalogued archives and delete the rest from the media.
 
 Three separate steps so the caller can show the plan before anything happens: ``plan`` (pure
-policy over catalog rows; superseded rows are only forgotten), ``check`` (lists every location
+policy over catalog rows, plus every base a kept archive needs; superseded rows are only
+forgotten; a kept chain in doubt aborts), ``check`` (lists every location
 involved and reads which archive each holds now; a listing error or a missing *kept* archive
 aborts with nothing deleted), ``execute`` (deletes through the medium API, updating the catalog
 after each success). A URL is deleted only when the archive read there is the one being removed.
@@ -13,9 +14,10 @@ import datetime as dt
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from volpack import media
+from volpack.catalog.chains import ChainIndex, needed_bases
 from volpack.catalog.identity import archive_at
 from volpack.catalog.policy import Decision, Policy, Snapshot, apply
 from volpack.catalog.store import ArchiveEntry, Catalog
@@ -33,6 +35,8 @@ class GroupPlan:
     entries: dict[str, ArchiveEntry]
     # Archives whose every location was written over: outside the policy, forgotten by execute.
     superseded: tuple[ArchiveEntry, ...] = ()
+    # Archive uuid → the archives that need it as their base (kept for them: reason "base").
+    base_of: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def keep(self) -> list[ArchiveEntry]:
@@ -91,20 +95,43 @@ class PruneOutcome:
 def plan(
     catalog: Catalog, policy: Policy, *, source: str | None = None, tz: dt.tzinfo | None = None
 ) -> PrunePlan:
-    """Group the catalogued archives by source and apply ``policy`` to each group."""
+    """Group the catalogued archives by source and apply ``policy`` to each group; then keep
+    every base (transitively) of every archive kept, and of every archive outside ``source``.
+    ChainError (nothing deleted) when a kept archive's chain is in doubt."""
     policy.check()
-    entries = catalog.find(source=source)
+    everything = catalog.find()
+    entries = [e for e in everything if source is None or e.source_path == source]
     by_source: dict[str, dict[str, ArchiveEntry]] = {}
     for entry in entries:
         by_source.setdefault(entry.source_path, {})[entry.uuid] = entry
-    groups = []
+    decisions = {}
     for src in sorted(by_source):
         group = by_source[src]
         # A superseded archive is on no medium: counting it would let it take a kept slot.
         snaps = [Snapshot(e.uuid, e.created) for e in group.values() if not e.is_superseded]
+        decisions[src] = apply(policy, snaps, tz)
+    kept = [by_source[src][s.id] for src, d in decisions.items() for s in d.keep]
+    untouched = [e for e in everything if e.source_path not in by_source and not e.is_superseded]
+    need = needed_bases(ChainIndex(everything), kept, untouched)
+    groups = []
+    for src, decision in decisions.items():
+        group = by_source[src]
         gone = tuple(e for e in group.values() if e.is_superseded)
-        groups.append(GroupPlan(src, apply(policy, snaps, tz), group, gone))
+        groups.append(GroupPlan(src, _keep_bases(decision, need), group, gone, need))
     return PrunePlan(policy, tuple(groups))
+
+
+def _keep_bases(decision: Decision, need: dict[str, tuple[str, ...]]) -> Decision:
+    """``decision`` with every archive some kept archive needs moved from remove to keep."""
+    bases = [s for s in decision.remove if s.id in need]
+    if not bases:
+        return decision
+    keep = sorted((*decision.keep, *bases), key=lambda s: (s.created, s.id), reverse=True)
+    reasons = dict(decision.reasons)
+    for s in bases:
+        reasons[s.id] = ("base",)
+    remove = tuple(s for s in decision.remove if s.id not in need)
+    return Decision(tuple(keep), reasons, remove)
 
 
 def location_of(url: str) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 from volpack import media
 from volpack.catalog.record import entry_from_archive
 from volpack.catalog.store import Catalog
-from volpack.errors import NotAnArchive, VolpackError
+from volpack.errors import ArchiveIdClash, NotAnArchive, VolpackError
 
 log = logging.getLogger("volpack")
 
@@ -67,6 +67,11 @@ def rebuild(
             log.warning("%s: skipped: %s", item, exc)
             failed.append((item, str(exc)))
             continue
-        catalog.add(entry)
+        try:
+            catalog.add(entry)
+        except ArchiveIdClash as exc:
+            log.warning("%s: skipped: %s", item, exc)  # the other one stays recorded
+            failed.append((item, str(exc)))
+            continue
         recorded.append(entry.uuid)
     return RebuildResult(tuple(recorded), tuple(ignored), tuple(failed))

@@ -97,6 +97,9 @@ def entry_from_result(
             "source": result.source,
             "detection": getattr(result, "detection", None) or {},
         }
+        changes = getattr(result, "changes", None)
+        if isinstance(changes, dict) and changes:  # as the archive's DESC records it
+            description["changes"] = changes
     desc = ArchiveDescription.from_json(description)
     path, kind = _source_of(given, desc.source)
     created_ns = getattr(result, "created_ns", None)  # a BackupResult has it; duck types may not
@@ -121,7 +124,33 @@ def entry_from_result(
         stored_bytes=int(result.stored_bytes),
         digest=str(result.digest) if result.digest else None,
         description=dict(description),
+        **_chain_of_result(result, desc),
     )
+
+
+def _kind(incremental: bool, desc: ArchiveDescription) -> str:
+    """full, incremental, or merged: a full that a merge wrote from a chain."""
+    if incremental:
+        return "incremental"
+    return "merged" if desc.changes is not None and desc.changes.method == "merge" else "full"
+
+
+def _chain_of_result(result: BackupResultLike, desc: ArchiveDescription) -> dict[str, Any]:
+    """The chain columns from a ``BackupResult`` (read with getattr: duck types may lack them;
+    then the chain is not known, and prune asks for a rebuild before trusting it)."""
+    chain_id = getattr(result, "chain_id", None)
+    if not isinstance(chain_id, str):
+        return {"kind": None, "chain_seq": None}
+    base = getattr(result, "base_uuid", None) or None
+    return {
+        "kind": _kind(base is not None, desc),
+        "chain_id": chain_id or None,
+        "chain_seq": int(getattr(result, "chain_seq", 0) or 0),
+        "base_uuid": base,
+        "base_digest": getattr(result, "base_digest", None) or None,
+        "base_state_digest": getattr(result, "base_state_digest", None) or None,
+        "state_digest": getattr(result, "state_digest", None) or None,
+    }
 
 
 def entry_from_archive(archive: Archive, url: str) -> ArchiveEntry:
@@ -147,6 +176,13 @@ def entry_from_archive(archive: Archive, url: str) -> ArchiveEntry:
         stored_bytes=archive.stored_bytes,
         digest=archive.digest or None,
         description=dict(archive.description),  # as the archive records it
+        kind=_kind(header.incremental, archive.desc),
+        chain_id=header.chain_id or None,
+        chain_seq=header.chain_seq,
+        base_uuid=header.base.uuid if header.base else None,
+        base_digest=header.base.digest.hex() if header.base else None,
+        base_state_digest=header.base.state_digest.hex() if header.base else None,
+        state_digest=archive.state_digest or None,
     )
 
 

@@ -15,8 +15,9 @@ from volpack.errors import CatalogError, CatalogFull
 from volpack.units import human
 
 # 1: archives + locations. 2: a location row can be superseded (another archive was written to
-# the same URL since; the row records which one and when).
-SCHEMA_VERSION = 2
+# the same URL since; the row records which one and when). 3: the chain graph: per archive its
+# kind, chain id and sequence, its base (uuid, digest, state digest) and its own state digest.
+SCHEMA_VERSION = 3
 
 # Below this much free space an I/O error from SQLite is taken for a full disk: growing the
 # shared-memory index (32 KiB) or the write-ahead log (a few pages) is what fails first.
@@ -44,11 +45,19 @@ _DDL = (
         verify_ok       INTEGER,           -- NULL: never verified; 1 good; 0 failed
         verified_at     REAL,
         recorded_at     REAL NOT NULL,
-        description     TEXT NOT NULL      -- JSON as the archive records it
+        description     TEXT NOT NULL,     -- JSON as the archive records it
+        kind            TEXT,              -- full | incremental | merged; NULL: not known
+        chain_id        TEXT,              -- NULL: before format 1.2, or not known
+        chain_seq       INTEGER,           -- 0 for a full; NULL: not known
+        base_uuid       TEXT,              -- an incremental's base; NULL for a full or not known
+        base_digest     TEXT,              -- the base's digest as the base link records it
+        base_state_digest TEXT,            -- the state the base leaves (a stand-in leaves it too)
+        state_digest    TEXT               -- the state this archive leaves
     )
     """,
     "CREATE INDEX IF NOT EXISTS archives_by_source ON archives (source_path, created)",
     "CREATE INDEX IF NOT EXISTS archives_by_time ON archives (created)",
+    "CREATE INDEX IF NOT EXISTS archives_by_base ON archives (base_uuid)",
     """
     CREATE TABLE IF NOT EXISTS locations (
         uuid    TEXT NOT NULL REFERENCES archives (uuid) ON DELETE CASCADE,
@@ -84,6 +93,30 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         WHERE EXISTS (SELECT 1 FROM ranked r WHERE r.uuid = locations.uuid
                       AND r.url = locations.url AND r.newest <> r.uuid)
         """,
+    ),
+    # Version 2 did not record chains, and the base link is only in the archive's header. Before
+    # format 1.2 there were no incrementals: those are fulls. A 1.2 archive whose description
+    # says how it found its changes is an incremental (base not known); any other 1.2 archive
+    # is not known (backup recorded no such description). Prune treats "not known" as a doubt
+    # until 'catalog rebuild' reads the headers.
+    2: (
+        "ALTER TABLE archives ADD COLUMN kind TEXT",
+        "ALTER TABLE archives ADD COLUMN chain_id TEXT",
+        "ALTER TABLE archives ADD COLUMN chain_seq INTEGER",
+        "ALTER TABLE archives ADD COLUMN base_uuid TEXT",
+        "ALTER TABLE archives ADD COLUMN base_digest TEXT",
+        "ALTER TABLE archives ADD COLUMN base_state_digest TEXT",
+        "ALTER TABLE archives ADD COLUMN state_digest TEXT",
+        """
+        UPDATE archives SET kind = CASE
+            WHEN format_version IN ('1.0', '1.1') THEN 'full'
+            WHEN NOT json_valid(description) THEN NULL
+            WHEN json_extract(description, '$.changes.method') IS NULL THEN NULL
+            WHEN json_extract(description, '$.changes.method') = 'merge' THEN NULL
+            ELSE 'incremental' END
+        """,
+        "UPDATE archives SET chain_seq = 0 WHERE kind = 'full'",
+        "CREATE INDEX IF NOT EXISTS archives_by_base ON archives (base_uuid)",
     ),
 }
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from volpack.catalog.schema import connect, sqlite_error
-from volpack.errors import CatalogError, UsageError
+from volpack.errors import ArchiveIdClash, CatalogError, UsageError
 from volpack.media import canonical_url, holds_one_archive
 
 _COLUMNS = (
@@ -37,7 +37,16 @@ _COLUMNS = (
     "verified_at",
     "recorded_at",
     "description",
+    "kind",
+    "chain_id",
+    "chain_seq",
+    "base_uuid",
+    "base_digest",
+    "base_state_digest",
+    "state_digest",
 )
+_CHAIN = frozenset(_COLUMNS[_COLUMNS.index("kind") :])
+KINDS = ("full", "incremental", "merged")
 _HEXPREFIX = re.compile(r"^[0-9a-fA-F-]{1,36}$")
 
 
@@ -74,6 +83,16 @@ class ArchiveEntry:
     description: dict[str, Any] = field(default_factory=dict)
     # Locations overwritten by later archives; ``urls`` lists only those that still hold it.
     superseded: tuple[Supersession, ...] = ()
+    # The chain (format 1.2): ``kind`` is one of KINDS, or None when not known (an archive
+    # recorded before the catalog knew chains). An incremental names its base by uuid and digest
+    # (hex) and the state the base leaves, which a merged full of the same chain leaves too.
+    kind: str | None = "full"
+    chain_id: str | None = None
+    chain_seq: int | None = 0
+    base_uuid: str | None = None
+    base_digest: str | None = None
+    base_state_digest: str | None = None
+    state_digest: str | None = None
 
     @property
     def is_superseded(self) -> bool:
@@ -166,8 +185,14 @@ class Catalog:
         names = ", ".join(_COLUMNS)
         marks = ", ".join(f":{n}" for n in _COLUMNS)
         keep_first = {"uuid", "recorded_at", "verify_ok", "verified_at"}
-        updates = ", ".join(f"{n} = excluded.{n}" for n in _COLUMNS if n not in keep_first)
+        # A recording that does not know the chain (NULL) never erases what another one read.
+        updates = ", ".join(
+            f"{n} = coalesce(excluded.{n}, {n})" if n in _CHAIN else f"{n} = excluded.{n}"
+            for n in _COLUMNS
+            if n not in keep_first
+        )
         with self._write() as db:
+            self._check_same_archive(db, entry, urls)
             db.execute(
                 f"INSERT INTO archives ({names}) VALUES ({marks}) ON CONFLICT (uuid) DO UPDATE SET "
                 f"{updates}, verify_ok = coalesce(excluded.verify_ok, verify_ok), "
@@ -184,6 +209,24 @@ class Catalog:
                 "ON CONFLICT (uuid, url) DO UPDATE SET superseded_by = NULL, superseded_at = NULL",
                 [(entry.uuid, url, now) for url in urls],
             )
+
+    def _check_same_archive(
+        self, db: sqlite3.Connection, entry: ArchiveEntry, urls: tuple[str, ...]
+    ) -> None:
+        """Refuse a second, different archive under an id already recorded: both claim one uuid,
+        and chains, restore by id and prune would mix them up."""
+        row = db.execute("SELECT digest FROM archives WHERE uuid = ?", (entry.uuid,)).fetchone()
+        if row is None or not row[0] or not entry.digest or row[0] == entry.digest:
+            return
+        where = [
+            r[0] for r in db.execute("SELECT url FROM locations WHERE uuid = ?", (entry.uuid,))
+        ]
+        raise ArchiveIdClash(
+            f"{self.path}: archive {entry.uuid} at {', '.join(urls) or 'a stream'} has digest "
+            f"{entry.digest[:16]}…, the catalog records {row[0][:16]}… for the same id at "
+            f"{', '.join(where) or 'no location'}: two different archives claim one id; not "
+            "recorded: check both with 'volpack verify' and move the wrong one away"
+        )
 
     def record_verify(self, uuid: str, ok: bool, when: float | None = None) -> None:
         """Store the outcome of a verify run; CatalogError when the archive is not catalogued."""
@@ -340,4 +383,11 @@ def _entry(row: tuple[Any, ...], urls: list[str], gone: list[Supersession]) -> A
         recorded_at=v["recorded_at"],
         description=description if isinstance(description, dict) else {},
         superseded=tuple(gone),
+        kind=v["kind"],
+        chain_id=v["chain_id"],
+        chain_seq=v["chain_seq"],
+        base_uuid=v["base_uuid"],
+        base_digest=v["base_digest"],
+        base_state_digest=v["base_state_digest"],
+        state_digest=v["state_digest"],
     )

@@ -23,7 +23,10 @@ def register(subparsers: Any) -> None:
         "prune",
         help="delete archives a retention policy does not keep",
         description="For each volume in the catalog, keep the archives selected by any --keep-* "
-        "rule and delete the others from their media. Days, weeks (ISO, from Monday) and months "
+        "rule and delete the others from their media. Every base an archive kept needs "
+        "(incremental chains) is kept too, and the plan says so; a kept incremental whose base "
+        "the catalog does not know, or knows with another digest, stops the prune with nothing "
+        "deleted (exit code 11). Days, weeks (ISO, from Monday) and months "
         "are in local time (set TZ to change it). At least one rule is required. A location is "
         "deleted only if the archive read there is the one being removed; records of archives "
         "written over in place (superseded) are forgotten without touching the media. Exit "
@@ -80,7 +83,11 @@ def run(args: argparse.Namespace) -> int:
             {
                 "dry_run": bool(args.dry_run),
                 "keep": [
-                    {**e.to_json(), "reasons": list(g.decision.reasons[e.uuid])}
+                    {
+                        **e.to_json(),
+                        "reasons": list(g.decision.reasons[e.uuid]),
+                        "base_of": list(g.base_of.get(e.uuid, ())),
+                    }
                     for g in pplan.groups
                     for e in g.keep
                 ],
@@ -112,7 +119,7 @@ def _print_plan(pplan: Any, dry_run: bool) -> None:
             )
         print(line)
         for e in group.keep:
-            why = ", ".join(group.decision.reasons[e.uuid])
+            why = ", ".join(_reason(group, e.uuid, r) for r in group.decision.reasons[e.uuid])
             print(f"  keep    {e.uuid[:8]}  {local_time(e.created)}  ({why})")
         for e in group.remove:
             where = ", ".join(e.urls) or "(no location; forget only)"
@@ -121,3 +128,10 @@ def _print_plan(pplan: Any, dry_run: bool) -> None:
             print(f"  forget  {e.uuid[:8]}  {local_time(e.created)}  ({superseded_note(e)})")
     if not pplan.groups:
         print("no archives in the catalog match; nothing to do")
+
+
+def _reason(group: Any, uuid: str, reason: str) -> str:
+    if reason != "base":
+        return reason
+    users = group.base_of.get(uuid, ())
+    return "kept as base of " + ", ".join(u[:8] for u in users)

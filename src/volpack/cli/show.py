@@ -45,10 +45,14 @@ def run(args: argparse.Namespace) -> int:
         ("used", f"{e.used_blocks} blocks ({human(used)})"),
         ("archive size", "-" if e.archive_size is None else f"{e.archive_size} bytes"),
         ("format", e.format_version),
+        ("kind", _kind(e)),
+        ("chain", f"{e.chain_id or '-'} seq {'?' if e.chain_seq is None else e.chain_seq}"),
         ("digest", e.digest or "-"),
         ("verified", f"{verify_word(e)} at {local_time(e.verified_at)}" if e.verified_at else "-"),
         ("recorded", local_time(e.recorded_at)),
     ]
+    if e.base_uuid:
+        lines.append(("base", f"{e.base_uuid} (digest {e.base_digest or '?'})"))
     lines += [("location", url) for url in e.urls]
     lines += [
         ("superseded", f"{s.url} overwritten by {s.by} at {local_time(s.at)}") for s in e.superseded
@@ -59,3 +63,9 @@ def run(args: argparse.Namespace) -> int:
     for key, value in lines:
         print(f"{key + ':':<{width + 1}} {value}")
     return EXIT_OK
+
+
+def _kind(e: Any) -> str:
+    if e.kind is None:
+        return "not known (recorded before the catalog knew chains; run 'volpack catalog rebuild')"
+    return str(e.kind)

@@ -81,6 +81,8 @@ class BackupResult:
     base_uuid: str | None = None
     zero_blocks: int = 0
     changes: dict[str, Any] = field(default_factory=dict)
+    base_digest: str = ""  # the base link's digest and state digest (hex), for the catalog
+    base_state_digest: str = ""
 
 
 def backup(
@@ -296,6 +298,8 @@ def backup(
         base_uuid=header.base.uuid if header.base else None,
         zero_blocks=zeros.total(),
         changes=desc.changes.to_json() if desc.changes else {},
+        base_digest=header.base.digest.hex() if header.base else "",
+        base_state_digest=header.base.state_digest.hex() if header.base else "",
     )
 
 
@@ -332,18 +336,9 @@ def _check_not_base(archive_url: str, base_url: str) -> None:
 
 
 def _latest(source: str, catalog: str | None) -> str:
-    from volpack.catalog.record import catalog_path
-    from volpack.catalog.store import Catalog
+    from volpack.catalog.latest import latest_base
 
-    path = catalog_path(catalog)
-    with Catalog.open(path, create=False) as cat:
-        found = [e for e in cat.find(source=source) if e.urls]
-    if not found:
-        raise ChainError(
-            f"--base latest: {path} records no archive of {source} that still exists; give the "
-            "base archive's path or URL, or back up a full first"
-        )
-    return found[-1].urls[0]
+    return latest_base(source, catalog)
 
 
 def _check_catalogued_digest(arch: Archive, catalog: str) -> None:
