@@ -163,8 +163,8 @@ class Conn:
 
 
 def handshake(conn: Conn, write: bool) -> ExportInfo:
-    """Negotiate up to transmission. A reading client asks for ``base:allocation``; a writing
-    one for no meta context."""
+    """Negotiate up to transmission. A reading client asks for ``base:allocation`` and every
+    ``qemu:dirty-bitmap:NAME`` the server lists for the export; a writing one for none."""
     magic, opt_magic, hflags = struct.unpack(">QQH", conn.recv(18, "the handshake"))
     if magic != w.NBDMAGIC or opt_magic != w.IHAVEOPT:
         raise conn.fail("the server does not speak newstyle NBD; use an NBD server")
@@ -175,7 +175,11 @@ def handshake(conn: Conn, write: bool) -> ExportInfo:
     structured = _option_ack(conn, w.OPT_STRUCTURED_REPLY, b"")
     contexts: tuple[tuple[str, int], ...] = ()
     if structured and not write:
-        contexts = _meta_contexts(conn, w.OPT_SET_META_CONTEXT, (w.BASE_ALLOCATION,))
+        # Contexts can only be chosen before OPT_GO, and a server may take one client only, so
+        # every dirty bitmap the server lists is asked for now: no second connection later.
+        listed = _meta_contexts(conn, w.OPT_LIST_META_CONTEXT, (w.QEMU_DIRTY_BITMAP,))
+        bitmaps = tuple(n for n, _ in listed if n.startswith(w.QEMU_DIRTY_BITMAP))
+        contexts = _meta_contexts(conn, w.OPT_SET_META_CONTEXT, (w.BASE_ALLOCATION, *bitmaps))
     return _go(conn, structured, contexts)
 
 
