@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -207,6 +208,19 @@ def test_a_backup_killed_mid_read_leaves_nothing_the_next_run_cannot_clean(tmp_p
     vm.assert_clean()
     # The killed run's bitmap was frozen by the second run: every write is still tracked.
     assert [rec for _, rec in vm.bitmaps()] == [False, True]
+
+
+def test_sigint_mid_backup_tears_everything_down_and_leaves_no_archive(tmp_path, vm):
+    proc = start_backup(vm, "a.vpk", tmp_path)
+    wait_for_export(vm, proc)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "Traceback" not in err, err
+    assert not (tmp_path / "a.vpk").exists()
+    vm.assert_clean()
+    assert not list(vm.tmp.iterdir())  # the private socket directory too
+    assert [rec for _, rec in vm.bitmaps()] == [True]
 
 
 def test_the_rotated_bitmap_holds_exactly_the_writes_between_two_backups(tmp_path, vm):

@@ -1,7 +1,7 @@
 """A small QMP client: one Unix-socket connection to a running QEMU (or qemu-storage-daemon).
 
 Greeting, ``qmp_capabilities``, then commands one at a time, each answered by the reply carrying
-its id; asynchronous events in between are kept for whoever waits for them. Knows no block
+its id; asynchronous events in between are skipped (state is polled instead). Knows no block
 semantics (that is source/fleece.py); every failure is one SourceError line naming the socket.
 """
 
@@ -34,7 +34,6 @@ class Qmp:
         self.path = path
         self._lock = threading.Lock()
         self._next_id = 0
-        self.events: list[dict[str, Any]] = []
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._sock.settimeout(GREETING_TIMEOUT)
@@ -94,11 +93,8 @@ class Qmp:
                 ) from None
             while True:
                 reply = self._read()
-                if "event" in reply:
-                    self.events.append(reply)
-                    continue
-                if reply.get("id") != ident:
-                    continue  # an answer to a command of a client before us on this monitor
+                if "event" in reply or reply.get("id") != ident:
+                    continue  # an event, or an answer to a client before us on this monitor
                 if "error" in reply:
                     err = reply["error"]
                     raise QmpError(
