@@ -37,6 +37,7 @@ USED = 24 * MiB  # random bytes at the start of the disk; the rest never written
 @dataclass
 class Vm:
     qmp: Path
+    qmp2: Path  # a second monitor: the first is volpack's for the whole backup
     guest: Path  # the node through FUSE: writes here are the guest's writes
     disk: Path
     tmp: Path  # TMPDIR of volpack: the private socket and the default scratch
@@ -96,6 +97,10 @@ def vm(tmp_path: Path) -> Iterator[Vm]:
         f"socket,path={qmp},server=on,wait=off,id=mon",
         "--monitor",
         "chardev=mon",
+        "--chardev",
+        f"socket,path={tmp_path / 'qmp2.sock'},server=on,wait=off,id=mon2",
+        "--monitor",
+        "chardev=mon2",
         "--blockdev",
         json.dumps({"driver": "file", "node-name": "file0", "filename": str(disk)}),
         "--blockdev",
@@ -123,7 +128,7 @@ def vm(tmp_path: Path) -> Iterator[Vm]:
             time.sleep(0.05)
         tmp = tmp_path / "tmp"
         tmp.mkdir()
-        yield Vm(qmp, guest, disk, tmp)
+        yield Vm(qmp, tmp_path / "qmp2.sock", guest, disk, tmp)
     finally:
         if proc.poll() is None:
             proc.terminate()
@@ -221,6 +226,24 @@ def test_sigint_mid_backup_tears_everything_down_and_leaves_no_archive(tmp_path,
     vm.assert_clean()
     assert not list(vm.tmp.iterdir())  # the private socket directory too
     assert [rec for _, rec in vm.bitmaps()] == [True]
+
+
+def test_a_copy_before_write_job_that_ends_mid_backup_fails_it_with_exit_3(tmp_path, vm):
+    proc = start_backup(vm, "a.vpk", tmp_path)
+    wait_for_export(vm, proc)
+    # What a full scratch directory does: QEMU ends the job, guest writes reach the view.
+    q = Qmp(str(vm.qmp2))
+    try:
+        [job] = q.execute("query-block-jobs")
+        q.execute("block-job-cancel", {"device": job["device"], "force": True})
+    finally:
+        q.close()
+    vm.write(0, b"\x77" * 65536)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3 and err.count("\n") == 1, err
+    assert "copy-before-write job" in err and "--scratch" in err
+    assert not (tmp_path / "a.vpk").exists()
+    vm.assert_clean()
 
 
 def test_the_rotated_bitmap_holds_exactly_the_writes_between_two_backups(tmp_path, vm):

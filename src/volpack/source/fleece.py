@@ -346,6 +346,13 @@ class QmpSource:
         # scratch) or was cancelled lets guest writes through, which this makes a change.
         jobs = self._qmp.execute("query-block-jobs") or []
         state = next((str(j.get("status")) for j in jobs if j.get("device") == self._job), "gone")
+        if state != "running":
+            raise self._fail(
+                f"the copy-before-write job {self._job} is {state}, so guest writes may have "
+                "reached the view being read; give the scratch directory "
+                f"{self.addr.scratch or tempfile.gettempdir()} room for every block the guest "
+                "overwrites during the backup (--scratch) and retry"
+            )
         return (self._src.size, state)
 
     def data_extents(self) -> Extents:
