@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from volpack import nbdwire as w
-from volpack.errors import SourceError
+from volpack.errors import SourceError, TargetError
 from volpack.source.nbd import NbdSource
+from volpack.source.nbd_client import NbdClient
 
 SIZE = 1 << 20
 
@@ -31,7 +32,7 @@ def _recv(conn: socket.socket, n: int) -> bytes:
     return data
 
 
-def _handshake(conn: socket.socket, size: int = SIZE) -> None:
+def _handshake(conn: socket.socket, size: int = SIZE, tflags: int = w.TFLAG_HAS_FLAGS) -> None:
     conn.sendall(struct.pack(">QQH", w.NBDMAGIC, w.IHAVEOPT, w.FLAG_FIXED_NEWSTYLE))
     _recv(conn, 4)
     while True:
@@ -42,7 +43,7 @@ def _handshake(conn: socket.socket, size: int = SIZE) -> None:
             conn.sendall(w.OPTION_REPLY.pack(w.OPT_REPLY_MAGIC, opt, w.REP_META_CONTEXT, len(ctx)))
             conn.sendall(ctx)
         if opt == w.OPT_GO:
-            info = w.U16.pack(w.INFO_EXPORT) + struct.pack(">QH", size, 1)
+            info = w.U16.pack(w.INFO_EXPORT) + struct.pack(">QH", size, tflags)
             conn.sendall(w.OPTION_REPLY.pack(w.OPT_REPLY_MAGIC, opt, w.REP_INFO, len(info)) + info)
         conn.sendall(w.OPTION_REPLY.pack(w.OPT_REPLY_MAGIC, opt, w.REP_ACK, 0))
         if opt == w.OPT_GO:
@@ -210,3 +211,42 @@ def test_requests_in_flight_stay_within_sixteen_and_32_mib(tmp_path):
     assert max(n for n, _ in seen) <= 16
     assert max(b for _, b in seen) <= 32 << 20
     assert sum(b for _, b in seen) == size
+
+
+def test_a_failed_write_sent_behind_is_raised_before_the_flush_is_sent(tmp_path):
+    """Writes go out without waiting for their replies; a failure of the last one still fails
+    the restore (in flush), and no FLUSH reaches the server before every reply is in."""
+    path = tmp_path / "w.sock"
+    lsock = socket.socket(socket.AF_UNIX)
+    lsock.bind(str(path))
+    lsock.listen(1)
+    seen: list[int] = []
+
+    def run() -> None:
+        conn, _ = lsock.accept()
+        try:
+            _handshake(conn, 8 << 20, w.TFLAG_HAS_FLAGS | w.TFLAG_SEND_FLUSH)
+            while True:
+                _, _, cmd, cookie, off, length = w.REQUEST.unpack(_recv(conn, w.REQUEST.size))
+                seen.append(cmd)
+                if cmd == w.CMD_WRITE:
+                    _recv(conn, length)
+                    error = w.EIO if off == 6 << 20 else 0
+                    conn.sendall(w.SIMPLE_REPLY.pack(w.SIMPLE_REPLY_MAGIC, error, cookie))
+                elif cmd == w.CMD_DISC:
+                    return
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            conn.close()
+            lsock.close()
+
+    threading.Thread(target=run, daemon=True).start()
+    client = NbdClient(f"nbd+unix:///?socket={path}", TargetError, write=True)
+    try:
+        client.write_behind(memoryview(bytes(8 << 20)), 0)
+        with pytest.raises(TargetError, match="a write of 2097152 bytes at offset 6291456"):
+            client.flush()
+    finally:
+        client.close()
+    assert w.CMD_FLUSH not in seen

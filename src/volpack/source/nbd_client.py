@@ -79,6 +79,7 @@ class NbdClient:
         self._cookie = 0
         self._receiving = False
         self._broken: str | None = None
+        self._behind: list[_Request] = []  # write_behind requests not yet settled
 
     # -- the request table ---------------------------------------------------------------------
     def _wait(self, ready: Callable[[], bool]) -> None:
@@ -286,6 +287,27 @@ class NbdClient:
             reqs.append(self._submit(w.CMD_WRITE, offset + pos, len(part), what, payload=part))
         self._complete(reqs)
 
+    def write_behind(self, data: memoryview, offset: int) -> None:
+        """Send ``data`` for ``offset`` and return once it is sent (the caller may reuse the
+        buffer); the replies are checked by settle(), or by a later write_behind, which raises
+        the first failure. For writes that do not overlap one another (a restore)."""
+        self._behind = [r for r in self._behind if not r.done or r.error is not None]
+        for r in self._behind:
+            if r.error is not None:
+                raise r.error
+        step = self._piece()
+        for pos in range(0, len(data), step):
+            part = data[pos : pos + step]
+            what = f"a write of {len(part)} bytes at offset {offset + pos}"
+            self._behind.append(
+                self._submit(w.CMD_WRITE, offset + pos, len(part), what, payload=part)
+            )
+
+    def settle(self) -> None:
+        """Wait for the reply of every write_behind; raise the first failure."""
+        behind, self._behind = self._behind, []
+        self._complete(behind)
+
     def zero(self, start: int, end: int) -> None:
         """Make ``[start, end)`` read as zeros: WRITE_ZEROES where the server offers it, else
         writes of zeros."""
@@ -303,7 +325,9 @@ class NbdClient:
         self._complete(reqs)
 
     def flush(self) -> None:
-        """FLUSH when the server asks for it; a server without the flag writes through."""
+        """Settle every write, then FLUSH when the server asks for it (a server without the flag
+        writes through)."""
+        self.settle()
         if self.export.tflags & w.TFLAG_SEND_FLUSH:
             self._complete([self._submit(w.CMD_FLUSH, 0, 0, "the final flush")])
 
