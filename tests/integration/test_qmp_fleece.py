@@ -246,6 +246,21 @@ def test_a_copy_before_write_job_that_ends_mid_backup_fails_it_with_exit_3(tmp_p
     vm.assert_clean()
 
 
+def test_a_second_backup_through_another_monitor_is_refused_and_the_first_completes(tmp_path, vm):
+    before = vm.guest.read_bytes()
+    proc = start_backup(vm, "a.vpk", tmp_path)
+    wait_for_export(vm, proc)
+    r = volpack(vm, "backup", f"qmp:{vm.qmp2}#disk", "b.vpk", "--no-catalog", cwd=tmp_path)
+    assert r.returncode == 3 and r.stderr.count("\n") == 1, r.stderr
+    assert "another volpack backup (PID" in r.stderr
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert restored(vm, "a.vpk", tmp_path) == before
+    assert not (tmp_path / "b.vpk").exists()
+    vm.assert_clean()
+    assert [rec for _, rec in vm.bitmaps()] == [True]  # the refused run added none
+
+
 def test_the_rotated_bitmap_holds_exactly_the_writes_between_two_backups(tmp_path, vm):
     first = QmpSource(vm.address)
     try:

@@ -75,7 +75,8 @@ class QmpSource:
 
     def __init__(self, address: str) -> None:
         self.addr = parse_qmp(address)
-        run = secrets.token_hex(4)
+        # The owner's PID is in every name, so a later run removes only what a dead run left.
+        run = f"{os.getpid():x}-{secrets.token_hex(2)}"
         self._fleece = FLEECE_PREFIX + run
         self._job = JOB_PREFIX + run
         self._export = EXPORT_PREFIX + run
@@ -152,7 +153,7 @@ class QmpSource:
                 # Named, so a later run can find the scratch file of a run killed mid-backup.
                 "file": {
                     "driver": "file",
-                    "node-name": self._fleece + "-file",
+                    "node-name": self._fleece + "-f",
                     "filename": scratch,
                 },
                 "backing": self.node,
@@ -256,18 +257,31 @@ class QmpSource:
     def _remove_node(self) -> None:
         self._qmp.execute("blockdev-del", {"node-name": self._fleece})
         with contextlib.suppress(QmpError):  # normally gone with its overlay
-            self._qmp.execute("blockdev-del", {"node-name": self._fleece + "-file"})
+            self._qmp.execute("blockdev-del", {"node-name": self._fleece + "-f"})
 
     def _clean_stale(self) -> None:
         """Remove what a volpack run killed mid-backup left in QEMU: its export, job, fleecing
-        node and scratch file (bitmaps need nothing: see _rollback_bitmaps)."""
+        node and scratch file (bitmaps need nothing: see _rollback_bitmaps). A run still alive
+        (a backup through another monitor) is left alone, and this one refused."""
+        live = [
+            str(n.get("node-name"))
+            for n in self._nodes()
+            if str(n.get("node-name", "")).startswith(FLEECE_PREFIX)
+            and not _stale(str(n.get("node-name")), FLEECE_PREFIX)
+        ]
+        if live:
+            pid = int(live[0][len(FLEECE_PREFIX) :].split("-")[0], 16)
+            raise self._fail(
+                f"another volpack backup (PID {pid}, node {live[0]}) is reading this QEMU; "
+                "wait for it to finish"
+            )
         for e in self._qmp.execute("query-block-exports") or []:
-            if str(e.get("id", "")).startswith(EXPORT_PREFIX):
+            if _stale(str(e.get("id", "")), EXPORT_PREFIX):
                 self._remove_export(str(e["id"]))
         for j in self._qmp.execute("query-block-jobs") or []:
-            if str(j.get("device", "")).startswith(JOB_PREFIX):
+            if _stale(str(j.get("device", "")), JOB_PREFIX):
                 self._cancel_job(str(j["device"]))
-        nodes = [n for n in self._nodes() if str(n.get("node-name", "")).startswith(FLEECE_PREFIX)]
+        nodes = [n for n in self._nodes() if _stale(str(n.get("node-name", "")), FLEECE_PREFIX)]
         files = [str(n.get("file", "")) for n in nodes if n.get("drv") == "file"]
         for n in sorted(nodes, key=lambda n: n.get("drv") == "file"):  # the overlay first
             with contextlib.suppress(QmpError):  # a file node goes with its overlay
@@ -372,6 +386,23 @@ class QmpSource:
 
     def read_into(self, offset: int, buf: memoryview) -> None:
         self._src.read_into(offset, buf)
+
+
+def _stale(name: str, prefix: str) -> bool:
+    """Whether ``name`` is one of volpack's, left by a process that no longer runs."""
+    if not name.startswith(prefix):
+        return False
+    try:
+        pid = int(name[len(prefix) :].split("-")[0], 16)
+    except ValueError:
+        return True  # not from a run that names its owner: nobody to wait for
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    return False
 
 
 def _remove_scratch(path: str) -> None:
