@@ -41,6 +41,7 @@ class Vm:
     guest: Path  # the node through FUSE: writes here are the guest's writes
     disk: Path
     tmp: Path  # TMPDIR of volpack: the private socket and the default scratch
+    proc: subprocess.Popen[bytes]  # the "VM"
 
     @property
     def address(self) -> str:
@@ -75,22 +76,13 @@ class Vm:
         assert not [p for p in self.tmp.iterdir() if p.name.startswith("volpack-fleece-")]
 
 
-@pytest.fixture
-def vm(tmp_path: Path) -> Iterator[Vm]:
-    need("qemu-storage-daemon")
-    need("qemu-img")
-    if not os.path.exists("/dev/fuse"):
-        pytest.skip("/dev/fuse is missing: the guest's writes need a FUSE export")
-    raw = tmp_path / "seed.raw"
-    with open(raw, "wb") as f:
-        f.truncate(SIZE)
-        f.write(random.Random(7).randbytes(USED))
-    disk = tmp_path / "disk.qcow2"
-    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(disk)], check=True)
-    raw.unlink()
-    guest = tmp_path / "guest.img"
+@contextlib.contextmanager
+def running(tmp_path: Path, disk: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """qemu-storage-daemon over ``disk``: two QMP monitors and the guest's FUSE export."""
+    qmp, guest = tmp_path / "qmp.sock", tmp_path / "guest.img"
     guest.touch()
-    qmp = tmp_path / "qmp.sock"
+    for sock in (qmp, tmp_path / "qmp2.sock"):
+        sock.unlink(missing_ok=True)
     argv = [
         "qemu-storage-daemon",
         "--chardev",
@@ -126,9 +118,7 @@ def vm(tmp_path: Path) -> Iterator[Vm]:
             if time.monotonic() > deadline:
                 pytest.fail("qemu-storage-daemon did not start in 20 s")
             time.sleep(0.05)
-        tmp = tmp_path / "tmp"
-        tmp.mkdir()
-        yield Vm(qmp, tmp_path / "qmp2.sock", guest, disk, tmp)
+        yield proc
     finally:
         if proc.poll() is None:
             proc.terminate()
@@ -139,6 +129,27 @@ def vm(tmp_path: Path) -> Iterator[Vm]:
                 proc.wait()
         if proc.stderr:
             proc.stderr.close()
+
+
+@pytest.fixture
+def vm(tmp_path: Path) -> Iterator[Vm]:
+    need("qemu-storage-daemon")
+    need("qemu-img")
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("/dev/fuse is missing: the guest's writes need a FUSE export")
+    raw = tmp_path / "seed.raw"
+    with open(raw, "wb") as f:
+        f.truncate(SIZE)
+        f.write(random.Random(7).randbytes(USED))
+    disk = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(disk)], check=True)
+    raw.unlink()
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    with running(tmp_path, disk) as proc:
+        yield Vm(
+            tmp_path / "qmp.sock", tmp_path / "qmp2.sock", tmp_path / "guest.img", disk, tmp, proc
+        )
 
 
 def volpack(vm: Vm, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -319,6 +330,32 @@ def test_a_failed_start_folds_the_new_bitmap_back_into_the_previous_one(tmp_path
         with contextlib.suppress(SourceError):
             vm.query(command, arguments)
     assert not [p for p in vm.tmp.iterdir() if p.name.startswith("volpack-")]
+
+
+def test_a_bitmap_left_inconsistent_by_a_crashed_qemu_is_passed_over_not_trusted(tmp_path, vm):
+    first = QmpSource(vm.address)
+    first.close()
+    [(stale, _)] = vm.bitmaps()
+    vm.proc.terminate()  # a clean stop stores the persistent bitmap in the qcow2
+    vm.proc.wait()
+    with running(tmp_path, vm.disk) as proc:
+        assert [b for b, _ in vm.bitmaps()] == [stale]
+        proc.kill()  # QEMU dies with the stored bitmap in use: it is inconsistent now
+        proc.wait()
+    subprocess.run(["umount", "-l", str(vm.guest)], capture_output=True)
+    with running(tmp_path, vm.disk) as proc:
+        vm.proc = proc
+        now = vm.guest.read_bytes()
+        r = volpack(vm, "backup", vm.address, "a.vpk", "--no-catalog", "--json", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        details = json.loads(r.stdout)["source"]["details"]
+        assert details["frozen_bitmaps"] == []  # the inconsistent one was not frozen or exported
+        assert restored(vm, "a.vpk", tmp_path) == now
+        nodes = vm.query("query-named-block-nodes", {"flat": True})
+        disk = next(n for n in nodes if n["node-name"] == "disk")
+        states = {b["name"]: bool(b.get("inconsistent")) for b in disk["dirty-bitmaps"]}
+        assert states.pop(stale) is True and list(states.values()) == [False]
+        vm.assert_clean()
 
 
 def test_an_unknown_node_and_a_missing_monitor_are_one_line_and_exit_3(tmp_path, vm):

@@ -162,11 +162,16 @@ class QmpSource:
         self._added.append("node")
         # One transaction: the new bitmap starts, the previous ones stop, and copy-before-write
         # starts, all at the same instant of the guest's writes: the point in time.
-        previous = [
-            str(b["name"])
+        # An inconsistent bitmap (QEMU died while it was in use) cannot be frozen or exported,
+        # and a busy one belongs to someone else's export: both are left out, never trusted.
+        ours = [
+            b
             for b in bitmaps
-            if str(b.get("name", "")).startswith(BITMAP_PREFIX) and b.get("recording")
+            if str(b.get("name", "")).startswith(BITMAP_PREFIX)
+            and not b.get("inconsistent")
+            and not b.get("busy")
         ]
+        previous = [str(b["name"]) for b in ours if b.get("recording")]
         self._new_bitmap = BITMAP_PREFIX + datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         actions: list[dict[str, Any]] = [
             {
@@ -198,11 +203,7 @@ class QmpSource:
         sock = os.path.join(self._sockdir, "nbd.sock")
         self._start_nbd_server(sock)
         self._added.append("server")
-        exported = [
-            {"node": self.node, "name": str(b["name"])}
-            for b in bitmaps
-            if str(b.get("name", "")).startswith(BITMAP_PREFIX)
-        ]
+        exported = [{"node": self.node, "name": str(b["name"])} for b in ours]
         q.execute(
             "block-export-add",
             {
