@@ -70,7 +70,9 @@ def default_server() -> str:
 
 def _die_with_parent() -> Callable[[], None]:
     """A preexec function: the child gets SIGTERM when volpack dies, even by SIGKILL (Linux
-    PR_SET_PDEATHSIG), so no private server outlives the backup that started it."""
+    PR_SET_PDEATHSIG), so no private server outlives the backup that started it. The signal
+    follows the *thread* that started the child: open the source from a thread that outlives it
+    (the CLI opens sources in the main thread)."""
     libc = ctypes.CDLL(None, use_errno=True)  # loaded before fork: only prctl runs in the child
     parent = os.getpid()
 
