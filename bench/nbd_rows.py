@@ -1,4 +1,6 @@
 """Issue 6 rows: read an archive over NBD without restoring it, against qemu-nbd on a qcow2.
+Issue 13 rows: back up the ext4 image served by `qemu-nbd -r` (volpack's NBD client) against
+`nbdcopy` from the same export to a file (both synced to disk).
 
 `nbdcopy` copies the whole export to a file (then `sync FILE`) from `volpack serve` (uncompressed
 and zstd archives of the ext4 image) and from `qemu-nbd --read-only` serving the qcow2 made by the
@@ -198,4 +200,48 @@ def rows(img, out: Path, repeat: int) -> list[measure.Row]:
                 srv.stop()
         except RuntimeError as exc:
             result.append(measure.Row(img.name, name, "serve", False, note=f"failed: {exc}"))
+    if shutil.which("qemu-nbd"):
+        result += _source_rows(img, out, repeat)
+    return result
+
+
+def _source_rows(img, out: Path, repeat: int) -> list[measure.Row]:
+    """volpack backup nbd+unix://… against nbdcopy from the same read-only qemu-nbd export."""
+    sock = out / "nbd-src.sock"
+    uri = f"nbd+unix:///?socket={sock}"
+    argv = ["qemu-nbd", "-r", "-t", "-e", "4", "-k", str(sock), "-f", "raw", str(img.path)]
+    copy, archive = out / "nbd-src-copy.img", out / "nbd-src.vpk"
+    runs = {
+        "nbdcopy ← qemu-nbd -r (raw)": ([["nbdcopy", uri, str(copy)], ["sync", str(copy)]], copy),
+        "volpack backup ← qemu-nbd -r (raw)": (
+            [[sys.executable, "-m", "volpack", "backup", uri, str(archive), "--compress", "none"]],
+            archive,
+        ),
+    }
+    try:
+        srv = _Server(argv, sock, uri)
+    except RuntimeError as exc:
+        return [
+            measure.Row(img.name, "volpack backup ← qemu-nbd", "nbd-source", False, note=str(exc))
+        ]
+    result = []
+    try:
+        for name, (cmds, dst) in runs.items():
+            row = measure.Row(img.name, name, "nbd-source", name.startswith("nbdcopy"))
+            for _ in range(repeat):
+                measure.remove(dst)
+                os.sync()
+                t = measure.run_timed(cmds)
+                if not t.ok:
+                    row.note = f"failed: {t.error}"
+                    break
+                row.walls.append(round(t.wall, 3))
+                row.rss_mib = round(max(row.rss_mib or 0, t.rss_kib / 1024), 1)
+            if row.walls:
+                row.wall = statistics.median(row.walls)
+                row.size, row.apparent = measure.disk_usage(dst)
+            measure.remove(dst)
+            result.append(row)
+    finally:
+        srv.stop()
     return result

@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
     e2fsprogs
     qemu-utils
+    qemu-system-common
     partclone
     android-sdk-libsparse-utils
     xfsprogs

@@ -94,6 +94,8 @@ EOVERFLOW = 75
 ESHUTDOWN = 108
 
 BASE_ALLOCATION = "base:allocation"
+QEMU_DIRTY_BITMAP = "qemu:dirty-bitmap:"  # + the bitmap name (qemu docs/interop/nbd.txt)
+STATE_DIRTY = 1 << 0  # in a qemu:dirty-bitmap context
 
 MAX_STRING = 4096  # the protocol's limit on a name or context string
 

@@ -53,12 +53,16 @@ def server(argv: list[str], sock: Path) -> Iterator[subprocess.Popen[bytes]]:
             proc.stderr.close()
 
 
-def qemu_nbd(image: Path, sock: Path, fmt: str, *, writable: bool = False, export: str = ""):
+def qemu_nbd(
+    image: Path, sock: Path, fmt: str, *, writable: bool = False, export: str = "", bitmap: str = ""
+):
     argv = ["qemu-nbd", "-t", "-e", "8", "-k", str(sock), "-f", fmt]
     if not writable:
         argv.insert(1, "-r")
     if export:
         argv += ["-x", export]
+    if bitmap:
+        argv += ["-B", bitmap]
     return server([*argv, str(image)], sock)
 
 

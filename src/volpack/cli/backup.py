@@ -17,7 +17,7 @@ from volpack.cli.common import (
     share,
     size_arg,
 )
-from volpack.errors import EXIT_OK, EXIT_WARNING, VolpackError
+from volpack.errors import EXIT_OK, EXIT_WARNING, UsageError, VolpackError
 from volpack.units import human, parse_mode
 
 log = logging.getLogger("volpack")
@@ -34,7 +34,9 @@ def register(sub: Any) -> None:
         "qcow2, lvm:VG/LV) into a self-describing archive.",
     )
     p.add_argument(
-        "source", help="image file, block device, qcow2 image, lvm:VG/LV or nbd://HOST/EXPORT"
+        "source",
+        help="image file, block device, qcow2 image, lvm:VG/LV, nbd://HOST/EXPORT, or "
+        "qmp:SOCKET#NODE (a running QEMU, read through fleecing)",
     )
     p.add_argument(
         "archive", help="archive path, '-' for stdout, or a URL (s3://bucket/key, tape:)"
@@ -84,6 +86,12 @@ def register(sub: Any) -> None:
         default=[],
         metavar="PATH",
         help="an LVM physical volume (image or device) for lvm:VG/LV sources; repeat",
+    )
+    p.add_argument(
+        "--scratch",
+        metavar="DIR",
+        help="qmp: sources: where the fleecing overlay keeps the blocks the guest overwrites "
+        "during the backup (default: the system temp dir)",
     )
     p.add_argument(
         "--allow-mounted",
@@ -143,9 +151,17 @@ def run(args: argparse.Namespace) -> int:
             "source %s copied to staging %s; it may be released now", args.source, args.staging
         )
 
+    source, allow_mounted = args.source, args.allow_mounted
+    if args.scratch is not None and not source.startswith("qmp:"):
+        raise UsageError(f"--scratch {args.scratch}: only qmp: sources use a scratch overlay")
+    if source.startswith("qmp:"):
+        # A running VM's disk is in use by design; fleecing makes it point-in-time.
+        allow_mounted = True
+        if args.scratch is not None:
+            source += f",scratch={args.scratch}"
     try:
         result = backup(
-            args.source,
+            source,
             args.archive,
             block_size=args.block_size,
             detect=args.detect,
@@ -156,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
             mode=None if args.mode is None else parse_mode(args.mode),
             source_format=args.source_format,
             pvs=tuple(args.pv),
-            allow_mounted=args.allow_mounted,
+            allow_mounted=allow_mounted,
             threads=args.threads,
             progress=progress,
             on_source_released=released,

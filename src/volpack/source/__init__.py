@@ -1,5 +1,6 @@
-"""Volumes in: raw files and block devices, qcow2 images, LVM logical volumes, NBD exports, and
-other QEMU image formats (vmdk, vdi, vhdx, vpc, qed) through a private qemu-nbd.
+"""Volumes in: raw files and block devices, qcow2 images, LVM logical volumes, NBD exports, a
+running QEMU's disk over QMP (fleecing), and other QEMU image formats (vmdk, vdi, vhdx, vpc, qed)
+through a private qemu-storage-daemon.
 
 ``open_source`` picks the reader; each reader yields size, data runs, physical map and bytes.
 """
@@ -26,6 +27,10 @@ def open_source(path: str, source_format: str = "auto", *, pvs: tuple[str, ...] 
         from volpack.source.nbd import open_nbd
 
         return open_nbd(path)
+    if path.startswith("qmp:"):
+        from volpack.source.fleece import open_qmp
+
+        return open_qmp(path)
     if source_format == "lvm" or path.startswith("lvm:"):
         from volpack.source.lvm import open_lvm
 

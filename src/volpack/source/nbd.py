@@ -2,7 +2,9 @@
 
 Data runs come from the server's ``base:allocation`` context: a run flagged HOLE and ZERO is known
 to read as zeros; a HOLE without ZERO has undefined contents, so it is data (read and zero-scanned);
-no context means every byte is data. Never guesses; never decides which blocks are used.
+no context means every byte is data. A ``qemu:dirty-bitmap:NAME`` context gives the dirty runs
+of a bitmap, a hint for incrementals (checked there, never trusted here). Never guesses; never
+decides which blocks are used.
 """
 
 from __future__ import annotations
@@ -56,6 +58,34 @@ class NbdSource:
         arr = np.array(runs, dtype=np.int64).reshape(-1, 3)
         keep = (arr[:, 2] & _UNUSED) != _UNUSED
         return Extents.from_arrays(arr[keep, 0], arr[keep, 0] + arr[keep, 1])
+
+    def dirty_bitmaps(self) -> dict[str, Extents]:
+        """Dirty byte runs of every bitmap the server exports (the qcow2 source's shape)."""
+        names = [
+            c[len(w.QEMU_DIRTY_BITMAP) :]
+            for c in self._client.export.contexts
+            if c.startswith(w.QEMU_DIRTY_BITMAP)
+        ]
+        return {name: self.dirty_extents(name) for name in names}
+
+    def dirty_extents(self, bitmap: str) -> Extents:
+        """Byte runs the server's ``qemu:dirty-bitmap:BITMAP`` context calls dirty."""
+        runs = self._client.block_status(w.QEMU_DIRTY_BITMAP + bitmap)
+        if runs is None:
+            offered = [
+                c[len(w.QEMU_DIRTY_BITMAP) :]
+                for c in self._client.export.contexts
+                if c.startswith(w.QEMU_DIRTY_BITMAP)
+            ]
+            raise SourceError(
+                f"{self.url}: export {self._client.addr.export!r} offers no dirty bitmap "
+                f"{bitmap!r} (it offers {', '.join(map(repr, offered)) or 'none'}); expose it "
+                f"with qemu-nbd -B {bitmap} or block-export-add with "
+                f'"bitmaps": ["{bitmap}"] (libvirt pull backups name it backup-DISK)'
+            )
+        arr = np.array(runs, dtype=np.int64).reshape(-1, 3)
+        dirty = (arr[:, 2] & w.STATE_DIRTY) != 0
+        return Extents.from_arrays(arr[dirty, 0], arr[dirty, 0] + arr[dirty, 1])
 
     def physical_map(self) -> PhysicalMap:
         """Export offsets on the export itself: where the server stores them is not told."""

@@ -290,6 +290,17 @@ class Qcow2Source:
         """
         return {b.name: b.extents for b in self._bitmaps if b.usable}
 
+    def dirty_extents(self, bitmap: str) -> Extents:
+        """The dirty byte runs of one usable bitmap (the NBD source's shape)."""
+        found = self.dirty_bitmaps().get(bitmap)
+        if found is None:
+            raise SourceError(
+                f"{self._path}: no usable persistent dirty bitmap {bitmap!r} (usable: "
+                f"{', '.join(map(repr, self.dirty_bitmaps())) or 'none'}); create one with "
+                f"qemu-img bitmap --add --enable IMAGE {bitmap}"
+            )
+        return found
+
     def read_into(self, offset: int, buf: memoryview) -> None:
         end = offset + len(buf)
         if offset < 0 or end > self.size:

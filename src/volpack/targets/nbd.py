@@ -2,8 +2,9 @@
 
 The same contract as a block device: overwriting an export needs ``--force``; prepare checks the
 export is writable and large enough (or holds every used byte with ``--allow-smaller``); writes
-go in increasing order, unused ranges are zeroed (WRITE_ZEROES) unless ``--assume-zeroed``, and a
-FLUSH ends the restore. Never trims or resizes the export.
+go in increasing order without waiting for each reply (every reply is checked before the restore
+ends), unused ranges are zeroed (WRITE_ZEROES) unless ``--assume-zeroed``, and a FLUSH ends the
+restore. Never trims or resizes the export.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class NbdTarget:
 
     def write_at(self, offset: int, data: memoryview) -> None:
         self._zero(self.zeroed_to, offset)
-        self._client.pwrite(data, offset)
+        # Sent now, replies checked while the next frame is decoded; finish() settles them all.
+        self._client.write_behind(data, offset)
         self.zeroed_to = offset + len(data)
 
     def finish(self) -> None:
