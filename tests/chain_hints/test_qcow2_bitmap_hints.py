@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import one_error_line
 
+from cli_helpers import one_error_line
 from volpack.extents import Extents
 from volpack.pipeline.changes import SAMPLE_MIN, sample_indices
 
