@@ -359,7 +359,7 @@ def _changes(
     threads: int,
     progress: Progress | None,
 ) -> Changes:
-    """What changed since ``base``: the checked bitmap hint, else hash compare."""
+    """What changed since ``base``: a checked hint (the dirty bitmap named, or an LVM thin source's mappings), else hash compare."""
     from volpack.pipeline import changes as C
 
     table = base.hash_table
@@ -375,9 +375,33 @@ def _changes(
             if not isinstance(hinted, str):
                 return hinted
             warnings.append(f"{src.info.path}: {hinted}")
+    elif (thin := _thin_hint(src, used, base, threads)) is not None:
+        if not isinstance(thin, str):
+            return thin
+        warnings.append(f"{src.info.path}: {thin}")
     report = (lambda done, total: progress("compare", done, total)) if progress else None
     found = C.hash_compare(src, used, table, threads, report)
     return dataclasses.replace(found, warnings=tuple(warnings))
+
+
+def _thin_hint(src: Source, used: Extents, base: Archive, threads: int) -> Changes | str | None:
+    """An LVM thin source's mapping difference from a device that still maps what ``base`` read,
+    checked by the sample; None when there is no such device (hash compare, no warning), the
+    reason when the hint failed its check."""
+    from volpack.pipeline import changes as C
+
+    thin_delta = getattr(src, "thin_delta", None)
+    table = base.hash_table
+    if thin_delta is None or table is None:
+        return None
+    found = thin_delta(base.desc.source.details)
+    if isinstance(found, str):
+        return None
+    dirty, dev_id = found
+    what = f"the thin mapping difference from thin device {dev_id}"
+    return C.check_hint(
+        src, used, table, dirty, str(dev_id), threads, method="thin-delta", what=what
+    )
 
 
 def _check_not_in_use(source: str, pvs: tuple[str, ...]) -> None:
