@@ -229,3 +229,15 @@ def test_an_unknown_bitmap_name_is_a_usage_error_listing_the_bitmaps(tmp_path):
     )  # fmt: skip
     one_error_line(r, 2, "hourly", "daily, weekly", "qemu-img bitmap --add")
     assert not (tmp_path / "inc.vpk").exists()
+
+
+def test_bitmap_with_no_hints_is_a_usage_error(tmp_path):
+    image = make_image(tmp_path)
+    backup(str(image), str(tmp_path / "full.vpk"))
+    run("qemu-img", "bitmap", "--add", "--enable", str(image), "daily")
+    r = volpack(
+        "backup", str(image), str(tmp_path / "inc.vpk"), "--base", str(tmp_path / "full.vpk"),
+        "--bitmap", "daily", "--no-hints",
+    )  # fmt: skip
+    one_error_line(r, 2, "--bitmap daily", "--no-hints")
+    assert not (tmp_path / "inc.vpk").exists()

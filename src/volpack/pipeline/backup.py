@@ -103,13 +103,15 @@ def backup(
     base: str | None = None,
     bitmap: str | None = None,
     catalog: str | None = None,
+    hints: bool = True,
 ) -> BackupResult:
     """Back up the used blocks of ``source`` to a new archive at ``archive_url``. A new archive
     file gets permission bits ``mode`` (default 0600); one replaced with ``force`` keeps its own.
 
     With ``base`` (an archive URL, or ``latest``: the newest archive of this source in
     ``catalog``) the archive is an incremental holding what changed since that base; ``bitmap``
-    names a dirty bitmap of the source to use as a hint (checked; hash compare otherwise).
+    names a dirty bitmap of the source to use as a hint (checked; hash compare otherwise); an
+    LVM thin source's mappings are a hint unless ``hints`` is False (hash compare always).
     ``block_size`` defaults to 4 KiB, or the base's for an incremental."""
     # Imported here, not at the top: ``import volpack.pipeline`` (every verb) stays fast for the
     # CLI, which loads only the stages the verb it runs needs.
@@ -121,6 +123,10 @@ def backup(
     if bitmap is not None and base is None:
         raise UsageError(
             f"--bitmap {bitmap}: a dirty bitmap is a hint for an incremental; give --base too"
+        )
+    if bitmap is not None and not hints:
+        raise UsageError(
+            f"--bitmap {bitmap} and --no-hints contradict each other; give one of them"
         )
     codec, level = parse_compress(compress)
     t0 = time.perf_counter()
@@ -182,7 +188,7 @@ def backup(
                 chain_id=str(uuidlib.uuid4()),
             )
         else:
-            changes = _changes(src, detection, base_archive, bitmap, threads, progress)
+            changes = _changes(src, detection, base_archive, bitmap, hints, threads, progress)
             detection = dataclasses.replace(
                 detection, warnings=(*detection.warnings, *changes.warnings)
             )
@@ -356,6 +362,7 @@ def _changes(
     detection: Detection,
     base: Archive,
     bitmap: str | None,
+    hints: bool,
     threads: int,
     progress: Progress | None,
 ) -> Changes:
@@ -375,7 +382,7 @@ def _changes(
             if not isinstance(hinted, str):
                 return hinted
             warnings.append(f"{src.info.path}: {hinted}")
-    elif (thin := _thin_hint(src, used, base, threads)) is not None:
+    elif hints and (thin := _thin_hint(src, used, base, threads)) is not None:
         if not isinstance(thin, str):
             return thin
         warnings.append(f"{src.info.path}: {thin}")
