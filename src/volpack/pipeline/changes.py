@@ -9,6 +9,7 @@ warnings go back to the caller as text.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,15 +43,19 @@ class _Hasher:
     def __init__(self, src: Source, used_bytes: Extents, hbs: int, threads: int) -> None:
         self.src, self.used, self.hbs, self.threads = src, used_bytes, hbs, max(1, threads)
         self.read_bytes = 0
+        self._count = threading.Lock()  # ``+=`` from pool threads could lose updates
 
     def one(self, index: int) -> bytes:
         start = index * self.hbs
         end = min(start + self.hbs, self.src.size)
         buf = bytearray(end - start)
         view = memoryview(buf)
+        read = 0
         for s, e in self.used.clip(start, end):
             self.src.read_into(s, view[s - start : e - start])
-            self.read_bytes += e - s
+            read += e - s
+        with self._count:
+            self.read_bytes += read
         return block_hash(view)
 
     def many(
