@@ -211,7 +211,9 @@ def thin_xml(nr_data_blocks: int, seed: int) -> tuple[str, dict[int, list[tuple[
     return "\n".join(lines) + "\n", maps
 
 
-def thin_sections(vg: str, pool_extents: int, transaction: int) -> str:
+def thin_sections(
+    vg: str, pool_extents: int, transaction: int, devices: dict[int, int] = THIN_DEVICES
+) -> str:
     uid = "abcdef-ghij-klmn-opqr-stuv-wxyz-{:06d}"
     out = [
         f"""
@@ -234,7 +236,7 @@ def thin_sections(vg: str, pool_extents: int, transaction: int) -> str:
 \t\t}}
 """
     ]
-    for dev, size in THIN_DEVICES.items():
+    for dev, size in devices.items():
         out.append(f"""
 \t\tthin{dev} {{
 \t\t\tid = "{uid.format(dev)}"
@@ -254,9 +256,20 @@ def thin_sections(vg: str, pool_extents: int, transaction: int) -> str:
     return "".join(out)
 
 
-def make_thin_pool(lab: LvmLab, data_mib: int, meta_mib: int, transaction: int = 7) -> None:
-    """pool_tdata/pool_tmeta as plain LVs, then the VG text turned into a thin pool."""
-    lab.lvcreate("pdata", "-L", f"{data_mib}M", "-i", "2", "-I", "64k")
+def make_thin_pool(
+    lab: LvmLab,
+    data_mib: int,
+    meta_mib: int,
+    transaction: int = 7,
+    devices: dict[int, int] = THIN_DEVICES,
+    striped: bool = True,
+) -> None:
+    """pool_tdata/pool_tmeta as plain LVs, then the VG text turned into a thin pool whose thin
+    LVs are ``thin{id}`` for each device id → size in ``devices``."""
+    if striped:
+        lab.lvcreate("pdata", "-L", f"{data_mib}M", "-i", "2", "-I", "64k")
+    else:
+        lab.lvcreate("pdata", "-L", f"{data_mib}M", pv=lab.loops[0])
     lab.lvcreate("pmeta", "-L", f"{meta_mib}M", pv=lab.loops[1])
     backup = lab.dir / "vg.txt"
     lab.lvm("vgcfgbackup", "-f", str(backup), lab.vg)
@@ -269,7 +282,7 @@ def make_thin_pool(lab: LvmLab, data_mib: int, meta_mib: int, transaction: int =
         )
     text = text.replace(
         "\tlogical_volumes {\n",
-        "\tlogical_volumes {\n" + thin_sections(lab.vg, data_mib, transaction),
+        "\tlogical_volumes {\n" + thin_sections(lab.vg, data_mib, transaction, devices),
         1,
     )
     backup.write_text(text)

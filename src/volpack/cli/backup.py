@@ -124,6 +124,12 @@ def register(sub: Any) -> None:
         help="with --base: use the source's dirty bitmap NAME (qcow2 persistent bitmap or NBD "
         "export) as a hint; it is checked against the base and replaced by hash compare if wrong",
     )
+    p.add_argument(
+        "--no-hints",
+        action="store_true",
+        help="with --base: hash-compare every used block even when the source has a change hint "
+        "(LVM thin mappings); the periodic full check no hint can replace",
+    )
     p.add_argument("--catalog", metavar="PATH", help="catalog file (default: the user's catalog)")
     p.add_argument("--no-catalog", action="store_true", help="do not record the backup")
     add_medium_options(p)
@@ -178,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
             on_source_released=released,
             base=args.base,
             bitmap=args.bitmap,
+            hints=not args.no_hints,
             catalog=None if args.no_catalog and args.base != "latest" else args.catalog,
         )
     finally:

@@ -105,13 +105,15 @@ def backup(
     base: str | None = None,
     bitmap: str | None = None,
     catalog: str | None = None,
+    hints: bool = True,
 ) -> BackupResult:
     """Back up the used blocks of ``source`` to a new archive at ``archive_url``. A new archive
     file gets permission bits ``mode`` (default 0600); one replaced with ``force`` keeps its own.
 
     With ``base`` (an archive URL, or ``latest``: the newest archive of this source in
     ``catalog``) the archive is an incremental holding what changed since that base; ``bitmap``
-    names a dirty bitmap of the source to use as a hint (checked; hash compare otherwise).
+    names a dirty bitmap of the source to use as a hint (checked; hash compare otherwise); an
+    LVM thin source's mappings are a hint unless ``hints`` is False (hash compare always).
     ``block_size`` defaults to 4 KiB, or the base's for an incremental."""
     # Imported here, not at the top: ``import volpack.pipeline`` (every verb) stays fast for the
     # CLI, which loads only the stages the verb it runs needs.
@@ -123,6 +125,10 @@ def backup(
     if bitmap is not None and base is None:
         raise UsageError(
             f"--bitmap {bitmap}: a dirty bitmap is a hint for an incremental; give --base too"
+        )
+    if bitmap is not None and not hints:
+        raise UsageError(
+            f"--bitmap {bitmap} and --no-hints contradict each other; give one of them"
         )
     codec, level = parse_compress(compress)
     t0 = time.perf_counter()
@@ -191,7 +197,7 @@ def backup(
                 chain_id=str(uuidlib.uuid4()),
             )
         else:
-            changes = _changes(src, detection, base_archive, bitmap, threads, progress)
+            changes = _changes(src, detection, base_archive, bitmap, hints, threads, progress)
             detection = dataclasses.replace(
                 detection, warnings=(*detection.warnings, *changes.warnings)
             )
@@ -370,10 +376,11 @@ def _changes(
     detection: Detection,
     base: Archive,
     bitmap: str | None,
+    hints: bool,
     threads: int,
     progress: Progress | None,
 ) -> Changes:
-    """What changed since ``base``: the checked bitmap hint, else hash compare."""
+    """What changed since ``base``: a checked hint (the dirty bitmap named, or an LVM thin source's mappings), else hash compare."""
     from volpack.pipeline import changes as C
 
     table = base.hash_table
@@ -389,9 +396,33 @@ def _changes(
             if not isinstance(hinted, str):
                 return hinted
             warnings.append(f"{src.info.path}: {hinted}")
+    elif hints and (thin := _thin_hint(src, used, base, threads)) is not None:
+        if not isinstance(thin, str):
+            return thin
+        warnings.append(f"{src.info.path}: {thin}")
     report = (lambda done, total: progress("compare", done, total)) if progress else None
     found = C.hash_compare(src, used, table, threads, report)
     return dataclasses.replace(found, warnings=tuple(warnings))
+
+
+def _thin_hint(src: Source, used: Extents, base: Archive, threads: int) -> Changes | str | None:
+    """An LVM thin source's mapping difference from a device that still maps what ``base`` read,
+    checked by the sample; None when there is no such device (hash compare, no warning), the
+    reason when the hint failed its check."""
+    from volpack.pipeline import changes as C
+
+    thin_delta = getattr(src, "thin_delta", None)
+    table = base.hash_table
+    if thin_delta is None or table is None:
+        return None
+    found = thin_delta(base.desc.source.details)
+    if isinstance(found, str):
+        return None
+    dirty, dev_id = found
+    what = f"the thin mapping difference from thin device {dev_id}"
+    return C.check_hint(
+        src, used, table, dirty, str(dev_id), threads, method="thin-delta", what=what
+    )
 
 
 def _check_not_in_use(source: str, pvs: tuple[str, ...]) -> None:

@@ -1,6 +1,6 @@
 """What changed since a base archive: the hash blocks an incremental must cover.
 
-Two ways, in order: a change hint (a dirty bitmap), checked before it is trusted — volume size
+Two ways, in order: a change hint (a dirty bitmap, LVM thin mappings), checked before it is trusted — volume size
 and a sample of un-hinted hash blocks hashed against the base's table —, else hash compare: read
 every used hash block once, hash it, keep those whose hash differs from the base's. A hint that
 fails its check is reported and replaced by hash compare, never trusted blindly. Library code:
@@ -9,6 +9,7 @@ warnings go back to the caller as text.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ class Changes:
     """The hash blocks to cover (runs of hash block indices) and how they were found."""
 
     covered: Extents
-    method: str  # "hash-compare" or "bitmap:NAME"
+    method: str  # "hash-compare", "bitmap:NAME" or "thin-delta"
     read_bytes: int  # source bytes read to find them
     sampled: int = 0  # un-hinted hash blocks checked against the base
     warnings: tuple[str, ...] = ()
@@ -42,15 +43,19 @@ class _Hasher:
     def __init__(self, src: Source, used_bytes: Extents, hbs: int, threads: int) -> None:
         self.src, self.used, self.hbs, self.threads = src, used_bytes, hbs, max(1, threads)
         self.read_bytes = 0
+        self._count = threading.Lock()  # ``+=`` from pool threads could lose updates
 
     def one(self, index: int) -> bytes:
         start = index * self.hbs
         end = min(start + self.hbs, self.src.size)
         buf = bytearray(end - start)
         view = memoryview(buf)
+        read = 0
         for s, e in self.used.clip(start, end):
             self.src.read_into(s, view[s - start : e - start])
-            self.read_bytes += e - s
+            read += e - s
+        with self._count:
+            self.read_bytes += read
         return block_hash(view)
 
     def many(
@@ -123,9 +128,14 @@ def check_hint(
     dirty: Extents,
     name: str,
     threads: int = 2,
+    *,
+    method: str | None = None,
+    what: str | None = None,
 ) -> Changes | str:
     """The hash blocks a hint (dirty byte runs) says changed, or why it cannot be trusted: the
-    un-hinted blocks sampled (max(16, 0.1 %), first and last included) must hash as in the base."""
+    un-hinted blocks sampled (max(16, 0.1 %), first and last included) must hash as in the base.
+    ``method`` and ``what`` name the hint in the result and the reason (default: a dirty bitmap
+    ``name``)."""
     hbs = base.hash_block_size
     blocks = -(-src.size // hbs)
     touched = used_bytes.scale_out(hbs).clip(0, blocks)
@@ -141,11 +151,12 @@ def check_hint(
     for index, actual, recorded in zip(sample.tolist(), got, base.hashes(sample), strict=True):
         if actual != recorded:
             return (
-                f"dirty bitmap '{name}' does not mark hash block {index} (volume offset "
-                f"{index * hbs}) that differs from the base; the bitmap is not in step with the "
-                "base archive, so every block is compared instead"
+                f"{what or f'dirty bitmap {name!r}'} does not mark hash block {index} (volume "
+                f"offset {index * hbs}) that differs from the base; the hint is not in step with "
+                "the base archive, so every block is compared instead"
             )
-    return Changes(covered, f"bitmap:{name}", hasher.read_bytes, sampled=len(sample))
+    label = method or f"bitmap:{name}"
+    return Changes(covered, label, hasher.read_bytes, sampled=len(sample))
 
 
 def dirty_hint(src: Source, name: str) -> Extents | str:

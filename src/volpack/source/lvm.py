@@ -20,7 +20,8 @@ from volpack.exactio import Subject, preadv_exact
 from volpack.extents import Extents
 from volpack.source.base import PhysicalMap, SourceInfo
 from volpack.source.lvm_metadata import PVLabel, parse_config, read_metadata, read_pv_label
-from volpack.source.lvm_thin import ThinPool
+from volpack.source.lvm_thin import ThinMap, ThinPool
+from volpack.source.lvm_thin_delta import mapping_delta, mapping_digest
 from volpack.source.lvm_vg import (
     LV,
     VG,
@@ -301,6 +302,7 @@ class LvmSource:
         lengths = np.minimum(tmap.length[keep] * bs, size - starts)
         runs = data_runs.compose(starts, lengths, tmap.data[keep] * bs)
         self._data = Extents.from_arrays(starts, starts + lengths)
+        self._pool, self._tmap = tp, tmap
         self.thin = {
             "pool": pool_name,
             "device_id": dev_id,
@@ -311,8 +313,47 @@ class LvmSource:
             "mapped_blocks": details.mapped_blocks,
             "metadata_snapshot": snap,
             "mapping_root": tp.mapping_root,
+            "creation_time": details.creation_time,
+            # What a later backup looks for: a device that still maps exactly these blocks.
+            "mapping_digest": mapping_digest(tmap),
         }
         return runs
+
+    # -- the change hint ---------------------------------------------------------------------------
+    def thin_delta(self, base: dict[str, Any]) -> tuple[Extents, int] | str:
+        """The byte runs whose thin mapping differs from a device of the pool that still maps
+        exactly what a base archive read (``base``: the source details its DESC records), and
+        that device's id; or why there is no such device. The base's own device comes first; the
+        device being read never counts (its old mapping is gone)."""
+        if self.thin is None:
+            return f"{self.path} is not a thin volume"
+        recorded = base.get("thin")
+        if not isinstance(recorded, dict) or not isinstance(recorded.get("mapping_digest"), str):
+            return "the base archive records no thin mapping (it is not of a thin volume)"
+        if base.get("vg_uuid") != self.vg.uuid or recorded.get("pool") != self.thin["pool"]:
+            return f"the base archive was read from another pool than {self.thin['pool']}"
+        if recorded.get("chunk_size") != self.thin["chunk_size"]:
+            return "the base archive's pool has another chunk size"
+        this = self.thin["device_id"]
+        devices = self._pool.devices()
+        first = recorded.get("device_id")
+        order = [first] + sorted(d for d in devices if d != first)
+        for dev_id in order:
+            if not isinstance(dev_id, int) or dev_id == this or dev_id not in devices:
+                continue
+            found = devices[dev_id]
+            if found.mapped_blocks != recorded.get("mapped_blocks"):
+                continue  # cheap: a device with another block count maps something else
+            ref: ThinMap = self._pool.device_map(dev_id)
+            if mapping_digest(ref) == recorded["mapping_digest"]:
+                chunk = self.thin["chunk_size"]
+                changed = mapping_delta(ref, self._tmap).scale_in(chunk).clip(0, self._size)
+                return changed, dev_id
+        return (
+            f"no other device of pool {self.thin['pool']} still maps what the base archive read "
+            f"(thin device {first}); keep a thin snapshot of the backed-up state until the next "
+            "backup to use the pool's mappings as a hint"
+        )
 
     # -- the Source protocol ---------------------------------------------------------------------
     @property
