@@ -160,11 +160,8 @@ def run(args: argparse.Namespace) -> int:
     source, allow_mounted = args.source, args.allow_mounted
     if args.scratch is not None and not source.startswith("qmp:"):
         raise UsageError(f"--scratch {args.scratch}: only qmp: sources use a scratch overlay")
-    if source.startswith("qmp:"):
-        # A running VM's disk is in use by design; fleecing makes it point-in-time.
-        allow_mounted = True
-        if args.scratch is not None:
-            source += f",scratch={args.scratch}"
+    if source.startswith("qmp:") and args.scratch is not None:
+        source += f",scratch={args.scratch}"
     try:
         result = backup(
             source,

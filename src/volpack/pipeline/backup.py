@@ -428,8 +428,10 @@ def _thin_hint(src: Source, used: Extents, base: Archive, threads: int) -> Chang
 def _check_not_in_use(source: str, pvs: tuple[str, ...]) -> None:
     from volpack.detect.mounted import check_not_mounted
 
-    if source.startswith(("nbd://", "nbd+unix://")):
-        return  # a live export: its server, not this host's mounts, says whether it is in use
+    if source.startswith(("nbd://", "nbd+unix://", "qmp:")):
+        # a live export: its server, not this host's mounts, says whether it is in use; a
+        # running VM's disk (qmp:) is in use by design, and fleecing makes it point-in-time
+        return
     # An LVM volume is in use when one of its PVs is (an active VG on a loop device).
     for path in pvs if source.startswith("lvm:") else (source,):
         check_not_mounted(path)

@@ -161,9 +161,12 @@ def check_hint(
 
 def dirty_hint(src: Source, name: str) -> Extents | str:
     """The dirty byte runs of the source's bitmap ``name``, or why they cannot be used. A bitmap
-    that does not exist is a usage error; one that is in use or inconsistent is a reason."""
+    that does not exist is a usage error; one that is in use or inconsistent is a reason. A source
+    that describes its bitmaps (a qcow2 image: name, in use, usable) is asked that way; a live
+    export only offers the bitmaps its server trusts (``dirty_extents``)."""
+    described = "dirty_bitmaps" in src.info.details
     dirty_extents = getattr(src, "dirty_extents", None)
-    if dirty_extents is not None:
+    if dirty_extents is not None and not described:
         result: Extents = dirty_extents(name)
         return result
     dirty_bitmaps = getattr(src, "dirty_bitmaps", None)
