@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from images import Image
+from limits import READ_SIZES
 
 VOLPACK = (sys.executable, "-m", "volpack")
 LIMITS = (sys.executable, "-I", "-S", str(Path(__file__).resolve().parent / "limits.py"))
@@ -55,16 +56,20 @@ def limit_specs(img: Image, out: Path) -> list[Spec]:
     """The machine's limit for this image: read its data from the page cache, and write + fsync
     as many bytes to a new file. Rows of kind "limit"; run.py sums them into each row's share."""
     nbytes = int(img.shape["allocated"])
-    return [
+    reads = [
         Spec(
-            "limit: page-cache read of the input",
+            f"limit: page-cache read of the input, {size >> 10} KiB reads",
             "limit",
             False,
-            ((*LIMITS, "read", str(img.path)),),
+            ((*LIMITS, "read", str(img.path), str(size)),),
             out / "limit-read",  # nothing is written
             img.path,
             issue=15,
-        ),
+        )
+        for size in READ_SIZES
+    ]
+    return [
+        *reads,
         Spec(
             f"limit: write + fsync of {nbytes / (1 << 20):.1f} MiB",
             "limit",

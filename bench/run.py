@@ -71,10 +71,13 @@ def fmt_size(n: int | None) -> str:
 
 
 def limit_seconds(rows: list[measure.Row]) -> float | None:
-    """The image's limit: page-cache read of its data plus write + fsync of as many bytes, one
-    after the other (what a copy with no overlap of reading and writing needs at best)."""
-    walls = [r.wall for r in rows if r.kind == "limit" and r.wall is not None]
-    return sum(walls) if len(walls) == 2 else None
+    """The image's limit: page-cache read of its data (the faster buffer size) plus write + fsync
+    of as many bytes, one after the other (what a copy that does not overlap reading and writing
+    needs at best)."""
+    limits = [r for r in rows if r.kind == "limit" and r.wall is not None]
+    reads = [r.wall for r in limits if r.name.startswith("limit: page-cache read")]
+    writes = [r.wall for r in limits if r.name.startswith("limit: write")]
+    return min(reads) + min(writes) if reads and writes else None
 
 
 def limit_share(rows: list[measure.Row], r: measure.Row) -> str:
@@ -240,7 +243,7 @@ def main() -> int:
     ap.add_argument(
         "--levels",
         default="none,zstd:1,zstd:3,zstd:6,zstd:9",
-        help="--compress settings for the level table on the ext4 image",
+        help="--compress settings for the level table on the ext4 image ('' for none)",
     )
     ap.add_argument("--json", type=Path, help="also write all results to this file")
     ap.add_argument(
@@ -285,7 +288,7 @@ def main() -> int:
             rows.append(measure_spec(img, spec, n))
         rows += extra_rows(img, out, repeat, set(args.skip.split(",")))
         levels = []
-        if img.name == "ext4" and not args.quick:
+        if img.name == "ext4" and not args.quick and args.levels:
             for spec in peers.level_specs(img, out, args.levels.split(",")):
                 log(f"{img.name}: level {spec.name}")
                 levels.append(measure_spec(img, spec, repeat))
