@@ -1,10 +1,11 @@
-"""Where `volpack restore` spends its time: py-spy per thread (or cProfile), perf for the kernel.
+"""Where `volpack restore` spends its time: py-spy per thread (else cProfile), perf for the kernel.
 
 Usage: python3 bench/profile.py [--only dense,sparse,ext4] [--scale F] [--compress none]
 Backs up each bench image once (untimed), then restores the archive three ways with a warm cache
 and prefaulted memory: plain (the wall time), under `py-spy record --threads --native --idle`
-(Python and native frames of every thread), under `perf record -g` (kernel and library symbols)
-when perf is there. Prints markdown summaries for bench/README.md. Never run by the tests.
+(Python and native frames of every thread; without py-spy, cProfile of the main thread), under
+`perf record -g` (kernel and library symbols) when perf is there. Prints markdown summaries for
+bench/README.md. Never run by the tests.
 """
 
 from __future__ import annotations
@@ -84,6 +85,19 @@ def summarize_pyspy(raw: Path, rate: int) -> str:
     return "\n".join(out)
 
 
+def summarize_cprofile(prof: Path) -> str:
+    """Main thread only: the functions with the most time of their own, top 12."""
+    import pstats
+
+    stats = pstats.Stats(str(prof))
+    rows = ["| function (main thread) | own s | calls |", "|---|---:|---:|"]
+    entries = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])
+    for (path, line, func), (_cc, calls, own, _cum, _callers) in entries[:12]:
+        where = Path(path).name if path != "~" else "builtin"
+        rows.append(f"| `{func} ({where}:{line})` | {own:.3f} | {calls} |")
+    return "\n".join(rows)
+
+
 def summarize_perf(data: Path) -> str:
     """Flat self time by shared object and symbol (kernel included), top lines."""
     res = subprocess.run(
@@ -157,6 +171,16 @@ def main() -> int:
                     capture_output=True,
                 )
                 print(summarize_pyspy(raw, args.rate) + "\n")
+            else:  # no py-spy: cProfile sees only the main thread (the writer, the critical path)
+                prof = Path(tmp) / "restore.prof"
+                fresh(archive, target, img)
+                argv = restore_cmd(archive, target)
+                subprocess.run(
+                    [argv[0], "-m", "cProfile", "-o", str(prof), *argv[1:]],
+                    check=True,
+                    stdout=subprocess.DEVNULL,
+                )
+                print(summarize_cprofile(prof) + "\n")
             if shutil.which("perf"):
                 data = Path(tmp) / "perf.data"
                 fresh(archive, target, img)
