@@ -1,7 +1,8 @@
 """The machine's limit in the same run: page-cache read of an input, write + fsync of an output.
 
-Run as a child process (`python3 -I -S limits.py read FILE [BUFFER]` / `write FILE BYTES`) by the same
-timing code as every other row, so the limit rows see the same warm cache and prefaulted memory.
+Run as a child process (`python3 -I -S limits.py read FILE [BUFFER]` / `write FILE BYTES`) by
+the same timing code as every other row, so the limit rows see the same warm cache and prefaulted
+memory.
 Standard library only, and started without site imports: the process adds ≈10 ms, not ≈50.
 Must not know volpack or any peer; run.py turns its rows into each run's share of the limit.
 """
