@@ -12,14 +12,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from images import Image
+from limits import READ_SIZES
 
 VOLPACK = (sys.executable, "-m", "volpack")
+LIMITS = (sys.executable, "-I", "-S", str(Path(__file__).resolve().parent / "limits.py"))
+# Images with a short peer list: the issue compares them with cp (and qemu-img for context).
+FEW_PEERS = {"unaligned", "small"}
+SHORT_LIST = {"cp --sparse=always", "qemu-img convert -O qcow2", "qemu-img convert -O raw"}
 
 
 @dataclass(frozen=True, slots=True)
 class Spec:
     name: str
-    kind: str  # "backup", "restore" or "level"
+    kind: str  # "backup", "restore", "level", "limit" or "startup"
     peer: bool
     cmds: tuple[tuple[str, ...], ...]
     output: Path  # file or directory that is measured, and removed before each repetition
@@ -47,8 +52,69 @@ def _peer(
     return Spec(name, kind, True, _synced(cmd, sync_path or out), out, src, keep, mkdir)
 
 
+def limit_specs(img: Image, out: Path) -> list[Spec]:
+    """The machine's limit for this image: read its data from the page cache, and write + fsync
+    as many bytes to a new file. Rows of kind "limit"; run.py sums them into each row's share."""
+    nbytes = int(img.shape["allocated"])
+    reads = [
+        Spec(
+            f"limit: page-cache read of the input, {size >> 10} KiB reads",
+            "limit",
+            False,
+            ((*LIMITS, "read", str(img.path), str(size)),),
+            out / "limit-read",  # nothing is written
+            img.path,
+            issue=15,
+        )
+        for size in READ_SIZES
+    ]
+    return [
+        *reads,
+        Spec(
+            f"limit: write + fsync of {nbytes / (1 << 20):.1f} MiB",
+            "limit",
+            False,
+            ((*LIMITS, "write", str(out / "limit.out"), str(nbytes)),),
+            out / "limit.out",
+            img.path,
+            issue=15,
+        ),
+    ]
+
+
+def startup_specs(img: Image, out: Path) -> list[Spec]:
+    """Start-up: the bare interpreter (the floor any Python tool pays) and `volpack --version`."""
+    return [
+        Spec(
+            "python3 -c pass (interpreter start)",
+            "startup",
+            True,
+            ((sys.executable, "-c", "pass"),),
+            out / "none",
+            img.path,
+            issue=15,
+        ),
+        Spec(
+            "volpack --version",
+            "startup",
+            False,
+            ((*VOLPACK, "--version"),),
+            out / "none",
+            img.path,
+            issue=15,
+        ),
+    ]
+
+
 def peer_specs(img: Image, out: Path) -> list[Spec]:
     """Backups then restores by the peer tools that apply to this image."""
+    specs = _peer_specs(img, out)
+    if img.name in FEW_PEERS:
+        specs = [sp for sp in specs if sp.name in SHORT_LIST]
+    return specs
+
+
+def _peer_specs(img: Image, out: Path) -> list[Spec]:
     src, s = img.path, str(img.path)
     if img.fmt == "qcow2":
         return [
@@ -58,6 +124,7 @@ def peer_specs(img: Image, out: Path) -> list[Spec]:
                 ("qemu-img", "convert", "-f", "qcow2", "-O", "raw", s, str(out / "q.raw")),
                 out / "q.raw",
                 src,
+                True,
             ),
             _peer(
                 "qemu-img convert -O qcow2",
@@ -65,6 +132,31 @@ def peer_specs(img: Image, out: Path) -> list[Spec]:
                 ("qemu-img", "convert", "-f", "qcow2", "-O", "qcow2", s, str(out / "q.qcow2")),
                 out / "q.qcow2",
                 src,
+                True,
+            ),
+            # Restores of those backups to a raw image, as volpack restores its archive.
+            _peer(
+                "cp --sparse=always",
+                "restore",
+                ("cp", "--sparse=always", str(out / "q.raw"), str(out / "r-cp.img")),
+                out / "r-cp.img",
+                out / "q.raw",
+            ),
+            _peer(
+                "qemu-img convert -O raw",
+                "restore",
+                (
+                    "qemu-img",
+                    "convert",
+                    "-f",
+                    "qcow2",
+                    "-O",
+                    "raw",
+                    str(out / "q.qcow2"),
+                    str(out / "r-q.img"),
+                ),
+                out / "r-q.img",
+                out / "q.qcow2",
             ),
         ]
     specs = [
@@ -200,6 +292,7 @@ def volpack_specs(img: Image, out: Path) -> list[Spec]:
                 ("backup", s, str(out / "vp-none.vpk"), "--compress", "none"),
                 out / "vp-none.vpk",
                 img.path,
+                True,
                 issue=4,
             ),
             _vp(
@@ -208,7 +301,16 @@ def volpack_specs(img: Image, out: Path) -> list[Spec]:
                 ("backup", s, str(out / "vp.vpk")),
                 out / "vp.vpk",
                 img.path,
+                True,
                 issue=4,
+            ),
+            _vp(
+                "volpack restore (none)",
+                "restore",
+                ("restore", str(out / "vp-none.vpk"), str(out / "r-vp-none.img")),
+                out / "r-vp-none.img",
+                out / "vp-none.vpk",
+                issue=15,
             ),
         ]
     # (backup label, backup options, archive tag, restore label, issue)

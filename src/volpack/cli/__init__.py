@@ -57,8 +57,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"volpack {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-    words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
-    chosen = words[:1] if words and words[0] in VERBS else VERBS
+    given = sys.argv[1:] if argv is None else argv
+    words = [a for a in given if not a.startswith("-")]
+    chosen: tuple[str, ...] | list[str] = words[:1] if words and words[0] in VERBS else VERBS
+    if not words and "--version" in given and not {"-h", "--help"} & set(given):
+        # Printing the version needs no verb; registering all of them would import numpy, the
+        # NBD server and the catalog (~0.15 s) to print one line.
+        chosen = ()
     for verb in chosen:
         importlib.import_module(f"volpack.cli.{verb}").register(sub)
     if len(chosen) == 1:

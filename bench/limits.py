@@ -1,0 +1,74 @@
+"""The machine's limit in the same run: page-cache read of an input, write + fsync of an output.
+
+Run as a child process (`python3 -I -S limits.py read FILE [BUFFER]` / `write FILE BYTES`) by
+the same timing code as every other row, so the limit rows see the same warm cache and prefaulted
+memory.
+Standard library only, and started without site imports: the process adds ≈10 ms, not ≈50.
+Must not know volpack or any peer; run.py turns its rows into each run's share of the limit.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+CHUNK = 1 << 20
+# Which read size is fastest depends on how the file sits in the page cache: a file written in
+# large sequential writes (large folios) reads fastest in 1 MiB reads, one of scattered small
+# extents in 128 KiB reads (4x faster here, as cp's 128 KiB reads are). run.py measures both
+# and takes the faster as the limit.
+READ_SIZES = (128 << 10, 1 << 20)
+
+
+def read_data(path: str, chunk: int = CHUNK) -> int:
+    """Read every data range of path once (holes skipped, as a hole-aware copier does)."""
+    buf = memoryview(bytearray(chunk))
+    total = 0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        end, pos = os.fstat(fd).st_size, 0
+        while pos < end:
+            try:
+                pos = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: no data after pos
+                break
+            hole = os.lseek(fd, pos, os.SEEK_HOLE)
+            while pos < hole:
+                n = os.preadv(fd, [buf[: min(chunk, hole - pos)]], pos)  # not into the hole
+                if n <= 0:
+                    break
+                pos += n
+                total += n
+    finally:
+        os.close(fd)
+    return total
+
+
+def write_synced(path: str, nbytes: int) -> int:
+    """Write nbytes of non-zero data to a new file at path, then fsync it."""
+    buf = b"\x5a" * CHUNK
+    view = memoryview(buf)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        left = nbytes
+        while left > 0:
+            left -= os.write(fd, view[: min(left, CHUNK)])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return nbytes
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) in (2, 3) and argv[0] == "read":
+        read_data(argv[1], int(argv[2]) if len(argv) == 3 else CHUNK)
+        return 0
+    if len(argv) == 3 and argv[0] == "write":
+        write_synced(argv[1], int(argv[2]))
+        return 0
+    print("usage: limits.py read FILE [BUFFER] | write FILE BYTES", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

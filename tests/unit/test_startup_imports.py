@@ -1,0 +1,52 @@
+"""Start-up stays lazy: `volpack --version` imports no heavy library and no pipeline stage.
+
+Start-up is paid by every run, and on a small volume it is most of the run (bench/README.md,
+start-up rows). The test reads what `python3 -X importtime -m volpack --version` really imports,
+as a user's process would, rather than trusting the layout of the import statements.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+# Third-party libraries that cost tens of milliseconds each, and volpack's own stages that pull
+# them in; none is needed to print the version.
+HEAVY = (
+    "numpy",
+    "zstandard",
+    "blake3",
+    "xxhash",
+    "boto3",
+    "botocore",
+    "tqdm",
+    "sqlite3",
+    "mfusepy",
+    "volpack.detect",
+    "volpack.source",
+    "volpack.format",
+    "volpack.pipeline",
+    "volpack.media",
+    "volpack.serve",
+    "volpack.catalog",
+)
+
+
+def _imported(*args: str) -> list[str]:
+    p = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "volpack", *args],
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    # Lines look like "import time:  self [us] | cumulative | <indent>module".
+    return [
+        line.rsplit("|", 1)[1].strip() for line in p.stderr.splitlines() if "import time:" in line
+    ]
+
+
+def test_version_imports_no_heavy_library_and_no_pipeline_stage():
+    modules = _imported("--version")
+    assert "volpack.cli" in modules, "importtime output not understood: " + ", ".join(modules[:5])
+    heavy = sorted(m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY))
+    assert not heavy, "`volpack --version` imports " + ", ".join(heavy)
