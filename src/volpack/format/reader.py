@@ -150,6 +150,29 @@ class ArchiveStream:
             self._digest.update(out)
         return out
 
+    def _take(self, n: int, what: str) -> bytearray:
+        """Exactly ``n`` bytes in a buffer of their own: what is buffered, then the rest read
+        straight into it (a frame is copied from the medium once, not through the read buffer)."""
+        out = bytearray(n)
+        view = memoryview(out)
+        have = min(n, self._end - self._pos)
+        view[:have] = memoryview(self._buf)[self._pos : self._pos + have]
+        self._pos += have
+        got = have
+        while got < n:
+            r = self.medium.readinto(view[got:])
+            if r == 0:
+                raise IncompleteArchive(
+                    f"{self.name}: incomplete archive: it ends at offset {self.offset + got} "
+                    f"inside {what} (expected {n} bytes at offset {self.offset}); the backup "
+                    "was interrupted or the copy truncated"
+                )
+            got += r
+        self.offset += n
+        if self._hashing:
+            self._digest.update(view)
+        return out
+
     def _read_record(self, tag: bytes, limit: int) -> tuple[bytes, bytes]:
         where = self._where()
         hdr = bytes(self._read(R.RECORD_SIZE, f"the {tag.decode()} record header"))
@@ -205,7 +228,7 @@ class ArchiveStream:
         local = threading.local()
         seed_uuid = h.seed_uuid
 
-        def decode(fh: R.FrameHeader, stored: bytes, where: str) -> tuple[int, memoryview]:
+        def decode(fh: R.FrameHeader, stored: bytearray, where: str) -> tuple[int, memoryview]:
             dec = getattr(local, "dec", None)
             if dec is None:
                 dec = local.dec = zstandard.ZstdDecompressor()
@@ -227,7 +250,7 @@ class ArchiveStream:
                     fh = R.decode_frame_header(head, h, seq, where)
                     self._frame_stored.append(fh.stored_length)
                     self._frame_codecs.append(fh.codec)
-                    stored = bytes(self._read(fh.stored_length, f"frame {seq}"))
+                    stored = self._take(fh.stored_length, f"frame {seq}")
                     self.stored_bytes += fh.stored_length
                     ready.put(pool.submit(decode, fh, stored, where))
             except BaseException as exc:  # handed to the consuming thread, in order
@@ -366,7 +389,7 @@ def check_index_matches(
 
 
 def decode_frame_payload(
-    dec: Any, fh: R.FrameHeader, stored: memoryview | bytes, where: str, seed: int
+    dec: Any, fh: R.FrameHeader, stored: memoryview | bytes | bytearray, where: str, seed: int
 ) -> memoryview:
     """Decompress (when needed) and check a frame's raw bytes against its checksum, computed with
     ``seed`` (R.frame_seed: its archive and position; 0 in a 1.0 archive)."""
@@ -374,7 +397,7 @@ def decode_frame_payload(
         import zstandard
 
         try:
-            raw: memoryview | bytes = dec.decompress(stored, max_output_size=fh.raw_length)
+            raw: memoryview | bytes | bytearray = dec.decompress(stored, max_output_size=fh.raw_length)
         except zstandard.ZstdError as exc:
             raise CorruptArchive(
                 f"{where}: frame {fh.seq} does not decompress ({exc}); the archive is damaged"
