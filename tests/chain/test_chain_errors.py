@@ -11,8 +11,8 @@ import sys
 import time
 
 from chainkit import BLOCK, MiB, make_volume, ok, pwrite, sha, vp
-from cli_helpers import one_error_line
 
+from cli_helpers import one_error_line
 from volpack.errors import EXIT_CHAIN, EXIT_TARGET, EXIT_USAGE
 
 
@@ -72,9 +72,7 @@ def test_an_incremental_read_from_a_pipe_needs_apply_and_leaves_no_target(chain,
     assert not target.exists()
 
 
-def test_apply_onto_a_target_not_in_the_base_state_is_refused_and_changes_nothing(
-    chain, tmp_path
-):
+def test_apply_onto_a_target_not_in_the_base_state_is_refused_and_changes_nothing(chain, tmp_path):
     target = tmp_path / "t.img"
     shutil.copyfile(chain.copies[0], target)  # generation 0, not 1: g2 does not apply
     before = sha(target)
@@ -88,7 +86,13 @@ def test_apply_onto_a_target_not_in_the_base_state_is_refused_and_changes_nothin
         f.write(b"\x01")
     before = sha(target)
     r = vp(
-        "restore", str(chain.archive(2)), str(target), "--apply", "--force", "--verify-target", "full"
+        "restore",
+        str(chain.archive(2)),
+        str(target),
+        "--apply",
+        "--force",
+        "--verify-target",
+        "full",
     )
     one_error_line(r, EXIT_TARGET, "hash block 5")
     assert sha(target) == before

@@ -20,9 +20,9 @@ from chainkit import KiB, MiB, make_volume, punch, pwrite
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
-from volumes import same_bytes
 
 import volpack
+from volumes import same_bytes
 
 MIN_SIZE, MAX_SIZE = 8 * MiB, 24 * MiB
 BLOCK = 64 * KiB
