@@ -19,7 +19,13 @@ import pytest
 from chainkit import KiB, MiB, make_volume, punch, pwrite
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 
 import volpack
 from volumes import same_bytes
@@ -125,25 +131,26 @@ class Generations(RuleBasedStateMachine):
             shutil.rmtree(self.dir)
 
 
-QUICK = settings(
-    max_examples=4,
-    stateful_step_count=4,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-TestGenerationsQuick = Generations.TestCase
-TestGenerationsQuick.settings = QUICK
-
-
-class GenerationsLong(Generations):
-    pass
+def test_every_generation_of_a_changing_volume_restores_merges_and_applies_as_its_copy():
+    run_state_machine_as_test(
+        Generations,
+        settings=settings(
+            max_examples=4,
+            stateful_step_count=4,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
 
 
 @pytest.mark.slow
-class TestGenerationsLong(GenerationsLong.TestCase):  # type: ignore[name-defined,misc]
-    settings = settings(
-        max_examples=int(os.environ.get("VOLPACK_CHAIN_EXAMPLES", "60")),
-        stateful_step_count=12,
-        deadline=None,
-        suppress_health_check=[HealthCheck.too_slow],
+def test_many_generations_of_a_changing_volume_restore_merge_and_apply_as_their_copies():
+    run_state_machine_as_test(
+        Generations,
+        settings=settings(
+            max_examples=int(os.environ.get("VOLPACK_CHAIN_EXAMPLES", "60")),
+            stateful_step_count=12,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
     )
