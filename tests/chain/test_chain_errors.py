@@ -172,3 +172,25 @@ def test_an_incremental_killed_mid_write_leaves_no_archive_and_the_next_run_work
     target = tmp_path / "out.img"
     ok("restore", str(inc), str(target))
     assert sha(target) == sha(volume)
+
+
+def test_a_later_unchanged_link_never_stands_in_for_a_missing_base(tmp_path):
+    # g2 and g3 changed nothing, so g3 leaves g1's state; with g1 gone it must not be taken for
+    # g1's stand-in (g3's base is g2 itself: a loop), while a merged full of that state may.
+    volume = tmp_path / "v.img"
+    make_volume(volume, 4 * MiB, seed=5)
+    a = [tmp_path / f"g{k}.vpk" for k in range(4)]
+    ok("backup", str(volume), str(a[0]), "--no-catalog", "--block-size", BLOCK)
+    pwrite(volume, 3000, b"changed")
+    for k in (1, 2, 3):
+        ok("backup", str(volume), str(a[k]), "--no-catalog", "--base", str(a[k - 1]))
+    ok("merge", str(a[3]), str(tmp_path / "full3.vpk"), "--no-catalog")
+    (tmp_path / "away").mkdir()
+    os.rename(tmp_path / "full3.vpk", tmp_path / "away" / "full3.vpk")
+    os.remove(a[1])
+    target = tmp_path / "out.img"
+    one_error_line(vp("restore", str(a[2]), str(target)), EXIT_CHAIN, "not found", "--search")
+    assert not target.exists()
+    os.rename(tmp_path / "away" / "full3.vpk", tmp_path / "full3.vpk")
+    ok("restore", str(a[2]), str(target))
+    assert sha(target) == sha(volume)

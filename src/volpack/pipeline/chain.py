@@ -42,12 +42,12 @@ def stands_for(candidate: Archive, child: R.Header) -> bool:
     assert link is not None
     if candidate.uuid == link.uuid:
         return candidate.trailer.digest == link.digest
-    # Only an earlier point of the chain may stand in: a later empty incremental leaves the same
-    # state too, but resolving through it would loop back to the child.
+    # A later incremental that changed nothing leaves the same state too, but resolving through
+    # it would loop back to the child: only a full or an earlier link may stand in.
     return (
         candidate.header.hashed
         and candidate.header.chain_id == child.chain_id
-        and candidate.header.chain_seq < child.chain_seq
+        and (not candidate.incremental or candidate.header.chain_seq < child.chain_seq)
         and candidate.trailer.state_digest == link.state_digest
         and candidate.size == link.volume_size
     )
