@@ -96,6 +96,13 @@ def test_apply_onto_a_target_not_in_the_base_state_is_refused_and_changes_nothin
     )
     one_error_line(r, EXIT_TARGET, "hash block 5")
     assert sha(target) == before
+    # a file of another size is not the base's volume at all
+    with open(target, "r+b") as f:
+        f.truncate(9 * MiB)
+    before = sha(target)
+    r = vp("restore", str(chain.archive(2)), str(target), "--apply", "--force")
+    one_error_line(r, EXIT_TARGET, str(9 * MiB), "not the base's volume")
+    assert sha(target) == before
 
 
 def test_apply_needs_force_and_leaves_the_target_alone_without_it(chain, tmp_path):
