@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 KiB, MiB = 1 << 10, 1 << 20
-BLOCK = "64K"  # small blocks keep the chain tests fast; hash blocks are the format's 1 MiB
 
 
 def vp(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
@@ -70,3 +69,19 @@ def generation_edits(path: str | os.PathLike, seed: int) -> None:
     pwrite(path, rng.randrange(size - 200 * KiB), rng.randbytes(rng.randrange(1, 200 * KiB)))
     pwrite(path, rng.randrange(size - 100 * KiB), bytes(rng.randrange(1, 100 * KiB)))
     punch(path, rng.randrange(size - MiB) // 4096 * 4096, 512 * KiB)
+
+
+def backup(volume: str | os.PathLike, archive: str | os.PathLike, base: str | None = None) -> None:
+    """A setup backup in this process (the library, not the CLI: cheaper where the CLI is not
+    what a test is about): a full in 64 KiB blocks (small blocks keep these tests fast), or an incremental on ``base``."""
+    import volpack
+
+    volpack.backup(
+        str(volume),
+        str(archive),
+        block_size=None if base else 64 * KiB,
+        base=base,
+        force=True,
+        allow_mounted=True,
+        threads=1,
+    )

@@ -1,5 +1,5 @@
 """A three-link chain (full, incremental, incremental) of a small volume made once per module
-with the real CLI, and its saved generations; tests copy what they change."""
+(in this process), and its saved generations; tests copy what they change."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from chainkit import BLOCK, MiB, generation_edits, make_volume, ok
+from chainkit import MiB, backup, generation_edits, make_volume
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +26,7 @@ class Chain:
         return [Path(shutil.copy(self.archive(k), directory / f"g{k}.vpk")) for k in ks]
 
 
-def build_chain(root: Path, *, grow_last: bool = True) -> Chain:
+def build_chain(root: Path) -> Chain:
     home = root / "archives"
     home.mkdir()
     volume = root / "volume.img"
@@ -35,12 +35,10 @@ def build_chain(root: Path, *, grow_last: bool = True) -> Chain:
     for k in range(3):
         if k:
             generation_edits(volume, seed=100 + k)
-            if k == 2 and grow_last:
+            if k == 2:  # the last link also grows the volume
                 with open(volume, "r+b") as f:
                     f.truncate(10 * MiB + 777)
-        args = ["backup", str(volume), str(home / f"g{k}.vpk"), "--no-catalog", "-q"]
-        args += ["--block-size", BLOCK] if k == 0 else ["--base", str(home / f"g{k - 1}.vpk")]
-        ok(*args)
+        backup(volume, home / f"g{k}.vpk", str(home / f"g{k - 1}.vpk") if k else None)
         copies.append(root / f"copy{k}.img")
         shutil.copyfile(volume, copies[-1])
     return Chain(home, tuple(copies), volume)

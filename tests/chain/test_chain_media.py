@@ -8,7 +8,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from chainkit import BLOCK, generation_edits, make_volume, ok, sha, vp
+from chainkit import backup, generation_edits, make_volume, ok, sha, vp
 
 from cli_helpers import one_error_line
 from volpack.errors import EXIT_TARGET
@@ -27,9 +27,7 @@ def test_a_three_link_chain_on_s3_restores_from_its_prefix(s3_bucket, tmp_path):
     for k in range(3):
         if k:
             generation_edits(volume, seed=200 + k)
-        args = ["backup", str(volume), f"{prefix}g{k}.vpk", "--no-catalog", "-q"]
-        args += ["--block-size", BLOCK] if k == 0 else ["--base", f"{prefix}g{k - 1}.vpk"]
-        ok(*args)
+        backup(volume, f"{prefix}g{k}.vpk", f"{prefix}g{k - 1}.vpk" if k else None)
         copies.append(tmp_path / f"copy{k}.img")
         shutil.copyfile(volume, copies[-1])
     for k in (2, 1):
