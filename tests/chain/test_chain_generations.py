@@ -10,9 +10,11 @@ restore gives it. At the end every generation still restores equal to its copy.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
+import subprocess
 import tempfile
 
 import pytest
@@ -57,28 +59,30 @@ class Generations(RuleBasedStateMachine):
     def keep(self, base: str | None) -> None:
         k = len(self.archives)
         archive = self.path(f"chain/g{k}.vpk")
-        volpack.backup(
+        result = volpack.backup(
             self.vol,
             archive,
             block_size=BLOCK,
             compress="none",
             base=base,
+            bitmap=self.bitmap if base else None,
             allow_mounted=True,
             threads=1,
         )
+        if base:
+            assert result.changes["method"] == self.method, result.changes
         self.archives.append(archive)
         self.copies.append(self.path(f"copy{k}.img"))
-        shutil.copyfile(self.vol, self.copies[-1])
+        self.save_copy(self.copies[-1])
 
-    @initialize(size=st.integers(MIN_SIZE, MAX_SIZE), seed=st.integers(0, 2**32))
-    def full(self, size: int, seed: int) -> None:
-        os.makedirs(self.path("chain"))
-        os.makedirs(self.path("merged"))
+    # The volume: a raw file edited with system calls; the qcow2 variant below overrides these.
+    bitmap: str | None = None
+    method = "hash-compare"
+
+    def create(self, size: int, seed: int) -> None:
         make_volume(self.vol, size, seed)
-        self.keep(None)
 
-    @rule(changes=edits)
-    def incremental(self, changes: list[tuple[str, int, int, int]]) -> None:
+    def edit(self, changes: list[tuple[str, int, int, int]]) -> None:
         for kind, a, b, seed in changes:
             size = os.path.getsize(self.vol)
             if kind == "resize":
@@ -92,6 +96,20 @@ class Generations(RuleBasedStateMachine):
                 pwrite(self.vol, offset, bytes(length))
             else:
                 punch(self.vol, offset, length)
+
+    def save_copy(self, path: str) -> None:
+        shutil.copyfile(self.vol, path)
+
+    @initialize(size=st.integers(MIN_SIZE, MAX_SIZE), seed=st.integers(0, 2**32))
+    def full(self, size: int, seed: int) -> None:
+        os.makedirs(self.path("chain"))
+        os.makedirs(self.path("merged"))
+        self.create(size, seed)
+        self.keep(None)
+
+    @rule(changes=edits)
+    def incremental(self, changes: list[tuple[str, int, int, int]]) -> None:
+        self.edit(changes)
         self.keep(self.archives[-1])
 
     @invariant()
@@ -131,6 +149,65 @@ class Generations(RuleBasedStateMachine):
             shutil.rmtree(self.dir)
 
 
+class Qcow2Generations(Generations):
+    """The same generations on a qcow2 image changed through ``qemu-io`` (sector-aligned writes,
+    ``write -z``, ``discard``) and ``qemu-img resize``, each incremental found by the image's
+    persistent dirty bitmap (cleared after every backup); the copies are ``qemu-img convert``'s
+    raw reading of the image."""
+
+    bitmap = "daily"
+    method = "bitmap:daily"
+
+    def create(self, size: int, seed: int) -> None:
+        raw = self.path("initial.img")
+        make_volume(raw, size // 512 * 512, seed)
+        self.vol = self.path("volume.qcow2")
+        _run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, self.vol)
+        os.remove(raw)
+        _run("qemu-img", "bitmap", "--add", "--enable", self.vol, self.bitmap)
+
+    def edit(self, changes: list[tuple[str, int, int, int]]) -> None:
+        for kind, a, b, seed in changes:
+            size = _virtual_size(self.vol)
+            if kind == "resize":
+                new = a // 512 * 512
+                _run("qemu-img", "resize", "-f", "qcow2", "--shrink", self.vol, str(new))
+                continue
+            offset = a % size // 512 * 512
+            length = max(512, min(b, size - offset) // 512 * 512)
+            if kind == "write":
+                cmd = f"write -P {seed % 255 + 1} {offset} {length}"
+            elif kind == "zero":
+                cmd = f"write -z {offset} {length}"
+            else:
+                cmd = f"discard {offset} {length}"
+            _run("qemu-io", "-f", "qcow2", "-c", cmd, self.vol)
+
+    def keep(self, base: str | None) -> None:
+        super().keep(base)
+        _run("qemu-img", "bitmap", "--clear", self.vol, self.bitmap)
+
+    def save_copy(self, path: str) -> None:
+        _run("qemu-img", "convert", "-f", "qcow2", "-O", "raw", self.vol, path)
+
+
+def _run(*argv: str) -> None:
+    r = subprocess.run(argv, capture_output=True, text=True)
+    assert r.returncode == 0, (argv, r.stderr)
+
+
+def _virtual_size(path: str) -> int:
+    r = subprocess.run(
+        ["qemu-img", "info", "--output=json", path], capture_output=True, text=True, check=True
+    )
+    return int(json.loads(r.stdout)["virtual-size"])
+
+
+def _need_qemu() -> None:
+    if shutil.which("qemu-img") is None or shutil.which("qemu-io") is None:
+        pytest.skip("qemu-img / qemu-io are not installed (scripts/test.sh installs them)")
+
+
 def test_every_generation_of_a_changing_volume_restores_merges_and_applies_as_its_copy():
     run_state_machine_as_test(
         Generations,
@@ -147,6 +224,33 @@ def test_every_generation_of_a_changing_volume_restores_merges_and_applies_as_it
 def test_many_generations_of_a_changing_volume_restore_merge_and_apply_as_their_copies():
     run_state_machine_as_test(
         Generations,
+        settings=settings(
+            max_examples=int(os.environ.get("VOLPACK_CHAIN_EXAMPLES", "60")),
+            stateful_step_count=12,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
+
+
+def test_every_qcow2_generation_found_by_its_dirty_bitmap_restores_merges_and_applies():
+    _need_qemu()
+    run_state_machine_as_test(
+        Qcow2Generations,
+        settings=settings(
+            max_examples=2,
+            stateful_step_count=3,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
+
+
+@pytest.mark.slow
+def test_many_qcow2_generations_found_by_dirty_bitmaps_restore_merge_and_apply():
+    _need_qemu()
+    run_state_machine_as_test(
+        Qcow2Generations,
         settings=settings(
             max_examples=int(os.environ.get("VOLPACK_CHAIN_EXAMPLES", "60")),
             stateful_step_count=12,
