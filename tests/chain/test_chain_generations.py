@@ -5,7 +5,8 @@ and shrink to sizes that are not block multiples), backs it up as an incremental
 previous generation (hash compare) and keeps a copy. After each step: that generation's chain
 restores equal to the copy, ``verify --chain`` passes, the merged chain (a full, and onto the
 first link) restores equal, and applying the incremental in place to the previous generation's
-restore gives it. At the end every generation still restores equal to its copy.
+restore gives it. At the end every generation still restores equal to its copy. The qcow2
+variant finds each generation's changes by the image's persistent dirty bitmap instead.
 """
 
 from __future__ import annotations
