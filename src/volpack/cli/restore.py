@@ -87,7 +87,8 @@ def register(sub: Any) -> None:
         "--apply",
         action="store_true",
         help="the target holds the incremental's base state: change it in place to the "
-        "incremental's (needs --force; reads the archive in one pass, also from '-' or tape)",
+        "incremental's (needs --force; reads the archive in one pass, also from '-' or tape; "
+        "without the base archive the whole target is hashed against the state it records)",
     )
     p.add_argument(
         "--verify-target",

@@ -3,9 +3,10 @@ state in place, reading the incremental in one pass (file, pipe, tape, S3).
 
 Before the first write: the archive's head, its base (found and checked like a chain restore's,
 for its block hash table), the target's size, and the target's bytes against the base's hash
-table (a sample, or every hash block with ``verify_target="full"``). A target that is not in the
-base's state is refused untouched. After the last write the changed hash blocks are checked
-against the incremental's own table. Library code: no printing.
+table (a sample, or every hash block with ``verify_target="full"``); when the base is not found
+(a chain on tape), the whole target hashed against the state digest the base link records. A
+target that is not in the base's state is refused untouched. After the last write the changed
+hash blocks are checked against the incremental's own table. Library code: no printing.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from volpack.errors import TargetError, UsageError
+from volpack.errors import ChainError, TargetError, UsageError
 from volpack.extents import Extents
 from volpack.format.hashtable import HashTable, block_hash
 from volpack.identity import Role, check_distinct
@@ -23,6 +24,7 @@ from volpack.pipeline.changes import SAMPLE_MIN, SAMPLE_SHARE, sample_indices
 from volpack.pipeline.common import Progress, medium_roles, scatter
 
 if TYPE_CHECKING:
+    from volpack.format import records as R
     from volpack.pipeline.chain import Places
     from volpack.pipeline.restore import RestoreResult
     from volpack.targets.inplace import InPlaceTarget
@@ -61,6 +63,25 @@ def _check_state(
             "a new target"
         )
     return len(indices)
+
+
+def _check_whole_state(tgt: InPlaceTarget, h: R.Header) -> None:
+    """Without the base archive: hash every hash block of the target and compare the state digest
+    with the one the incremental's base link records (one digest: it says only that the target
+    differs, not where)."""
+    link = h.base
+    assert link is not None
+    hbs, size = h.hash_block_size, link.volume_size
+    pairs = (
+        (i, block_hash(tgt.read(i * hbs, min(hbs, size - i * hbs)))) for i in range(-(-size // hbs))
+    )
+    if HashTable.from_pairs(hbs, size, pairs).state_digest() != link.state_digest:
+        raise TargetError(
+            f"{tgt.path}: its {size} B hashed whole (the base archive was not found) do not give "
+            f"the base's state {link.state_digest.hex()[:16]}…, so this incremental does not "
+            "apply to it; nothing was written; apply the archives in order, or give the bases' "
+            "place with --search"
+        )
 
 
 def apply(
@@ -112,8 +133,10 @@ def apply(
                 f"{archive_url}: is a full archive; --apply is for incrementals: restore it "
                 "without --apply"
             )
-        base = find_base(h, archive_url, places or Places(), opened)
-        assert base.hash_table is not None
+        try:
+            base_table = find_base(h, archive_url, places or Places(), opened).hash_table
+        except ChainError:
+            base_table = None  # e.g. a chain on tape: the link's state digest checks the target
         tgt = InPlaceTarget(target)
         need = max(h.volume_size, h.base.volume_size) if tgt.device else h.base.volume_size
         if (tgt.device and tgt.size < need) or (not tgt.device and tgt.size != need):
@@ -122,8 +145,11 @@ def apply(
                 + (f" and the new one {h.volume_size} B" if tgt.device else "")
                 + "; it is not the base's volume: restore the chain to a new target instead"
             )
-        base_blocks = Extents.span(0, base.hash_table.hash_blocks)
-        _check_state(tgt, base.hash_table, base_blocks, verify_target == "full", before=True)
+        if base_table is None:
+            _check_whole_state(tgt, h)
+        else:
+            base_blocks = Extents.span(0, base_table.hash_blocks)
+            _check_state(tgt, base_table, base_blocks, verify_target == "full", before=True)
         # Checked: now change it. Size first (a file that grows takes the new tail as zeros).
         if h.volume_size > tgt.size:
             tgt.resize(h.volume_size)

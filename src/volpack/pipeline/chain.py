@@ -42,9 +42,12 @@ def stands_for(candidate: Archive, child: R.Header) -> bool:
     assert link is not None
     if candidate.uuid == link.uuid:
         return candidate.trailer.digest == link.digest
+    # A later incremental that changed nothing leaves the same state too, but resolving through
+    # it would loop back to the child: only a full or an earlier link may stand in.
     return (
         candidate.header.hashed
         and candidate.header.chain_id == child.chain_id
+        and (not candidate.incremental or candidate.header.chain_seq < child.chain_seq)
         and candidate.trailer.state_digest == link.state_digest
         and candidate.size == link.volume_size
     )
@@ -99,6 +102,9 @@ def find_base(
             candidates.extend(_listing(place))
     candidates = _catalog_urls(places.catalog, link.uuid) + candidates
     seen: set[str] = set()
+    # The archive the link names wins over one that only leaves the same state (an empty
+    # incremental, a merged full): otherwise a link present on the medium would go unread.
+    stand_in: Archive | None = None
     for url in candidates:
         key = media.canonical_url(url)
         if key in seen or (child_url != "-" and key == media.canonical_url(child_url)):
@@ -112,10 +118,14 @@ def find_base(
                 continue
             opened[key] = arch
         tried.append(url)
-        if stands_for(arch, child):
+        if arch.uuid == link.uuid and arch.trailer.digest == link.digest:
             return arch
+        if stand_in is None and stands_for(arch, child):
+            stand_in = arch
         if arch.uuid == link.uuid:
             replaced = url
+    if stand_in is not None:
+        return stand_in
     if replaced is not None:
         raise ChainError(
             f"{child_url}: its base {link.uuid} at {replaced} has digest "

@@ -147,7 +147,7 @@ def _verify_chain(
 
     from volpack.errors import ChainError
     from volpack.format.random_access import open_archive
-    from volpack.pipeline.chain import ChainView, resolve_chain
+    from volpack.pipeline.chain import ChainView, Places, resolve_chain
     from volpack.targets.compare import VolumeComparer, zero_runs
 
     t0 = time.perf_counter()
