@@ -397,7 +397,9 @@ def decode_frame_payload(
         import zstandard
 
         try:
-            raw: memoryview | bytes | bytearray = dec.decompress(stored, max_output_size=fh.raw_length)
+            raw: memoryview | bytes | bytearray = dec.decompress(
+                stored, max_output_size=fh.raw_length
+            )
         except zstandard.ZstdError as exc:
             raise CorruptArchive(
                 f"{where}: frame {fh.seq} does not decompress ({exc}); the archive is damaged"
