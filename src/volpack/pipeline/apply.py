@@ -46,7 +46,7 @@ def _check_state(
     recorded = table.hashes(indices)
     for index, expected in zip(indices.tolist(), recorded, strict=True):
         data = tgt.read(index * hbs, table.block_length(index))
-        if block_hash(data) == expected:
+        if block_hash(data, table.key) == expected:
             continue
         if before:
             raise TargetError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,6 +21,9 @@ from volpack.extents import Extents
 from volpack.format import records as R
 from volpack.format.hashtable import HashTable
 from volpack.format.random_access import DEFAULT_CACHE, Archive, open_archive
+
+if TYPE_CHECKING:
+    from volpack.format.keyring import Keyring
 
 MAX_LINKS = 10000
 
@@ -56,6 +60,7 @@ class Places:
 
     search: tuple[str, ...] = ()
     catalog: str | None = None
+    keyring: Keyring | None = None  # opens the links of an encrypted chain
 
 
 def _catalog_urls(catalog: str | None, uuid: str) -> list[str]:
@@ -107,12 +112,18 @@ def find_base(
         arch = opened.get(key)
         if arch is None:
             try:
-                arch = open_archive(url, cache_bytes=cache_bytes)
+                # Public first: candidates sealed to other keys are skipped, not refused.
+                arch = open_archive(url, cache_bytes=cache_bytes, public=True)
             except (FormatError, MediumError, UsageError):
                 continue
             opened[key] = arch
         tried.append(url)
         if stands_for(arch, child):
+            if arch.sealed:  # the base itself: it must open with the keys given (else exit 12)
+                arch.close()
+                del opened[key]
+                arch = open_archive(url, cache_bytes=cache_bytes, keyring=places.keyring)
+                opened[key] = arch
             return arch
         if arch.uuid == link.uuid:
             replaced = url
@@ -264,8 +275,10 @@ def open_chain(
     url: str, places: Places | None = None, *, cache_bytes: int = DEFAULT_CACHE
 ) -> Archive | ChainView:
     """The archive at ``url``, or for an incremental the view of its whole chain (what serve and
-    mount offer: the volume as it was when that archive was made)."""
-    top = open_archive(url, cache_bytes=cache_bytes)
+    mount offer: the volume as it was when that archive was made); an encrypted one opened with
+    the keyring of ``places``."""
+    keyring = places.keyring if places is not None else None
+    top = open_archive(url, cache_bytes=cache_bytes, keyring=keyring)
     if not top.incremental:
         return top
     try:

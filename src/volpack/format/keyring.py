@@ -1,0 +1,49 @@
+"""The keys a reader opens sealed archives with: asked for once, only when an encrypted archive is
+met (a prompt or a key file read is never spent on a plain archive), and each archive's data key
+kept so that reading one archive twice (restore's check, then its stream) opens its slots once.
+
+It imports volpack.crypto only when a key is used, so plain archives need no crypto extra. It
+never prints, and holds no secret in its repr.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from volpack.crypto import DataKey, DecryptKeys, KeySlot
+
+
+class Keyring:
+    """``provide`` gives the keys (it may read files or ask on a terminal); it is called once."""
+
+    def __init__(self, provide: Callable[[], DecryptKeys]) -> None:
+        self._provide = provide
+        self._keys: DecryptKeys | None = None
+        self._opened: dict[tuple[str, bytes], DataKey] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def of(cls, keys: DecryptKeys) -> Keyring:
+        return cls(lambda: keys)
+
+    def __repr__(self) -> str:
+        return f"Keyring({len(self._opened)} archive(s) opened)"
+
+    def data_key(
+        self, uuid: str, slot_list: bytes, slots: tuple[KeySlot, ...], subject: str
+    ) -> DataKey:
+        """The data key one of ``slots`` (the archive's, as ``slot_list`` encodes them) opens."""
+        from volpack.crypto import open_slots
+
+        with self._lock:
+            found = self._opened.get((uuid, slot_list))
+            if found is not None:
+                return found
+            if self._keys is None:
+                self._keys = self._provide()
+            key = open_slots(slots, self._keys, subject)
+            self._opened[(uuid, slot_list)] = key
+            return key
