@@ -56,7 +56,7 @@ class Head:
 def head_tags(header: R.Header) -> tuple[tuple[bytes, int], ...]:
     """The head's records in order, with their payload limits."""
     tag = header.seal_overhead
-    tags = (
+    tags: tuple[tuple[bytes, int], ...] = (
         (R.TAG_DESC, R.MAX_DESC + tag),
         (R.TAG_PMAP, R.MAX_TABLE + tag),
         (R.TAG_ATAB, R.MAX_TABLE + tag),
