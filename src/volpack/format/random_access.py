@@ -67,7 +67,7 @@ class Archive:
             )
         self.archive_size = size
         if size < R.HEADER_SIZE + R.FOOTER_SIZE:
-            head = medium.read_at(0, min(size, 8))
+            head = medium.read_at(0, min(size, R.HEADER_SIZE))
             R.Header.decode(head + bytes(R.HEADER_SIZE - len(head)), f"{self.url} at offset 0")
             raise IncompleteArchive(
                 f"{self.url}: incomplete archive: {size} bytes, shorter than "
