@@ -5,75 +5,17 @@ archives sealed to them, made by the real backup pipeline."""
 from __future__ import annotations
 
 import os
-import pathlib
-import random
-from dataclasses import dataclass
 
 import pytest
 
 pytest.importorskip("cryptography", reason="sealed archives need pip install 'volpack[crypto]'")
 pytest.importorskip("bech32", reason="sealed archives need pip install 'volpack[crypto]'")
 
-FRAME = 64 << 10  # small frames: many records to tamper with
-SECRET_TEXT = b"volpack sealed secret line %06d\n"
-
-
-def make_volume(path: str, seed: int = 14, size: int = (3 << 20) + 123) -> None:
-    """A hole at the start, text, incompressible data (frames of equal stored size), a zero run
-    inside data and a short last block."""
-    rng = random.Random(seed)
-    with open(path, "wb") as f:
-        f.truncate(size)
-        f.seek(64 << 10)
-        f.write(b"".join(SECRET_TEXT % i for i in range(4000)))
-        f.seek(1 << 20)
-        f.write(rng.randbytes(600 << 10) + bytes(8 << 10) + rng.randbytes(300 << 10))
-        f.seek(size - 50)
-        f.write(b"E" * 50)
-
-
-@dataclass(frozen=True)
-class TestKeys:
-    key_file: str
-    identity_file: str
-    recipient: str
-    passphrase_file: str
-    other_identity_file: str
-    other_key_file: str
-
-    def encrypt(self, *, recipient=True, key_file=True, passphrase=False):
-        from volpack.crypto import Argon2Params, EncryptKeys, Passphrase, Recipient
-        from volpack.crypto.files import read_key_file
-
-        return EncryptKeys(
-            recipients=(Recipient.parse(self.recipient),) if recipient else (),
-            passphrases=(Passphrase(pathlib.Path(self.passphrase_file).read_bytes().strip()),)
-            if passphrase
-            else (),
-            key_files=(read_key_file(self.key_file),) if key_file else (),
-            argon2=Argon2Params(memory_kib=64 * 1024, iterations=3, lanes=1),
-        )
-
-    def keyring(self, *, identity=False, key_file=False, passphrase=False, other=False):
-        from volpack.crypto import DecryptKeys, Passphrase
-        from volpack.crypto.files import read_identities, read_key_file
-        from volpack.format.keyring import Keyring
-
-        ident = self.other_identity_file if other else self.identity_file
-        kf = self.other_key_file if other else self.key_file
-        return Keyring.of(
-            DecryptKeys(
-                identities=read_identities(ident) if identity else (),
-                passphrases=(Passphrase(pathlib.Path(self.passphrase_file).read_bytes().strip()),)
-                if passphrase
-                else (),
-                key_files=(read_key_file(kf),) if key_file else (),
-            )
-        )
+from sealed_cases import FRAME, KeySet, make_volume  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def test_keys(tmp_path_factory) -> TestKeys:
+def test_keys(tmp_path_factory) -> KeySet:
     from volpack.crypto import generate_identity
     from volpack.crypto.files import write_identity
 
@@ -84,7 +26,7 @@ def test_keys(tmp_path_factory) -> TestKeys:
     (d / "k.bin").write_bytes(os.urandom(32))
     (d / "other.bin").write_bytes(os.urandom(32))
     (d / "pass.txt").write_bytes(b"correct horse battery staple\n")
-    return TestKeys(
+    return KeySet(
         str(d / "k.bin"),
         str(d / "id.key"),
         str(ident.recipient),

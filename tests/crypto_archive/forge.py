@@ -61,7 +61,12 @@ def build(p: Parts) -> bytes:
         doff = seq * h.frame_size
         csum = R.checksum(stored, R.frame_seed(uid, seq, doff))
         out.append(R.encode_frame_header(codec, seq, doff, raw, len(stored), csum) + stored)
-        index.append(pos.to_bytes(8, "little") + len(stored).to_bytes(4, "little") + bytes([codec]) + bytes(3))
+        index.append(
+            pos.to_bytes(8, "little")
+            + len(stored).to_bytes(4, "little")
+            + bytes([codec])
+            + bytes(3)
+        )
         pos += 48 + len(stored)
         stored_total += len(stored)
     toff = pos

@@ -8,10 +8,10 @@ from __future__ import annotations
 import random
 import struct
 
-import pytest
-
 import forge
-from conftest import FRAME
+import pytest
+from sealed_cases import FRAME
+
 from volpack import pipeline
 from volpack.errors import VolpackError
 from volpack.format import records as R
@@ -25,7 +25,9 @@ def archives(tmp_path_factory, volume, test_keys):
     d = tmp_path_factory.mktemp("tamper")
     out = []
     for name in ("a", "b"):
-        pipeline.backup(volume, str(d / f"{name}.vpk"), frame_size=FRAME, encrypt=test_keys.encrypt())
+        pipeline.backup(
+            volume, str(d / f"{name}.vpk"), frame_size=FRAME, encrypt=test_keys.encrypt()
+        )
         out.append((d / f"{name}.vpk").read_bytes())
     return out
 
@@ -68,7 +70,9 @@ def test_a_bit_flipped_anywhere_is_damage_found_before_any_key_is_needed(
     positions = set()
     bounds = sorted({*parts.boundaries, len(a) - R.FOOTER_SIZE, len(a)})
     for start, end in zip(bounds, bounds[1:], strict=False):
-        positions.update({start, start + 1, end - 1, *(rng.randrange(start, end) for _ in range(3))})
+        positions.update(
+            {start, start + 1, end - 1, *(rng.randrange(start, end) for _ in range(3))}
+        )
     codes: set[int] = set()
     for pos in sorted(p for p in positions if 0 <= p < len(a)):
         data = bytearray(a)
