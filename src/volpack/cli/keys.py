@@ -182,7 +182,8 @@ def keyring_from(args: argparse.Namespace) -> Keyring:
     """The keys of ``add_open_options``, read (or asked for) only when an archive is encrypted."""
     from volpack.format.keyring import Keyring
 
-    return Keyring(lambda: open_keys(args))
+    given = args.identity or args.passphrase or args.passphrase_file or args.key_file
+    return Keyring(lambda: open_keys(args), expect_sealed=bool(given))
 
 
 def optional_keyring(args: argparse.Namespace) -> Keyring | None:
@@ -208,3 +209,18 @@ def base_keyring(args: argparse.Namespace, seal: EncryptKeys | None) -> Keyring 
         return DecryptKeys(identities, seal.passphrases, seal.key_files)
 
     return Keyring(provide)
+
+
+def merge_seal_keys(args: argparse.Namespace) -> EncryptKeys | None:
+    """A merge's output keys: ``--recipient`` and the passphrases and key files that open the
+    chain; None when none of them is given."""
+    from volpack.crypto import EncryptKeys
+    from volpack.crypto.files import read_key_file
+
+    if not (args.recipient or args.passphrase or args.passphrase_file or args.key_file):
+        return None
+    return EncryptKeys(
+        recipients=tuple(_recipient(r) for r in args.recipient),
+        passphrases=_passphrases(args, confirm=False),
+        key_files=tuple(read_key_file(p) for p in args.key_file),
+    )

@@ -17,17 +17,20 @@ if TYPE_CHECKING:
 
 
 class Keyring:
-    """``provide`` gives the keys (it may read files or ask on a terminal); it is called once."""
+    """``provide`` gives the keys (it may read files or ask on a terminal); it is called once.
+    ``expect_sealed``: the user gave keys, so an archive that is not encrypted is refused — an
+    unsealed archive where a sealed one was expected may be a forgery that dropped the sealing."""
 
-    def __init__(self, provide: Callable[[], DecryptKeys]) -> None:
+    def __init__(self, provide: Callable[[], DecryptKeys], *, expect_sealed: bool = False) -> None:
         self._provide = provide
+        self.expect_sealed = expect_sealed
         self._keys: DecryptKeys | None = None
         self._opened: dict[tuple[str, bytes], DataKey] = {}
         self._lock = threading.Lock()
 
     @classmethod
-    def of(cls, keys: DecryptKeys) -> Keyring:
-        return cls(lambda: keys)
+    def of(cls, keys: DecryptKeys, *, expect_sealed: bool = False) -> Keyring:
+        return cls(lambda: keys, expect_sealed=expect_sealed)
 
     def __repr__(self) -> str:
         return f"Keyring({len(self._opened)} archive(s) opened)"

@@ -19,7 +19,7 @@ import blake3
 import numpy as np
 
 from volpack.compact.table import AddressTable
-from volpack.errors import CorruptArchive, IncompleteArchive, UsageError
+from volpack.errors import CorruptArchive, IncompleteArchive, TamperedArchive, UsageError
 from volpack.extents import Extents
 from volpack.format import records as R
 from volpack.format.description import ArchiveDescription
@@ -116,6 +116,11 @@ def parse_head_records(
         out.append(payload)
         pos += length
     unsealer = None
+    if not header.encrypted and keyring is not None and keyring.expect_sealed:
+        raise TamperedArchive(
+            f"{where}: the archive is not encrypted, but keys were given to open it: it may "
+            "have been replaced by an unsealed copy; leave out the key options to read it as it is"
+        )
     if header.encrypted:
         from volpack.format import sealing
 
