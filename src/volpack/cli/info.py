@@ -82,10 +82,11 @@ def run(args: argparse.Namespace) -> int:
         if base:
             lines.append(f"base         {base['uuid']} (blake3:{base['digest']})")
             changes = d.get("changes") or {}
-            lines.append(
-                f"changes      by {changes.get('method', '?')}, "
-                f"{human(changes.get('read_bytes') or 0)} read from the source"
-            )
+            if not sealed:
+                lines.append(
+                    f"changes      by {changes.get('method', '?')}, "
+                    f"{human(changes.get('read_bytes') or 0)} read from the source"
+                )
     if d.get("archive_size") is not None:
         ratio = vol / d["archive_size"] if d["archive_size"] else 0.0
         lines.append(f"archive size {human(d['archive_size'])} (volume/archive {ratio:.1f}x)")
