@@ -5,6 +5,7 @@ restores, verifies and merges with the key; a base that the key does not open is
 
 from __future__ import annotations
 
+import json
 import pathlib
 import shutil
 import subprocess
@@ -217,3 +218,37 @@ def test_keys_given_for_an_unencrypted_archive_are_refused(volume, test_keys, tm
     one_error_line(r, 12, "not encrypted")
     assert not (tmp_path / "o.img").exists()
     ok("restore", str(tmp_path / "plain.vpk"), str(tmp_path / "o.img"))
+
+
+def test_backup_and_catalog_rebuild_record_a_sealed_archive_without_any_key(
+    volume, test_keys, tmp_path
+):
+    """The catalog learns format 1.3 and the used blocks from public fields; backup's result
+    names each slot by its fingerprint, never by a key."""
+    cat = tmp_path / "cat.db"
+    media = tmp_path / "media"
+    media.mkdir()
+    r = ok(
+        "backup",
+        str(volume),
+        str(media / "s.vpk"),
+        "--catalog",
+        str(cat),
+        "--json",
+        "--key-file",
+        test_keys.key_file,
+        "--recipient",
+        test_keys.recipient,
+    )
+    result = json.loads(r.stdout)
+    assert result["encrypted"] is True and result["format_version"] == "1.3"
+    assert [s.split(":")[0] for s in result["key_slots"]] == ["x25519", "key-file"]
+    assert pathlib.Path(test_keys.key_file).read_bytes().hex() not in r.stdout
+    other = tmp_path / "rebuilt.db"
+    ok("catalog", "rebuild", "--catalog", str(other), str(media))
+    for db in (cat, other):
+        listed = json.loads(ok("list", "--catalog", str(db), "--json").stdout)
+        entries = listed if isinstance(listed, list) else listed.get("archives", listed)
+        (entry,) = [e for e in entries if e["uuid"] == result["archive_uuid"]]
+        assert entry["format_version"] == "1.3"
+        assert entry["used_blocks"] == result["used_blocks"]

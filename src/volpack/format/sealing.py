@@ -164,6 +164,12 @@ class Sealing:
         self._sealer = Sealer(self._subkeys, self.cipher)
         self.chain_key = chain_key if chain_key is not None else self._subkeys.hash_table
 
+    def fingerprints(self) -> tuple[str, ...]:
+        """Each slot's fingerprint: a hash of public bytes, for the catalog and results."""
+        from volpack.crypto.slots import fingerprint
+
+        return tuple(fingerprint(s) for s in self.slots)
+
     def seal_head(self, header_bytes: bytes, head_records: bytes) -> bytes:
         """The KEYS record (with the MAC over ``header_bytes``), then each head record of
         ``head_records`` (DESC, PMAP, ATAB, ZTAB as ``records`` encodes them) sealed."""

@@ -83,6 +83,10 @@ class BackupResult:
     base_uuid: str | None = None
     zero_blocks: int = 0
     changes: dict[str, Any] = field(default_factory=dict)
+    format_version: str = f"{R.MAJOR}.{R.MINOR}"
+    # sealed (format 1.3 ENCRYPTED): the fingerprint of each key slot (public, never a key)
+    encrypted: bool = False
+    key_slots: tuple[str, ...] = ()
 
 
 def backup(
@@ -321,6 +325,9 @@ def backup(
         base_uuid=header.base.uuid if header.base else None,
         zero_blocks=zeros.total(),
         changes=desc.changes.to_json() if desc.changes else {},
+        format_version=f"{header.major}.{header.minor}",
+        encrypted=header.encrypted,
+        key_slots=sealing.fingerprints() if sealing is not None else (),
     )
 
 
