@@ -57,7 +57,9 @@ def chain(tmp_path, volume, test_keys):
     return tmp_path, vol
 
 
-def test_a_sealed_incremental_restores_verifies_its_chain_and_merges_with_the_key(chain, test_keys):
+def test_a_sealed_incremental_restores_applies_verifies_its_chain_and_merges_with_the_key(
+    chain, test_keys
+):
     d, vol = chain
     out = d / "out.img"
     ok("restore", str(d / "inc.vpk"), str(out), "-i", test_keys.identity_file)
@@ -72,6 +74,18 @@ def test_a_sealed_incremental_restores_verifies_its_chain_and_merges_with_the_ke
         "--key-file",
         test_keys.key_file,
     )
+    in_place = d / "in-place.img"
+    ok("restore", str(d / "full.vpk"), str(in_place), "--key-file", test_keys.key_file)
+    ok(
+        "restore",
+        str(d / "inc.vpk"),
+        str(in_place),
+        "--apply",
+        "--force",
+        "--key-file",
+        test_keys.key_file,
+    )
+    assert in_place.read_bytes() == vol.read_bytes()
     merged = d / "merged.out"
     ok("restore", str(d / "merged.vpk"), str(merged), "--key-file", test_keys.key_file)
     assert merged.read_bytes() == vol.read_bytes()
