@@ -228,3 +228,35 @@ def test_serve_offers_a_sealed_archive_to_a_real_nbd_client(sealed, test_keys, v
 def test_serve_with_a_wrong_key_refuses_to_start_with_exit_12(sealed, test_keys, tmp_path):
     r = vp("serve", "--socket", str(tmp_path / "s"), "--key-file", test_keys.other_key_file, sealed)
     one_error_line(r, 12)
+
+
+def test_mount_offers_a_sealed_archive_as_a_file_with_the_key(sealed, test_keys, volume, tmp_path):
+    import signal
+
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("/dev/fuse is missing (no FUSE in this machine)")
+    try:
+        import mfusepy  # noqa: F401
+    except (ImportError, OSError) as exc:
+        pytest.skip(f"mfusepy/libfuse3 not usable: {exc}")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.Popen(
+        [*VP, "mount", sealed, str(mnt), "--key-file", test_keys.key_file, "-q"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(mnt):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "volpack mount did not mount"
+            time.sleep(0.05)
+        (name,) = os.listdir(mnt)
+        assert (mnt / name).read_bytes() == pathlib.Path(volume).read_bytes()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+        if os.path.ismount(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
