@@ -260,3 +260,28 @@ def test_mount_offers_a_sealed_archive_as_a_file_with_the_key(sealed, test_keys,
         proc.communicate(timeout=20)
         if os.path.ismount(mnt):
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+
+
+def test_a_sealed_archive_spans_emulated_tapes_and_restores_with_the_key(
+    volume, test_keys, tmp_path
+):
+    from volpack import pipeline
+    from volpack.media.tape import emulator as te
+    from volpack.media.tape import tape_url
+
+    carts = [
+        te.create_cartridge(str(tmp_path / f"c{i}"), capacity=2 << 20, early_warning=1 << 20)
+        for i in range(4)
+    ]
+    drive = str(tmp_path / "drive")
+    te.load(drive, carts[0])
+    nxt = f"{sys.executable} -m volpack.media.tape next {drive} " + " ".join(carts)
+    url = tape_url(f"tape+emu:{drive}", next_command=nxt)
+    result = pipeline.backup(volume, url, frame_size=FRAME, encrypt=test_keys.encrypt())
+    assert len([c for c in carts if te.cartridge_files(c)]) >= 2
+    te.load(drive, carts[0])
+    out = tmp_path / "out.img"
+    pipeline.restore(url, str(out), keyring=test_keys.keyring(identity=True))
+    assert out.read_bytes() == pathlib.Path(volume).read_bytes()
+    te.load(drive, carts[0])
+    assert pipeline.verify(url).digest == result.digest  # media check without a key
