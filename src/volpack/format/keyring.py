@@ -1,9 +1,7 @@
 """The keys a reader opens sealed archives with: asked for once, only when an encrypted archive is
-met (a prompt or a key file read is never spent on a plain archive), and each archive's data key
-kept so that reading one archive twice (restore's check, then its stream) opens its slots once.
-
-It imports volpack.crypto only when a key is used, so plain archives need no crypto extra. It
-never prints, and holds no secret in its repr.
+met (no prompt or key file read for a plain archive), and each archive's data key kept so that
+reading one archive twice (restore's check, then its stream) opens its slots once. Imports
+volpack.crypto only when a key is used; never prints, and shows no secret in its repr.
 """
 
 from __future__ import annotations

@@ -124,7 +124,7 @@ def parse_head_records(
     if header.encrypted:
         from volpack.format import sealing
 
-        keys = sealing.check_keys_only(header, out.pop(0), where)
+        keys = sealing.check_keys_only(out.pop(0), where)
         if keyring is None:
             if not public:
                 raise no_key(where)

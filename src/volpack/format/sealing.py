@@ -1,9 +1,7 @@
 """Sealed archives in the format (ENCRYPTED, docs/format.md section 10): the KEYS record, and
 sealing and opening head records, frames and the block hash table at the positions the format
-gives them. Positions always come from the caller's own place in the archive, never from a record.
-
-It imports volpack.crypto, so the format imports this module only for encrypted archives or when
-sealing one. Pure computation on bytes in memory: no I/O, no printing.
+gives them; positions always come from the caller's own place in the archive, never a record.
+Imports volpack.crypto, so the format imports it only for sealed archives. No I/O, no printing.
 """
 
 from __future__ import annotations
@@ -141,7 +139,7 @@ class Unsealer:
         return self.opener.open(_hash_table_at(), t.hash_entries, public)
 
 
-def check_keys_only(header: R.Header, payload: bytes, where: str) -> KeysRecord:
+def check_keys_only(payload: bytes, where: str) -> KeysRecord:
     """The public checks of a KEYS payload (layout, cipher, slot list), for readers without keys."""
     keys = KeysRecord.decode(payload, where)
     decode_slots(keys.slot_list, where)
@@ -153,7 +151,7 @@ class Sealing:
     a sealer that refuses to reuse a nonce. ``chain_key`` is the base's chain hash key for an
     incremental (or a merge), None to start a chain with this archive's own."""
 
-    def __init__(self, header: R.Header, keys: EncryptKeys, chain_key: bytes | None = None):
+    def __init__(self, header: R.Header, keys: EncryptKeys, chain_key: bytes | None = None) -> None:
         if not header.encrypted:
             raise ValueError("Sealing needs a header with the ENCRYPTED bit")
         self.header = header
