@@ -285,3 +285,21 @@ def test_a_sealed_archive_spans_emulated_tapes_and_restores_with_the_key(
     assert out.read_bytes() == pathlib.Path(volume).read_bytes()
     te.load(drive, carts[0])
     assert pipeline.verify(url).digest == result.digest  # media check without a key
+
+
+def test_chacha20_poly1305_archives_record_their_cipher_and_restore(volume, test_keys, tmp_path):
+    a, out = tmp_path / "c.vpk", tmp_path / "out.img"
+    ok(
+        "backup",
+        volume,
+        str(a),
+        "--no-catalog",
+        "--key-file",
+        test_keys.key_file,
+        "--cipher",
+        "chacha20-poly1305",
+    )
+    keys_at = 256 + 32  # the KEYS payload: cipher first
+    assert a.read_bytes()[keys_at : keys_at + 2] == (2).to_bytes(2, "little")
+    ok("restore", str(a), str(out), "--key-file", test_keys.key_file)
+    assert out.read_bytes() == pathlib.Path(volume).read_bytes()
