@@ -50,7 +50,11 @@ def rebuild(
     status kept). Entries for archives that are gone are not removed: that is prune's job."""
     opener: Callable[[str], Any]
     if open_archive is None:
-        from volpack.format.random_access import open_archive as opener
+        from volpack.format.random_access import open_archive as open_any
+
+        def opener(item: str) -> Any:
+            # Public fields need no key: a sealed archive is recorded without opening its slots.
+            return open_any(item, public=True)
     else:
         opener = open_archive
     recorded: list[str] = []

@@ -117,7 +117,7 @@ def entry_from_result(
         volume_size=int(result.volume_size),
         block_size=int(result.block_size),
         used_blocks=int(result.used_blocks),
-        format_version=f"{MAJOR}.{MINOR}",  # what this volpack writes
+        format_version=getattr(result, "format_version", f"{MAJOR}.{MINOR}"),
         urls=(canonical_url(result.url),) if result.url and result.url != "-" else (),
         fs_uuid=fs_uuid_of(desc),
         archive_size=int(result.archive_size),
@@ -168,7 +168,7 @@ def entry_from_archive(archive: Archive, url: str) -> ArchiveEntry:
         source_kind=kind,
         volume_size=archive.size,
         block_size=archive.block_size,
-        used_blocks=int(archive.used.total()),
+        used_blocks=archive.header.used_blocks,  # public, also in a sealed archive
         format_version=f"{header.major}.{header.minor}",
         urls=(url,),
         fs_uuid=fs_uuid_of(archive.desc),

@@ -17,6 +17,7 @@ from volpack.cli.common import (
     share,
     size_arg,
 )
+from volpack.cli.keys import add_seal_options, base_keyring, seal_keys
 from volpack.errors import EXIT_OK, EXIT_WARNING, UsageError, VolpackError
 from volpack.units import human, parse_mode
 
@@ -132,6 +133,16 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--catalog", metavar="PATH", help="catalog file (default: the user's catalog)")
     p.add_argument("--no-catalog", action="store_true", help="do not record the backup")
+    add_seal_options(p)
+    p.add_argument(
+        "-i",
+        "--identity",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="with --base of an encrypted chain: an identity that opens the base (its "
+        "passphrase and key files are the ones given to seal; repeatable)",
+    )
     add_medium_options(p)
     add_output_options(p)
     p.set_defaults(func=run)
@@ -149,6 +160,12 @@ def _mounted(path: str) -> bool:
 def run(args: argparse.Namespace) -> int:
     from volpack.pipeline import backup
 
+    seal = seal_keys(args)
+    if args.identity and args.base is None:
+        raise UsageError(
+            "--identity: a backup is sealed to recipients (--recipient), an identity only "
+            "opens an encrypted --base; leave it out or give --base"
+        )
     apply_medium_options(args)
     progress = Progress(args)
 
@@ -183,6 +200,8 @@ def run(args: argparse.Namespace) -> int:
             bitmap=args.bitmap,
             hints=not args.no_hints,
             catalog=None if args.no_catalog and args.base != "latest" else args.catalog,
+            encrypt=seal,
+            keyring=base_keyring(args, seal),
         )
     finally:
         progress.close()

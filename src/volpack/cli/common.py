@@ -183,4 +183,9 @@ def places_from(args: argparse.Namespace) -> Places:
     from volpack.pipeline.chain import Places
 
     catalog = getattr(args, "catalog", None)
-    return Places(search=tuple(args.search), catalog=catalog_path(catalog))
+    keyring = None
+    if hasattr(args, "identity"):  # the verb takes keys (cli.keys.add_open_options)
+        from volpack.cli.keys import keyring_from
+
+        keyring = keyring_from(args)
+    return Places(search=tuple(args.search), catalog=catalog_path(catalog), keyring=keyring)

@@ -12,6 +12,7 @@ from volpack.cli.common import (
     emit,
     share,
 )
+from volpack.cli.keys import add_open_options, optional_keyring
 from volpack.errors import EXIT_OK
 from volpack.units import human
 
@@ -24,6 +25,7 @@ def register(sub: Any) -> None:
         "(random access); from a stream ('-'), from its head only.",
     )
     p.add_argument("archive", help="archive path, '-' for stdin, or a URL")
+    add_open_options(p)
     add_medium_options(p)
     add_output_options(p, progress=False)
     p.set_defaults(func=run)
@@ -47,17 +49,28 @@ def run(args: argparse.Namespace) -> int:
     apply_medium_options(args)
     from volpack.pipeline.info import summary
 
-    d = summary(args.archive)
+    d = summary(args.archive, optional_keyring(args))
     vol, used = d["volume_size"], d["used_bytes"]
+    sealed = d["encrypted"] and d["tool"] is None
     lines = [
         f"archive      {d['uuid']} (format {d['format']}, {d['tool']})",
         f"created      {d['created']} on {d['host']}",
         f"source       {d['source'].get('kind')} {d['source'].get('path')}",
         f"volume       {human(vol)} ({vol} B), block size {d['block_size']}",
-        f"used         {human(used)} ({share(used, vol)}), {d['used_blocks']} blocks in "
-        f"{d['address_table_runs']} runs",
+        f"used         {human(used or 0)} ({share(used or 0, vol)}), {d['used_blocks']} blocks "
+        f"in {d['address_table_runs']} runs",
         f"frames       {d['frames']} x {human(d['frame_size'])}, codec {d['codec']}",
     ]
+    if sealed:
+        lines[0:3] = [
+            f"archive      {d['uuid']} (format {d['format']}, encrypted)",
+            f"created      {d['created']}",
+            "sealed       source, tables and host are encrypted: give --identity, "
+            "--passphrase-file or --key-file to show them",
+        ]
+        lines[4] = f"used         {d['used_blocks']} blocks of {human(d['block_size'])}"
+    elif d["encrypted"]:
+        lines.append("encrypted    yes, opened with the key given")
     if d.get("chain_id"):
         base = d.get("base")
         level = (
@@ -69,15 +82,18 @@ def run(args: argparse.Namespace) -> int:
         if base:
             lines.append(f"base         {base['uuid']} (blake3:{base['digest']})")
             changes = d.get("changes") or {}
-            lines.append(
-                f"changes      by {changes.get('method', '?')}, "
-                f"{human(changes.get('read_bytes') or 0)} read from the source"
-            )
+            if not sealed:
+                lines.append(
+                    f"changes      by {changes.get('method', '?')}, "
+                    f"{human(changes.get('read_bytes') or 0)} read from the source"
+                )
     if d.get("archive_size") is not None:
         ratio = vol / d["archive_size"] if d["archive_size"] else 0.0
         lines.append(f"archive size {human(d['archive_size'])} (volume/archive {ratio:.1f}x)")
         lines.append(f"digest       blake3:{d['digest']}")
-        lines.append(f"physical map {d['physical_map_runs']} runs on {', '.join(d['devices'])}")
+        if not sealed:
+            devices = ", ".join(d["devices"])
+            lines.append(f"physical map {d['physical_map_runs']} runs on {devices}")
     else:
         lines.append("trailer      not read (stream): run 'volpack verify' to check the whole")
     details = d["source"].get("details", {})

@@ -18,6 +18,7 @@ from volpack.errors import UsageError
 
 if TYPE_CHECKING:
     from volpack.crypto import Cipher, DecryptKeys, EncryptKeys, Passphrase, Recipient
+    from volpack.format.keyring import Keyring
 
 PASSPHRASE_ENV = "VOLPACK_PASSPHRASE"
 
@@ -175,3 +176,51 @@ def open_keys(args: argparse.Namespace) -> DecryptKeys:
             f"--passphrase-file FILE, --key-file FILE or set {PASSPHRASE_ENV}"
         )
     return DecryptKeys(passphrases=(fallback,))
+
+
+def keyring_from(args: argparse.Namespace) -> Keyring:
+    """The keys of ``add_open_options``, read (or asked for) only when an archive is encrypted."""
+    from volpack.format.keyring import Keyring
+
+    given = args.identity or args.passphrase or args.passphrase_file or args.key_file
+    return Keyring(lambda: open_keys(args), expect_sealed=bool(given))
+
+
+def optional_keyring(args: argparse.Namespace) -> Keyring | None:
+    """Like ``keyring_from`` when a key was given (an option or VOLPACK_PASSPHRASE), else None:
+    the verb then reads an encrypted archive's public parts only (verify, info)."""
+    given = args.identity or args.passphrase or args.passphrase_file or args.key_file
+    if not given and not os.environ.get(PASSPHRASE_ENV):
+        return None
+    return keyring_from(args)
+
+
+def base_keyring(args: argparse.Namespace, seal: EncryptKeys | None) -> Keyring | None:
+    """What opens an encrypted ``--base``: the --identity files and the passphrases and key files
+    the new archive is sealed with (an incremental's base opens with the same key)."""
+    if seal is None:
+        return None
+    from volpack.crypto import DecryptKeys
+    from volpack.crypto.files import read_identities
+    from volpack.format.keyring import Keyring
+
+    def provide() -> DecryptKeys:
+        identities = tuple(i for path in args.identity for i in read_identities(path))
+        return DecryptKeys(identities, seal.passphrases, seal.key_files)
+
+    return Keyring(provide)
+
+
+def merge_seal_keys(args: argparse.Namespace) -> EncryptKeys | None:
+    """A merge's output keys: ``--recipient`` and the passphrases and key files that open the
+    chain; None when none of them is given."""
+    from volpack.crypto import EncryptKeys
+    from volpack.crypto.files import read_key_file
+
+    if not (args.recipient or args.passphrase or args.passphrase_file or args.key_file):
+        return None
+    return EncryptKeys(
+        recipients=tuple(_recipient(r) for r in args.recipient),
+        passphrases=_passphrases(args, confirm=False),
+        key_files=tuple(read_key_file(p) for p in args.key_file),
+    )

@@ -15,6 +15,7 @@ from volpack.cli.common import (
     emit,
     places_from,
 )
+from volpack.cli.keys import add_open_options, merge_seal_keys
 from volpack.errors import EXIT_OK
 from volpack.units import human, parse_mode
 
@@ -47,6 +48,15 @@ def register(sub: Any) -> None:
     add_search_option(p)
     p.add_argument("--catalog", metavar="PATH", help="catalog to look up bases and record in")
     p.add_argument("--no-catalog", action="store_true", help="do not record the new archive")
+    add_open_options(p)
+    p.add_argument(
+        "--recipient",
+        action="append",
+        default=[],
+        metavar="AGE1…",
+        help="an encrypted chain's merge is sealed to these recipients and to the passphrase "
+        "and key files given (repeatable)",
+    )
     add_medium_options(p)
     add_output_options(p)
     p.set_defaults(func=run)
@@ -68,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
             threads=args.threads,
             places=places_from(args),
             progress=progress,
+            encrypt=merge_seal_keys(args),
         )
     finally:
         progress.close()

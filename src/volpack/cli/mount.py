@@ -17,6 +17,7 @@ from volpack.cli.common import (
     places_from,
     size_arg,
 )
+from volpack.cli.keys import add_open_options
 from volpack.errors import EXIT_OK
 from volpack.serve.fuse import DEFAULT_FILE_NAME, mount
 from volpack.units import human
@@ -59,6 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--catalog", metavar="PATH", help="catalog where bases of an incremental are looked up"
     )
+    add_open_options(parser)
     add_medium_options(parser, tape=False)
     parser.set_defaults(func=run)
 

@@ -17,6 +17,7 @@ from volpack.cli.common import (
     places_from,
     rate,
 )
+from volpack.cli.keys import add_open_options, keyring_from
 from volpack.errors import EXIT_OK, UsageError
 from volpack.units import human, parse_mode
 
@@ -111,6 +112,7 @@ def register(sub: Any) -> None:
         help="with --volume: ISO 8601 time (local unless a zone is given; a bare date "
         "is the end of that day), 'now' (default) or @SECONDS",
     )
+    add_open_options(p)
     add_medium_options(p)
     add_output_options(p)
     p.set_defaults(func=run)
@@ -178,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
                 force=args.force,
                 progress=progress,
                 expect_uuid=expect,
+                keyring=keyring_from(args),
             )
         else:
             result = restore(
@@ -191,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
                 progress=progress,
                 expect_uuid=expect,
                 places=places_from(args),
+                keyring=keyring_from(args),
             )
     finally:
         progress.close()

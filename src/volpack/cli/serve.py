@@ -20,6 +20,7 @@ from volpack.cli.common import (
     places_from,
     size_arg,
 )
+from volpack.cli.keys import add_open_options
 from volpack.errors import EXIT_OK, UsageError
 from volpack.serve.allocator import use_one_malloc_arena
 from volpack.serve.export import Export
@@ -104,6 +105,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--catalog", metavar="PATH", help="catalog where bases of an incremental are looked up"
     )
+    add_open_options(parser)
     add_medium_options(parser, tape=False)
     parser.set_defaults(func=run)
 

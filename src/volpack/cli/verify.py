@@ -16,6 +16,7 @@ from volpack.cli.common import (
     emit,
     places_from,
 )
+from volpack.cli.keys import add_open_options, optional_keyring
 from volpack.errors import EXIT_OK, VolpackError
 
 log = logging.getLogger("volpack")
@@ -55,6 +56,7 @@ def register(sub: Any) -> None:
     )
     add_search_option(p)
     p.add_argument("--catalog", metavar="PATH", help="catalog to record the verdict in")
+    add_open_options(p)
     add_medium_options(p)
     add_output_options(p)
     p.set_defaults(func=run)
@@ -75,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
             progress=progress,
             chain=args.chain,
             places=places_from(args),
+            keyring=optional_keyring(args),
         )
     except VolpackError as exc:
         uuid = getattr(exc, "archive_uuid", None)
@@ -83,12 +86,28 @@ def run(args: argparse.Namespace) -> int:
         raise
     finally:
         progress.close()
+    if not result.authenticated:
+        # Only the media were checked: the catalog keeps its verdict for a keyed verify.
+        emit(
+            args,
+            dataclasses.asdict(result),
+            [
+                f"archive {result.archive_uuid} media ok: {result.frame_count} frames, "
+                f"{result.archive_size} bytes, digest blake3:{result.digest}",
+                "encrypted and no key given: the checksums of the sealed bytes, the table "
+                "copies, the frame index and the digest were checked, the contents were not "
+                "authenticated; give --identity, --passphrase-file or --key-file to check them",
+            ],
+        )
+        return EXIT_OK
     for uuid, _ in result.chain or ((result.archive_uuid, args.archive),):
         record_after_verify(uuid, True, args.catalog)
     lines = [
         f"archive {result.archive_uuid} ok: {result.frame_count} frames, "
         f"{result.archive_size} bytes, digest blake3:{result.digest}"
     ]
+    if result.encrypted:
+        lines.append("encrypted: every record authenticated with the key given")
     if result.chain:
         lines.append(
             f"chain ok: {len(result.chain)} archives, every link and state checked: "

@@ -62,8 +62,10 @@ class RecordKind(enum.IntEnum):
     PHYSICAL_MAP = 3
     DESCRIPTION = 4
     HASH_TABLE = 5
-    FRAME_INDEX = 6
-    TRAILER = 7
+    FRAME_INDEX = 6  # reserved: the frame index stays public (docs/format.md section 10.5)
+    TRAILER = 7  # reserved: the trailer stays public
+    CHAIN_KEY = 8  # the chain hash key in the KEYS record
+    ZERO_TABLE = 9
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,5 @@
 """Block hash table (format 1.2, HASHED): one 16-byte BLAKE3 per hash block of the volume state an
-archive leaves, and the state digest over it.
+archive leaves, and the state digest over it; keyed with the chain hash key when ENCRYPTED.
 
 Entries exist only for hash blocks whose bytes are not all zero, sorted by index. The table is
 what incrementals compare against, what ``verify --chain`` follows, and what ``restore --apply``
@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import blake3
 import numpy as np
@@ -27,15 +27,23 @@ _STATE_LABEL = b"volpack state v1"
 _ZERO = memoryview(bytes(1 << 20))
 
 
-def block_hash(data: bytes | bytearray | memoryview) -> bytes:
-    """The hash of one hash block's bytes (the last block of a volume may be shorter)."""
-    return blake3.blake3(data, max_threads=1).digest(HASH_SIZE)
+def _hasher(key: bytes | None) -> blake3.blake3:
+    # Keyed (ENCRYPTED, docs/format.md section 10.7) so hashes confirm no guessed contents.
+    return blake3.blake3(max_threads=1) if key is None else blake3.blake3(key=key, max_threads=1)
+
+
+def block_hash(data: bytes | bytearray | memoryview, key: bytes | None = None) -> bytes:
+    """The hash of one hash block's bytes (the last block of a volume may be shorter), keyed with
+    the chain hash key ``key`` in an encrypted chain."""
+    h = _hasher(key)
+    h.update(data)
+    return h.digest(HASH_SIZE)
 
 
 @functools.cache
-def zero_hash(length: int) -> bytes:
+def zero_hash(length: int, key: bytes | None = None) -> bytes:
     """The hash of ``length`` zero bytes: a hash block with this hash has no entry."""
-    h = blake3.blake3(max_threads=1)
+    h = _hasher(key)
     _feed_zeros(h, length)
     return h.digest(HASH_SIZE)
 
@@ -54,6 +62,7 @@ class HashTable:
     hash_block_size: int
     volume_size: int
     entries: np.ndarray  # ENTRY_DTYPE, sorted by index, no zero-block entries
+    key: bytes | None = field(default=None, repr=False)  # the chain hash key (ENCRYPTED)
 
     @property
     def hash_blocks(self) -> int:
@@ -67,16 +76,18 @@ class HashTable:
 
     def state_digest(self) -> bytes:
         """BLAKE3 over the label, volume size, hash block size and the entries (section 5.1)."""
-        h = blake3.blake3(max_threads=1)
+        h = _hasher(self.key)
         h.update(_STATE.pack(_STATE_LABEL, self.volume_size, self.hash_block_size))
         h.update(self.entries.tobytes())
         return h.digest()
 
     @staticmethod
-    def decode(data: bytes, hash_block_size: int, volume_size: int, where: str) -> HashTable:
+    def decode(
+        data: bytes, hash_block_size: int, volume_size: int, where: str, key: bytes | None = None
+    ) -> HashTable:
         n = len(data) // ENTRY_DTYPE.itemsize
         entries = np.frombuffer(data, ENTRY_DTYPE, count=n)
-        table = HashTable(hash_block_size, volume_size, entries)
+        table = HashTable(hash_block_size, volume_size, entries, key)
         idx = entries["index"]
         if n and (bool((idx[1:] <= idx[:-1]).any()) or int(idx[-1]) >= table.hash_blocks):
             raise CorruptArchive(
@@ -87,19 +98,22 @@ class HashTable:
 
     @staticmethod
     def from_pairs(
-        hash_block_size: int, volume_size: int, pairs: Iterable[tuple[int, bytes]]
+        hash_block_size: int,
+        volume_size: int,
+        pairs: Iterable[tuple[int, bytes]],
+        key: bytes | None = None,
     ) -> HashTable:
         """Entries from (index, hash) in increasing index order; zero-block hashes dropped."""
         items = [
             (i, h)
             for i, h in pairs
-            if h != zero_hash(min(hash_block_size, volume_size - i * hash_block_size))
+            if h != zero_hash(min(hash_block_size, volume_size - i * hash_block_size), key)
         ]
         entries = np.empty(len(items), ENTRY_DTYPE)
         if items:
             entries["index"] = [i for i, _ in items]
             entries["hash"] = [h for _, h in items]
-        return HashTable(hash_block_size, volume_size, entries)
+        return HashTable(hash_block_size, volume_size, entries, key)
 
     def hashes(self, indices: np.ndarray) -> list[bytes]:
         """The hash of each hash block in ``indices`` (zero-block hashes where no entry)."""
@@ -110,7 +124,7 @@ class HashTable:
             if p < len(idx) and int(idx[p]) == i:
                 out.append(bytes(self.entries["hash"][p]))
             else:
-                out.append(zero_hash(self.block_length(i)))
+                out.append(zero_hash(self.block_length(i), self.key))
         return out
 
     def nonzero(self) -> Extents:
@@ -125,7 +139,7 @@ class HashTable:
         for s, e in blocks:
             lo, hi = np.searchsorted(idx, [s, e])
             keep[lo:hi] = True
-        return HashTable(self.hash_block_size, self.volume_size, self.entries[keep])
+        return HashTable(self.hash_block_size, self.volume_size, self.entries[keep], self.key)
 
     def apply(self, covered: Extents, changed: HashTable) -> HashTable:
         """The table after an incremental: ``changed``'s entries inside ``covered`` (hash block
@@ -134,12 +148,13 @@ class HashTable:
         new = changed.select(covered)
         entries = np.concatenate([kept.entries, new.entries])
         entries = entries[np.argsort(entries["index"], kind="stable")]
-        return HashTable(changed.hash_block_size, changed.volume_size, entries)
+        return HashTable(changed.hash_block_size, changed.volume_size, entries, changed.key)
 
     def equals(self, other: HashTable) -> bool:
         return (
             self.hash_block_size == other.hash_block_size
             and self.volume_size == other.volume_size
+            and self.key == other.key
             and self.entries.tobytes() == other.entries.tobytes()
         )
 
@@ -165,8 +180,15 @@ class HashBuilder:
     used byte get no entry. Runs on one thread (BLAKE3 releases the GIL on large inputs).
     """
 
-    def __init__(self, table: AddressTable, volume_size: int, hash_block_size: int) -> None:
+    def __init__(
+        self,
+        table: AddressTable,
+        volume_size: int,
+        hash_block_size: int,
+        key: bytes | None = None,
+    ) -> None:
         self.table = table
+        self.key = key
         self.volume_size = volume_size
         self.hbs = hash_block_size
         self._index = -1
@@ -184,7 +206,7 @@ class HashBuilder:
                 if index != self._index:
                     self._close()
                     self._index, self._pos = index, index * self.hbs
-                    self._hasher = blake3.blake3(max_threads=1)
+                    self._hasher = _hasher(self.key)
                 assert self._hasher is not None
                 _feed_zeros(self._hasher, v - self._pos)
                 take = min(n, (index + 1) * self.hbs - v)
@@ -203,4 +225,4 @@ class HashBuilder:
     def result(self) -> HashTable:
         """The table of everything fed (call once, after the last frame)."""
         self._close()
-        return HashTable.from_pairs(self.hbs, self.volume_size, self._pairs)
+        return HashTable.from_pairs(self.hbs, self.volume_size, self._pairs, self.key)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import blake3
 import numpy as np
@@ -19,10 +19,19 @@ from volpack.errors import CorruptArchive, IncompleteArchive, MediumError, Usage
 from volpack.extents import Extents
 from volpack.format import records as R
 from volpack.format.description import ArchiveDescription
-from volpack.format.reader import check_hash_table, decode_frame_payload, parse_head_records
+from volpack.format.reader import (
+    check_hash_table,
+    decode_frame_payload,
+    no_key,
+    open_frame,
+    parse_head_records,
+)
 from volpack.media import open_reader
 from volpack.media.base import MediumReader
 from volpack.physmap import PhysicalMap
+
+if TYPE_CHECKING:
+    from volpack.format.keyring import Keyring
 
 _FIRST_READ = 8 << 10  # holds the head (header and tables) of most archives in one ranged read
 DEFAULT_CACHE = 64 << 20  # decoded frames kept per archive (16 frames of the default 4 MiB)
@@ -38,7 +47,16 @@ def _zeros(views: list[memoryview], n: int) -> None:
 class Archive:
     """An archive opened for random access (see module docstring)."""
 
-    def __init__(self, medium: MediumReader, *, cache_bytes: int = DEFAULT_CACHE) -> None:
+    def __init__(
+        self,
+        medium: MediumReader,
+        *,
+        cache_bytes: int = DEFAULT_CACHE,
+        keyring: Keyring | None = None,
+        public: bool = False,
+    ) -> None:
+        """``keyring`` opens an encrypted archive; without one, ``public`` opens it with only
+        the checks that need no key (tables and hash table then empty, frames unreadable)."""
         self.medium = medium
         self.url = medium.url
         size = medium.size
@@ -49,7 +67,7 @@ class Archive:
             )
         self.archive_size = size
         if size < R.HEADER_SIZE + R.FOOTER_SIZE:
-            head = medium.read_at(0, min(size, 8))
+            head = medium.read_at(0, min(size, R.HEADER_SIZE))
             R.Header.decode(head + bytes(R.HEADER_SIZE - len(head)), f"{self.url} at offset 0")
             raise IncompleteArchive(
                 f"{self.url}: incomplete archive: {size} bytes, shorter than "
@@ -82,7 +100,7 @@ class Archive:
         header = R.Header.decode(
             payload[R.TRAILER_FIXED.size : R.TRAILER_FIXED.size + R.HEADER_SIZE], where
         )
-        t = R.split_trailer(payload, where, header.bound, header.hashed)
+        t = R.split_trailer(payload, where, header.bound, header.hashed, header.encrypted)
         if header.uuid != footer.uuid or head_header.uuid != header.uuid:
             raise CorruptArchive(
                 f"{where}: header uuid {header.uuid} differs from footer "
@@ -102,7 +120,16 @@ class Archive:
                     f"{head_hash.hex()}, its head hash is {t.head_hash.hex()}; the archive is "
                     "damaged"
                 )
-        tables = parse_head_records(t.head_records, header, where)
+        tables = parse_head_records(
+            t.head_records,
+            header,
+            where,
+            header_bytes=t.header_bytes,
+            keyring=keyring,
+            public=public,
+        )
+        self.unsealer = tables.unsealer
+        self.sealed = tables.sealed  # read without a key: only public fields are known
         desc, pmap, table = tables.desc, tables.pmap, tables.table
         if tables.length != len(t.head_records):
             raise CorruptArchive(
@@ -110,7 +137,11 @@ class Archive:
             )
         # HASHED: the state this archive leaves, checked against its state digest here; whether
         # the frames hash so is verify's job (it reads every frame).
-        self.hash_table = check_hash_table(t, header, where) if header.hashed else None
+        self.hash_table = (
+            check_hash_table(t, header, where, tables.unsealer)
+            if header.hashed and not tables.sealed
+            else None
+        )
         self.zeros: Extents = tables.zeros
         self.covered: Extents = tables.covered
         if t.frame_count != header.frame_count or t.dense_size != header.dense_size:
@@ -257,6 +288,17 @@ class Archive:
             )
         # A view, not a copy: for raw frames it points into the bytes just read.
         seed = R.frame_seed(self._seed_uuid, seq, fh.dense_offset)
+        if self.header.encrypted:
+            if self.unsealer is None:
+                raise no_key(self.url)
+            return open_frame(
+                self.unsealer,
+                zstandard.ZstdDecompressor(),
+                fh,
+                memoryview(data)[R.FRAME_HEADER_SIZE :],
+                where,
+                seed,
+            )
         return decode_frame_payload(
             zstandard.ZstdDecompressor(), fh, memoryview(data)[R.FRAME_HEADER_SIZE :], where, seed
         )
@@ -265,6 +307,8 @@ class Archive:
         """Volume bytes ``[offset, offset+length)`` as consecutive views, without copying: slices
         of cached frames for used ranges, slices of a shared zero buffer for unused ones. The
         views keep their frames alive, so a reply can be sent after the cache moved on."""
+        if self.sealed:  # opened without a key: its tables are not known
+            raise no_key(self.url)
         if offset < 0 or length < 0 or offset + length > self.size:
             raise UsageError(
                 f"{self.url}: read of {length} bytes at {offset} is outside the volume of "
@@ -299,11 +343,18 @@ class Archive:
         self.close()
 
 
-def open_archive(url: str, *, cache_bytes: int = DEFAULT_CACHE) -> Archive:
-    """Open the archive at ``url`` for random access (footer → trailer → tables → index)."""
+def open_archive(
+    url: str,
+    *,
+    cache_bytes: int = DEFAULT_CACHE,
+    keyring: Keyring | None = None,
+    public: bool = False,
+) -> Archive:
+    """Open the archive at ``url`` for random access (footer → trailer → tables → index); an
+    encrypted one with ``keyring`` (or, ``public``, with only the checks that need no key)."""
     medium = open_reader(url, random_access=True)
     try:
-        return Archive(medium, cache_bytes=cache_bytes)
+        return Archive(medium, cache_bytes=cache_bytes, keyring=keyring, public=public)
     except BaseException:
         medium.close()
         raise

@@ -13,13 +13,13 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import blake3
 import numpy as np
 
 from volpack.compact.table import AddressTable
-from volpack.errors import CorruptArchive, IncompleteArchive
+from volpack.errors import CorruptArchive, IncompleteArchive, TamperedArchive, UsageError
 from volpack.extents import Extents
 from volpack.format import records as R
 from volpack.format.description import ArchiveDescription
@@ -27,6 +27,10 @@ from volpack.format.hashtable import HashBuilder, HashTable
 from volpack.format.pmap import decode_pmap
 from volpack.media.base import MediumReader
 from volpack.physmap import PhysicalMap
+
+if TYPE_CHECKING:
+    from volpack.format.keyring import Keyring
+    from volpack.format.sealing import Unsealer
 
 _CHUNK = 8 << 20
 
@@ -43,12 +47,34 @@ class Head:
     # a full archive covers every hash block and its zeros are the blocks outside its table.
     zeros: Extents
     covered: Extents
+    # ENCRYPTED: the opened archive, or None when read without keys (``sealed`` then says the
+    # tables above are empty stand-ins: only the public checks ran)
+    unsealer: Unsealer | None = None
+    sealed: bool = False
 
 
 def head_tags(header: R.Header) -> tuple[tuple[bytes, int], ...]:
     """The head's records in order, with their payload limits."""
-    tags = ((R.TAG_DESC, R.MAX_DESC), (R.TAG_PMAP, R.MAX_TABLE), (R.TAG_ATAB, R.MAX_TABLE))
-    return tags + (((R.TAG_ZTAB, R.MAX_TABLE),) if header.incremental else ())
+    tag = header.seal_overhead
+    tags: tuple[tuple[bytes, int], ...] = (
+        (R.TAG_DESC, R.MAX_DESC + tag),
+        (R.TAG_PMAP, R.MAX_TABLE + tag),
+        (R.TAG_ATAB, R.MAX_TABLE + tag),
+    )
+    if header.incremental:
+        tags += ((R.TAG_ZTAB, R.MAX_TABLE + tag),)
+    if header.encrypted:
+        from volpack.format.sealing import MAX_KEYS
+
+        tags = ((R.TAG_KEYS, MAX_KEYS), *tags)
+    return tags
+
+
+def no_key(subject: str) -> UsageError:
+    return UsageError(
+        f"{subject}: the archive is encrypted and no key was given; add --identity FILE, "
+        "--passphrase-file FILE, --key-file FILE or set VOLPACK_PASSPHRASE"
+    )
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -59,11 +85,23 @@ class HeadTables:
     zeros: Extents
     covered: Extents
     length: int
+    unsealer: Unsealer | None = None
+    sealed: bool = False
 
 
-def parse_head_records(data: bytes, header: R.Header, where: str) -> HeadTables:
+def parse_head_records(
+    data: bytes,
+    header: R.Header,
+    where: str,
+    *,
+    header_bytes: bytes = b"",
+    keyring: Keyring | None = None,
+    public: bool = False,
+) -> HeadTables:
     """Decode DESC (the JSON object as recorded), PMAP, ATAB and (INCREMENTAL) ZTAB from ``data``
-    (records back to back); returns them and the length used."""
+    (records back to back); returns them and the length used. ENCRYPTED: KEYS first, then with
+    ``keyring`` the header MAC (over ``header_bytes`` and KEYS) and each record opened; with
+    ``public`` and no keyring only the public checks run and the tables are empty stand-ins."""
     pos = 0
     out: list[bytes] = []
     for tag, limit in head_tags(header):
@@ -77,6 +115,35 @@ def parse_head_records(data: bytes, header: R.Header, where: str) -> HeadTables:
         R.check_payload(payload, psum, where, tag)
         out.append(payload)
         pos += length
+    unsealer = None
+    if not header.encrypted and keyring is not None and keyring.expect_sealed:
+        raise TamperedArchive(
+            f"{where}: the archive is not encrypted, but keys were given to open it: it may "
+            "have been replaced by an unsealed copy; leave out the key options to read it as it is"
+        )
+    if header.encrypted:
+        from volpack.format import sealing
+
+        keys = sealing.check_keys_only(out.pop(0), where)
+        if keyring is None:
+            if not public:
+                raise no_key(where)
+            empty = AddressTable.from_arrays(
+                header.block_size, np.zeros(0, np.int64), np.zeros(0, np.int64)
+            )
+            return HeadTables(
+                {},
+                PhysicalMap.build((), []),
+                empty,
+                Extents.empty(),
+                Extents.empty(),
+                pos,
+                None,
+                True,
+            )
+        unsealer = sealing.Unsealer.open(header, header_bytes, keys, keyring, where)
+        tags = [t for t, _ in head_tags(header)][1:]
+        out = [unsealer.open_record(t, p) for t, p in zip(tags, out, strict=True)]
     desc = R.decode_desc(out[0], where)
     pmap = decode_pmap(out[1], header, where)
     table = table_from_atab(R.decode_atab(out[2], header, where), header)
@@ -86,7 +153,7 @@ def parse_head_records(data: bytes, header: R.Header, where: str) -> HeadTables:
     else:
         zeros = table.used().complement(0, header.volume_blocks)
         covered = Extents.span(0, header.hash_blocks)
-    return HeadTables(desc, pmap, table, zeros, covered, pos)
+    return HeadTables(desc, pmap, table, zeros, covered, pos, unsealer)
 
 
 def table_from_atab(runs: np.ndarray, header: R.Header) -> AddressTable:
@@ -97,12 +164,22 @@ def table_from_atab(runs: np.ndarray, header: R.Header) -> AddressTable:
 
 class ArchiveStream:
     def __init__(
-        self, medium: MediumReader, name: str | None = None, *, check_hashes: bool = False
+        self,
+        medium: MediumReader,
+        name: str | None = None,
+        *,
+        check_hashes: bool = False,
+        keyring: Keyring | None = None,
+        public: bool = False,
     ) -> None:
         """``check_hashes``: hash the frames read and check the trailer's block hash table
-        against them (verify does; a restore relies on the frame checksums and digest)."""
+        against them (verify does; a restore relies on the frame checksums and digest).
+        ``keyring`` opens an encrypted archive; without one, ``public`` reads it checking only
+        what needs no key (frames then yield their sealed bytes), else it is refused."""
         self.medium = medium
         self.check_hashes = check_hashes
+        self.keyring = keyring
+        self.public = public
         self._hashes: HashBuilder | None = None
         self.hash_table: HashTable | None = None
         self.name = name or medium.url
@@ -197,7 +274,14 @@ class ArchiveStream:
         header = R.Header.decode(header_bytes, self._where(0))
         records = [self._read_record(tag, limit) for tag, limit in head_tags(header)]
         head_records = b"".join(h + p for h, p in records)
-        t = parse_head_records(head_records, header, self.name)
+        t = parse_head_records(
+            head_records,
+            header,
+            self.name,
+            header_bytes=header_bytes,
+            keyring=self.keyring,
+            public=self.public,
+        )
         self.head = Head(
             header=header,
             header_bytes=header_bytes,
@@ -207,9 +291,12 @@ class ArchiveStream:
             head_records=head_records,
             zeros=t.zeros,
             covered=t.covered,
+            unsealer=t.unsealer,
+            sealed=t.sealed,
         )
-        if self.check_hashes and header.hashed:
-            self._hashes = HashBuilder(t.table, header.volume_size, header.hash_block_size)
+        if self.check_hashes and header.hashed and not t.sealed:
+            key = t.unsealer.chain_key if t.unsealer is not None else None
+            self._hashes = HashBuilder(t.table, header.volume_size, header.hash_block_size, key)
         return self.head
 
     def frames(self, threads: int = 2) -> Iterator[tuple[int, memoryview]]:
@@ -227,12 +314,15 @@ class ArchiveStream:
 
         local = threading.local()
         seed_uuid = h.seed_uuid
+        unsealer = self.head.unsealer  # None only in a public read (read_head refused others)
 
         def decode(fh: R.FrameHeader, stored: bytearray, where: str) -> tuple[int, memoryview]:
             dec = getattr(local, "dec", None)
             if dec is None:
                 dec = local.dec = zstandard.ZstdDecompressor()
             seed = R.frame_seed(seed_uuid, fh.seq, fh.dense_offset)
+            if h.encrypted:
+                return fh.dense_offset, open_frame(unsealer, dec, fh, stored, where, seed)
             return fh.dense_offset, decode_frame_payload(dec, fh, stored, where, seed)
 
         pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="vp-decode")
@@ -289,10 +379,8 @@ class ArchiveStream:
         if h.bound:  # the digest also covers the trailer up to the digest itself
             self._digest.update(memoryview(payload)[: len(payload) - R.DIGEST_SIZE])
         digest = self._digest.digest()
-        t = R.split_trailer(payload, where, h.bound, h.hashed)
-        expect = R.trailer_payload_length(
-            h, len(self.head.head_records), len(t.hash_entries) // R.HASH_ENTRY_SIZE
-        )
+        t = R.split_trailer(payload, where, h.bound, h.hashed, h.encrypted)
+        expect = R.trailer_payload_length(h, len(self.head.head_records), t.hash_count)
         checks = [
             (t.frame_count, h.frame_count, "frame count"),
             (t.dense_size, h.dense_size, "dense size"),
@@ -317,8 +405,8 @@ class ArchiveStream:
         check_index_matches(
             t.index, self._frame_offsets, self._frame_stored, self._frame_codecs, where
         )
-        if h.hashed:
-            self.hash_table = check_hash_table(t, h, where)
+        if h.hashed and not self.head.sealed:
+            self.hash_table = check_hash_table(t, h, where, self.head.unsealer)
             if self._hashes is not None:
                 check_own_hashes(self.hash_table, self._hashes.result(), self.head.covered, where)
         # The digest last: the checks above name the part that differs, it catches the rest.
@@ -348,9 +436,17 @@ class ArchiveStream:
         return t
 
 
-def check_hash_table(t: R.Trailer, h: R.Header, where: str) -> HashTable:
-    """Decode the trailer's block hash table and check its state digest."""
-    table = HashTable.decode(t.hash_entries, h.hash_block_size, h.volume_size, where)
+def check_hash_table(
+    t: R.Trailer, h: R.Header, where: str, unsealer: Unsealer | None = None
+) -> HashTable:
+    """Decode the trailer's block hash table (opened with ``unsealer`` when ENCRYPTED) and check
+    its state digest (keyed with the chain hash key when ENCRYPTED)."""
+    entries, key = t.hash_entries, None
+    if h.encrypted:
+        if unsealer is None:
+            raise no_key(where)
+        entries, key = unsealer.open_hash_table(t), unsealer.chain_key
+    table = HashTable.decode(entries, h.hash_block_size, h.volume_size, where, key)
     actual = table.state_digest()
     if actual != t.state_digest:
         raise CorruptArchive(
@@ -386,6 +482,45 @@ def check_index_matches(
                 f"{where}: the trailer's frame index gives frame {seq} {name} {recorded[seq]}, "
                 f"the frame read has {actual[seq]}; the archive is damaged"
             )
+
+
+def open_frame(
+    unsealer: Unsealer | None,
+    dec: Any,
+    fh: R.FrameHeader,
+    stored: bytes | bytearray | memoryview,
+    where: str,
+    seed: int,
+) -> memoryview:
+    """An ENCRYPTED frame: its checksum over the sealed bytes (damage, no key needed), then with
+    ``unsealer`` its tag at its own position and its raw bytes; without (a public read) the
+    sealed bytes as they are."""
+    actual = R.checksum(stored, seed)
+    if actual != fh.raw_checksum:
+        raise CorruptArchive(
+            f"{where}: frame {fh.seq} checksum of its sealed bytes {actual:#018x}, recorded "
+            f"{fh.raw_checksum:#018x}; the archive is damaged (or the frame was moved from "
+            "another position or archive)"
+        )
+    if unsealer is None:
+        return memoryview(stored)
+    plain = unsealer.open_frame(fh.seq, fh, stored)
+    if fh.codec == R.CODEC_ZSTD:
+        import zstandard
+
+        try:
+            raw: bytes = dec.decompress(plain, max_output_size=fh.raw_length)
+        except zstandard.ZstdError as exc:
+            raise CorruptArchive(
+                f"{where}: frame {fh.seq} does not decompress ({exc}); the archive is damaged"
+            ) from None
+    else:
+        raw = plain
+    if len(raw) != fh.raw_length:
+        raise CorruptArchive(
+            f"{where}: frame {fh.seq} holds {len(raw)} bytes, expected {fh.raw_length}"
+        )
+    return memoryview(raw)
 
 
 def decode_frame_payload(

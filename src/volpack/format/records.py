@@ -1,5 +1,5 @@
-"""Byte layouts of archive format 1.2 (docs/format.md) and the 1.0 / 1.1 rules it still reads:
-header, records, tables, frames, trailer, footer. Pure encode/decode with every bound checked; no I/O, no
+"""Byte layouts of archive format 1.3 (docs/format.md) and the 1.0 / 1.1 / 1.2 rules it still reads:
+header, records, tables, frames, trailer, footer; sealed records are format.sealing's. Pure encode/decode with every bound checked; no I/O, no
 knowledge of sources or media.
 """
 
@@ -18,6 +18,7 @@ from volpack.errors import CorruptArchive, IncompleteArchive, NotAnArchive, Unsu
 from volpack.extents import Extents
 
 MAJOR, MINOR = 1, 2
+MINOR_ENCRYPTED = 3  # only sealed archives carry 1.3; others stay 1.2 byte for byte
 MAGIC = b"\x89VPK\r\n\x1a\n"
 END_MAGIC = b"\x89VPKEND\n"
 
@@ -31,7 +32,7 @@ FEATURE_INCREMENTAL = 1 << 1
 FEATURE_BOUND = 1 << 2  # 1.1: frame checksums bound to archive and position; head hash, digest
 FEATURE_HASHED = 1 << 3  # 1.2: chain fields in the header, block hash table in the trailer
 # bits this version implements
-KNOWN_INCOMPAT = FEATURE_BOUND | FEATURE_HASHED | FEATURE_INCREMENTAL
+KNOWN_INCOMPAT = FEATURE_BOUND | FEATURE_HASHED | FEATURE_INCREMENTAL | FEATURE_ENCRYPTED
 INCOMPAT_NAMES = {
     FEATURE_ENCRYPTED: "ENCRYPTED",
     FEATURE_INCREMENTAL: "INCREMENTAL",
@@ -77,6 +78,8 @@ FOOTER_SIZE = FOOTER.size + 8  # 64
 
 TAG_DESC, TAG_PMAP, TAG_ATAB, TAG_TRLR, TAG_FRAME = b"DESC", b"PMAP", b"ATAB", b"TRLR", b"FRAM"
 TAG_ZTAB = b"ZTAB"
+TAG_KEYS = b"KEYS"
+SEAL_TAG = 16  # bytes an AEAD adds to a sealed payload (ENCRYPTED)
 ZTAB_DTYPE = np.dtype([("volume_block", "<u8"), ("count", "<u8")])
 _NIL_UUID = bytes(16)
 
@@ -171,6 +174,16 @@ class Header:
     @property
     def incremental(self) -> bool:
         return bool(self.incompat_features & FEATURE_INCREMENTAL)
+
+    @property
+    def encrypted(self) -> bool:
+        """Format 1.3 ENCRYPTED: tables, frames and hash table sealed (docs/format.md 10)."""
+        return bool(self.incompat_features & FEATURE_ENCRYPTED)
+
+    @property
+    def seal_overhead(self) -> int:
+        """Bytes sealing adds to a payload (0 unless ENCRYPTED)."""
+        return SEAL_TAG if self.encrypted else 0
 
     @property
     def hash_blocks(self) -> int:
@@ -277,6 +290,11 @@ class Header:
             not incompat & FEATURE_INCREMENTAL or hashed,
             where,
             "INCREMENTAL feature bit without HASHED",
+        )
+        _check(
+            not incompat & FEATURE_ENCRYPTED or (hashed and bool(incompat & FEATURE_BOUND)),
+            where,
+            "ENCRYPTED feature bit without BOUND and HASHED",
         )
         if csum != CHECKSUM_XXH3 or dig != DIGEST_BLAKE3:
             raise _unsupported(where, f"checksum algorithm {csum} / digest algorithm {dig}")
@@ -568,6 +586,15 @@ def encode_frame_header(
     return body + checksum(body).to_bytes(8, "little")
 
 
+FRAME_PUBLIC = 32  # frame header bytes a sealed frame binds as public fields (docs/format.md 10.5)
+
+
+def frame_public(codec: int, seq: int, dense_offset: int, raw_len: int, stored_len: int) -> bytes:
+    """Frame header bytes 0 … 31 (up to the checksum), the public fields of a sealed frame."""
+    packed = FRAME.pack(TAG_FRAME, codec, 0, 0, seq, dense_offset, raw_len, stored_len, 0)
+    return packed[:FRAME_PUBLIC]
+
+
 @dataclass(frozen=True, slots=True)
 class FrameHeader:
     codec: int
@@ -599,8 +626,11 @@ def decode_frame_header(
     )
     expect = header.frame_length(seq)
     _check(raw == expect, where, f"frame {seq}: raw length {raw}, expected {expect}")
+    tag = header.seal_overhead  # a sealed frame stores its plaintext and the AEAD tag
     _check(
-        stored <= raw and (codec != CODEC_NONE or stored == raw),
+        tag < stored <= raw + tag and (codec != CODEC_NONE or stored == raw + tag)
+        if tag
+        else stored <= raw and (codec != CODEC_NONE or stored == raw),
         where,
         f"frame {seq}: stored length {stored} with codec {codec} for {raw} raw bytes",
     )
@@ -624,6 +654,11 @@ class Trailer:
     head_hash: bytes = b""  # BOUND: blake3 of header + head records; empty for 1.0
     hash_entries: bytes = b""  # HASHED: the block hash table's entries (24 bytes each)
     state_digest: bytes = b""  # HASHED: blake3 over the state the hash table describes
+    entries_sealed: bool = False  # ENCRYPTED: hash_entries are sealed (16 bytes longer)
+
+    @property
+    def hash_count(self) -> int:
+        return (len(self.hash_entries) - (SEAL_TAG if self.entries_sealed else 0)) // 24
 
 
 HASH_ENTRY_SIZE = 24  # u64 hash block index + 16-byte hash
@@ -637,7 +672,7 @@ def trailer_payload_length(
     hashed = 0
     if header.hashed:
         n = header.hash_blocks if hash_entries is None else hash_entries
-        hashed = n * HASH_ENTRY_SIZE + 8 + DIGEST_SIZE
+        hashed = n * HASH_ENTRY_SIZE + header.seal_overhead + 8 + DIGEST_SIZE
     return (
         TRAILER_FIXED.size
         + HEADER_SIZE
@@ -655,15 +690,17 @@ def trailer_body(t: Trailer) -> bytes:
     )
     body = fixed + t.header_bytes + t.head_records + t.index.tobytes()
     if t.state_digest:
-        count = len(t.hash_entries) // HASH_ENTRY_SIZE
-        body += t.hash_entries + count.to_bytes(8, "little") + t.state_digest
+        body += t.hash_entries + t.hash_count.to_bytes(8, "little") + t.state_digest
     return body
 
 
-def split_trailer(payload: bytes, where: str, bound: bool, hashed: bool = False) -> Trailer:
-    """Parse the trailer payload (1.2 layout when ``hashed``, 1.1 when ``bound``, else 1.0); the
-    head records are split and checked by the caller, the digest compared by whoever computed it,
-    the hash table decoded by format.hashtable."""
+def split_trailer(
+    payload: bytes, where: str, bound: bool, hashed: bool = False, sealed: bool = False
+) -> Trailer:
+    """Parse the trailer payload (1.2 layout when ``hashed``, 1.1 when ``bound``, else 1.0; with
+    ``sealed`` the hash entries are sealed, ENCRYPTED); the head records are split and checked by
+    the caller, the digest compared by whoever computed it, the hash table decoded by
+    format.hashtable."""
     tail = DIGEST_SIZE if bound else 0
     _check(len(payload) >= TRAILER_FIXED.size + HEADER_SIZE + tail, where, "trailer too short")
     frames, dense, stored, toff, first_hash = TRAILER_FIXED.unpack_from(payload)
@@ -677,13 +714,14 @@ def split_trailer(payload: bytes, where: str, bound: bool, hashed: bool = False)
         state_digest = bytes(payload[end - DIGEST_SIZE : end])
         end -= DIGEST_SIZE + 8
         count = int.from_bytes(payload[end : end + 8], "little")
+        tag = SEAL_TAG if sealed else 0
         _check(
-            count <= (end - rest) // HASH_ENTRY_SIZE,
+            count <= (end - rest - tag) // HASH_ENTRY_SIZE,
             where,
             f"trailer names {count} hash table entries but has no room for them",
         )
-        hash_entries = bytes(payload[end - count * HASH_ENTRY_SIZE : end])
-        end -= count * HASH_ENTRY_SIZE
+        hash_entries = bytes(payload[end - count * HASH_ENTRY_SIZE - tag : end])
+        end -= count * HASH_ENTRY_SIZE + tag
     _check(
         index_len <= end - rest,
         where,
@@ -708,6 +746,7 @@ def split_trailer(payload: bytes, where: str, bound: bool, hashed: bool = False)
         head_hash=head_hash,
         hash_entries=hash_entries,
         state_digest=state_digest,
+        entries_sealed=sealed,
     )
 
 

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import blake3
 import numpy as np
@@ -20,6 +21,9 @@ import numpy as np
 from volpack.format import records as R
 from volpack.format.hashtable import HashBuilder, HashTable
 from volpack.media.base import MediumWriter
+
+if TYPE_CHECKING:
+    from volpack.format.sealing import Sealing
 
 # produce(seq, view): fill ``view`` (exactly the frame's raw length) with dense bytes. Called
 # from several threads at once, for different frames.
@@ -53,23 +57,29 @@ class _Encoder:
         view = memoryview(buf)
         raw = view[_HDR : _HDR + raw_len]
         raw_sum = R.checksum(raw, R.frame_seed(self.seed_uuid, seq, seq * frame_size))
-        if self.codec == R.CODEC_ZSTD:
-            comp = getattr(self._local, "c", None)
-            if comp is None:
-                import zstandard
-
-                comp = self._local.c = zstandard.ZstdCompressor(level=self.level)
-            packed = comp.compress(raw)
-            if len(packed) < raw_len:
-                head = R.encode_frame_header(
-                    R.CODEC_ZSTD, seq, seq * frame_size, raw_len, len(packed), raw_sum
-                )
-                view[:_HDR] = head
-                return view[:_HDR], memoryview(packed)
+        packed = self.compress(raw)
+        if packed is not None:
+            head = R.encode_frame_header(
+                R.CODEC_ZSTD, seq, seq * frame_size, raw_len, len(packed), raw_sum
+            )
+            view[:_HDR] = head
+            return view[:_HDR], memoryview(packed)
         view[:_HDR] = R.encode_frame_header(
             R.CODEC_NONE, seq, seq * frame_size, raw_len, raw_len, raw_sum
         )
         return view[: _HDR + raw_len], None
+
+    def compress(self, raw: memoryview) -> bytes | None:
+        """zstd of ``raw`` when the codec is zstd and it shrinks, else None (stored raw)."""
+        if self.codec != R.CODEC_ZSTD:
+            return None
+        comp = getattr(self._local, "c", None)
+        if comp is None:
+            import zstandard
+
+            comp = self._local.c = zstandard.ZstdCompressor(level=self.level)
+        packed: bytes = comp.compress(raw)
+        return packed if len(packed) < len(raw) else None
 
 
 class ArchiveWriter:
@@ -82,10 +92,18 @@ class ArchiveWriter:
         *,
         hashes: HashBuilder,
         state: Callable[[HashTable], HashTable] | None = None,
+        sealing: Sealing | None = None,
     ) -> None:
         """``hashes`` is fed every frame in order; ``state`` turns the table of this archive's
-        own data into the table of the state it leaves (an incremental applies it to its base's)."""
-        if not header.bound or not header.hashed or header.minor != R.MINOR:
+        own data into the table of the state it leaves (an incremental applies it to its base's).
+        ``sealing`` seals head records, frames and hash table (an ENCRYPTED ``header``)."""
+        minor = R.MINOR_ENCRYPTED if header.encrypted else R.MINOR
+        if (
+            not header.bound
+            or not header.hashed
+            or header.minor != minor
+            or header.encrypted != (sealing is not None)
+        ):
             # A programming error, not bad input: the writer implements only the newest rules.
             raise ValueError(f"ArchiveWriter writes format {R.MAJOR}.{R.MINOR} only")
         self.hashes = hashes
@@ -93,13 +111,17 @@ class ArchiveWriter:
         self.hash_table: HashTable | None = None
         self.medium = medium
         self.header = header
-        self.head_records = head_records  # DESC + PMAP + ATAB records
+        self.sealing = sealing
         self.threads = max(1, threads)
         self._digest = blake3.blake3(max_threads=1)
         self._offset = 0
         self._stored = 0
         self._index = np.zeros(header.frame_count, R.INDEX_DTYPE)
         self._header_bytes = header.encode()
+        # DESC + PMAP + ATAB (+ ZTAB) records; sealed behind a KEYS record when ENCRYPTED
+        self.head_records = (
+            head_records if sealing is None else sealing.seal_head(self._header_bytes, head_records)
+        )
 
     def _emit(self, data: memoryview | bytes) -> None:
         self._digest.update(data)
@@ -133,13 +155,11 @@ class ArchiveWriter:
                 while (item := pending.get()) is not None:
                     fut, buf, seq = item
                     first, second = fut.result()
+                    codec = R.CODEC_NONE if second is None else R.CODEC_ZSTD
+                    if sealing is not None:  # in frame order, so a nonce is never reused
+                        first, second = self._seal_frame(seq, buf, codec, second)
                     stored = len(first) - _HDR + (len(second) if second is not None else 0)
-                    self._index[seq] = (
-                        self._offset,
-                        stored,
-                        R.CODEC_NONE if second is None else R.CODEC_ZSTD,
-                        b"",
-                    )
+                    self._index[seq] = (self._offset, stored, codec, b"")
                     # The digest runs on its own thread (in order, one worker) while the same
                     # bytes go to the medium; the buffer is reused only after both are done.
                     parts = (first,) if second is None else (first, second)
@@ -162,8 +182,13 @@ class ArchiveWriter:
                 failure.append(exc)
                 free.put(bytearray(0))  # wake the producer if it waits for a buffer
 
+        sealing = self.sealing
+
         def make(seq: int, buf: bytearray, raw_len: int) -> tuple[memoryview, memoryview | None]:
             produce(seq, memoryview(buf)[_HDR : _HDR + raw_len])
+            if sealing is not None:  # compressed here; sealed in order on the writing thread
+                packed = encoder.compress(memoryview(buf)[_HDR : _HDR + raw_len])
+                return memoryview(buf)[:0], None if packed is None else memoryview(packed)
             return encoder.encode(seq, buf, raw_len, h.frame_size)
 
         pool = ThreadPoolExecutor(self.threads, thread_name_prefix="vp-frame")
@@ -187,6 +212,21 @@ class ArchiveWriter:
         if failure:
             raise failure[0]
 
+    def _seal_frame(
+        self, seq: int, buf: bytearray, codec: int, packed: memoryview | None
+    ) -> tuple[memoryview, memoryview]:
+        """The frame header and sealed bytes of frame ``seq`` (``packed``: its zstd bytes, or
+        None to store the raw bytes in ``buf``); the checksum is over the sealed bytes."""
+        assert self.sealing is not None
+        h = self.header
+        raw_len = h.frame_length(seq)
+        plain = memoryview(buf)[_HDR : _HDR + raw_len] if packed is None else packed
+        sealed = self.sealing.seal_frame(seq, codec, raw_len, plain)
+        doff = seq * h.frame_size
+        checksum = R.checksum(sealed, R.frame_seed(h.seed_uuid, seq, doff))
+        head = R.encode_frame_header(codec, seq, doff, raw_len, len(sealed), checksum)
+        return memoryview(head), memoryview(sealed)
+
     def finish(self) -> WriteResult:
         """Write trailer and footer; the caller commits the medium."""
         h = self.header
@@ -196,6 +236,10 @@ class ArchiveWriter:
         if self.state is not None:
             table = self.state(table)
         self.hash_table = table
+        entries = table.encode()
+        if self.sealing is not None:
+            count = len(table.entries)
+            entries = self.sealing.seal_hash_table(entries, count, table.state_digest())
         body = R.trailer_body(
             R.Trailer(
                 frame_count=h.frame_count,
@@ -207,8 +251,9 @@ class ArchiveWriter:
                 head_records=self.head_records,
                 index=self._index,
                 head_hash=head_hash,
-                hash_entries=table.encode(),
+                hash_entries=entries,
                 state_digest=table.state_digest(),
+                entries_sealed=self.sealing is not None,
             )
         )
         # The digest covers everything before it but the TRLR record header, whose payload

@@ -48,7 +48,7 @@ def _check_state(
     recorded = table.hashes(indices)
     for index, expected in zip(indices.tolist(), recorded, strict=True):
         data = tgt.read(index * hbs, table.block_length(index))
-        if block_hash(data) == expected:
+        if block_hash(data, table.key) == expected:
             continue
         if before:
             raise TargetError(
@@ -95,7 +95,8 @@ def apply(
     expect_uuid: str | None = None,
 ) -> RestoreResult:
     """Apply the incremental at ``archive_url`` onto ``target`` (a file or block device holding
-    its base's state), in place. ``force`` is required: the target is changed where it stands."""
+    its base's state), in place. ``force`` is required: the target is changed where it stands.
+    An encrypted incremental and its base are opened with the keyring of ``places``."""
     from volpack.format.random_access import Archive
     from volpack.format.reader import ArchiveStream
     from volpack.media import open_reader
@@ -121,10 +122,12 @@ def apply(
     medium = open_reader(archive_url)
     opened: dict[str, Archive] = {}
     tgt: InPlaceTarget | None = None
+    keyring = places.keyring if places is not None else None  # an encrypted chain's keys
     try:
         if medium.size is not None:
-            Archive(medium)  # footer and trailer first: refuse incomplete archives up front
-        stream = ArchiveStream(medium)
+            # footer and trailer first: refuse incomplete archives up front
+            Archive(medium, keyring=keyring)
+        stream = ArchiveStream(medium, keyring=keyring)
         head = stream.read_head()
         h = head.header
         check_expected(h, archive_url, expect_uuid)

@@ -48,6 +48,8 @@ from volpack.source import open_source
 from volpack.source.base import Source, SourceInfo
 
 if TYPE_CHECKING:
+    from volpack.crypto import EncryptKeys
+    from volpack.format.keyring import Keyring
     from volpack.format.random_access import Archive
 
 
@@ -83,6 +85,10 @@ class BackupResult:
     changes: dict[str, Any] = field(default_factory=dict)
     base_digest: str = ""  # the base link's digest and state digest (hex), for the catalog
     base_state_digest: str = ""
+    format_version: str = f"{R.MAJOR}.{R.MINOR}"
+    # sealed (format 1.3 ENCRYPTED): the fingerprint of each key slot (public, never a key)
+    encrypted: bool = False
+    key_slots: tuple[str, ...] = ()
 
 
 def backup(
@@ -106,6 +112,8 @@ def backup(
     bitmap: str | None = None,
     catalog: str | None = None,
     hints: bool = True,
+    encrypt: EncryptKeys | None = None,
+    keyring: Keyring | None = None,
 ) -> BackupResult:
     """Back up the used blocks of ``source`` to a new archive at ``archive_url``. A new archive
     file gets permission bits ``mode`` (default 0600); one replaced with ``force`` keeps its own.
@@ -114,7 +122,11 @@ def backup(
     ``catalog``) the archive is an incremental holding what changed since that base; ``bitmap``
     names a dirty bitmap of the source to use as a hint (checked; hash compare otherwise); an
     LVM thin source's mappings are a hint unless ``hints`` is False (hash compare always).
-    ``block_size`` defaults to 4 KiB, or the base's for an incremental."""
+    ``block_size`` defaults to 4 KiB, or the base's for an incremental.
+
+    ``encrypt`` seals the archive to its recipients, passphrases and key files (format 1.3
+    ENCRYPTED). An incremental is sealed exactly when its base is; an encrypted base is opened
+    with ``keyring``, by default the passphrases and key files of ``encrypt``."""
     # Imported here, not at the top: ``import volpack.pipeline`` (every verb) stays fast for the
     # CLI, which loads only the stages the verb it runs needs.
     from volpack.compact.dense import DenseReader
@@ -134,8 +146,16 @@ def backup(
     t0 = time.perf_counter()
     if not allow_mounted:
         _check_not_in_use(source, pvs)
-    base_archive = _open_base(base, source, catalog) if base is not None else None
+    if keyring is None and encrypt is not None:
+        from volpack.crypto import DecryptKeys
+        from volpack.format.keyring import Keyring
+
+        keyring = Keyring.of(
+            DecryptKeys(passphrases=encrypt.passphrases, key_files=encrypt.key_files)
+        )
+    base_archive = _open_base(base, source, catalog, keyring) if base is not None else None
     if base_archive is not None:
+        _check_sealed_like(base_archive, encrypt)
         if block_size not in (None, base_archive.block_size):
             base_archive.close()
             raise UsageError(
@@ -232,6 +252,19 @@ def backup(
                     base_archive.size,
                 ),
             )
+        sealing = None
+        if encrypt is not None:
+            from volpack.format.sealing import Sealing
+
+            header = dataclasses.replace(
+                header,
+                incompat_features=header.incompat_features | R.FEATURE_ENCRYPTED,
+                minor=R.MINOR_ENCRYPTED,
+            )
+            chain_key = None
+            if base_archive is not None and base_archive.unsealer is not None:
+                chain_key = base_archive.unsealer.chain_key
+            sealing = Sealing(header, encrypt, chain_key)
         desc = _description(src.info, detect, detection, compress, staging is not None)
         if changes is not None:
             desc = dataclasses.replace(
@@ -246,8 +279,11 @@ def backup(
             + R.encode_atab(table.volume_block, table.count)
             + (R.encode_ztab(zeros) if header.incremental else b"")
         )
-        hashes = HashBuilder(table, header.volume_size, header.hash_block_size)
-        writer = ArchiveWriter(medium, header, head, threads=threads, hashes=hashes, state=state)
+        key = sealing.chain_key if sealing is not None else None
+        hashes = HashBuilder(table, header.volume_size, header.hash_block_size, key)
+        writer = ArchiveWriter(
+            medium, header, head, threads=threads, hashes=hashes, state=state, sealing=sealing
+        )
         total = table.dense_size
         if staging is not None:
             stage = Staging(staging, total, force=force)
@@ -306,18 +342,22 @@ def backup(
         changes=desc.changes.to_json() if desc.changes else {},
         base_digest=header.base.digest.hex() if header.base else "",
         base_state_digest=header.base.state_digest.hex() if header.base else "",
+        format_version=f"{header.major}.{header.minor}",
+        encrypted=header.encrypted,
+        key_slots=sealing.fingerprints() if sealing is not None else (),
     )
 
 
-def _open_base(spec: str, source: str, catalog: str | None) -> Archive:
+def _open_base(spec: str, source: str, catalog: str | None, keyring: Keyring | None) -> Archive:
     """The base archive ``spec`` names (a URL, or ``latest`` of ``source`` in the catalog),
-    opened for random access; it must carry a block hash table."""
+    opened for random access (with ``keyring`` when encrypted); it must carry a block hash
+    table."""
     from volpack.format.random_access import open_archive
 
     url = spec
     if spec == "latest":
         url = _latest(source, catalog)
-    arch = open_archive(url)
+    arch = open_archive(url, keyring=keyring)
     if not arch.header.hashed or arch.hash_table is None:
         arch.close()
         raise ChainError(
@@ -338,6 +378,23 @@ def _check_not_base(archive_url: str, base_url: str) -> None:
         raise UsageError(
             f"{archive_url}: is the base archive of this incremental; writing there would "
             "destroy the base the new archive needs; choose another archive path"
+        )
+
+
+def _check_sealed_like(base: Archive, encrypt: EncryptKeys | None) -> None:
+    """An incremental is sealed exactly when its base is: its hash table is keyed with the
+    base's chain hash key (docs/format.md section 10.7)."""
+    if base.header.encrypted and encrypt is None:
+        base.close()
+        raise UsageError(
+            f"--base {base.url}: the base is encrypted, so an incremental on it must be too; add "
+            "--recipient, --passphrase-file or --key-file"
+        )
+    if encrypt is not None and not base.header.encrypted:
+        base.close()
+        raise UsageError(
+            f"--base {base.url}: the base is not encrypted, and a chain is sealed or not as its "
+            "full is; back up a new encrypted full, or leave out the key options"
         )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,6 +21,9 @@ from volpack.extents import Extents
 from volpack.format import records as R
 from volpack.format.hashtable import HashTable
 from volpack.format.random_access import DEFAULT_CACHE, Archive, open_archive
+
+if TYPE_CHECKING:
+    from volpack.format.keyring import Keyring
 
 MAX_LINKS = 10000
 
@@ -59,6 +63,7 @@ class Places:
 
     search: tuple[str, ...] = ()
     catalog: str | None = None
+    keyring: Keyring | None = None  # opens the links of an encrypted chain
 
 
 def _catalog_urls(catalog: str | None, uuid: str) -> list[str]:
@@ -104,7 +109,19 @@ def find_base(
     seen: set[str] = set()
     # The archive the link names wins over one that only leaves the same state (an empty
     # incremental, a merged full): otherwise a link present on the medium would go unread.
-    stand_in: Archive | None = None
+    stand_in: tuple[Archive, str] | None = None
+
+    def keyed(arch: Archive, url: str) -> Archive:
+        """The base chosen: a sealed one must open with the keys given (else exit 12)."""
+        if not arch.sealed:
+            return arch
+        key = media.canonical_url(url)
+        arch.close()
+        del opened[key]
+        arch = open_archive(url, cache_bytes=cache_bytes, keyring=places.keyring)
+        opened[key] = arch
+        return arch
+
     for url in candidates:
         key = media.canonical_url(url)
         if key in seen or (child_url != "-" and key == media.canonical_url(child_url)):
@@ -113,19 +130,20 @@ def find_base(
         arch = opened.get(key)
         if arch is None:
             try:
-                arch = open_archive(url, cache_bytes=cache_bytes)
+                # Public first: candidates sealed to other keys are skipped, not refused.
+                arch = open_archive(url, cache_bytes=cache_bytes, public=True)
             except (FormatError, MediumError, UsageError):
                 continue
             opened[key] = arch
         tried.append(url)
         if arch.uuid == link.uuid and arch.trailer.digest == link.digest:
-            return arch
+            return keyed(arch, url)
         if stand_in is None and stands_for(arch, child):
-            stand_in = arch
+            stand_in = (arch, url)
         if arch.uuid == link.uuid:
             replaced = url
     if stand_in is not None:
-        return stand_in
+        return keyed(*stand_in)
     if replaced is not None:
         raise ChainError(
             f"{child_url}: its base {link.uuid} at {replaced} has digest "
@@ -274,8 +292,10 @@ def open_chain(
     url: str, places: Places | None = None, *, cache_bytes: int = DEFAULT_CACHE
 ) -> Archive | ChainView:
     """The archive at ``url``, or for an incremental the view of its whole chain (what serve and
-    mount offer: the volume as it was when that archive was made)."""
-    top = open_archive(url, cache_bytes=cache_bytes)
+    mount offer: the volume as it was when that archive was made); an encrypted one opened with
+    the keyring of ``places``."""
+    keyring = places.keyring if places is not None else None
+    top = open_archive(url, cache_bytes=cache_bytes, keyring=keyring)
     if not top.incremental:
         return top
     try:

@@ -40,8 +40,11 @@ class _Hasher:
     """Hashes hash blocks of the source as a restore of the new archive would read them: used
     bytes from the source, zeros elsewhere."""
 
-    def __init__(self, src: Source, used_bytes: Extents, hbs: int, threads: int) -> None:
+    def __init__(
+        self, src: Source, used_bytes: Extents, hbs: int, threads: int, key: bytes | None = None
+    ) -> None:
         self.src, self.used, self.hbs, self.threads = src, used_bytes, hbs, max(1, threads)
+        self.key = key  # the base's chain hash key in an encrypted chain
         self.read_bytes = 0
         self._count = threading.Lock()  # ``+=`` from pool threads could lose updates
 
@@ -56,7 +59,7 @@ class _Hasher:
             read += e - s
         with self._count:
             self.read_bytes += read
-        return block_hash(view)
+        return block_hash(view, self.key)
 
     def many(
         self, indices: np.ndarray, progress: Callable[[int], None] | None = None
@@ -97,7 +100,7 @@ def hash_compare(
     blocks = -(-src.size // hbs)
     touched = used_bytes.scale_out(hbs).clip(0, blocks)
     indices = _indices(touched)
-    hasher = _Hasher(src, used_bytes, hbs, threads)
+    hasher = _Hasher(src, used_bytes, hbs, threads, base.key)
     report = (lambda n: progress(n, len(indices))) if progress else None
     new = hasher.many(indices, report)
     old = base.hashes(indices)
@@ -146,7 +149,7 @@ def check_hint(
     unhinted = Extents.span(0, min(blocks, base.hash_blocks)).subtract(covered)
     want = max(SAMPLE_MIN, int(unhinted.total() * SAMPLE_SHARE))
     sample = sample_indices(unhinted, want)
-    hasher = _Hasher(src, used_bytes, hbs, threads)
+    hasher = _Hasher(src, used_bytes, hbs, threads, base.key)
     got = hasher.many(sample)
     for index, actual, recorded in zip(sample.tolist(), got, base.hashes(sample), strict=True):
         if actual != recorded:

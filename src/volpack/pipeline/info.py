@@ -7,17 +7,22 @@ known complete; from a stream, the head only. Reads nothing but the archive; no 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from volpack.format import records as R
 from volpack.format.description import ArchiveDescription
 from volpack.physmap import PhysicalMap
 
+if TYPE_CHECKING:
+    from volpack.format.keyring import Keyring
 
-def summary(archive_url: str) -> dict[str, Any]:
+
+def summary(archive_url: str, keyring: Keyring | None = None) -> dict[str, Any]:
     """What ``volpack info --json`` prints: uuid, format, created, sizes, codec, table runs,
     devices, the recorded source and detection, tool, host; ``complete`` (True after random
-    access, None from a stream) with archive_size, stored_bytes, frames and digest as known."""
+    access, None from a stream) with archive_size, stored_bytes, frames and digest as known.
+    An encrypted archive opened without ``keyring`` shows its public fields only: what its
+    sealed records hold (tables, source, detection, tool, host) is None."""
     # Stages load on first use, so that importing the pipeline stays fast (see backup.py).
     from volpack.format.random_access import Archive
     from volpack.format.reader import ArchiveStream
@@ -29,7 +34,8 @@ def summary(archive_url: str) -> dict[str, Any]:
     desc: ArchiveDescription
     try:
         if medium.size is not None:
-            a = Archive(medium)
+            a = Archive(medium, keyring=keyring, public=True)
+            sealed = a.sealed
             h, desc, table, pmap = a.header, a.desc, a.table, a.physical_map
             extra = {
                 "complete": True,
@@ -41,13 +47,14 @@ def summary(archive_url: str) -> dict[str, Any]:
                 "hash_table_entries": len(a.hash_table.entries) if a.hash_table else None,
             }
         else:
-            head = ArchiveStream(medium).read_head()
+            head = ArchiveStream(medium, keyring=keyring, public=True).read_head()
+            sealed = head.sealed
             h, desc, table, pmap = head.header, head.desc, head.table, None
             extra = {"complete": None, "frames": h.frame_count}
     finally:
         medium.close()
     used = table.used_bytes(h.volume_size).total()  # the last block may be partial
-    return {
+    result = {
         "uuid": h.uuid,
         "format": f"{h.major}.{h.minor}",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(h.created_ns / 1e9)),
@@ -66,7 +73,15 @@ def summary(archive_url: str) -> dict[str, Any]:
         "tool": desc.tool,
         "host": desc.host,
         **extra,
+        "encrypted": h.encrypted,
     }
+    if sealed:  # read without a key: what the sealed records hold is not known
+        for key in ("used_bytes", "address_table_runs", "physical_map_runs", "devices"):
+            result[key] = None
+        result.update(source={}, detection={}, tool=None, host=None, hash_table_entries=None)
+        if result.get("changes") is not None or h.incremental:
+            result["changes"] = None
+    return result
 
 
 def _chain(h: R.Header, desc: ArchiveDescription) -> dict[str, Any]:

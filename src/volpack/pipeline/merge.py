@@ -13,6 +13,7 @@ import dataclasses
 import time
 import uuid as uuidlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from volpack.compact.table import AddressTable
 from volpack.errors import ChainError, UsageError
@@ -24,6 +25,9 @@ from volpack.format.pmap import encode_pmap
 from volpack.identity import check_distinct
 from volpack.pipeline.chain import ChainView, Places, resolve_chain
 from volpack.pipeline.common import DEFAULT_COMPRESS, Progress, medium_roles, parse_compress
+
+if TYPE_CHECKING:
+    from volpack.crypto import EncryptKeys
 
 
 def _names(text: str, uuid: str, url: str) -> bool:
@@ -65,9 +69,12 @@ def merge(
     threads: int = 2,
     places: Places | None = None,
     progress: Progress | None = None,
+    encrypt: EncryptKeys | None = None,
 ) -> MergeResult:
     """Merge the chain of the incremental at ``archive_url`` into a new archive at ``out_url``: a
-    full, or with ``onto`` (the UUID or URL of a base in the chain) an incremental on that base."""
+    full, or with ``onto`` (the UUID or URL of a base in the chain) an incremental on that base.
+    An encrypted chain (opened with the keyring of ``places``) is merged into an archive sealed
+    to ``encrypt``, keeping the chain's hash key so the result stands in for the links."""
     from volpack.format.random_access import open_archive
     from volpack.format.writer import ArchiveWriter
     from volpack.media import open_writer
@@ -81,11 +88,19 @@ def merge(
         ],
         UsageError,
     )
-    top = open_archive(archive_url)
+    top = open_archive(archive_url, keyring=places.keyring if places else None)
     if not top.incremental:
         top.close()
         raise UsageError(
             f"{archive_url}: is a full archive; there is nothing to merge (copy it as it is)"
+        )
+    if top.header.encrypted != (encrypt is not None):
+        top.close()
+        raise UsageError(
+            f"{archive_url}: the chain is encrypted, so the merged archive must be too: add "
+            "--recipient, --passphrase-file or --key-file"
+            if encrypt is None
+            else f"{archive_url}: the chain is not encrypted; leave out the key options"
         )
     try:
         view = ChainView(resolve_chain(top, places or Places()))
@@ -151,14 +166,26 @@ def merge(
             base_table = base.hash_table
             assert base_table is not None
             state = lambda own: base_table.apply(covered_hb, own)  # noqa: E731
+        sealing = None
+        if encrypt is not None and top.unsealer is not None:
+            from volpack.format.sealing import Sealing
+
+            header = dataclasses.replace(
+                header,
+                incompat_features=header.incompat_features | R.FEATURE_ENCRYPTED,
+                minor=R.MINOR_ENCRYPTED,
+            )
+            sealing = Sealing(header, encrypt, top.unsealer.chain_key)
         medium = open_writer(out_url, force=force, mode=mode)
+        key = sealing.chain_key if sealing is not None else None
         writer = ArchiveWriter(
             medium,
             header,
             head,
             threads=threads,
-            hashes=HashBuilder(table, h.volume_size, h.hash_block_size),
+            hashes=HashBuilder(table, h.volume_size, h.hash_block_size, key),
             state=state,
+            sealing=sealing,
         )
         fs = h.frame_size
 

@@ -11,6 +11,7 @@ Nothing is written before the header and tables checked out; on any failure the 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from volpack.pipeline.common import Progress, medium_roles, scatter
 from volpack.targets.base import Target
 
 if TYPE_CHECKING:
+    from volpack.format.keyring import Keyring
     from volpack.format.random_access import Archive
     from volpack.format.reader import Head
     from volpack.pipeline.chain import Places
@@ -53,13 +55,16 @@ def restore(
     progress: Progress | None = None,
     expect_uuid: str | None = None,
     places: Places | None = None,
+    keyring: Keyring | None = None,
 ) -> RestoreResult:
     """Restore the volume in ``archive_url`` to ``target`` (thin file or block device, an NBD
     export ``nbd://…``, or a qcow2 image with ``target_format="qcow2"``). With ``expect_uuid``
     (restore by catalog id), a different archive there is refused before the target is touched.
     A new file gets permission bits ``mode`` (default 0600); one replaced with ``force`` keeps its
     own. An incremental is restored with its whole chain; its bases are looked for in its own
-    directory or prefix, the catalog and ``places``."""
+    directory or prefix, the catalog and ``places``. An encrypted archive (and chain) is opened
+    with ``keyring``; a key that opens none of its slots is refused before the target is
+    touched."""
     # Stages load on first use, so that importing the pipeline stays fast (see backup.py).
     from volpack.targets.raw import open_raw_target
 
@@ -102,6 +107,7 @@ def restore(
         progress=progress,
         expect_uuid=expect_uuid,
         places=places or Places(),
+        keyring=keyring,
     )
     return done.result(target)
 
@@ -113,6 +119,7 @@ def restore_physical(
     force: bool = False,
     progress: Progress | None = None,
     expect_uuid: str | None = None,
+    keyring: Keyring | None = None,
 ) -> RestoreResult:
     """Restore ``archive_url`` onto ``pv_paths`` at its recorded physical offsets
     (``--layout physical``), in one pass over the archive (files, pipes, tape, S3). With
@@ -129,7 +136,12 @@ def restore_physical(
 
     roles = [Role(p, "a physical volume being written", "physical volume path") for p in pv_paths]
     done = restore_to(
-        archive_url, open_target, roles=roles, progress=progress, expect_uuid=expect_uuid
+        archive_url,
+        open_target,
+        roles=roles,
+        progress=progress,
+        expect_uuid=expect_uuid,
+        keyring=keyring,
     )
     return done.result(", ".join(done.target.paths))  # the PVs written, in the recorded order
 
@@ -163,6 +175,7 @@ def restore_to(
     progress: Progress | None = None,
     expect_uuid: str | None = None,
     places: Places | None = None,
+    keyring: Keyring | None = None,
 ) -> Restored[T]:
     """The one restore sequence: refuse a target that is the archive (``roles``); check footer and
     trailer first where the medium has a size; read and check the head; refuse an archive that is
@@ -186,12 +199,15 @@ def restore_to(
     try:
         if medium.size is not None:
             # footer and trailer first: refuse incomplete archives up front
-            top = Archive(medium)
+            top = Archive(medium, keyring=keyring)
             if top.incremental:
                 check_expected(top.header, archive_url, expect_uuid)
                 medium = None  # the chain owns it now
-                return restore_chain_to(top, open_target, places or Places(), progress, t0)
-        stream = ArchiveStream(medium)
+                where = places or Places()
+                if where.keyring is None:
+                    where = dataclasses.replace(where, keyring=keyring)
+                return restore_chain_to(top, open_target, where, progress, t0)
+        stream = ArchiveStream(medium, keyring=keyring)
         head = stream.read_head()
         h = head.header
         check_expected(h, archive_url, expect_uuid)

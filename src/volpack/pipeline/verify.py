@@ -15,6 +15,7 @@ from volpack.pipeline.common import Progress, scatter
 from volpack.source import open_source
 
 if TYPE_CHECKING:
+    from volpack.format.keyring import Keyring
     from volpack.pipeline.chain import Places
 
 
@@ -36,6 +37,10 @@ class VerifyResult:
     state_digest: str = ""
     # with chain=True: every archive verified, newest first (uuid, url)
     chain: tuple[tuple[str, str], ...] = ()
+    encrypted: bool = False
+    # False for an encrypted archive verified without a key: media integrity only (checksums of
+    # the sealed bytes, copies, index, digest), nothing authenticated or decrypted
+    authenticated: bool = True
 
 
 def verify(
@@ -47,6 +52,7 @@ def verify(
     progress: Progress | None = None,
     chain: bool = False,
     places: Places | None = None,
+    keyring: Keyring | None = None,
 ) -> VerifyResult:
     """Read the whole archive checking every frame, count, hash table and the digest; with
     ``against``, also compare a volume with it: used blocks equal; unused blocks zero where the
@@ -54,11 +60,24 @@ def verify(
     are only counted in the result. With ``chain`` (and always with ``against`` for an
     incremental), every base down to the full too: each read whole, each link's UUID and digest,
     and each archive's hash table equal to its base's with its own changes applied. Raises on
-    any failure."""
+    any failure.
 
-    result = _verify_one(archive_url, None if chain else against, source_format, pvs, progress)
+    An encrypted archive is opened with ``keyring`` and then checked entirely, every record
+    authenticated; without one only its media integrity is checked (``authenticated`` False):
+    every checksum of the sealed bytes, the copies, the frame index and the digest."""
+    result = _verify_one(
+        archive_url, None if chain else against, source_format, pvs, progress, keyring
+    )
     if result.level == "incremental" and (chain or against is not None):
-        result = _verify_chain(archive_url, result, against, source_format, pvs, places, progress)
+        if keyring is not None:
+            import dataclasses
+
+            from volpack.pipeline.chain import Places
+
+            places = dataclasses.replace(places or Places(), keyring=keyring)
+        result = _verify_chain(
+            archive_url, result, against, source_format, pvs, places, progress, keyring
+        )
     return result
 
 
@@ -68,6 +87,7 @@ def _verify_one(
     source_format: str,
     pvs: tuple[str, ...],
     progress: Progress | None,
+    keyring: Keyring | None = None,
 ) -> VerifyResult:
     # Stages load on first use, so that importing the pipeline stays fast (see backup.py).
     from volpack.format.reader import ArchiveStream
@@ -78,7 +98,9 @@ def _verify_one(
     medium = open_reader(archive_url)
     comparer = None
     try:
-        stream = ArchiveStream(medium, check_hashes=True)
+        # Without a key and nothing to compare, an encrypted archive is checked as media.
+        public = keyring is None and against is None
+        stream = ArchiveStream(medium, check_hashes=True, keyring=keyring, public=public)
         head = stream.read_head()
         h = head.header
         if h.incremental:
@@ -86,7 +108,16 @@ def _verify_one(
         if against is not None:
             comparer = VolumeComparer(open_source(against, source_format, pvs=pvs), h.volume_size)
         sink = comparer.compare_at if comparer else (lambda off, data: None)
-        scatter(stream, head.table, h.volume_size, sink, h.dense_size, progress)
+        if head.sealed:
+            for dense_offset, _sealed in stream.frames():
+                if progress is not None:
+                    progress(
+                        "verify",
+                        dense_offset + h.frame_length(dense_offset // h.frame_size),
+                        h.dense_size,
+                    )
+        else:
+            scatter(stream, head.table, h.volume_size, sink, h.dense_size, progress)
         trailer = stream.read_tail()
         diffs: tuple[tuple[int, int], ...] = ()
         stale: tuple[int, tuple[tuple[int, int], ...]] = (0, ())
@@ -115,6 +146,8 @@ def _verify_one(
         unused_nonzero=stale[1],
         level="incremental" if h.incremental else "full",
         state_digest=trailer.state_digest.hex(),
+        encrypted=h.encrypted,
+        authenticated=not head.sealed,
     )
     _raise_differences(diffs, against, archive_url)
     return result
@@ -140,6 +173,7 @@ def _verify_chain(
     pvs: tuple[str, ...],
     places: Places | None,
     progress: Progress | None,
+    keyring: Keyring | None = None,
 ) -> VerifyResult:
     """Every base of the incremental ``top`` (already verified itself): read whole, linked, and
     the state each one leaves; then the chain's volume against ``against``."""
@@ -151,12 +185,14 @@ def _verify_chain(
     from volpack.targets.compare import VolumeComparer, zero_runs
 
     t0 = time.perf_counter()
-    view = ChainView(resolve_chain(open_archive(archive_url), places or Places()))
+    view = ChainView(
+        resolve_chain(open_archive(archive_url, keyring=keyring), places or Places(keyring=keyring))
+    )
     comparer = None
     try:
         done = [(top.archive_uuid, archive_url)]
         for arch in view.chain[1:]:
-            r = _verify_one(arch.url, None, source_format, pvs, progress)
+            r = _verify_one(arch.url, None, source_format, pvs, progress, keyring)
             if r.archive_uuid != arch.uuid or r.digest != arch.digest:
                 raise ChainError(
                     f"{arch.url}: changed while being verified (now archive {r.archive_uuid}); "

@@ -1,0 +1,82 @@
+"""Make the golden sealed archive of format 1.3 (run once; the result is checked in):
+
+    python3 tests/format/make_golden_encrypted.py
+
+The volume is make_golden's; the archive is sealed to three test keys checked in beside it (an
+age identity, a 32-byte key file, a passphrase with the least Argon2id work volpack accepts).
+They are test keys, published on purpose: the archive must open with each of them forever.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SEALED = os.path.join(HERE, "golden", "encrypted")
+NAME = "v1.3"
+
+
+def main() -> int:
+    sys.path.insert(0, os.path.join(HERE, "..", "..", "src"))
+    sys.path.insert(0, HERE)
+    from make_golden import golden_volume
+
+    from volpack import pipeline
+    from volpack.crypto import Argon2Params, EncryptKeys, KeyFile, Passphrase, generate_identity
+    from volpack.crypto.files import write_identity
+
+    os.makedirs(SEALED, exist_ok=True)
+    identity = generate_identity()
+    write_identity(os.path.join(SEALED, f"{NAME}.identity"), identity, force=True)
+    key = os.urandom(32)
+    with open(os.path.join(SEALED, f"{NAME}.keyfile"), "wb") as f:
+        f.write(key)
+    passphrase = b"volpack golden 1.3 passphrase"
+    with open(os.path.join(SEALED, f"{NAME}.passphrase"), "wb") as f:
+        f.write(passphrase + b"\n")
+    keys = EncryptKeys(
+        recipients=(identity.recipient,),
+        passphrases=(Passphrase(passphrase),),
+        key_files=(KeyFile(key),),
+        argon2=Argon2Params(memory_kib=64 * 1024, iterations=3, lanes=1),
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        vol = os.path.join(tmp, "golden.img")
+        golden_volume(vol)
+        r = pipeline.backup(
+            vol,
+            os.path.join(SEALED, f"{NAME}.vpk"),
+            frame_size=65536,
+            compress="zstd:3",
+            force=True,
+            detect="zeros",
+            allow_mounted=True,
+            encrypt=keys,
+        )
+        with open(vol, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+    facts = {
+        "uuid": r.archive_uuid,
+        "volume_size": r.volume_size,
+        "block_size": r.block_size,
+        "used_blocks": r.used_blocks,
+        "frame_count": r.frame_count,
+        "digest": r.digest,
+        "state_digest": r.state_digest,
+        "archive_size": r.archive_size,
+        "volume_sha256": digest,
+        "recipient": str(identity.recipient),
+    }
+    with open(os.path.join(SEALED, f"{NAME}.json"), "w") as f:
+        json.dump(facts, f, indent=1, sort_keys=True)
+        f.write("\n")
+    print(json.dumps(facts, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
