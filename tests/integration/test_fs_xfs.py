@@ -177,6 +177,16 @@ def _mounted(img: Path, mnt: Path):
         pytest.skip(f"loop mount failed: {proc.stderr.decode(errors='replace').strip()}")
 
 
+def _unmount(img: Path, mnt: Path) -> None:
+    """Unmount, then detach the loop device at once and sync: a loop device the kernel detaches
+    lazily may still hold the log's last writes when the image file is read right after."""
+    run("umount", mnt)
+    attached = subprocess.run(["losetup", "-j", str(img)], capture_output=True, text=True).stdout
+    for line in attached.splitlines():
+        subprocess.run(["losetup", "-d", line.split(":", 1)[0]], capture_output=True)
+    os.sync()
+
+
 @pytest.mark.root
 def test_xfs_snapshot_with_a_dirty_log_falls_back_and_a_wrapped_clean_log_does_not(tmp_path):
     need("mkfs.xfs", "xfs_io", "xfs_logprint")
@@ -200,7 +210,7 @@ def test_xfs_snapshot_with_a_dirty_log_falls_back_and_a_wrapped_clean_log_does_n
         snap = tmp_path / "snap.img"
         shutil.copyfile(img, snap)  # what a block-level snapshot of the mounted volume holds
     finally:
-        run("umount", mnt)
+        _unmount(img, mnt)
     assert "DIRTY" in run("xfs_logprint", "-t", snap)
     regions, warnings = analyse_file(snap)
     assert len(warnings) == 1 and "unmount record" in warnings[0]
