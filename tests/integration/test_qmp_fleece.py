@@ -392,3 +392,25 @@ def test_scratch_puts_the_overlay_in_the_given_directory_and_removes_it(tmp_path
     assert proc.returncode == 0, err
     assert list(scratch.iterdir()) == []
     vm.assert_clean()
+
+
+def test_an_incremental_of_a_running_qemu_uses_its_rotated_bitmaps_and_restores_the_disk(
+    tmp_path, vm
+):
+    """The second backup names the base: the bitmaps from the one the base started to the one
+    this run froze are the (checked) hint; zeroes and rewrites reach the restored chain."""
+    r = volpack(vm, "backup", vm.address, "full.vpk", "--no-catalog", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    vm.write(0, bytes(128 << 10))  # the guest zeroes what the full holds as data
+    vm.write(40 * MiB, b"\xc3" * (3 * MiB))  # and writes where nothing was
+    r = volpack(
+        vm, "backup", vm.address, "inc.vpk", "--base", "full.vpk", "--no-catalog", "--json",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    changes = json.loads(r.stdout)["changes"]
+    assert changes["method"].startswith("bitmap:volpack-"), changes
+    # The hinted hash blocks (0, 40-42 MiB) and the sample, not the 24 MiB the disk holds.
+    assert changes["read_bytes"] < 12 * MiB, changes
+    assert restored(vm, "inc.vpk", tmp_path) == vm.guest.read_bytes()
+    vm.assert_clean()

@@ -127,7 +127,9 @@ class Unsealer:
     def open_record(self, tag: bytes, sealed: bytes) -> bytes:
         return self.opener.open(RecordPosition(HEAD_KINDS[tag], 0), sealed, tag)
 
-    def open_frame(self, seq: int, fh: R.FrameHeader, sealed: bytes | bytearray | memoryview) -> bytes:
+    def open_frame(
+        self, seq: int, fh: R.FrameHeader, sealed: bytes | bytearray | memoryview
+    ) -> bytes:
         """The stored bytes of frame ``seq`` (sealed at its own position, codec and lengths)."""
         public = R.frame_public(
             fh.codec, seq, seq * self.header.frame_size, fh.raw_length, fh.stored_length

@@ -453,6 +453,10 @@ def _changes(
             if not isinstance(hinted, str):
                 return hinted
             warnings.append(f"{src.info.path}: {hinted}")
+    elif hints and (since := _since_hint(src, used, base, threads)) is not None:
+        if not isinstance(since, str):
+            return since
+        warnings.append(f"{src.info.path}: {since}")
     elif hints and (thin := _thin_hint(src, used, base, threads)) is not None:
         if not isinstance(thin, str):
             return thin
@@ -460,6 +464,22 @@ def _changes(
     report = (lambda done, total: progress("compare", done, total)) if progress else None
     found = C.hash_compare(src, used, table, threads, report)
     return dataclasses.replace(found, warnings=tuple(warnings))
+
+
+def _since_hint(src: Source, used: Extents, base: Archive, threads: int) -> Changes | str | None:
+    """A live source's own record of the writes since ``base`` (a running QEMU's rotated dirty
+    bitmaps), checked by the sample; None when the source keeps none for that base."""
+    from volpack.pipeline import changes as C
+
+    since = getattr(src, "since", None)
+    table = base.hash_table
+    if since is None or table is None:
+        return None
+    found = since(base.desc.source.details)
+    if found is None or isinstance(found, str):
+        return found
+    dirty, first = found
+    return C.check_hint(src, used, table, dirty, first, threads)
 
 
 def _thin_hint(src: Source, used: Extents, base: Archive, threads: int) -> Changes | str | None:

@@ -385,6 +385,26 @@ class QmpSource:
     def dirty_extents(self, bitmap: str) -> Extents:
         return self._src.dirty_extents(bitmap)
 
+    def since(self, base_details: dict[str, object]) -> tuple[Extents, str] | str | None:
+        """What the guest wrote since the base's transaction: the union of volpack's bitmaps
+        from the one the base started on to the one this run froze (names sort by start time).
+        None when the base is not of this kind; the reason when a bitmap of that span is gone."""
+        first = base_details.get("bitmap")
+        if not isinstance(first, str) or not first.startswith(BITMAP_PREFIX):
+            return None
+        exported = self._src.dirty_bitmaps()
+        span = sorted(n for n in exported if n.startswith(BITMAP_PREFIX) and first <= n)
+        if not span or span[0] != first or self._new_bitmap in span[:-1]:
+            return (
+                f"the dirty bitmap {first} the base started is no longer on node {self.node} "
+                "(removed, or left inconsistent by a crash), so every block is compared instead"
+            )
+        dirty = Extents.empty()
+        for name in span:
+            if name != self._new_bitmap:  # it started at this run's transaction: empty view
+                dirty = dirty.union(exported[name])
+        return dirty, first
+
     def read_into(self, offset: int, buf: memoryview) -> None:
         self._src.read_into(offset, buf)
 
