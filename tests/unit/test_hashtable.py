@@ -121,3 +121,33 @@ def test_hash_compare_covers_changed_emptied_and_resized_blocks(seed: int) -> No
     want |= {i for i in b if i not in set(indices.tolist())}  # held data, now nothing used
     want |= set(range(100, 110))
     assert set(block_indices(covered).tolist()) == want
+
+
+def test_hash_compare_hashes_unused_bytes_as_zeros_in_every_block_whatever_was_read_before(
+    tmp_path,
+) -> None:
+    from volpack.format.hashtable import block_hash
+    from volpack.pipeline.changes import hash_compare
+    from volpack.source import open_source
+
+    rng = np.random.default_rng(5)
+    size = 24 * HBS + 8192
+    data = bytearray(rng.bytes(size))  # random everywhere: unused bytes are not zero on disk
+    path = tmp_path / "v.img"
+    path.write_bytes(data)
+    starts = np.sort(rng.choice(size // 4096, 40, replace=False)) * 4096
+    used = Extents.from_arrays(starts, np.minimum(starts + rng.integers(1, 300, 40) * 4096, size))
+    seen = bytearray(size)  # what a restore of a backup with this used map holds
+    for s, e in used:
+        seen[s:e] = data[s:e]
+    pairs = [
+        (i, block_hash(seen[i * HBS : min((i + 1) * HBS, size)])) for i in range(-(-size // HBS))
+    ]
+    base = HashTable.from_pairs(HBS, size, pairs)
+    src = open_source(str(path), "raw")
+    try:
+        found = hash_compare(src, used, base, threads=2)
+    finally:
+        src.close()
+    assert found.covered.total() == 0, found.covered
+    assert found.read_bytes == used.total()

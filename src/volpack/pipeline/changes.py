@@ -9,6 +9,7 @@ warnings go back to the caller as text.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,15 +43,25 @@ class _Hasher:
     def __init__(self, src: Source, used_bytes: Extents, hbs: int, threads: int) -> None:
         self.src, self.used, self.hbs, self.threads = src, used_bytes, hbs, max(1, threads)
         self.read_bytes = 0
+        self._local = threading.local()
+        self._zeros = memoryview(bytes(hbs))
 
     def one(self, index: int) -> bytes:
         start = index * self.hbs
         end = min(start + self.hbs, self.src.size)
-        buf = bytearray(end - start)
-        view = memoryview(buf)
+        # One buffer per thread, reused: a fresh 1 MiB buffer a block cost a page fault per
+        # 4 KiB, about a third as much CPU as hashing the block.
+        buf = getattr(self._local, "buf", None)
+        if buf is None:
+            buf = self._local.buf = memoryview(bytearray(self.hbs))
+        view = buf[: end - start]
+        pos = start
         for s, e in self.used.clip(start, end):
+            view[pos - start : s - start] = self._zeros[: s - pos]
             self.src.read_into(s, view[s - start : e - start])
             self.read_bytes += e - s
+            pos = e
+        view[pos - start :] = self._zeros[: end - pos]
         return block_hash(view)
 
     def many(
