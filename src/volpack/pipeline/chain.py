@@ -164,6 +164,10 @@ def resolve_chain(top: Archive, places: Places, cache_bytes: int = DEFAULT_CACHE
     for arch in opened.values():
         if arch not in chain:
             arch.close()
+    # One frame cache budget for the chain: ten links each keeping the whole budget held 700 MiB
+    # while restoring a 10-link chain.
+    for arch in chain:
+        arch.limit_cache(cache_bytes // len(chain))
     return chain
 
 
