@@ -203,7 +203,7 @@ def main() -> int:
     )
     ap.add_argument("--json", type=Path, help="also write all results to this file")
     ap.add_argument(
-        "--skip", default="", help="optional row modules to leave out: s3_rows,nbd_rows"
+        "--skip", default="", help="optional row modules to leave out: s3_rows,nbd_rows,incr_rows"
     )
     ap.add_argument(
         "--report", type=Path, metavar="JSON", help="only print the tables of a --json file"
@@ -288,7 +288,7 @@ def detect_row(img: images.Image, repeat: int) -> measure.Row:
 def extra_rows(img: images.Image, out: Path, repeat: int, skip: set[str]) -> list[measure.Row]:
     """Rows from optional modules of later features (S3 medium, NBD serving), when present."""
     rows: list[measure.Row] = [detect_row(img, max(3, repeat))] if img.name == "ext4" else []
-    for mod_name in ("s3_rows", "nbd_rows"):
+    for mod_name in ("s3_rows", "nbd_rows", "incr_rows"):
         path = HERE / f"{mod_name}.py"
         if not path.exists() or mod_name in skip:
             continue
