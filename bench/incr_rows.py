@@ -10,6 +10,7 @@ enabled persistent bitmap), the same runs on both, from fixed seeds. Everything 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import statistics
@@ -193,6 +194,12 @@ def _restic(img, src: Path, out: Path, repeat: int) -> measure.Row:
             return row
         row.walls.append(round(t.wall, 3))
         rss = max(rss, t.rss_kib)
+        # As for borg: drop the new snapshot and its data, so each run stores the changes again.
+        res = subprocess.run(
+            ["restic", "snapshots", "--json"], capture_output=True, text=True, env=env, check=True
+        )
+        newest = max(json.loads(res.stdout), key=lambda snap: snap["time"])["id"]
+        _run(["restic", "forget", "-q", "--prune", newest], env)
         os.utime(stage)  # a changed mtime: the next run reads the file again
     row.wall = statistics.median(row.walls)
     row.rss_mib = round(rss / 1024, 1)
