@@ -214,6 +214,7 @@ def evaluate(img: Image, rows: list[Row], levels: list[Row]) -> list[Check]:
         )
     checks += _nbd_checks(img, rows)
     checks += _issue15_checks(img, rows)
+    checks += _incr_checks(img, rows)
     mine = [r for r in rows + levels if not r.peer and r.rss_mib is not None]
     if mine:
         worst = max(mine, key=lambda r: r.rss_mib or 0.0)
@@ -308,6 +309,51 @@ def _nbd_checks(img: Image, rows: list[Row]) -> list[Check]:
                     (lat.wall or 0) < 0.005,
                 )
             )
+    return out
+
+
+def _incr_checks(img: Image, rows: list[Row]) -> list[Check]:
+    """Issue 12 (bench/incr_rows.py): incrementals against fulls of the same state, in time and
+    size."""
+    if not any(r.kind in ("incr", "chain") for r in rows):
+        return []
+    out = [
+        _ratio_check(
+            12,
+            img,
+            rows,
+            "volpack backup --base (hash compare)",
+            ["volpack backup (full of the same state)"],
+            0.6,
+            "incremental by hash compare",
+        ),
+        _ratio_check(
+            12,
+            img,
+            rows,
+            "volpack backup --base --bitmap (qcow2 hint)",
+            ["volpack backup of the qcow2 (full of the same state)"],
+            0.15,
+            "incremental with a qcow2 bitmap hint",
+        ),
+    ]
+    hint = _row(rows, "volpack backup --base --bitmap (qcow2 hint)")
+    if hint is not None and "bitmap:" not in hint.note:
+        c = out[-1]
+        out[-1] = Check(12, img.name, c.target, f"{c.measured}; {hint.note}, not the hint", False)
+    for name in ("volpack merge of a 10-link chain", "volpack restore of a 10-link chain"):
+        out.append(
+            _ratio_check(
+                12, img, rows, name, ["volpack restore of an equal full"], 1.3, "chain vs full"
+            )
+        )
+    size = next((r for r in rows if r.name == "incremental archive size"), None)
+    target = "incremental archive ≤ 1.1x (used bytes of the changed hash blocks + tables)"
+    if size is None or not size.walls:
+        note = size.note if size is not None else "skipped: no row 'incremental archive size'"
+        out.append(Check(12, img.name, target, note, None))
+    else:
+        out.append(Check(12, img.name, target, size.note, size.walls[0] <= 1.1))
     return out
 
 

@@ -44,20 +44,28 @@ class Extents:
         """Normalise arbitrary runs: sort, drop empty ones, merge overlapping and touching ones."""
         starts = np.asarray(starts, dtype=_I64)
         ends = np.asarray(ends, dtype=_I64)
+        # Few temporaries: with a million runs every array here is 8 MiB.
         keep = ends > starts
-        starts, ends = starts[keep], ends[keep]
+        if not keep.all():
+            starts, ends = starts[keep], ends[keep]
+        del keep
         if starts.size == 0:
             return Extents.empty()
-        order = np.argsort(starts, kind="stable")
-        starts, ends = starts[order], ends[order]
+        if starts.size > 1 and bool((starts[1:] > ends[:-1]).all()):
+            return Extents(starts.copy(), ends.copy())  # sorted, disjoint, apart: already normal
+        if not bool((starts[1:] >= starts[:-1]).all()):
+            order = np.argsort(starts, kind="stable")
+            starts, ends = starts[order], ends[order]
+            del order
         # A run begins a new group when it starts after every earlier run has ended.
         reach = np.maximum.accumulate(ends)
         new_group = np.empty(starts.size, dtype=bool)
         new_group[0] = True
-        new_group[1:] = starts[1:] > reach[:-1]
+        np.greater(starts[1:], reach[:-1], out=new_group[1:])
         first = np.flatnonzero(new_group)
+        del new_group
         last = np.append(first[1:], starts.size) - 1
-        return Extents(starts[first].copy(), reach[last].copy())
+        return Extents(starts[first], reach[last])
 
     # -- queries -----------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -101,18 +109,33 @@ class Extents:
 
     def complement(self, start: int, end: int) -> Extents:
         """The gaps of ``self`` within ``[start, end)``."""
+        if end <= start:
+            return Extents.empty()
         clipped = self.clip(start, end)
         gap_starts = np.concatenate([[start], clipped.ends]).astype(_I64)
         gap_ends = np.concatenate([clipped.starts, [end]]).astype(_I64)
-        return Extents.from_arrays(gap_starts, gap_ends)
+        # The gaps of normal runs are normal; only the first and the last can be empty.
+        keep = gap_ends > gap_starts
+        if keep.all():
+            return Extents(gap_starts, gap_ends)
+        return Extents(gap_starts[keep], gap_ends[keep])
 
     def intersect(self, other: Extents) -> Extents:
         if not len(self) or not len(other):
             return Extents.empty()
-        lo = min(self.first, other.first)
-        hi = max(self.last, other.last)
-        # A ∩ B = not (not A ∪ not B), all in O(runs).
-        return self.complement(lo, hi).union(other.complement(lo, hi)).complement(lo, hi)
+        # Each run of self meets the runs of other from lo to hi; one output run per meeting.
+        # Arrays of the output's size only (no sort): the result of normal runs is normal.
+        lo = np.searchsorted(other.ends, self.starts, side="right")
+        hi = np.searchsorted(other.starts, self.ends, side="left")
+        count = np.maximum(hi - lo, 0)
+        total = int(count.sum())
+        if total == 0:
+            return Extents.empty()
+        mine = np.repeat(np.arange(len(self), dtype=_I64), count)
+        theirs = np.arange(total, dtype=_I64) + np.repeat(lo - np.cumsum(count) + count, count)
+        starts = np.maximum(self.starts[mine], other.starts[theirs])
+        ends = np.minimum(self.ends[mine], other.ends[theirs])
+        return Extents(starts, ends)
 
     def subtract(self, other: Extents) -> Extents:
         if not len(self) or not len(other):

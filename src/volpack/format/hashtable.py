@@ -8,6 +8,7 @@ checks a target with. Pure computation: no I/O, no knowledge of sources or media
 
 from __future__ import annotations
 
+import array
 import functools
 import struct
 from collections.abc import Iterable
@@ -22,6 +23,9 @@ from volpack.extents import Extents
 
 HASH_SIZE = 16
 ENTRY_DTYPE = np.dtype([("index", "<u8"), ("hash", "V16")])
+HASH_DTYPE = np.dtype("V16")
+_SLICE = 1 << 16  # hash blocks looked up at once
+_WORDS = np.dtype([("lo", "<u8"), ("hi", "<u8")])  # a hash as two words, for comparing
 _STATE = struct.Struct("<16sQI")
 _STATE_LABEL = b"volpack state v1"
 _ZERO = memoryview(bytes(1 << 20))
@@ -104,28 +108,73 @@ class HashTable:
         key: bytes | None = None,
     ) -> HashTable:
         """Entries from (index, hash) in increasing index order; zero-block hashes dropped."""
-        items = [
-            (i, h)
-            for i, h in pairs
-            if h != zero_hash(min(hash_block_size, volume_size - i * hash_block_size), key)
-        ]
-        entries = np.empty(len(items), ENTRY_DTYPE)
-        if items:
-            entries["index"] = [i for i, _ in items]
-            entries["hash"] = [h for _, h in items]
-        return HashTable(hash_block_size, volume_size, entries, key)
+        items = list(pairs)
+        indices = np.fromiter((i for i, _ in items), np.int64, len(items))
+        hashes = np.frombuffer(b"".join(h for _, h in items), HASH_DTYPE)
+        return HashTable.from_arrays(hash_block_size, volume_size, indices, hashes, key)
+
+    @staticmethod
+    def from_arrays(
+        hash_block_size: int,
+        volume_size: int,
+        indices: np.ndarray,
+        hashes: np.ndarray,
+        key: bytes | None = None,
+    ) -> HashTable:
+        """Entries from increasing ``indices`` and their ``hashes`` (``V16``); zero-block hashes
+        dropped. Vectorised: a table of a TiB of used data has a million entries."""
+        entries = np.empty(len(indices), ENTRY_DTYPE)
+        entries["index"] = indices
+        entries["hash"] = hashes
+        table = HashTable(hash_block_size, volume_size, entries, key)
+        zero = table._is_zero(entries)
+        if zero.any():
+            return HashTable(hash_block_size, volume_size, entries[~zero], key)
+        return table
+
+    def _zero_hashes(self, indices: np.ndarray) -> np.ndarray:
+        """The hash of an all-zero hash block at each of ``indices`` (``V16``); only the last
+        block of the volume can be shorter than the others."""
+        out = np.full(len(indices), zero_hash(self.hash_block_size, self.key), HASH_DTYPE)
+        if self.volume_size % self.hash_block_size:
+            last = self.hash_blocks - 1
+            out[indices == last] = zero_hash(self.block_length(last), self.key)
+        return out
+
+    def _is_zero(self, entries: np.ndarray) -> np.ndarray:
+        """Whether each entry (sorted by index) holds the hash of an all-zero block."""
+        words = entries["hash"].view(_WORDS)  # no copy: same item size, any stride
+        z = np.frombuffer(zero_hash(self.hash_block_size, self.key), _WORDS)[0]
+        zero = (words["lo"] == z["lo"]) & (words["hi"] == z["hi"])
+        last = self.hash_blocks - 1
+        short = self.block_length(last) != self.hash_block_size
+        if short and len(entries) and int(entries["index"][-1]) == last:
+            zero[-1] = bytes(entries["hash"][-1]) == zero_hash(self.block_length(last), self.key)
+        return zero
+
+    def hash_array(self, indices: np.ndarray) -> np.ndarray:
+        """The hash of each hash block in ``indices`` as ``V16`` (zero-block hashes where there
+        is no entry); one array operation, not one Python step per block."""
+        indices = np.asarray(indices, np.int64)
+        if not len(self.entries):
+            return self._zero_hashes(indices)
+        keys = self.entries["index"].astype(np.int64)
+        out = np.empty(len(indices), HASH_DTYPE)
+        # In slices, so that the temporaries stay small beside a million-entry table.
+        for first in range(0, len(indices), _SLICE):
+            part = indices[first : first + _SLICE]
+            pos = np.searchsorted(keys, part)
+            np.minimum(pos, len(keys) - 1, out=pos)
+            got = out[first : first + len(part)]
+            got[:] = self.entries["hash"][pos]
+            missing = keys[pos] != part
+            if missing.any():
+                got[missing] = self._zero_hashes(part[missing])
+        return out
 
     def hashes(self, indices: np.ndarray) -> list[bytes]:
         """The hash of each hash block in ``indices`` (zero-block hashes where no entry)."""
-        idx = self.entries["index"]
-        pos = np.searchsorted(idx, indices)
-        out = []
-        for i, p in zip(indices.tolist(), pos.tolist(), strict=True):
-            if p < len(idx) and int(idx[p]) == i:
-                out.append(bytes(self.entries["hash"][p]))
-            else:
-                out.append(zero_hash(self.block_length(i), self.key))
-        return out
+        return [bytes(h) for h in self.hash_array(indices)]
 
     def nonzero(self) -> Extents:
         """Hash blocks with an entry (not all zero), as runs of hash block indices."""
@@ -135,10 +184,13 @@ class HashTable:
     def select(self, blocks: Extents) -> HashTable:
         """Only the entries inside ``blocks`` (hash block runs)."""
         idx = self.entries["index"].astype(np.int64)
-        keep = np.zeros(len(idx), bool)
-        for s, e in blocks:
-            lo, hi = np.searchsorted(idx, [s, e])
-            keep[lo:hi] = True
+        lo = np.searchsorted(idx, blocks.starts)
+        hi = np.searchsorted(idx, blocks.ends)
+        # +1 where a run's entries begin, -1 where they end: inside a run the running sum is 1.
+        edge = np.zeros(len(idx) + 1, np.int8)
+        np.add.at(edge, lo, 1)
+        np.add.at(edge, hi, -1)
+        keep = np.cumsum(edge[:-1], dtype=np.int8) > 0
         return HashTable(self.hash_block_size, self.volume_size, self.entries[keep], self.key)
 
     def apply(self, covered: Extents, changed: HashTable) -> HashTable:
@@ -146,8 +198,10 @@ class HashTable:
         runs), this table's elsewhere, cut to ``changed``'s volume size."""
         kept = self.select(Extents.span(0, changed.hash_blocks).subtract(covered))
         new = changed.select(covered)
-        entries = np.concatenate([kept.entries, new.entries])
-        entries = entries[np.argsort(entries["index"], kind="stable")]
+        # Both sorted and disjoint: insert the new entries in place of a concatenate and a sort
+        # (with a million entries, each copy is 24 MiB).
+        at = np.searchsorted(kept.entries["index"], new.entries["index"])
+        entries = np.insert(kept.entries, at, new.entries)
         return HashTable(changed.hash_block_size, changed.volume_size, entries, changed.key)
 
     def equals(self, other: HashTable) -> bool:
@@ -162,15 +216,20 @@ class HashTable:
         """The lowest hash block index whose hash differs between the two tables, or None."""
         if self.equals(other):
             return None
-        a = _as_dict(self)
-        b = _as_dict(other)
-        diff = [i for i in a.keys() | b.keys() if a.get(i) != b.get(i)]
-        return min(diff) if diff else min(self.hash_blocks, other.hash_blocks)
+        a, b = self.entries, other.entries
+        n = min(len(a), len(b))
+        # Both are sorted with no zero-block entries, so the first entry that differs (in index
+        # or hash) names the first block that differs: the smaller of its two indices.
+        same = (a["index"][:n] == b["index"][:n]) & same_hashes(a["hash"][:n], b["hash"][:n])
+        k = int(np.argmin(same)) if n and not same.all() else n
+        at = [int(t["index"][k]) for t in (a, b) if k < len(t)]
+        return min(at) if at else min(self.hash_blocks, other.hash_blocks)
 
 
-def _as_dict(table: HashTable) -> dict[int, bytes]:
-    e = table.entries
-    return {int(i): bytes(h) for i, h in zip(e["index"], e["hash"], strict=True)}
+def same_hashes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Element-wise equality of two ``V16`` hash arrays (fields of the entries too: no copy)."""
+    xw, yw = x.view(_WORDS), y.view(_WORDS)
+    return (xw["lo"] == yw["lo"]) & (xw["hi"] == yw["hi"])
 
 
 class HashBuilder:
@@ -187,14 +246,16 @@ class HashBuilder:
         hash_block_size: int,
         key: bytes | None = None,
     ) -> None:
-        self.table = table
         self.key = key
+        self.table = table
         self.volume_size = volume_size
         self.hbs = hash_block_size
         self._index = -1
         self._hasher: blake3.blake3 | None = None
         self._pos = 0  # volume offset up to which the current hash block has been fed
-        self._pairs: list[tuple[int, bytes]] = []
+        # Compact while the table grows: a TiB of used data is a million hash blocks.
+        self._indices = array.array("q")
+        self._hashes = bytearray()
 
     def feed(self, dense_offset: int, raw: memoryview) -> None:
         vs, lens, ds = self.table.dense_to_volume(dense_offset, dense_offset + len(raw))
@@ -219,10 +280,13 @@ class HashBuilder:
             return
         end = min((self._index + 1) * self.hbs, self.volume_size)
         _feed_zeros(self._hasher, end - self._pos)
-        self._pairs.append((self._index, self._hasher.digest(HASH_SIZE)))
+        self._indices.append(self._index)
+        self._hashes += self._hasher.digest(HASH_SIZE)
         self._hasher = None
 
     def result(self) -> HashTable:
         """The table of everything fed (call once, after the last frame)."""
         self._close()
-        return HashTable.from_pairs(self.hbs, self.volume_size, self._pairs, self.key)
+        indices = np.array(self._indices, np.int64)
+        hashes = np.frombuffer(bytes(self._hashes), HASH_DTYPE)
+        return HashTable.from_arrays(self.hbs, self.volume_size, indices, hashes, self.key)

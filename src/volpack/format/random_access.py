@@ -246,6 +246,19 @@ class Archive:
     def stored_bytes(self) -> int:
         return self.trailer.stored_bytes
 
+    @property
+    def cache_bytes(self) -> int:
+        """Decoded frame bytes this archive keeps at most."""
+        return self._cache_frames * self.header.frame_size
+
+    def limit_cache(self, cache_bytes: int) -> None:
+        """Keep at most ``cache_bytes`` of decoded frames from now on (one frame at least): the
+        archives of a chain share one budget instead of each keeping its own."""
+        with self._lock:
+            self._cache_frames = max(1, cache_bytes // self.header.frame_size)
+            while len(self._cache) > self._cache_frames:
+                self._cache.popitem(last=False)
+
     # -- data ----------------------------------------------------------------------------------
     def frame(self, seq: int) -> memoryview:
         """Decoded, checked raw bytes of frame ``seq`` (cached). Concurrent readers of one frame

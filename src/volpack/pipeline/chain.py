@@ -10,6 +10,7 @@ state: each hash block from the newest archive that covers it. Library code: no 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -191,7 +192,27 @@ def resolve_chain(top: Archive, places: Places, cache_bytes: int = DEFAULT_CACHE
     for arch in opened.values():
         if arch not in chain:
             arch.close()
+    # One frame cache budget for the chain: ten links each keeping the whole budget held 700 MiB
+    # while restoring a 10-link chain.
+    for arch in chain:
+        arch.limit_cache(cache_bytes // len(chain))
     return chain
+
+
+def ownership(
+    covers: list[Extents | None], used: Iterable[Extents], size: int, hbs: int
+) -> tuple[list[Extents], list[Extents]]:
+    """For each archive of a chain (newest first; ``covers``: its covered hash block runs, None
+    for a full, which covers all), the byte runs it owns (covers and no newer archive does) and
+    its used byte runs inside them. Run arithmetic only: tables, never data."""
+    whole = Extents.span(0, -(-size // hbs))
+    taken = Extents.empty()
+    owned: list[Extents] = []
+    for covered in covers:
+        mine = (whole if covered is None else covered).subtract(taken).intersect(whole)
+        taken = taken.union(mine)
+        owned.append(mine.scale_in(hbs).clip(0, size))
+    return owned, [u.intersect(own) for u, own in zip(used, owned, strict=True)]
 
 
 class ChainView:
@@ -210,21 +231,15 @@ class ChainView:
         self.desc = top.desc
         self.frame_size = top.frame_size
         hbs = top.header.hash_block_size or top.size or 1
-        whole = Extents.span(0, -(-self.size // hbs))
-        taken = Extents.empty()
-        # owner runs in bytes: (archive index, runs)
-        self.owned: list[Extents] = []
-        for arch in chain:
-            mine = (arch.covered if arch.incremental else whole).subtract(taken).intersect(whole)
-            taken = taken.union(mine)
-            self.owned.append(mine.scale_in(hbs).clip(0, self.size))
-        used_parts = [
-            arch.used_bytes().intersect(own) for arch, own in zip(chain, self.owned, strict=True)
-        ]
+        self.owned, self.used_parts = ownership(
+            [arch.covered if arch.incremental else None for arch in chain],
+            (arch.used_bytes() for arch in chain),
+            self.size,
+            hbs,
+        )
         self._used = Extents.empty()
-        for part in used_parts:
+        for part in self.used_parts:
             self._used = self._used.union(part)
-        self.used_parts = used_parts
         starts = np.concatenate([o.starts for o in self.owned] or [np.zeros(0, np.int64)])
         ends = np.concatenate([o.ends for o in self.owned] or [np.zeros(0, np.int64)])
         owner = np.concatenate(

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -236,6 +238,7 @@ def restore_to(
 
 
 _CHUNK = 8 << 20
+_AHEAD = 3  # chain restore: pieces read ahead of the writes
 
 
 def restore_chain_to(
@@ -273,13 +276,24 @@ def restore_chain_to(
         tgt = open_target(head)
         tgt.prepare(h.volume_size, used)
         total, done = used.total(), 0
-        for start, end in used:
-            for off in range(start, end, _CHUNK):
-                pos = off
-                for part in view.read_views(off, min(_CHUNK, end - off)):
-                    tgt.write_at(pos, part)
-                    pos += len(part)
-                done += pos - off
+        pieces = (
+            (off, min(_CHUNK, end - off))
+            for start, end in used
+            for off in range(start, end, _CHUNK)
+        )
+        # Reads (frames from every link) in a thread of their own, _AHEAD pieces ahead of the
+        # writes: one after the other, a 10-link chain restored 1.5-2x slower than a full.
+        with ThreadPoolExecutor(1, thread_name_prefix="vp-chain-read") as pool:
+            ahead: deque[tuple[int, Future[list[memoryview]]]] = deque()
+            for off, n in pieces:
+                ahead.append((off, pool.submit(view.read_views, off, n)))
+                if len(ahead) < _AHEAD:
+                    continue
+                done += _write_piece(tgt, *ahead.popleft())
+                if progress is not None:
+                    progress("restore", done, total)
+            while ahead:
+                done += _write_piece(tgt, *ahead.popleft())
                 if progress is not None:
                     progress("restore", done, total)
         tgt.finish()
@@ -290,6 +304,14 @@ def restore_chain_to(
     finally:
         view.close()
     return Restored(header=h, target=tgt, used_bytes=total, elapsed=time.perf_counter() - t0)
+
+
+def _write_piece(tgt: Target, off: int, views: Future[list[memoryview]]) -> int:
+    pos = off
+    for part in views.result():
+        tgt.write_at(pos, part)
+        pos += len(part)
+    return pos - off
 
 
 def check_expected(header: R.Header, archive_url: str, expect_uuid: str | None) -> None:
