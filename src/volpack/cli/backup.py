@@ -36,7 +36,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "source",
         help="image file, block device, qcow2 image, lvm:VG/LV, nbd://HOST/EXPORT, or "
-        "qmp:SOCKET#NODE (a running QEMU, read through fleecing)",
+        "qmp:SOCKET#NODE (a running QEMU, read through fleecing), or libvirt:DOMAIN/DISK "
+        "(a running libvirt domain's disk, read through a pull-mode backup job)",
     )
     p.add_argument(
         "archive", help="archive path, '-' for stdout, or a URL (s3://bucket/key, tape:)"
@@ -90,7 +91,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--scratch",
         metavar="DIR",
-        help="qmp: sources: where the fleecing overlay keeps the blocks the guest overwrites "
+        help="qmp: and libvirt: sources: where the fleecing overlay keeps the blocks the guest overwrites "
         "during the backup (default: the system temp dir)",
     )
     p.add_argument(
@@ -158,9 +159,11 @@ def run(args: argparse.Namespace) -> int:
         )
 
     source, allow_mounted = args.source, args.allow_mounted
-    if args.scratch is not None and not source.startswith("qmp:"):
-        raise UsageError(f"--scratch {args.scratch}: only qmp: sources use a scratch overlay")
-    if source.startswith("qmp:") and args.scratch is not None:
+    if args.scratch is not None and not source.startswith(("qmp:", "libvirt:")):
+        raise UsageError(
+            f"--scratch {args.scratch}: only qmp: and libvirt: sources use a scratch overlay"
+        )
+    if source.startswith(("qmp:", "libvirt:")) and args.scratch is not None:
         source += f",scratch={args.scratch}"
     try:
         result = backup(

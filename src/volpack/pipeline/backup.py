@@ -155,7 +155,7 @@ def backup(
     medium = None
     stage = None
     try:
-        src = open_source(source, source_format, pvs=pvs)
+        src = _open(source, source_format, pvs, base_archive)
         check_distinct(
             [
                 *_source_roles(source, source_format, pvs, src.info.details),
@@ -396,6 +396,10 @@ def _changes(
             if not isinstance(hinted, str):
                 return hinted
             warnings.append(f"{src.info.path}: {hinted}")
+    elif hints and (cp := _checkpoint_hint(src, used, table, threads)) is not None:
+        if not isinstance(cp, str):
+            return cp
+        warnings.append(f"{src.info.path}: {cp}")
     elif hints and (thin := _thin_hint(src, used, base, threads)) is not None:
         if not isinstance(thin, str):
             return thin
@@ -403,6 +407,33 @@ def _changes(
     report = (lambda done, total: progress("compare", done, total)) if progress else None
     found = C.hash_compare(src, used, table, threads, report)
     return dataclasses.replace(found, warnings=tuple(warnings))
+
+
+def _open(source: str, source_format: str, pvs: tuple[str, ...], base: Archive | None) -> Source:
+    """The source; a libvirt disk's backup job starts from the checkpoint its base recorded."""
+    if source.startswith("libvirt:"):
+        from volpack.source.libvirt import open_libvirt
+
+        return open_libvirt(source, base.desc.source.details if base is not None else None)
+    return open_source(source, source_format, pvs=pvs)
+
+
+def _checkpoint_hint(src: Source, used: Extents, table: Any, threads: int) -> Changes | str | None:
+    """A libvirt disk's writes since its base's checkpoint, checked by the sample; None for
+    other sources, the reason when there is no usable checkpoint or the hint failed its check."""
+    from volpack.pipeline import changes as C
+
+    checkpoint_hint = getattr(src, "checkpoint_hint", None)
+    if checkpoint_hint is None:
+        return None
+    found = checkpoint_hint()
+    if isinstance(found, str):
+        return f"{found}; every block is compared instead"
+    dirty, name = found
+    what = f"the writes since libvirt checkpoint {name!r}"
+    return C.check_hint(
+        src, used, table, dirty, name, threads, method=f"checkpoint:{name}", what=what
+    )
 
 
 def _thin_hint(src: Source, used: Extents, base: Archive, threads: int) -> Changes | str | None:
@@ -428,7 +459,7 @@ def _thin_hint(src: Source, used: Extents, base: Archive, threads: int) -> Chang
 def _check_not_in_use(source: str, pvs: tuple[str, ...]) -> None:
     from volpack.detect.mounted import check_not_mounted
 
-    if source.startswith(("nbd://", "nbd+unix://", "qmp:")):
+    if source.startswith(("nbd://", "nbd+unix://", "qmp:", "libvirt:")):
         # a live export: its server, not this host's mounts, says whether it is in use; a
         # running VM's disk (qmp:) is in use by design, and fleecing makes it point-in-time
         return
@@ -461,7 +492,7 @@ def _source_roles(
 ) -> list[Role]:
     """The files and devices a backup reads: the source, a qcow2 image's backing chain and data
     file, or an LVM volume's PVs."""
-    if source.startswith(("nbd://", "nbd+unix://")):
+    if source.startswith(("nbd://", "nbd+unix://", "libvirt:")):
         return []  # a network export occupies no local file or device volpack could overlap
     if source_format == "lvm" or source.startswith("lvm:"):
         return [Role(pv, f"a physical volume of the source {source}", "--pv") for pv in pvs]

@@ -1,0 +1,176 @@
+"""Backing up a running libvirt domain's disk (``libvirt:DOMAIN/DISK``) through pull-mode backup
+jobs and checkpoints, against a private libvirtd (tests/integration/libvirt_daemon.py) running a
+TCG guest with no operating system: guest writes are made through the monitor (``qemu-io``).
+Each archive must equal the disk at its backup-begin (``qemu-img compare`` against a copy made
+at that moment); an incremental without its base's checkpoint compares hashes, with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from tests.integration.libvirt_daemon import Libvirtd, libvirtd
+
+pytestmark = pytest.mark.slow
+
+DOMAIN = "vpt"
+QDEV = "/machine/peripheral/virtio-disk0/virtio-backend"
+
+
+@dataclass
+class Vm:
+    daemon: Libvirtd
+    disk: Path
+    tmp: Path
+
+    def write(self, command: str) -> None:
+        """A guest write, e.g. ``write -P 0xcc 0 64k`` (qemu-io syntax)."""
+        self.daemon.virsh(
+            "qemu-monitor-command", "--hmp", DOMAIN, f'qemu-io -d {QDEV} "{command}"'
+        )
+
+    def snapshot(self, name: str) -> Path:
+        """The disk as the guest sees it now (a raw copy read through an NBD export of a
+        backup job of its own, so the running QEMU's view is what is copied)."""
+        out = self.tmp / f"{name}.raw"
+        sock = self.tmp / f"snap-{name}.sock"
+        xml = self.tmp / f"snap-{name}.xml"
+        xml.write_text(
+            f"<domainbackup mode='pull'><server transport='unix' socket='{sock}'/><disks>"
+            f"<disk name='vda' backup='yes' type='file'><scratch file='{self.tmp}/s-{name}.q'/>"
+            "</disk></disks></domainbackup>"
+        )
+        self.daemon.virsh("backup-begin", DOMAIN, str(xml))
+        try:
+            subprocess.run(
+                ["qemu-img", "convert", "-f", "raw", "-O", "raw",
+                 f"nbd+unix:///vda?socket={sock}", str(out)],
+                check=True,
+                capture_output=True,
+            )
+        finally:
+            self.daemon.virsh("domjobabort", DOMAIN)
+        return out
+
+    def checkpoints(self) -> list[str]:
+        return self.daemon.virsh("checkpoint-list", DOMAIN, "--name").stdout.split()
+
+
+@pytest.fixture
+def vm(tmp_path: Path) -> Iterator[Vm]:
+    disk = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", "write -P 0xaa 0 4M", "-c", "write -P 0xbb 20M 1M",
+         str(disk)],
+        check=True,
+        capture_output=True,
+    )
+    (tmp_path / "dom.xml").write_text(
+        f"<domain type='qemu'><name>{DOMAIN}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>"
+        "<os><type arch='x86_64' machine='pc'>hvm</type></os><devices>"
+        "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+        f"<source file='{disk}'/><target dev='vda' bus='virtio'/></disk>"
+        "<serial type='null'/><memballoon model='none'/></devices></domain>"
+    )
+    with libvirtd(tmp_path) as daemon:
+        daemon.virsh("define", str(tmp_path / "dom.xml"))
+        daemon.virsh("start", DOMAIN)
+        yield Vm(daemon, disk, tmp_path)
+
+
+def volpack(vm: Vm, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "LIBVIRT_DEFAULT_URI": vm.daemon.uri, "TMPDIR": str(vm.tmp)}
+    return subprocess.run(
+        [sys.executable, "-m", "volpack", *args], capture_output=True, text=True, env=env
+    )
+
+
+def backup(vm: Vm, archive: Path, *extra: str) -> tuple[dict, str]:
+    r = volpack(
+        vm, "backup", f"libvirt:{DOMAIN}/vda", str(archive), "--json", "--no-catalog", *extra
+    )
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout), r.stderr
+
+
+def restore_equals(vm: Vm, archive: Path, expected: Path) -> None:
+    out = vm.tmp / (archive.name + ".restored")
+    r = volpack(vm, "restore", str(archive), str(out), "--force")
+    assert r.returncode == 0, r.stderr
+    cmp = subprocess.run(
+        ["qemu-img", "compare", "-f", "raw", "-F", "raw", str(out), str(expected)],
+        capture_output=True,
+        text=True,
+    )
+    assert cmp.returncode == 0, cmp.stdout + cmp.stderr
+
+
+def test_incremental_from_the_checkpoint_restores_the_disk_at_backup_time(vm: Vm) -> None:
+    full, _ = backup(vm, vm.tmp / "full.vpk")
+    at_full = vm.snapshot("full")
+    details = full["source"]["details"]
+    assert details["checkpoint"] in vm.checkpoints()
+    assert details["checkpoint"] in details["checkpoint_xml"]
+    vm.write("write -P 0xcc 0 64k")
+    vm.write("write -z -u 20M 1M")  # a trim: the incremental must carry it as zeroes
+    vm.write("write -P 0xdd 40M 128k")
+    inc, err = backup(vm, vm.tmp / "inc.vpk", "--base", str(vm.tmp / "full.vpk"))
+    at_inc = vm.snapshot("inc")
+    assert inc["changes"]["method"] == f"checkpoint:{details['checkpoint']}", err
+    assert inc["source"]["details"]["incremental_from"] == details["checkpoint"]
+    # the job read only what the merged bitmap marks, plus the sample
+    assert inc["changes"]["read_bytes"] < 8 << 20
+    assert "warning" not in err.lower()
+    restore_equals(vm, vm.tmp / "full.vpk", at_full)
+    restore_equals(vm, vm.tmp / "inc.vpk", at_inc)
+    assert vm.daemon.virsh("domjobinfo", DOMAIN).stdout.split()[2] == "None"
+    assert not [p for p in vm.tmp.iterdir() if p.name.startswith("volpack-libvirt-")]
+
+
+def test_checkpoint_lost_from_libvirt_is_redefined_from_the_base_archive(vm: Vm) -> None:
+    full, _ = backup(vm, vm.tmp / "full.vpk")
+    cp = full["source"]["details"]["checkpoint"]
+    # as after a host restart with the checkpoint metadata gone: the qcow2 bitmap remains
+    vm.daemon.virsh("checkpoint-delete", DOMAIN, cp, "--metadata")
+    assert cp not in vm.checkpoints()
+    vm.write("write -P 0xee 1M 64k")
+    inc, err = backup(vm, vm.tmp / "inc.vpk", "--base", str(vm.tmp / "full.vpk"))
+    at_inc = vm.snapshot("inc")
+    assert inc["changes"]["method"] == f"checkpoint:{cp}", err
+    assert cp in vm.checkpoints()
+    restore_equals(vm, vm.tmp / "inc.vpk", at_inc)
+
+
+def test_missing_checkpoint_makes_a_hash_compare_incremental_with_a_warning(vm: Vm) -> None:
+    full, _ = backup(vm, vm.tmp / "full.vpk")
+    cp = full["source"]["details"]["checkpoint"]
+    vm.daemon.virsh("checkpoint-delete", DOMAIN, cp)  # metadata and the qcow2 bitmap
+    vm.write("write -P 0x11 2M 64k")
+    r = volpack(
+        vm, "backup", f"libvirt:{DOMAIN}/vda", str(vm.tmp / "inc.vpk"), "--json",
+        "--no-catalog", "--base", str(vm.tmp / "full.vpk"),
+    )
+    at_inc = vm.snapshot("inc")
+    assert r.returncode == 1, r.stderr
+    inc = json.loads(r.stdout)
+    assert inc["changes"]["method"] == "hash-compare"
+    assert cp in r.stderr and "compared" in r.stderr
+    restore_equals(vm, vm.tmp / "inc.vpk", at_inc)
+
+
+def test_unknown_disk_and_stopped_domain_are_one_line(vm: Vm) -> None:
+    r = volpack(vm, "backup", f"libvirt:{DOMAIN}/vdz", str(vm.tmp / "x.vpk"), "--no-catalog")
+    assert r.returncode == 3 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "vda" in r.stderr and "vdz" in r.stderr
+    vm.daemon.virsh("destroy", DOMAIN)
+    r = volpack(vm, "backup", f"libvirt:{DOMAIN}/vda", str(vm.tmp / "x.vpk"), "--no-catalog")
+    assert r.returncode == 3 and "shut off" in r.stderr, r.stderr
+    assert not (vm.tmp / "x.vpk").exists()
