@@ -31,8 +31,13 @@ cgroup_controllers = []
 """
 
 # Every directory libvirtd writes is bound to a private copy inside the mount namespace.
-_BOUND = ("/etc/libvirt", "/run/libvirt", "/var/lib/libvirt", "/var/log/libvirt",
-          "/var/cache/libvirt")
+_BOUND = (
+    "/etc/libvirt",
+    "/run/libvirt",
+    "/var/lib/libvirt",
+    "/var/log/libvirt",
+    "/var/cache/libvirt",
+)
 
 
 @dataclass

@@ -21,7 +21,8 @@ from tests.integration.libvirt_daemon import Libvirtd, libvirtd
 pytestmark = pytest.mark.slow
 
 DOMAIN = "vpt"
-QDEV = "/machine/peripheral/virtio-disk0/virtio-backend"
+QDEV = "/machine/peripheral/virtio-disk{}/virtio-backend"
+DISKS = ("vda", "vdb")
 
 
 @dataclass
@@ -30,13 +31,12 @@ class Vm:
     disk: Path
     tmp: Path
 
-    def write(self, command: str) -> None:
+    def write(self, command: str, disk: str = "vda") -> None:
         """A guest write, e.g. ``write -P 0xcc 0 64k`` (qemu-io syntax)."""
-        self.daemon.virsh(
-            "qemu-monitor-command", "--hmp", DOMAIN, f'qemu-io -d {QDEV} "{command}"'
-        )
+        qdev = QDEV.format(DISKS.index(disk))
+        self.daemon.virsh("qemu-monitor-command", "--hmp", DOMAIN, f'qemu-io -d {qdev} "{command}"')
 
-    def snapshot(self, name: str) -> Path:
+    def snapshot(self, name: str, disk: str = "vda") -> Path:
         """The disk as the guest sees it now (a raw copy read through an NBD export of a
         backup job of its own, so the running QEMU's view is what is copied)."""
         out = self.tmp / f"{name}.raw"
@@ -44,14 +44,24 @@ class Vm:
         xml = self.tmp / f"snap-{name}.xml"
         xml.write_text(
             f"<domainbackup mode='pull'><server transport='unix' socket='{sock}'/><disks>"
-            f"<disk name='vda' backup='yes' type='file'><scratch file='{self.tmp}/s-{name}.q'/>"
-            "</disk></disks></domainbackup>"
+            f"<disk name='{disk}' backup='yes' type='file'><scratch file='{self.tmp}/s-{name}.q'/>"
+            "</disk>"
+            + "".join(f"<disk name='{d}' backup='no'/>" for d in DISKS if d != disk)
+            + "</disks></domainbackup>"
         )
         self.daemon.virsh("backup-begin", DOMAIN, str(xml))
         try:
             subprocess.run(
-                ["qemu-img", "convert", "-f", "raw", "-O", "raw",
-                 f"nbd+unix:///vda?socket={sock}", str(out)],
+                [
+                    "qemu-img",
+                    "convert",
+                    "-f",
+                    "raw",
+                    "-O",
+                    "raw",
+                    f"nbd+unix:///{disk}?socket={sock}",
+                    str(out),
+                ],
                 check=True,
                 capture_output=True,
             )
@@ -67,9 +77,19 @@ class Vm:
 def vm(tmp_path: Path) -> Iterator[Vm]:
     disk = tmp_path / "disk.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
+    second = tmp_path / "second.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(second), "16M"], check=True)
     subprocess.run(
-        ["qemu-io", "-f", "qcow2", "-c", "write -P 0xaa 0 4M", "-c", "write -P 0xbb 20M 1M",
-         str(disk)],
+        [
+            "qemu-io",
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0xaa 0 4M",
+            "-c",
+            "write -P 0xbb 20M 1M",
+            str(disk),
+        ],
         check=True,
         capture_output=True,
     )
@@ -78,6 +98,8 @@ def vm(tmp_path: Path) -> Iterator[Vm]:
         "<os><type arch='x86_64' machine='pc'>hvm</type></os><devices>"
         "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
         f"<source file='{disk}'/><target dev='vda' bus='virtio'/></disk>"
+        "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+        f"<source file='{second}'/><target dev='vdb' bus='virtio'/></disk>"
         "<serial type='null'/><memballoon model='none'/></devices></domain>"
     )
     with libvirtd(tmp_path) as daemon:
@@ -155,8 +177,14 @@ def test_missing_checkpoint_makes_a_hash_compare_incremental_with_a_warning(vm: 
     vm.daemon.virsh("checkpoint-delete", DOMAIN, cp)  # metadata and the qcow2 bitmap
     vm.write("write -P 0x11 2M 64k")
     r = volpack(
-        vm, "backup", f"libvirt:{DOMAIN}/vda", str(vm.tmp / "inc.vpk"), "--json",
-        "--no-catalog", "--base", str(vm.tmp / "full.vpk"),
+        vm,
+        "backup",
+        f"libvirt:{DOMAIN}/vda",
+        str(vm.tmp / "inc.vpk"),
+        "--json",
+        "--no-catalog",
+        "--base",
+        str(vm.tmp / "full.vpk"),
     )
     at_inc = vm.snapshot("inc")
     assert r.returncode == 1, r.stderr
@@ -174,3 +202,43 @@ def test_unknown_disk_and_stopped_domain_are_one_line(vm: Vm) -> None:
     r = volpack(vm, "backup", f"libvirt:{DOMAIN}/vda", str(vm.tmp / "x.vpk"), "--no-catalog")
     assert r.returncode == 3 and "shut off" in r.stderr, r.stderr
     assert not (vm.tmp / "x.vpk").exists()
+
+
+def test_a_whole_domain_is_one_job_with_one_archive_per_disk_and_a_shared_checkpoint(
+    vm: Vm,
+) -> None:
+    out, catalog = vm.tmp / "vpt", str(vm.tmp / "catalog.db")
+    vm.write("write -P 0x55 1M 1M", "vdb")
+    r = volpack(vm, "backup", f"libvirt:{DOMAIN}", str(out), "--json", "--catalog", catalog)
+    assert r.returncode == 0, r.stderr
+    fulls = json.loads(r.stdout)["archives"]
+    assert [a["source"]["details"]["disk"] for a in fulls] == list(DISKS)
+    cps = {a["source"]["details"]["checkpoint"] for a in fulls}
+    assert len(cps) == 1 and cps <= set(vm.checkpoints())
+    stamp = next(iter(cps)).rsplit("-", 1)[-1]
+    assert sorted(p.name for p in out.iterdir()) == [f"{d}-{stamp}.vpk" for d in DISKS]
+    at_full = {d: vm.snapshot(f"full-{d}", d) for d in DISKS}
+    vm.write("write -P 0x66 4M 64k", "vda")
+    vm.write("write -z -u 1M 64k", "vdb")
+    r = volpack(
+        vm,
+        "backup",
+        f"libvirt:{DOMAIN}",
+        str(out),
+        "--json",
+        "--catalog",
+        catalog,
+        "--base",
+        "latest",
+    )
+    assert r.returncode == 0, r.stderr
+    incs = json.loads(r.stdout)["archives"]
+    at_inc = {d: vm.snapshot(f"inc-{d}", d) for d in DISKS}
+    for full, inc, disk in zip(fulls, incs, DISKS, strict=True):
+        assert inc["base_uuid"] == full["archive_uuid"]
+        assert inc["changes"]["method"] == f"checkpoint:{full['source']['details']['checkpoint']}"
+        restore_equals(vm, Path(full["url"]), at_full[disk])
+        restore_equals(vm, Path(inc["url"]), at_inc[disk])
+    assert vm.daemon.virsh("domjobinfo", DOMAIN).stdout.split()[2] == "None"
+    r = volpack(vm, "backup", f"libvirt:{DOMAIN}", "-", "--no-catalog")
+    assert r.returncode == 2 and "directory" in r.stderr, r.stderr

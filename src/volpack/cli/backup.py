@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from volpack.cli.common import (
     Progress,
@@ -19,6 +19,10 @@ from volpack.cli.common import (
 )
 from volpack.errors import EXIT_OK, EXIT_WARNING, UsageError, VolpackError
 from volpack.units import human, parse_mode
+
+if TYPE_CHECKING:
+    from volpack.pipeline.backup import BackupResult
+    from volpack.source.base import Source
 
 log = logging.getLogger("volpack")
 
@@ -149,6 +153,7 @@ def _mounted(path: str) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     from volpack.pipeline import backup
+    from volpack.pipeline.libvirt_domain import backup_domain, is_domain_source
 
     apply_medium_options(args)
     progress = Progress(args)
@@ -165,10 +170,11 @@ def run(args: argparse.Namespace) -> int:
         )
     if source.startswith(("qmp:", "libvirt:")) and args.scratch is not None:
         source += f",scratch={args.scratch}"
-    try:
-        result = backup(
-            source,
-            args.archive,
+
+    def one(src: str, archive: str, base: str | None, opened: Source | None) -> BackupResult:
+        return backup(
+            src,
+            archive,
             block_size=args.block_size,
             detect=args.detect,
             compress=args.compress,
@@ -182,13 +188,35 @@ def run(args: argparse.Namespace) -> int:
             threads=args.threads,
             progress=progress,
             on_source_released=released,
-            base=args.base,
+            base=base,
             bitmap=args.bitmap,
             hints=not args.no_hints,
             catalog=None if args.no_catalog and args.base != "latest" else args.catalog,
+            opened=opened,
         )
+
+    domain = is_domain_source(source)
+    try:
+        if domain:
+            catalog = None if args.no_catalog and args.base != "latest" else args.catalog
+            results = backup_domain(source, args.archive, base=args.base, catalog=catalog, one=one)
+        else:
+            results = [one(source, args.archive, args.base, None)]
     finally:
         progress.close()
+    code, docs, out = EXIT_OK, [], []
+    for result in results:
+        lines, warned = _report(args, result)
+        code = EXIT_WARNING if warned else code
+        docs.append(dataclasses.asdict(result))
+        out.extend(lines)
+    # With the archive on stdout, the result must not mix into it: it goes to stderr.
+    emit(args, {"archives": docs} if domain else docs[0], out, to_stderr=args.archive == "-")
+    return code
+
+
+def _report(args: argparse.Namespace, result: BackupResult) -> tuple[list[str], bool]:
+    """Log the warnings of one archive, record it in the catalog, and say what it holds."""
     warnings = result.detection.get("warnings", [])
     for w in warnings:
         log.warning("%s", w)
@@ -216,6 +244,4 @@ def run(args: argparse.Namespace) -> int:
             f"{result.changes.get('method')} ({human(result.changes.get('read_bytes') or 0)} "
             f"read); archive {human(result.archive_size)}, {result.elapsed:.2f} s"
         )
-    # With the archive on stdout, the result must not mix into it: it goes to stderr.
-    emit(args, dataclasses.asdict(result), lines, to_stderr=args.archive == "-")
-    return EXIT_WARNING if warnings else EXIT_OK
+    return lines, bool(warnings)

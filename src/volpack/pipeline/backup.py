@@ -106,6 +106,7 @@ def backup(
     bitmap: str | None = None,
     catalog: str | None = None,
     hints: bool = True,
+    opened: Source | None = None,
 ) -> BackupResult:
     """Back up the used blocks of ``source`` to a new archive at ``archive_url``. A new archive
     file gets permission bits ``mode`` (default 0600); one replaced with ``force`` keeps its own.
@@ -114,7 +115,8 @@ def backup(
     ``catalog``) the archive is an incremental holding what changed since that base; ``bitmap``
     names a dirty bitmap of the source to use as a hint (checked; hash compare otherwise); an
     LVM thin source's mappings are a hint unless ``hints`` is False (hash compare always).
-    ``block_size`` defaults to 4 KiB, or the base's for an incremental."""
+    ``block_size`` defaults to 4 KiB, or the base's for an incremental. ``opened`` is
+    ``source`` already opened (a disk of a libvirt job shared by several archives)."""
     # Imported here, not at the top: ``import volpack.pipeline`` (every verb) stays fast for the
     # CLI, which loads only the stages the verb it runs needs.
     from volpack.compact.dense import DenseReader
@@ -134,7 +136,8 @@ def backup(
     t0 = time.perf_counter()
     if not allow_mounted:
         _check_not_in_use(source, pvs)
-    base_archive = _open_base(base, source, catalog) if base is not None else None
+    catalogued = source.split(",")[0] if source.startswith("libvirt:") else source
+    base_archive = _open_base(base, catalogued, catalog) if base is not None else None
     if base_archive is not None:
         if block_size not in (None, base_archive.block_size):
             base_archive.close()
@@ -155,7 +158,7 @@ def backup(
     medium = None
     stage = None
     try:
-        src = _open(source, source_format, pvs, base_archive)
+        src = opened or _open(source, source_format, pvs, base_archive)
         check_distinct(
             [
                 *_source_roles(source, source_format, pvs, src.info.details),

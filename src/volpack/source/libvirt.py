@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -89,80 +90,102 @@ def domain_disks(domain: str) -> list[str]:
     return disks
 
 
-class LibvirtSource:
-    """One disk of a running libvirt domain, frozen at the ``backup-begin``."""
+class LibvirtJob:
+    """One pull-mode backup job of a running domain: the listed disks frozen at the same
+    ``backup-begin``, one new checkpoint for them all. Each disk is read through ``disk()``."""
 
-    def __init__(self, address: str, base_details: dict[str, Any] | None = None) -> None:
-        self.addr = parse_libvirt(address)
+    def __init__(
+        self,
+        domain: str,
+        disks: list[str],
+        bases: dict[str, Mapping[str, Any] | None],
+        scratch: str = "",
+    ) -> None:
+        self.domain, self.disks, self.scratch = domain, list(disks), scratch
+        self.name = f"libvirt:{domain}"
         self._tmp = ""
         self._started = False
-        self._nbd: NbdSource | None = None
-        self._incremental = ""  # the checkpoint the job's bitmap counts from
-        self._hint_lost = ""  # why the base's checkpoint cannot give a hint
+        self.incremental: dict[str, str] = {}  # disk -> the checkpoint its bitmap counts from
+        self.hint_lost: dict[str, str] = {}  # disk -> why its base's checkpoint gives no hint
+        self._redefined: list[str] = []
+        self.checkpoint = ""
+        self.checkpoint_xml = ""
         try:
             self._check_domain()
-            base_cp = str((base_details or {}).get("checkpoint") or "")
-            if base_cp:
-                self._incremental = self._base_checkpoint(base_cp, base_details or {})
+            for disk in self.disks:
+                details = bases.get(disk) or {}
+                base_cp = str(details.get("checkpoint") or "")
+                if base_cp:
+                    cp = self._base_checkpoint(disk, base_cp, details)
+                    if cp:
+                        self.incremental[disk] = cp
             self._begin()
         except BaseException:
             self.close()
             raise
 
     def _fail(self, problem: str) -> SourceError:
-        return SourceError(f"{self.addr.name}: {problem}")
+        return SourceError(f"{self.name}: {problem}")
 
     def _virsh(self, *args: str) -> str:
-        return virsh(*args, subject=self.addr.name)
+        return virsh(*args, subject=self.name)
 
     def _check_domain(self) -> None:
-        state = self._virsh("domstate", self.addr.domain).strip()
+        state = self._virsh("domstate", self.domain).strip()
         if state not in ("running", "paused"):
             raise self._fail(
                 f"the domain is {state or 'unknown'}; a pull-mode backup needs it running "
                 "(an inactive domain's disk image can be backed up as a file)"
             )
-        disks = domain_disks(self.addr.domain)
-        if self.addr.disk not in disks:
+        self.all_disks = domain_disks(self.domain)
+        missing = [d for d in self.disks if d not in self.all_disks]
+        if missing:
             raise self._fail(
-                f"the domain has no disk {self.addr.disk!r} (disks: {', '.join(disks) or 'none'})"
+                f"the domain has no disk {missing[0]!r} (disks: "
+                f"{', '.join(self.all_disks) or 'none'})"
             )
-        job = self._virsh("domjobinfo", self.addr.domain)
+        job = self._virsh("domjobinfo", self.domain)
         if "Backup" in job:
             raise self._fail(
                 "the domain already runs a backup job; wait for it to end (or end it with "
                 "'virsh domjobabort')"
             )
 
-    def _base_checkpoint(self, name: str, details: dict[str, Any]) -> str:
+    def _base_checkpoint(self, disk: str, name: str, details: Mapping[str, Any]) -> str:
         """``name`` when libvirt knows it (redefined from the base's XML if it was lost), else
-        "" with the reason kept: the incremental then compares hashes."""
+        "" with the reason kept: that disk's incremental then compares hashes."""
+        if name in self._redefined:
+            return name
         try:
-            self._virsh("checkpoint-info", self.addr.domain, name)
+            self._virsh("checkpoint-info", self.domain, name)
             return name
         except SourceError:
             pass
         xml = str(details.get("checkpoint_xml") or "")
         if not xml:
-            self._hint_lost = f"the base's checkpoint {name!r} is gone and the base kept no XML"
+            self.hint_lost[disk] = (
+                f"the base's checkpoint {name!r} is gone and the base kept no XML"
+            )
             return ""
         fd, path = tempfile.mkstemp(prefix="volpack-checkpoint-", suffix=".xml")
         try:
             with os.fdopen(fd, "w") as f:
                 f.write(xml)
-            self._virsh("checkpoint-create", self.addr.domain, path, "--redefine")
+            self._virsh("checkpoint-create", self.domain, path, "--redefine")
         except SourceError as exc:
-            self._hint_lost = (
-                f"the base's checkpoint {name!r} is gone and could not be redefined ({exc})"
+            self.hint_lost[disk] = (
+                f"the base's checkpoint {name!r} is gone and could not be redefined "
+                f"({_problem(exc, self.name)})"
             )
             return ""
         finally:
             os.unlink(path)
-        log.info("%s: checkpoint %s redefined from the base archive", self.addr.name, name)
+        self._redefined.append(name)
+        log.info("%s: checkpoint %s redefined from the base archive", self.name, name)
         return name
 
     def _begin(self) -> None:
-        parent = self.addr.scratch or tempfile.gettempdir()
+        parent = self.scratch or tempfile.gettempdir()
         try:
             self._tmp = tempfile.mkdtemp(prefix="volpack-libvirt-", dir=parent)
         except OSError as exc:
@@ -170,65 +193,84 @@ class LibvirtSource:
                 f"cannot create the scratch directory in {parent} ({exc.strerror}); "
                 "choose another --scratch"
             ) from None
-        sock = os.path.join(self._tmp, "nbd.sock")
+        self.socket = os.path.join(self._tmp, "nbd.sock")
         self.checkpoint = CHECKPOINT_PREFIX + datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         checkpoint = os.path.join(self._tmp, "checkpoint.xml")
         with open(checkpoint, "w") as f:
             f.write(
                 f"<domaincheckpoint><name>{self.checkpoint}</name><disks>"
-                f"<disk name={quoteattr(self.addr.disk)} checkpoint='bitmap'/>"
                 + "".join(
-                    f"<disk name={quoteattr(d)} checkpoint='no'/>"
-                    for d in domain_disks(self.addr.domain)
-                    if d != self.addr.disk
+                    f"<disk name={quoteattr(d)} "
+                    f"checkpoint='{'bitmap' if d in self.disks else 'no'}'/>"
+                    for d in self.all_disks
                 )
                 + "</disks></domaincheckpoint>"
             )
         try:
-            self._backup_begin(sock, checkpoint, self._incremental)
+            self._backup_begin(checkpoint)
         except SourceError as exc:
-            if not self._incremental:
+            if not self.incremental:
                 raise
-            # The checkpoint is known but its bitmap is not usable (a disk restored or copied
-            # without it): the backup still runs, the changes are found by comparing hashes.
-            self._hint_lost = f"backup-begin from checkpoint {self._incremental!r} failed ({exc})"
-            self._incremental = ""
-            self._backup_begin(sock, checkpoint, "")
-        self._checkpoint_xml = self._virsh(
-            "checkpoint-dumpxml", self.addr.domain, self.checkpoint
-        )
-        export = urllib.parse.quote(self.addr.disk)
-        self._nbd = NbdSource(f"nbd+unix:///{export}?socket={urllib.parse.quote(sock)}")
+            # A checkpoint is known but its bitmap is not usable (a disk restored or copied
+            # without it; a redefinition of a checkpoint whose bitmap is gone): the backup still
+            # runs, and the changes are found by comparing hashes.
+            for disk, cp in self.incremental.items():
+                self.hint_lost[disk] = (
+                    f"backup-begin from checkpoint {cp!r} failed ({_problem(exc, self.name)})"
+                )
+            self.incremental.clear()
+            self._forget_redefined()
+            self._backup_begin(checkpoint)
+        self.checkpoint_xml = self._virsh("checkpoint-dumpxml", self.domain, self.checkpoint)
 
-    def _backup_begin(self, sock: str, checkpoint: str, incremental: str) -> None:
-        scratch = os.path.join(self._tmp, "scratch.qcow2")
+    def _backup_begin(self, checkpoint: str) -> None:
         backup = os.path.join(self._tmp, "backup.xml")
-        others = "".join(
-            f"<disk name={quoteattr(d)} backup='no'/>"
-            for d in domain_disks(self.addr.domain)
-            if d != self.addr.disk
-        )
+        disks = []
+        for d in self.all_disks:
+            if d not in self.disks:
+                disks.append(f"<disk name={quoteattr(d)} backup='no'/>")
+                continue
+            cp = self.incremental.get(d)
+            mode = (
+                f"backupmode='incremental' incremental={quoteattr(cp)}"
+                if cp
+                else ("backupmode='full'")
+            )
+            scratch = os.path.join(self._tmp, f"scratch-{d}.qcow2")
+            disks.append(
+                f"<disk name={quoteattr(d)} backup='yes' type='file' {mode}>"
+                f"<scratch file={quoteattr(scratch)}/></disk>"
+            )
         with open(backup, "w") as f:
             f.write(
                 "<domainbackup mode='pull'>"
-                + (f"<incremental>{incremental}</incremental>" if incremental else "")
-                + f"<server transport='unix' socket={quoteattr(sock)}/><disks>"
-                f"<disk name={quoteattr(self.addr.disk)} backup='yes' type='file'>"
-                f"<scratch file={quoteattr(scratch)}/></disk>{others}</disks></domainbackup>"
+                f"<server transport='unix' socket={quoteattr(self.socket)}/>"
+                f"<disks>{''.join(disks)}</disks></domainbackup>"
             )
-        self._virsh("backup-begin", self.addr.domain, backup, checkpoint)
+        self._virsh("backup-begin", self.domain, backup, checkpoint)
         self._started = True
 
-    def close(self) -> None:
-        """Disconnect and end the backup job (libvirt removes its scratch file); each step is
-        tried even when an earlier one failed."""
-        if self._nbd is not None:
+    def _forget_redefined(self) -> None:
+        """A checkpoint this run redefined that proved unusable is removed again (metadata
+        only), so libvirt is left as it was."""
+        for cp in self._redefined:
             with contextlib.suppress(SourceError):
-                self._nbd.close()
-            self._nbd = None
+                self._virsh("checkpoint-delete", self.domain, cp, "--metadata")
+        self._redefined.clear()
+
+    def running(self) -> bool:
+        return "Backup" in self._virsh("domjobinfo", self.domain)
+
+    def disk(self, name: str, *, owner: bool = False) -> LibvirtSource:
+        """The view of disk ``name``; with ``owner`` its close ends the whole job."""
+        return LibvirtSource(self, name, owner=owner)
+
+    def close(self) -> None:
+        """End the backup job (libvirt removes its scratch files) and remove the private
+        directory."""
         if self._started:
             try:
-                self._virsh("domjobabort", self.addr.domain)
+                self._virsh("domjobabort", self.domain)
             except SourceError as exc:
                 log.warning("%s; end the job with 'virsh domjobabort'", exc)
             self._started = False
@@ -236,13 +278,48 @@ class LibvirtSource:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = ""
 
+
+def _problem(exc: SourceError, subject: str) -> str:
+    return str(exc).removeprefix(f"{subject}: ")
+
+
+class LibvirtSource:
+    """One disk of a running libvirt domain, frozen at its job's ``backup-begin``."""
+
+    def __init__(self, job: LibvirtJob, disk: str, *, owner: bool = False) -> None:
+        self.job, self.disk_name, self._owner = job, disk, owner
+        self.name = f"libvirt:{job.domain}/{disk}"
+        export = urllib.parse.quote(disk)
+        try:
+            self._nbd: NbdSource | None = NbdSource(
+                f"nbd+unix:///{export}?socket={urllib.parse.quote(job.socket)}"
+            )
+        except BaseException:
+            if owner:
+                job.close()
+            raise
+
+    def _fail(self, problem: str) -> SourceError:
+        return SourceError(f"{self.name}: {problem}")
+
+    def close(self) -> None:
+        if self._nbd is not None:
+            with contextlib.suppress(SourceError):
+                self._nbd.close()
+            self._nbd = None
+        if self._owner:
+            self.job.close()
+
     # -- change hint ---------------------------------------------------------------------------
     def checkpoint_hint(self) -> tuple[Extents, str] | str:
         """The writes since the base's checkpoint (the job's ``backup-DISK`` bitmap) and the
         checkpoint's name, or why there is none (the caller compares hashes)."""
-        if not self._incremental:
-            return self._hint_lost or "the base archive names no libvirt checkpoint"
-        return self._src.dirty_extents("backup-" + self.addr.disk), self._incremental
+        cp = self.job.incremental.get(self.disk_name)
+        if not cp:
+            return self.job.hint_lost.get(self.disk_name) or (
+                "the base archive names no libvirt checkpoint"
+            )
+        return self._src.dirty_extents("backup-" + self.disk_name), cp
 
     # -- the Source protocol -------------------------------------------------------------------
     @property
@@ -258,23 +335,22 @@ class LibvirtSource:
     @property
     def info(self) -> SourceInfo:
         details: dict[str, object] = {
-            "domain": self.addr.domain,
-            "disk": self.addr.disk,
+            "domain": self.job.domain,
+            "disk": self.disk_name,
             "reader": "libvirt pull-mode backup",
-            "checkpoint": self.checkpoint,
+            "checkpoint": self.job.checkpoint,
             # kept so the checkpoint can be redefined (checkpoint-create --redefine) after libvirt
             # lost it, e.g. the domain was undefined and defined again
-            "checkpoint_xml": self._checkpoint_xml,
-            "incremental_from": self._incremental or None,
+            "checkpoint_xml": self.job.checkpoint_xml,
+            "incremental_from": self.job.incremental.get(self.disk_name),
             "block_size_max": self._src.info.details["block_size_max"],
         }
-        return SourceInfo("libvirt", self.addr.name, details)
+        return SourceInfo("libvirt", self.name, details)
 
     def identity(self) -> tuple[object, ...]:
         # The export stays the point in time only while the job runs: one that ended (scratch
         # full, aborted from outside) makes the read untrustworthy.
-        job = self._virsh("domjobinfo", self.addr.domain)
-        if "Backup" not in job:
+        if not self.job.running():
             raise self._fail(
                 "the backup job ended while the disk was read, so the view may not be one point "
                 "in time; give the scratch directory room for every block the guest overwrites "
@@ -295,5 +371,8 @@ class LibvirtSource:
         self._src.read_into(offset, buf)
 
 
-def open_libvirt(address: str, base_details: dict[str, Any] | None = None) -> LibvirtSource:
-    return LibvirtSource(address, base_details)
+def open_libvirt(address: str, base_details: Mapping[str, Any] | None = None) -> LibvirtSource:
+    """One disk in a job of its own, ended when the source is closed."""
+    addr = parse_libvirt(address)
+    job = LibvirtJob(addr.domain, [addr.disk], {addr.disk: base_details}, addr.scratch)
+    return job.disk(addr.disk, owner=True)
