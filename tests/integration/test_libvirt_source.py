@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,3 +244,30 @@ def test_a_whole_domain_is_one_job_with_one_archive_per_disk_and_a_shared_checkp
     assert vm.daemon.virsh("domjobinfo", DOMAIN).stdout.split()[2] == "None"
     r = volpack(vm, "backup", f"libvirt:{DOMAIN}", "-", "--no-catalog")
     assert r.returncode == 2 and "directory" in r.stderr, r.stderr
+
+
+def test_sigint_mid_backup_ends_the_job_and_leaves_no_archive_or_scratch(vm: Vm) -> None:
+    vm.daemon.virsh("destroy", DOMAIN)
+    noise = vm.tmp / "noise.raw"
+    noise.write_bytes(os.urandom(64 << 20))
+    subprocess.run(
+        ["qemu-img", "convert", "-n", "-f", "raw", "-O", "qcow2", str(noise), str(vm.disk)],
+        check=True,
+    )
+    vm.daemon.virsh("start", DOMAIN)
+    env = {**os.environ, "LIBVIRT_DEFAULT_URI": vm.daemon.uri, "TMPDIR": str(vm.tmp)}
+    argv = [sys.executable, "-m", "volpack", "backup", f"libvirt:{DOMAIN}/vda"]
+    argv += [str(vm.tmp / "a.vpk"), "--no-catalog", "--threads", "1", "--compress", "zstd:19"]
+    proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while "Backup" not in vm.daemon.virsh("domjobinfo", DOMAIN, check=False).stdout:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() < deadline, "no backup job in 60 s"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "Traceback" not in err, err
+    assert not (vm.tmp / "a.vpk").exists()
+    assert vm.daemon.virsh("domjobinfo", DOMAIN).stdout.split()[2] == "None"
+    assert not [p for p in vm.tmp.iterdir() if p.name.startswith("volpack-")]
