@@ -244,9 +244,12 @@ def test_a_whole_domain_is_one_job_with_one_archive_per_disk_and_a_shared_checkp
     assert vm.daemon.virsh("domjobinfo", DOMAIN).stdout.split()[2] == "None"
     r = volpack(vm, "backup", f"libvirt:{DOMAIN}", "-", "--no-catalog")
     assert r.returncode == 2 and "directory" in r.stderr, r.stderr
+    r = volpack(vm, "backup", f"libvirt:{DOMAIN}", str(out), "--base", fulls[0]["url"])
+    assert r.returncode == 2 and "--base latest" in r.stderr, r.stderr
 
 
-def test_sigint_mid_backup_ends_the_job_and_leaves_no_archive_or_scratch(vm: Vm) -> None:
+def start_slow_backup(vm: Vm, archive: Path) -> subprocess.Popen[str]:
+    """A slow backup of a disk full of random bytes, returned once its job runs."""
     vm.daemon.virsh("destroy", DOMAIN)
     noise = vm.tmp / "noise.raw"
     noise.write_bytes(os.urandom(64 << 20))
@@ -257,7 +260,7 @@ def test_sigint_mid_backup_ends_the_job_and_leaves_no_archive_or_scratch(vm: Vm)
     vm.daemon.virsh("start", DOMAIN)
     env = {**os.environ, "LIBVIRT_DEFAULT_URI": vm.daemon.uri, "TMPDIR": str(vm.tmp)}
     argv = [sys.executable, "-m", "volpack", "backup", f"libvirt:{DOMAIN}/vda"]
-    argv += [str(vm.tmp / "a.vpk"), "--no-catalog", "--threads", "1", "--compress", "zstd:19"]
+    argv += [str(archive), "--no-catalog", "--threads", "1", "--compress", "zstd:19"]
     proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while "Backup" not in vm.daemon.virsh("domjobinfo", DOMAIN, check=False).stdout:
@@ -265,9 +268,24 @@ def test_sigint_mid_backup_ends_the_job_and_leaves_no_archive_or_scratch(vm: Vm)
         assert time.monotonic() < deadline, "no backup job in 60 s"
         time.sleep(0.05)
     time.sleep(0.5)
+    return proc
+
+
+def test_sigint_mid_backup_ends_the_job_and_leaves_no_archive_or_scratch(vm: Vm) -> None:
+    proc = start_slow_backup(vm, vm.tmp / "a.vpk")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and "Traceback" not in err, err
     assert not (vm.tmp / "a.vpk").exists()
     assert vm.daemon.virsh("domjobinfo", DOMAIN).stdout.split()[2] == "None"
+    assert not [p for p in vm.tmp.iterdir() if p.name.startswith("volpack-")]
+
+
+def test_a_job_ended_from_outside_mid_backup_fails_it_with_exit_3_and_no_archive(vm: Vm) -> None:
+    proc = start_slow_backup(vm, vm.tmp / "a.vpk")
+    vm.daemon.virsh("domjobabort", DOMAIN)  # what a full scratch or another admin does
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3 and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (vm.tmp / "a.vpk").exists()
     assert not [p for p in vm.tmp.iterdir() if p.name.startswith("volpack-")]

@@ -196,6 +196,11 @@ def run(args: argparse.Namespace) -> int:
         )
 
     domain = is_domain_source(source)
+    if domain and args.staging is not None:
+        raise UsageError(
+            f"--staging {args.staging}: a whole domain makes one archive per disk; back up each "
+            "disk with libvirt:DOMAIN/DISK to stage it"
+        )
     try:
         if domain:
             catalog = None if args.no_catalog and args.base != "latest" else args.catalog

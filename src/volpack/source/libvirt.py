@@ -272,7 +272,8 @@ class LibvirtJob:
             try:
                 self._virsh("domjobabort", self.domain)
             except SourceError as exc:
-                log.warning("%s; end the job with 'virsh domjobabort'", exc)
+                if "no job is active" not in str(exc):  # else it ended already: nothing to end
+                    log.warning("%s; end the job with 'virsh domjobabort'", exc)
             self._started = False
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
@@ -351,12 +352,15 @@ class LibvirtSource:
         # The export stays the point in time only while the job runs: one that ended (scratch
         # full, aborted from outside) makes the read untrustworthy.
         if not self.job.running():
-            raise self._fail(
-                "the backup job ended while the disk was read, so the view may not be one point "
-                "in time; give the scratch directory room for every block the guest overwrites "
-                "(--scratch) and retry"
-            )
+            raise self._ended()
         return (self._src.size,)
+
+    def _ended(self) -> SourceError:
+        return self._fail(
+            "the backup job ended while the disk was read, so the view may not be one point "
+            "in time; give the scratch directory room for every block the guest overwrites "
+            "(--scratch) and retry"
+        )
 
     def data_extents(self) -> Extents:
         return self._src.data_extents()
@@ -368,7 +372,13 @@ class LibvirtSource:
         return self._src.dirty_extents(bitmap)
 
     def read_into(self, offset: int, buf: memoryview) -> None:
-        self._src.read_into(offset, buf)
+        try:
+            self._src.read_into(offset, buf)
+        except SourceError:
+            # the export goes with the job: say why, rather than "connection failed"
+            if not self.job.running():
+                raise self._ended() from None
+            raise
 
 
 def open_libvirt(address: str, base_details: Mapping[str, Any] | None = None) -> LibvirtSource:
