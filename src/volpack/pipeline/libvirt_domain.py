@@ -83,6 +83,7 @@ def backup_domain(
             details[disk] = arch.desc.source.details
         finally:
             arch.close()
+
     def default(src: str, archive: str, base_url: str | None, opened: Source) -> BackupResult:
         return backup(src, archive, base=base_url, catalog=catalog, opened=opened)
 
