@@ -289,3 +289,28 @@ def test_a_job_ended_from_outside_mid_backup_fails_it_with_exit_3_and_no_archive
     assert len(err.strip().splitlines()) == 1, err
     assert not (vm.tmp / "a.vpk").exists()
     assert not [p for p in vm.tmp.iterdir() if p.name.startswith("volpack-")]
+
+
+def test_a_job_left_by_a_killed_run_is_ended_by_the_next_but_anyone_elses_is_refused(
+    vm: Vm,
+) -> None:
+    proc = start_slow_backup(vm, vm.tmp / "a.vpk")
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert "Backup" in vm.daemon.virsh("domjobinfo", DOMAIN).stdout  # the kill left it running
+    [left] = [p for p in vm.tmp.iterdir() if p.name.startswith("volpack-libvirt-")]
+    r = volpack(vm, "backup", f"libvirt:{DOMAIN}/vda", str(vm.tmp / "b.vpk"), "--no-catalog")
+    assert r.returncode == 0, r.stderr
+    assert not left.exists()
+    assert vm.daemon.virsh("domjobinfo", DOMAIN).stdout.split()[2] == "None"
+    # a job that is not volpack's is left alone
+    xml = vm.tmp / "other.xml"
+    xml.write_text(
+        f"<domainbackup mode='pull'><server transport='unix' socket='{vm.tmp}/other.sock'/>"
+        "</domainbackup>"
+    )
+    vm.daemon.virsh("backup-begin", DOMAIN, str(xml))
+    r = volpack(vm, "backup", f"libvirt:{DOMAIN}/vda", str(vm.tmp / "c.vpk"), "--no-catalog")
+    assert r.returncode == 3 and "already runs a backup job" in r.stderr, r.stderr
+    assert "Backup" in vm.daemon.virsh("domjobinfo", DOMAIN).stdout
+    vm.daemon.virsh("domjobabort", DOMAIN)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -30,6 +31,17 @@ from volpack.source.nbd import NbdSource
 log = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "volpack-"  # + UTC time of the backup-begin
+_TMP_PREFIX = "volpack-libvirt-"  # + PID of the run (hex) + "-": socket and scratch file
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,11 +157,23 @@ class LibvirtJob:
                 f"{', '.join(self.all_disks) or 'none'})"
             )
         job = self._virsh("domjobinfo", self.domain)
-        if "Backup" in job:
+        if "Backup" in job and not self._end_stale_job():
             raise self._fail(
                 "the domain already runs a backup job; wait for it to end (or end it with "
                 "'virsh domjobabort')"
             )
+
+    def _end_stale_job(self) -> bool:
+        """End the backup job a volpack run killed mid-backup left running (its private
+        directory names the run's PID, which is gone); False for anyone else's job."""
+        xml = self._virsh("backup-dumpxml", self.domain)
+        found = re.search(r"socket=['\"]([^'\"]*/" + _TMP_PREFIX + r"([0-9a-f]+)-[^/'\"]*)/", xml)
+        if found is None or not _gone(int(found.group(2), 16)):
+            return False
+        self._virsh("domjobabort", self.domain)
+        shutil.rmtree(found.group(1), ignore_errors=True)
+        log.info("%s: ended the backup job left by an interrupted run", self.name)
+        return True
 
     def _base_checkpoint(self, disk: str, name: str, details: Mapping[str, Any]) -> str:
         """``name`` when libvirt knows it (redefined from the base's XML if it was lost), else
@@ -187,7 +211,8 @@ class LibvirtJob:
     def _begin(self) -> None:
         parent = self.scratch or tempfile.gettempdir()
         try:
-            self._tmp = tempfile.mkdtemp(prefix="volpack-libvirt-", dir=parent)
+            # The PID in the name tells a later run whether a job left running is a dead run's.
+            self._tmp = tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid():x}-", dir=parent)
         except OSError as exc:
             raise self._fail(
                 f"cannot create the scratch directory in {parent} ({exc.strerror}); "
