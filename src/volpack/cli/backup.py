@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     source, allow_mounted = args.source, args.allow_mounted
     if args.scratch is not None and not source.startswith(("qmp:", "libvirt:")):
         raise UsageError(
-            f"--scratch {args.scratch}: only qmp: and libvirt: sources use a scratch overlay"
+            f"--scratch {args.scratch}: only qmp: sources and libvirt: sources use a scratch area"
         )
     if source.startswith(("qmp:", "libvirt:")) and args.scratch is not None:
         source += f",scratch={args.scratch}"
