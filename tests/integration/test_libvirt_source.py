@@ -314,3 +314,31 @@ def test_a_job_left_by_a_killed_run_is_ended_by_the_next_but_anyone_elses_is_ref
     assert r.returncode == 3 and "already runs a backup job" in r.stderr, r.stderr
     assert "Backup" in vm.daemon.virsh("domjobinfo", DOMAIN).stdout
     vm.daemon.virsh("domjobabort", DOMAIN)
+
+
+def test_a_disk_without_a_catalogued_archive_gets_a_full_in_the_domains_incremental_job(
+    vm: Vm,
+) -> None:
+    out, catalog = vm.tmp / "vpt", str(vm.tmp / "catalog.db")
+    out.mkdir()
+    r = volpack(vm, "backup", f"libvirt:{DOMAIN}/vda", str(out / "first.vpk"), "--catalog", catalog)
+    assert r.returncode == 0, r.stderr
+    vm.write("write -P 0x77 8M 64k", "vda")
+    vm.write("write -P 0x78 0 64k", "vdb")
+    r = volpack(
+        vm,
+        "backup",
+        f"libvirt:{DOMAIN}",
+        str(out),
+        "--json",
+        "--catalog",
+        catalog,
+        "--base",
+        "latest",
+    )
+    assert r.returncode == 0, r.stderr
+    vda, vdb = json.loads(r.stdout)["archives"]
+    assert vda["changes"]["method"].startswith("checkpoint:") and vda["base_uuid"]
+    assert vdb["base_uuid"] is None and "vdb" in r.stderr and "full" in r.stderr
+    restore_equals(vm, Path(vda["url"]), vm.snapshot("vda", "vda"))
+    restore_equals(vm, Path(vdb["url"]), vm.snapshot("vdb", "vdb"))
