@@ -27,6 +27,10 @@ APT_PACKAGES=(
     zstd
     time
     age
+    libvirt-daemon-system
+    libvirt-daemon-driver-qemu
+    libvirt-clients
+    qemu-system-x86
 )
 
 sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }

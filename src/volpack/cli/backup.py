@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from volpack.cli.common import (
     Progress,
@@ -20,6 +20,10 @@ from volpack.cli.common import (
 from volpack.cli.keys import add_seal_options, base_keyring, seal_keys
 from volpack.errors import EXIT_OK, EXIT_WARNING, UsageError, VolpackError
 from volpack.units import human, parse_mode
+
+if TYPE_CHECKING:
+    from volpack.pipeline.backup import BackupResult
+    from volpack.source.base import Source
 
 log = logging.getLogger("volpack")
 
@@ -37,7 +41,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "source",
         help="image file, block device, qcow2 image, lvm:VG/LV, nbd://HOST/EXPORT, or "
-        "qmp:SOCKET#NODE (a running QEMU, read through fleecing)",
+        "qmp:SOCKET#NODE (a running QEMU, read through fleecing), or libvirt:DOMAIN/DISK "
+        "(a running libvirt domain's disk, read through a pull-mode backup job)",
     )
     p.add_argument(
         "archive", help="archive path, '-' for stdout, or a URL (s3://bucket/key, tape:)"
@@ -91,7 +96,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--scratch",
         metavar="DIR",
-        help="qmp: sources: where the fleecing overlay keeps the blocks the guest overwrites "
+        help="qmp: and libvirt: sources: where the fleecing overlay keeps the blocks the guest overwrites "
         "during the backup (default: the system temp dir)",
     )
     p.add_argument(
@@ -159,6 +164,7 @@ def _mounted(path: str) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     from volpack.pipeline import backup
+    from volpack.pipeline.libvirt_domain import backup_domain, is_domain_source
 
     seal = seal_keys(args)
     if args.identity and args.base is None:
@@ -175,14 +181,17 @@ def run(args: argparse.Namespace) -> int:
         )
 
     source, allow_mounted = args.source, args.allow_mounted
-    if args.scratch is not None and not source.startswith("qmp:"):
-        raise UsageError(f"--scratch {args.scratch}: only qmp: sources use a scratch overlay")
-    if source.startswith("qmp:") and args.scratch is not None:
+    if args.scratch is not None and not source.startswith(("qmp:", "libvirt:")):
+        raise UsageError(
+            f"--scratch {args.scratch}: only qmp: sources and libvirt: sources use a scratch area"
+        )
+    if source.startswith(("qmp:", "libvirt:")) and args.scratch is not None:
         source += f",scratch={args.scratch}"
-    try:
-        result = backup(
-            source,
-            args.archive,
+
+    def one(src: str, archive: str, base: str | None, opened: Source | None) -> BackupResult:
+        return backup(
+            src,
+            archive,
             block_size=args.block_size,
             detect=args.detect,
             compress=args.compress,
@@ -196,15 +205,42 @@ def run(args: argparse.Namespace) -> int:
             threads=args.threads,
             progress=progress,
             on_source_released=released,
-            base=args.base,
+            base=base,
             bitmap=args.bitmap,
             hints=not args.no_hints,
             catalog=None if args.no_catalog and args.base != "latest" else args.catalog,
             encrypt=seal,
             keyring=base_keyring(args, seal),
+            opened=opened,
         )
+
+    domain = is_domain_source(source)
+    if domain and args.staging is not None:
+        raise UsageError(
+            f"--staging {args.staging}: a whole domain makes one archive per disk; back up each "
+            "disk with libvirt:DOMAIN/DISK to stage it"
+        )
+    try:
+        if domain:
+            catalog = None if args.no_catalog and args.base != "latest" else args.catalog
+            results = backup_domain(source, args.archive, base=args.base, catalog=catalog, one=one)
+        else:
+            results = [one(source, args.archive, args.base, None)]
     finally:
         progress.close()
+    code, docs, out = EXIT_OK, [], []
+    for result in results:
+        lines, warned = _report(args, result)
+        code = EXIT_WARNING if warned else code
+        docs.append(dataclasses.asdict(result))
+        out.extend(lines)
+    # With the archive on stdout, the result must not mix into it: it goes to stderr.
+    emit(args, {"archives": docs} if domain else docs[0], out, to_stderr=args.archive == "-")
+    return code
+
+
+def _report(args: argparse.Namespace, result: BackupResult) -> tuple[list[str], bool]:
+    """Log the warnings of one archive, record it in the catalog, and say what it holds."""
     warnings = result.detection.get("warnings", [])
     for w in warnings:
         log.warning("%s", w)
@@ -232,6 +268,4 @@ def run(args: argparse.Namespace) -> int:
             f"{result.changes.get('method')} ({human(result.changes.get('read_bytes') or 0)} "
             f"read); archive {human(result.archive_size)}, {result.elapsed:.2f} s"
         )
-    # With the archive on stdout, the result must not mix into it: it goes to stderr.
-    emit(args, dataclasses.asdict(result), lines, to_stderr=args.archive == "-")
-    return EXIT_WARNING if warnings else EXIT_OK
+    return lines, bool(warnings)

@@ -114,6 +114,7 @@ def backup(
     hints: bool = True,
     encrypt: EncryptKeys | None = None,
     keyring: Keyring | None = None,
+    opened: Source | None = None,
 ) -> BackupResult:
     """Back up the used blocks of ``source`` to a new archive at ``archive_url``. A new archive
     file gets permission bits ``mode`` (default 0600); one replaced with ``force`` keeps its own.
@@ -122,7 +123,8 @@ def backup(
     ``catalog``) the archive is an incremental holding what changed since that base; ``bitmap``
     names a dirty bitmap of the source to use as a hint (checked; hash compare otherwise); an
     LVM thin source's mappings are a hint unless ``hints`` is False (hash compare always).
-    ``block_size`` defaults to 4 KiB, or the base's for an incremental.
+    ``block_size`` defaults to 4 KiB, or the base's for an incremental. ``opened`` is
+    ``source`` already opened (a disk of a libvirt job shared by several archives).
 
     ``encrypt`` seals the archive to its recipients, passphrases and key files (format 1.3
     ENCRYPTED). An incremental is sealed exactly when its base is; an encrypted base is opened
@@ -153,7 +155,8 @@ def backup(
         keyring = Keyring.of(
             DecryptKeys(passphrases=encrypt.passphrases, key_files=encrypt.key_files)
         )
-    base_archive = _open_base(base, source, catalog, keyring) if base is not None else None
+    catalogued = source.split(",")[0] if source.startswith("libvirt:") else source
+    base_archive = _open_base(base, catalogued, catalog, keyring) if base is not None else None
     if base_archive is not None:
         _check_sealed_like(base_archive, encrypt)
         if block_size not in (None, base_archive.block_size):
@@ -175,7 +178,7 @@ def backup(
     medium = None
     stage = None
     try:
-        src = open_source(source, source_format, pvs=pvs)
+        src = opened or _open(source, source_format, pvs, base_archive)
         check_distinct(
             [
                 *_source_roles(source, source_format, pvs, src.info.details),
@@ -437,7 +440,9 @@ def _changes(
     threads: int,
     progress: Progress | None,
 ) -> Changes:
-    """What changed since ``base``: a checked hint (the dirty bitmap named, or an LVM thin source's mappings), else hash compare."""
+    """What changed since ``base``: a checked hint (the dirty bitmap named; else the source's own
+    record — a running QEMU's rotated bitmaps, a libvirt checkpoint, LVM thin mappings), else hash
+    compare."""
     from volpack.pipeline import changes as C
 
     table = base.hash_table
@@ -457,6 +462,10 @@ def _changes(
         if not isinstance(since, str):
             return since
         warnings.append(f"{src.info.path}: {since}")
+    elif hints and (cp := _checkpoint_hint(src, used, table, threads)) is not None:
+        if not isinstance(cp, str):
+            return cp
+        warnings.append(f"{src.info.path}: {cp}")
     elif hints and (thin := _thin_hint(src, used, base, threads)) is not None:
         if not isinstance(thin, str):
             return thin
@@ -482,6 +491,33 @@ def _since_hint(src: Source, used: Extents, base: Archive, threads: int) -> Chan
     return C.check_hint(src, used, table, dirty, first, threads)
 
 
+def _open(source: str, source_format: str, pvs: tuple[str, ...], base: Archive | None) -> Source:
+    """The source; a libvirt disk's backup job starts from the checkpoint its base recorded."""
+    if source.startswith("libvirt:"):
+        from volpack.source.libvirt import open_libvirt
+
+        return open_libvirt(source, base.desc.source.details if base is not None else None)
+    return open_source(source, source_format, pvs=pvs)
+
+
+def _checkpoint_hint(src: Source, used: Extents, table: Any, threads: int) -> Changes | str | None:
+    """A libvirt disk's writes since its base's checkpoint, checked by the sample; None for
+    other sources, the reason when there is no usable checkpoint or the hint failed its check."""
+    from volpack.pipeline import changes as C
+
+    checkpoint_hint = getattr(src, "checkpoint_hint", None)
+    if checkpoint_hint is None:
+        return None
+    found = checkpoint_hint()
+    if isinstance(found, str):
+        return f"{found}; every block is compared instead"
+    dirty, name = found
+    what = f"the writes since libvirt checkpoint {name!r}"
+    return C.check_hint(
+        src, used, table, dirty, name, threads, method=f"checkpoint:{name}", what=what
+    )
+
+
 def _thin_hint(src: Source, used: Extents, base: Archive, threads: int) -> Changes | str | None:
     """An LVM thin source's mapping difference from a device that still maps what ``base`` read,
     checked by the sample; None when there is no such device (hash compare, no warning), the
@@ -505,7 +541,7 @@ def _thin_hint(src: Source, used: Extents, base: Archive, threads: int) -> Chang
 def _check_not_in_use(source: str, pvs: tuple[str, ...]) -> None:
     from volpack.detect.mounted import check_not_mounted
 
-    if source.startswith(("nbd://", "nbd+unix://", "qmp:")):
+    if source.startswith(("nbd://", "nbd+unix://", "qmp:", "libvirt:")):
         # a live export: its server, not this host's mounts, says whether it is in use; a
         # running VM's disk (qmp:) is in use by design, and fleecing makes it point-in-time
         return
@@ -538,7 +574,7 @@ def _source_roles(
 ) -> list[Role]:
     """The files and devices a backup reads: the source, a qcow2 image's backing chain and data
     file, or an LVM volume's PVs."""
-    if source.startswith(("nbd://", "nbd+unix://")):
+    if source.startswith(("nbd://", "nbd+unix://", "libvirt:")):
         return []  # a network export occupies no local file or device volpack could overlap
     if source_format == "lvm" or source.startswith("lvm:"):
         return [Role(pv, f"a physical volume of the source {source}", "--pv") for pv in pvs]

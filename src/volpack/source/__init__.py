@@ -31,6 +31,10 @@ def open_source(path: str, source_format: str = "auto", *, pvs: tuple[str, ...] 
         from volpack.source.fleece import open_qmp
 
         return open_qmp(path)
+    if path.startswith("libvirt:"):
+        from volpack.source.libvirt import open_libvirt
+
+        return open_libvirt(path)
     if source_format == "lvm" or path.startswith("lvm:"):
         from volpack.source.lvm import open_lvm
 
