@@ -59,6 +59,14 @@ class _Collect(logging.Handler):
 
 
 @pytest.fixture(autouse=True)
+def _private_catalog(tmp_path_factory, monkeypatch):
+    """Every test gets a catalog of its own unless it names one: a test must never read or
+    write the catalog of the user running the suite (nor see what another test left there)."""
+    path = tmp_path_factory.mktemp("catalog") / "catalog.sqlite"
+    monkeypatch.setenv("VOLPACK_CATALOG", str(path))
+
+
+@pytest.fixture(autouse=True)
 def _no_unexpected_volpack_warnings(request):
     """A WARNING logged by volpack in this process is a test failure unless the test expects it:
     marked ``warns_log`` or asserting on the records through ``caplog``. Subprocesses are not
