@@ -13,10 +13,9 @@ import sys
 import time
 
 import pytest
-from test_catalog_chains import (  # noqa: F401  (env is a fixture)
+from test_catalog_chains import (
     Volume,
     backup,
-    env,
     listed,
     nightly,
     one_line,
@@ -24,9 +23,17 @@ from test_catalog_chains import (  # noqa: F401  (env is a fixture)
     run,
 )
 
-from volpack.errors import EXIT_CHAIN, EXIT_OK
+from volpack.errors import EXIT_OK
 
 MiB = 1 << 20
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("VOLPACK_CATALOG", str(tmp_path / "cat" / "catalog.sqlite"))
+    media = tmp_path / "media"
+    media.mkdir()
+    return tmp_path, str(tmp_path / "cat" / "catalog.sqlite"), media, Volume(tmp_path / "vm.img")
 
 
 def names(media) -> list[str]:
@@ -131,3 +138,24 @@ def test_a_killed_prune_merge_deletes_nothing(env, capsys):
         ["d2.vpk", "d3.vpk", f"d1.merged-{done[1]['archive_uuid'][:8]}.vpk"]
     )
     assert restores_equal(capsys, str(media / "d3.vpk"), big, tmp / "r3.img")
+
+
+@pytest.mark.s3
+def test_prune_merge_on_s3_writes_the_merged_full_beside_its_base_and_restores(
+    env, capsys, s3_bucket
+):
+    from volpack import media as M
+
+    tmp, catalog, media, vol = env
+    prefix = f"s3://{s3_bucket}/vm/"
+    done = nightly(capsys, vol, prefix, 4)
+    code, out, err = run(capsys, "prune", "--keep-last", "2", "--merge", "--json")
+    assert code == EXIT_OK, err
+    report = json.loads(out)
+    assert set(report["deleted"]) == {d["archive_uuid"] for d in done[:2]}
+    merged = f"{prefix}d1.merged-{done[1]['archive_uuid'][:8]}.vpk"
+    assert sorted(u for u, _, _ in M.list_archives(prefix)) == sorted(
+        [f"{prefix}d2.vpk", f"{prefix}d3.vpk", merged]
+    )
+    assert listed(capsys)[report["merges"][0]["archive"]]["urls"] == [merged]
+    assert restores_equal(capsys, f"{prefix}d3.vpk", vol, tmp / "r3.img")
