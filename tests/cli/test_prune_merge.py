@@ -23,7 +23,7 @@ from test_catalog_chains import (
     run,
 )
 
-from volpack.errors import EXIT_OK
+from volpack.errors import EXIT_OK, EXIT_USAGE
 
 MiB = 1 << 20
 
@@ -91,8 +91,8 @@ def test_prune_merge_stops_with_nothing_deleted_when_the_merged_name_is_taken(en
     taken = media / f"d1.merged-{top[:8]}.vpk"
     taken.write_bytes(b"someone else's file")
     code, out, err = run(capsys, "prune", "--keep-last", "2", "--merge")
-    assert code != EXIT_OK
-    one_line(err, "prune --merge", top, "nothing deleted")
+    assert code == EXIT_USAGE
+    one_line(err, "prune --merge", str(taken), "already exists", top, "nothing deleted", "move it")
     assert names(media) == sorted([f"d{n}.vpk" for n in range(4)] + [taken.name])
     assert taken.read_bytes() == b"someone else's file"
     assert len(listed(capsys)) == 4

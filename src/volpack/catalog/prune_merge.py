@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import datetime as dt
 
+from volpack import media
 from volpack.catalog.policy import Policy
-from volpack.catalog.prune import Checked, PrunePlan, plan
+from volpack.catalog.prune import Checked, PrunePlan, location_of, plan
 from volpack.catalog.record import entry_from_archive
 from volpack.catalog.store import ArchiveEntry, Catalog
-from volpack.errors import ChainError, MediumError, VolpackError
+from volpack.errors import ChainError, MediumError, UsageError, VolpackError
 
 
 def write_merges(
@@ -35,6 +36,13 @@ def write_merges(
                 f"prune --merge: archive {top.uuid} is not at {step.source_url} any more, so its "
                 f"chain cannot be merged; nothing deleted{done}; run 'volpack catalog rebuild "
                 "URL' and prune again"
+            )
+        taken = {media.canonical_url(u) for u, _, _ in _listing(step.url, done)}
+        if media.canonical_url(step.url) in taken:
+            raise UsageError(
+                f"prune --merge: {step.url} already exists, so the merged full of {top.uuid} "
+                f"cannot be written there; nothing deleted{done}; move it away and prune again "
+                "(or prune without --merge)"
             )
         try:
             result = merge(step.source_url, step.url, places=Places(catalog=catalog_path))
@@ -61,6 +69,17 @@ def write_merges(
         catalog.add(entry)
         written[top.uuid] = entry
     return written
+
+
+def _listing(url: str, done: str) -> list[tuple[str, int, float]]:
+    where = location_of(url)
+    try:
+        return media.list_archives(where)
+    except (VolpackError, OSError) as exc:
+        raise MediumError(
+            f"prune --merge: listing {where} failed; nothing deleted{done}: {exc}; fix the "
+            "medium and retry"
+        ) from exc
 
 
 def _done(written: dict[str, ArchiveEntry]) -> str:
