@@ -159,3 +159,21 @@ def test_prune_merge_on_s3_writes_the_merged_full_beside_its_base_and_restores(
     )
     assert listed(capsys)[report["merges"][0]["archive"]]["urls"] == [merged]
     assert restores_equal(capsys, f"{prefix}d3.vpk", vol, tmp / "r3.img")
+
+
+def test_prune_merge_of_an_encrypted_chain_stops_with_nothing_deleted_naming_volpack_merge(
+    env, capsys
+):
+    tmp, catalog, media, vol = env
+    pw = tmp / "pw"
+    pw.write_text("a passphrase for the chain\n")
+    key = ("--passphrase-file", str(pw))
+    done = [backup(capsys, vol, media / "d0.vpk", *key)]
+    for n in range(1, 4):
+        vol.change()
+        done.append(backup(capsys, vol, media / f"d{n}.vpk", "--base", "latest", *key))
+    code, out, err = run(capsys, "prune", "--keep-last", "2", "--merge")
+    assert code == EXIT_USAGE, err
+    one_line(err, "encrypted", "nothing deleted", "volpack merge", str(media / "d1.vpk"))
+    assert names(media) == [f"d{n}.vpk" for n in range(4)]
+    assert set(listed(capsys)) == {d["archive_uuid"] for d in done}

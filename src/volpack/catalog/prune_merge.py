@@ -10,11 +10,13 @@ from __future__ import annotations
 import datetime as dt
 
 from volpack import media
+from volpack.catalog.identity import header_at
 from volpack.catalog.policy import Policy
 from volpack.catalog.prune import Checked, PrunePlan, location_of, plan
 from volpack.catalog.record import entry_from_archive
 from volpack.catalog.store import ArchiveEntry, Catalog
 from volpack.errors import ChainError, MediumError, UsageError, VolpackError
+from volpack.format import records as R
 
 
 def write_merges(
@@ -44,6 +46,12 @@ def write_merges(
                 f"cannot be written there; nothing deleted{done}; move it away and prune again "
                 "(or prune without --merge)"
             )
+        if _header(step.source_url, done).encrypted:
+            raise UsageError(
+                f"prune --merge: the chain of {top.uuid} ({step.source_url}) is encrypted and "
+                f"prune does not take keys; nothing deleted{done}; merge it with 'volpack merge "
+                f"{step.source_url} {step.url}' and its key options, then prune again"
+            )
         try:
             result = merge(step.source_url, step.url, places=Places(catalog=catalog_path))
             with open_archive(result.url) as archive:
@@ -69,6 +77,15 @@ def write_merges(
         catalog.add(entry)
         written[top.uuid] = entry
     return written
+
+
+def _header(url: str, done: str) -> R.Header:
+    try:
+        return header_at(url)
+    except (VolpackError, OSError) as exc:
+        raise MediumError(
+            f"prune --merge: reading the header of {url} failed; nothing deleted{done}: {exc}"
+        ) from exc
 
 
 def _listing(url: str, done: str) -> list[tuple[str, int, float]]:
