@@ -8,6 +8,7 @@ failure here leaves every archive where it was (a merged full already written st
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 
 from volpack import media
 from volpack.catalog.identity import header_at
@@ -20,14 +21,14 @@ from volpack.format import records as R
 
 
 def write_merges(
-    catalog: Catalog, pplan: PrunePlan, checked: Checked, catalog_path: str
+    catalog: Catalog, pplan: PrunePlan, checked: Checked, merge: Callable[[str, str], str]
 ) -> dict[str, ArchiveEntry]:
     """Write and record the merged full of every MergeStep of ``pplan``; returns base uuid →
-    the recorded merged full. Raises (nothing deleted) when a merge fails or its result does not
-    carry the base's chain id and state digest."""
+    the recorded merged full. ``merge(from_url, out_url)`` writes the merged full of the chain
+    at ``from_url`` and returns where it went (``volpack.merge``, passed in by the caller: the
+    catalog does not import the pipeline). Raises (nothing deleted) when a merge fails or its
+    result does not carry the base's chain id and state digest."""
     from volpack.format.random_access import open_archive
-    from volpack.pipeline.chain import Places
-    from volpack.pipeline.merge import merge
 
     written: dict[str, ArchiveEntry] = {}
     for step in pplan.merges:
@@ -53,8 +54,8 @@ def write_merges(
                 f"{step.source_url} {step.url}' and its key options, then prune again"
             )
         try:
-            result = merge(step.source_url, step.url, places=Places(catalog=catalog_path))
-            with open_archive(result.url) as archive:
+            url = merge(step.source_url, step.url)
+            with open_archive(url) as archive:
                 entry = entry_from_archive(archive, archive.url)
         except (VolpackError, OSError) as exc:
             kind = type(exc) if isinstance(exc, VolpackError) else MediumError

@@ -80,7 +80,13 @@ def run(args: argparse.Namespace) -> int:
 
             # Merged fulls first: until they are written, recorded and planned around, nothing
             # is deleted.
-            written = write_merges(catalog, pplan, checked, path)
+            from volpack.pipeline.chain import Places
+            from volpack.pipeline.merge import merge
+
+            def merge_to(src: str, out: str) -> str:
+                return merge(src, out, places=Places(catalog=path)).url
+
+            written = write_merges(catalog, pplan, checked, merge_to)
             for top, entry in written.items():
                 log.info("merged the chain of %s into %s (%s)", top, entry.urls[0], entry.uuid)
             pplan = replan(catalog, pplan, written, source=source)
