@@ -6,18 +6,22 @@ forgotten; a kept chain in doubt aborts), ``check`` (lists every location
 involved and reads which archive each holds now; a listing error or a missing *kept* archive
 aborts with nothing deleted), ``execute`` (deletes through the medium API, updating the catalog
 after each success). A URL is deleted only when the archive read there is the one being removed.
+With ``merge`` the plan also names merged fulls to write first (``volpack.catalog.prune_merge``
+writes them); the plan never writes anything itself.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from volpack import media
-from volpack.catalog.chains import ChainIndex, needed_bases
+from volpack.catalog.chains import OK, STAND_IN, ChainIndex, needed_bases
 from volpack.catalog.identity import archive_at
 from volpack.catalog.policy import Decision, Policy, Snapshot, apply
 from volpack.catalog.store import ArchiveEntry, Catalog
@@ -37,6 +41,8 @@ class GroupPlan:
     superseded: tuple[ArchiveEntry, ...] = ()
     # Archive uuid → the archives that need it as their base (kept for them: reason "base").
     base_of: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Merged fulls to write before anything is deleted (``prune --merge``).
+    merges: tuple[MergeStep, ...] = ()
 
     @property
     def keep(self) -> list[ArchiveEntry]:
@@ -48,9 +54,25 @@ class GroupPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class MergeStep:
+    """A merged full of ``top``'s chain, written at ``url`` beside ``top``: same chain id and
+    state digest, so the kept archives built on ``top`` (``users``) take it as their base and
+    ``top`` and the links below it that nothing else needs can go."""
+
+    top: ArchiveEntry
+    source_url: str  # the location of ``top`` the merge reads
+    url: str
+    users: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class PrunePlan:
     policy: Policy
     groups: tuple[GroupPlan, ...]
+
+    @property
+    def merges(self) -> list[MergeStep]:
+        return [m for g in self.groups for m in g.merges]
 
     @property
     def keep(self) -> list[ArchiveEntry]:
@@ -93,14 +115,73 @@ class PruneOutcome:
 
 
 def plan(
-    catalog: Catalog, policy: Policy, *, source: str | None = None, tz: dt.tzinfo | None = None
+    catalog: Catalog,
+    policy: Policy,
+    *,
+    source: str | None = None,
+    tz: dt.tzinfo | None = None,
+    merge: bool = False,
+    stand_ins: Mapping[str, ArchiveEntry] | None = None,
 ) -> PrunePlan:
     """Group the catalogued archives by source and apply ``policy`` to each group; then keep
     every base (transitively) of every archive kept, and of every archive outside ``source``.
-    ChainError (nothing deleted) when a kept archive's chain is in doubt."""
+    ChainError (nothing deleted) when a kept archive's chain is in doubt.
+
+    ``merge``: where a kept archive needs a chain of links only as bases, plan a merged full of
+    the newest such base (a MergeStep) and remove the links it makes unneeded. ``stand_ins``
+    (base uuid → the recorded merged full written for it) plans as if each such base were gone
+    already, so the kept archives resolve to the merged fulls; these take no part in the policy
+    (they hold an older state than their creation time says) and are kept as bases."""
     policy.check()
     everything = catalog.find()
-    entries = [e for e in everything if source is None or e.source_path == source]
+    pplan = _plan(everything, policy, source, tz, dict(stand_ins or {}))
+    if not merge or stand_ins:
+        return pplan
+    steps = _merge_steps(everything, pplan)
+    if not steps:
+        return pplan
+    # Plan again as if each merged full were written already (a placeholder entry).
+    now = time.time()
+    fakes = {
+        m.top.uuid: dataclasses.replace(
+            m.top,
+            uuid=f"merge-of-{m.top.uuid}",
+            created=now,
+            kind="merged",
+            base_uuid=None,
+            base_digest=None,
+            base_state_digest=None,
+            urls=(m.url,),
+            superseded=(),
+        )
+        for m in steps
+    }
+    merged = _plan(everything, policy, source, tz, fakes)
+    if len(merged.keep) >= len(pplan.keep):  # merging would not leave fewer archives
+        return pplan
+    fake_ids = {f.uuid for f in fakes.values()}
+    groups = []
+    for g in merged.groups:
+        d = g.decision
+        keep = tuple(s for s in d.keep if s.id not in fake_ids)
+        mine = tuple(m for m in steps if m.top.source_path == g.source)
+        groups.append(
+            dataclasses.replace(g, decision=Decision(keep, d.reasons, d.remove), merges=mine)
+        )
+    return PrunePlan(policy, tuple(groups))
+
+
+def _plan(
+    everything: list[ArchiveEntry],
+    policy: Policy,
+    source: str | None,
+    tz: dt.tzinfo | None,
+    stand_ins: dict[str, ArchiveEntry],
+) -> PrunePlan:
+    merged_ids = {m.uuid for m in stand_ins.values()}
+    known = {e.uuid for e in everything}
+    rows = everything + [m for m in stand_ins.values() if m.uuid not in known]
+    entries = [e for e in rows if source is None or e.source_path == source]
     by_source: dict[str, dict[str, ArchiveEntry]] = {}
     for entry in entries:
         by_source.setdefault(entry.source_path, {})[entry.uuid] = entry
@@ -108,22 +189,66 @@ def plan(
     for src in sorted(by_source):
         group = by_source[src]
         # A superseded archive is on no medium: counting it would let it take a kept slot.
-        snaps = [Snapshot(e.uuid, e.created) for e in group.values() if not e.is_superseded]
+        snaps = [
+            Snapshot(e.uuid, e.created)
+            for e in group.values()
+            if not e.is_superseded and e.uuid not in merged_ids
+        ]
         decisions[src] = apply(policy, snaps, tz)
     kept = [by_source[src][s.id] for src, d in decisions.items() for s in d.keep]
-    untouched = [e for e in everything if e.source_path not in by_source and not e.is_superseded]
-    need = needed_bases(ChainIndex(everything), kept, untouched)
+    untouched = [e for e in rows if e.source_path not in by_source and not e.is_superseded]
+    # A base a merged full stands in for is left out of the graph: its users find the merged full.
+    index = ChainIndex(e for e in rows if e.uuid not in stand_ins)
+    need = needed_bases(index, kept, untouched)
     groups = []
     for src, decision in decisions.items():
         group = by_source[src]
         gone = tuple(e for e in group.values() if e.is_superseded)
-        groups.append(GroupPlan(src, _keep_bases(decision, need), group, gone, need))
+        extra = [group[u] for u in merged_ids if u in group and u in need]
+        decision = _keep_bases(decision, need, extra)
+        groups.append(GroupPlan(src, decision, group, gone, need))
     return PrunePlan(policy, tuple(groups))
 
 
-def _keep_bases(decision: Decision, need: dict[str, tuple[str, ...]]) -> Decision:
-    """``decision`` with every archive some kept archive needs moved from remove to keep."""
+def _merge_steps(everything: list[ArchiveEntry], pplan: PrunePlan) -> list[MergeStep]:
+    """The bases worth merging: an incremental kept only as a base, needed directly by an
+    archive kept for another reason, whose own base is also kept only as a base (merging it
+    frees at least that one)."""
+    index = ChainIndex(everything)
+    steps = []
+    for g in pplan.groups:
+        only_base = {e.uuid for e in g.keep if g.decision.reasons[e.uuid] == ("base",)}
+        for uuid in sorted(only_base):
+            top = g.entries[uuid]
+            users = g.base_of.get(uuid, ())
+            if top.kind != "incremental" or not top.urls or all(u in only_base for u in users):
+                continue
+            link = index.link(top)
+            if link.state not in (OK, STAND_IN) or link.base is None:
+                continue
+            if link.base.uuid not in only_base:
+                continue
+            steps.append(MergeStep(top, top.urls[0], merged_url(top.urls[0], uuid), users))
+    return steps
+
+
+def merged_url(url: str, uuid: str) -> str:
+    """Where the merged full standing in for the archive at ``url`` is written: beside it, named
+    after it (``/b/d3.vpk`` → ``/b/d3.merged-456508ec.vpk``)."""
+    head, sep, name = media.canonical_url(url).rpartition("/")
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem:
+        stem, ext = name, "vpk"
+    return f"{head}{sep}{stem}.merged-{uuid[:8]}.{ext}"
+
+
+def _keep_bases(
+    decision: Decision, need: dict[str, tuple[str, ...]], extra: Sequence[ArchiveEntry] = ()
+) -> Decision:
+    """``decision`` with every archive some kept archive needs moved from remove to keep, and
+    the needed ``extra`` archives (merged fulls outside the policy) kept as bases."""
     bases = [s for s in decision.remove if s.id in need]
+    bases += [Snapshot(e.uuid, e.created) for e in extra]
     if not bases:
         return decision
     keep = sorted((*decision.keep, *bases), key=lambda s: (s.created, s.id), reverse=True)

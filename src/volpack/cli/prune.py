@@ -32,6 +32,13 @@ def register(subparsers: Any) -> None:
         "written over in place (superseded) are forgotten without touching the media. Exit "
         "code 1 when a location was found written over outside this catalog (it is kept).",
     )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="where kept archives need older links only as bases, first write a merged full "
+        "beside the newest such base (NAME.merged-ID.vpk), record and check it, then delete the "
+        "links it stands in for; any failure deletes nothing",
+    )
     for name, what in (
         ("last", "the N newest archives"),
         ("daily", "the newest archive of each of the N newest days that have archives"),
@@ -57,15 +64,33 @@ def run(args: argparse.Namespace) -> int:
 
     policy = Policy(args.keep_last, args.keep_daily, args.keep_weekly, args.keep_monthly)
     policy.check()
-    with Catalog.open(catalog_path(args.catalog), create=False) as catalog:
+    path = catalog_path(args.catalog)
+    written: dict[str, Any] = {}
+    with Catalog.open(path, create=False) as catalog:
         source = recorded_source(catalog, args.source) if args.source else None
-        pplan = plan(catalog, policy, source=source)
+        pplan = plan(catalog, policy, source=source, merge=args.merge)
         if not args.json:
             _print_plan(pplan, args.dry_run)
         outcome = None
         checked = None
         if pplan.remove:
             checked = check(pplan)  # raises, with nothing deleted, if any listing or read fails
+        if pplan.merges and checked is not None and not args.dry_run:
+            from volpack.catalog.prune_merge import replan, write_merges
+
+            # Merged fulls first: until they are written, recorded and planned around, nothing
+            # is deleted.
+            from volpack.pipeline.chain import Places
+            from volpack.pipeline.merge import merge
+
+            def merge_to(src: str, out: str) -> str:
+                return merge(src, out, places=Places(catalog=path)).url
+
+            written = write_merges(catalog, pplan, checked, merge_to)
+            for top, entry in written.items():
+                log.info("merged the chain of %s into %s (%s)", top, entry.urls[0], entry.uuid)
+            pplan = replan(catalog, pplan, written, source=source)
+            checked = check(pplan)
         if not args.dry_run and (pplan.remove or pplan.superseded):
             outcome = execute(catalog, pplan, checked)
     spared = outcome.spared if outcome else (checked.spared if checked else ())
@@ -92,6 +117,20 @@ def run(args: argparse.Namespace) -> int:
                     for e in g.keep
                 ],
                 "remove": [e.to_json() for e in pplan.remove],
+                "merges": [
+                    {
+                        "base": m.top.uuid,
+                        "from": m.source_url,
+                        "url": m.url,
+                        "for": list(m.users),
+                        "archive": written[m.top.uuid].uuid if m.top.uuid in written else None,
+                    }
+                    for m in pplan.merges
+                ]
+                if not written
+                else [
+                    {"base": top, "url": e.urls[0], "archive": e.uuid} for top, e in written.items()
+                ],
                 "superseded": [e.to_json() for e in pplan.superseded],
                 "deleted": list(outcome.deleted) if outcome else [],
                 "already_gone": list(outcome.already_gone) if outcome else [],
@@ -100,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
             }
         )
     elif outcome is not None:
+        if written:
+            print(f"merged {len(written)} chains into fulls; ", end="")
         print(f"deleted {len(outcome.deleted)} archives", end="")
         if outcome.already_gone:
             print(f"; {len(outcome.already_gone)} were already gone and are forgotten", end="")
@@ -113,6 +154,8 @@ def _print_plan(pplan: Any, dry_run: bool) -> None:
     verb = "would delete" if dry_run else "delete"
     for group in pplan.groups:
         line = f"{group.source}: keep {len(group.keep)}, {verb} {len(group.remove)}"
+        if group.merges:
+            line += f", {'would merge' if dry_run else 'merge'} {len(group.merges)} into fulls"
         if group.superseded:
             line += (
                 f", {'would forget' if dry_run else 'forget'} {len(group.superseded)} superseded"
@@ -124,6 +167,13 @@ def _print_plan(pplan: Any, dry_run: bool) -> None:
         for e in group.remove:
             where = ", ".join(e.urls) or "(no location; forget only)"
             print(f"  {'remove':<7} {e.uuid[:8]}  {local_time(e.created)}  {where}")
+        for m in group.merges:
+            users = ", ".join(u[:8] for u in m.users)
+            print(
+                f"  {'would merge' if dry_run else 'merge'} {m.top.uuid[:8]}  "
+                f"{local_time(m.top.created)}  into {m.url}  (a full standing in for it as "
+                f"base of {users})"
+            )
         for e in group.superseded:
             print(f"  forget  {e.uuid[:8]}  {local_time(e.created)}  ({superseded_note(e)})")
     if not pplan.groups:
