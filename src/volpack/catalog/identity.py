@@ -13,7 +13,12 @@ from volpack.format import records as R
 
 
 def archive_at(url: str) -> str:
-    """The UUID of the archive at ``url``, from its checksummed header.
+    """The UUID of the archive at ``url``, from its checksummed header (see ``header_at``)."""
+    return header_at(url).uuid
+
+
+def header_at(url: str) -> R.Header:
+    """The checksummed header of the archive at ``url`` (its uuid, chain id and sequence).
 
     NotAnArchive (or another FormatError) when the bytes there are not a readable volpack
     header; MediumNotFound when nothing is there; MediumError when the medium cannot be read.
@@ -33,7 +38,7 @@ def archive_at(url: str) -> str:
         raise IncompleteArchive(
             f"{url}: only {len(data)} of the {R.HEADER_SIZE} header bytes; not a whole archive"
         )
-    return R.Header.decode(data, where).uuid
+    return R.Header.decode(data, where)
 
 
 def _read_stream(reader: media.MediumReader, n: int) -> bytes:
