@@ -13,6 +13,7 @@ import uuid as uuidlib
 from dataclasses import dataclass
 
 import blake3
+import numpy as np
 
 from volpack import media
 from volpack.errors import CorruptArchive, UsageError
@@ -96,7 +97,9 @@ def rewrap(
         emit(head_records, same=False)
         medium.mark_head_end()
         index = t.index.copy()
-        index["offset"] += shift
+        # The new slot list may be shorter than the old one: shift in signed arithmetic.
+        moved = t.index["offset"].astype(np.int64) + shift
+        index["offset"] = moved.astype(index["offset"].dtype)
         for seq in range(t.frame_count):
             # One frame at a time (memory bounded by the frame size); checked, authenticated
             # with the old data key, then copied as it is.
