@@ -128,3 +128,49 @@ def test_the_chain_head_survives_a_rebuild_of_the_rolled_back_medium(env, capsys
         assert c.chain_head(done[0]["chain_id"]).chain_seq == 2
     code, _, err = run(capsys, "restore", "--volume", vol.path, str(tmp / "out.img"))
     assert code == EXIT_CHAIN, err
+
+
+@pytest.mark.s3
+def test_a_rolled_back_s3_object_is_reported_by_restore_volume(env, capsys, s3_bucket):
+    from volpack import media as M
+
+    tmp, catalog, media, vol, key = env
+    prefix = f"s3://{s3_bucket}/rb/"
+    nightly(capsys, vol, prefix, 3)
+    reader = M.open_reader(f"{prefix}d1.vpk")
+    try:
+        data = reader.read_at(0, reader.size)
+    finally:
+        reader.close()
+    writer = M.open_writer(f"{prefix}d2.vpk", force=True)
+    writer.write(data)
+    writer.commit()
+    target = tmp / "out.img"
+    code, _, err = run(capsys, "restore", "--volume", vol.path, str(target))
+    assert code == EXIT_CHAIN
+    one_line(err, "sequence 1", "sequence 2", f"{prefix}d2.vpk")
+    assert not target.exists()
+
+
+def test_a_sealed_chain_rolled_back_is_reported_without_any_key(env, capsys):
+    tmp, catalog, media, vol, key = env
+    backup(capsys, vol, media / "s0.vpk", "--key-file", key)
+    for n in (1, 2):
+        vol.change()
+        backup(capsys, vol, media / f"s{n}.vpk", "--key-file", key, "--base", "latest")
+    shutil.copyfile(media / "s0.vpk", media / "s2.vpk")
+    vol.change()
+    code, _, err = run(
+        capsys,
+        "backup",
+        "--allow-mounted",
+        "--key-file",
+        key,
+        "--base",
+        "latest",
+        vol.path,
+        str(media / "s3.vpk"),
+    )
+    assert code == EXIT_CHAIN
+    one_line(err, "sequence 0", "sequence 2")
+    assert not (media / "s3.vpk").exists()
