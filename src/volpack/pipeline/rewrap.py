@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import uuid as uuidlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import blake3
 import numpy as np
@@ -20,6 +21,9 @@ from volpack.errors import CorruptArchive, UsageError
 from volpack.format import records as R
 from volpack.format.keyring import Keyring
 from volpack.format.random_access import Archive
+
+if TYPE_CHECKING:
+    from volpack.crypto import EncryptKeys
 
 _FH = R.FRAME_HEADER_SIZE
 
@@ -40,18 +44,18 @@ def rewrap(
     out_url: str,
     *,
     keyring: Keyring,
-    encrypt: object,
+    encrypt: EncryptKeys,
     force: bool = False,
     mode: int | None = None,
 ) -> RewrapResult:
     """Write ``out_url``: the archive at ``archive_url`` (opened with ``keyring``) with its key
     slots replaced by one per key of ``encrypt`` (an ``EncryptKeys``; its cipher is ignored: the
     records keep theirs). WrongKey (exit 12) when the old keys open no slot — nothing written."""
-    from volpack.crypto import EncryptKeys, Subkeys, decode_slots, encode_slots, header_mac
+    from volpack.crypto import Subkeys, decode_slots, encode_slots, header_mac
     from volpack.crypto.slots import UnknownSlot, fingerprint, make_slots
     from volpack.format.sealing import KeysRecord
 
-    if not isinstance(encrypt, EncryptKeys) or encrypt.count == 0:
+    if encrypt.count == 0:
         raise UsageError(
             "rewrap: no new key given; add --recipient age1…, --passphrase-file FILE or "
             "--key-file FILE"
