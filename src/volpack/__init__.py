@@ -2,7 +2,7 @@
 
 Public API (lazy, so that ``import volpack`` stays fast): backup(), restore(), verify(),
 map_volume() (from volpack.pipeline, one module per verb), merge() and apply() for incremental
-chains, open_archive() and open_volume() (an archive, or an incremental's whole chain, for
+chains, rewrap() (new key slots for a sealed archive), open_archive() and open_volume() (an archive, or an incremental's whole chain, for
 random reads). Results are typed dataclasses; errors are volpack.errors.VolpackError.
 """
 
@@ -20,6 +20,7 @@ __all__ = [
     "map_volume",
     "merge",
     "apply",
+    "rewrap",
 ]
 
 
@@ -40,6 +41,10 @@ def __getattr__(name: str):
         from volpack.pipeline.merge import merge
 
         return merge
+    if name == "rewrap":
+        from volpack.pipeline.rewrap import rewrap
+
+        return rewrap
     if name == "apply":
         from volpack.pipeline.apply import apply
 

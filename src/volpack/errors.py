@@ -113,6 +113,11 @@ class ChainError(VolpackError):
     exit_code = EXIT_CHAIN
 
 
+class ArchiveRolledBack(ChainError):
+    """A medium offers an older link of a chain (a lower sequence) where the catalog recorded a
+    newer one: a rollback, or a stale copy put back. Nothing was read or written."""
+
+
 class CatalogFull(CatalogError):
     """The catalog's filesystem has no free space left (SQLITE_FULL / ENOSPC); not damage."""
 

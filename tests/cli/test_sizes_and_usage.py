@@ -21,6 +21,7 @@ POSITIONALS = {
     "restore": ["v.vpk", "out.img"],
     "verify": ["v.vpk"],
     "merge": ["v.vpk", "out.vpk"],
+    "rewrap": ["v.vpk", "out.vpk"],
     "info": ["v.vpk"],
     "map": ["v.img"],
     "serve": ["v.vpk"],

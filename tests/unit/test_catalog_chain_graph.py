@@ -164,7 +164,7 @@ def test_version_2_catalog_is_migrated_and_its_incrementals_need_a_rebuild_befor
             c.forget(uid)
         assert [e.uuid for e in plan(c, Policy(last=1), tz=dt.UTC).keep] == [ids[0]]
     check = sqlite3.connect(path)
-    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     check.close()
 
 

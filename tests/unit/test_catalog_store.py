@@ -308,7 +308,7 @@ def test_version_1_catalog_is_migrated_and_older_archives_at_one_url_are_superse
     assert rows[0].superseded[0].at == 102.0
     assert rows[2].urls == ("/n/d.vpk",) and rows[3].urls == ("/n/other.vpk",)
     check = sqlite3.connect(path)
-    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     check.close()
 
 

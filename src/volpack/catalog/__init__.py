@@ -170,7 +170,47 @@ def locate_volume_at(volume: str, at: str, catalog_path: str | None = None) -> L
     when = parse_time(at)
     with Catalog.open(path, create=False) as catalog:
         entry = catalog.resolve(recorded_source(catalog, volume), when)
-        return _located(entry, path, catalog)
+        _check_overwritten_by_older(catalog, entry)
+        found = _located(entry, path, catalog)
+        _check_rollback(catalog, found)
+        return found
+
+
+def _check_overwritten_by_older(catalog: Catalog, entry: ArchiveEntry) -> None:
+    """ArchiveRolledBack when the catalog itself recorded ``entry``'s location overwritten by an
+    older link of a chain (a rebuild read the stale copy put back there)."""
+    from volpack.catalog.rollback import older_link
+
+    if not entry.is_superseded:
+        return
+    first = entry.superseded[0]
+    try:
+        by = catalog.get(first.by)
+    except CatalogError:
+        return
+    error = older_link(catalog, by.uuid, by.chain_id, by.chain_seq, first.url)
+    if error is not None:
+        raise error
+
+
+def _check_rollback(catalog: Catalog, found: Located) -> None:
+    """ArchiveRolledBack when ``found.url`` now holds an older link of a chain than the newest
+    the catalog recorded. One header read on a random-access medium; a medium that cannot be
+    read here is left to the reader that follows, which reports it."""
+    from volpack import media
+    from volpack.catalog.identity import header_at
+    from volpack.catalog.rollback import rolled_back
+    from volpack.errors import FormatError, MediumError
+
+    if not media.capabilities(found.url).random_access:
+        return
+    try:
+        header = header_at(found.url)
+    except (FormatError, MediumError):
+        return
+    error = rolled_back(catalog, header, found.url, found.uuid)
+    if error is not None:
+        raise error
 
 
 def recorded_source(catalog: Catalog, volume: str) -> str:

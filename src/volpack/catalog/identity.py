@@ -18,7 +18,7 @@ def archive_at(url: str) -> str:
 
 
 def header_at(url: str) -> R.Header:
-    """The checksummed header of the archive at ``url``.
+    """The checksummed header of the archive at ``url`` (its uuid, chain id and sequence).
 
     NotAnArchive (or another FormatError) when the bytes there are not a readable volpack
     header; MediumNotFound when nothing is there; MediumError when the medium cannot be read.

@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 
 from volpack import media
-from volpack.catalog.identity import archive_at
+from volpack.catalog.identity import header_at
 from volpack.catalog.record import catalog_path, source_key
+from volpack.catalog.rollback import rolled_back
 from volpack.catalog.store import Catalog
 from volpack.errors import ChainError, FormatError, MediumNotFound
 
@@ -25,8 +26,12 @@ def latest_base(source: str, catalog: str | None) -> str:
     is only on a medium without random access (tape)."""
     path = catalog_path(catalog)
     with Catalog.open(path, create=False) as cat:
-        key = source_key(source)
-        found = cat.find(source=key) or (cat.find(source=source) if key != source else [])
+        return _latest(cat, source, path)
+
+
+def _latest(cat: Catalog, source: str, path: str) -> str:
+    key = source_key(source)
+    found = cat.find(source=key) or (cat.find(source=source) if key != source else [])
     passed: list[str] = []
     for entry in reversed(found):
         if not entry.urls:
@@ -42,7 +47,7 @@ def latest_base(source: str, catalog: str | None) -> str:
                 "block by block); copy it to a file or S3 and give --base PATH, or back up a full"
             )
         for url in readable:
-            why = _not_there(url, entry.uuid)
+            why = _not_there(url, entry.uuid, cat)
             if why is None:
                 for note in passed:
                     log.warning("--base latest: %s; using %s (%s)", note, entry.uuid, url)
@@ -55,13 +60,17 @@ def latest_base(source: str, catalog: str | None) -> str:
     )
 
 
-def _not_there(url: str, uuid: str) -> str | None:
+def _not_there(url: str, uuid: str, cat: Catalog) -> str | None:
     """None when ``url`` holds archive ``uuid``; else a few words on what is there. A medium that
-    cannot be read raises: "could not look" is never taken for "not there"."""
+    cannot be read raises: "could not look" is never taken for "not there"; nor is an older link
+    of a chain than the catalog recorded (ArchiveRolledBack): an older base would hide it."""
     try:
-        holds = archive_at(url)
+        header = header_at(url)
     except MediumNotFound:
         return "deleted"
     except FormatError as exc:
         return f"no readable volpack header: {type(exc).__name__}"
-    return None if holds == uuid else f"it holds archive {holds} now"
+    error = rolled_back(cat, header, url, uuid)
+    if error is not None:
+        raise error
+    return None if header.uuid == uuid else f"it holds archive {header.uuid} now"

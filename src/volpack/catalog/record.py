@@ -124,6 +124,8 @@ def entry_from_result(
         stored_bytes=int(result.stored_bytes),
         digest=str(result.digest) if result.digest else None,
         description=dict(description),
+        encrypted=bool(getattr(result, "encrypted", False)),
+        key_slots=tuple(getattr(result, "key_slots", ()) or ()),
         **_chain_of_result(result, desc),
     )
 
@@ -183,6 +185,8 @@ def entry_from_archive(archive: Archive, url: str) -> ArchiveEntry:
         base_digest=header.base.digest.hex() if header.base else None,
         base_state_digest=header.base.state_digest.hex() if header.base else None,
         state_digest=archive.state_digest or None,
+        encrypted=header.encrypted,
+        key_slots=archive.key_slots,  # public: read from the KEYS record without a key
     )
 
 

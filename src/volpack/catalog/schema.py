@@ -17,7 +17,9 @@ from volpack.units import human
 # 1: archives + locations. 2: a location row can be superseded (another archive was written to
 # the same URL since; the row records which one and when). 3: the chain graph: per archive its
 # kind, chain id and sequence, its base (uuid, digest, state digest) and its own state digest.
-SCHEMA_VERSION = 3
+# 4: per archive whether it is encrypted and its key slots' fingerprints (never a key); per chain
+# the highest sequence ever recorded and its state digest (rollback detection).
+SCHEMA_VERSION = 4
 
 # Below this much free space an I/O error from SQLite is taken for a full disk: growing the
 # shared-memory index (32 KiB) or the write-ahead log (a few pages) is what fails first.
@@ -26,6 +28,19 @@ LOW_SPACE = 1 << 20
 # How long a writer waits for another process's transaction before giving up. Backups of many
 # volumes finishing together each hold the write lock for milliseconds, so this is generous.
 BUSY_TIMEOUT_S = 60.0
+
+# The newest link of each chain the catalog ever recorded. Rows only move forward and outlive
+# the archives (prune and forget leave them): a medium that later offers a lower sequence of the
+# chain is a rollback, whatever is still catalogued.
+_CHAIN_HEADS = """
+    CREATE TABLE IF NOT EXISTS chain_heads (
+        chain_id        TEXT PRIMARY KEY,
+        chain_seq       INTEGER NOT NULL,  -- the highest sequence recorded for the chain
+        uuid            TEXT NOT NULL,     -- the archive that has it
+        state_digest    TEXT,              -- the state it leaves (hex)
+        recorded_at     REAL NOT NULL
+    )
+    """
 
 _DDL = (
     """
@@ -52,7 +67,9 @@ _DDL = (
         base_uuid       TEXT,              -- an incremental's base; NULL for a full or not known
         base_digest     TEXT,              -- the base's digest as the base link records it
         base_state_digest TEXT,            -- the state the base leaves (a stand-in leaves it too)
-        state_digest    TEXT               -- the state this archive leaves
+        state_digest    TEXT,              -- the state this archive leaves
+        encrypted       INTEGER,           -- 1 sealed (format 1.3), 0 not; NULL: not known
+        key_slots       TEXT               -- JSON list of slot fingerprints; NULL: not known
     )
     """,
     "CREATE INDEX IF NOT EXISTS archives_by_source ON archives (source_path, created)",
@@ -69,6 +86,7 @@ _DDL = (
     )
     """,
     "CREATE INDEX IF NOT EXISTS locations_by_url ON locations (url)",
+    _CHAIN_HEADS,
 )
 
 # Existing catalogs, one step per version. Version 1 recorded every archive written to one URL as
@@ -117,6 +135,25 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         """,
         "UPDATE archives SET chain_seq = 0 WHERE kind = 'full'",
         "CREATE INDEX IF NOT EXISTS archives_by_base ON archives (base_uuid)",
+    ),
+    # Version 3 did not record sealing. Formats before 1.3 cannot be sealed; a 1.3 archive's
+    # slots are known only from its header: "not known" until 'catalog rebuild' reads it. Chain
+    # heads start from the links catalogued now.
+    3: (
+        "ALTER TABLE archives ADD COLUMN encrypted INTEGER",
+        "ALTER TABLE archives ADD COLUMN key_slots TEXT",
+        "UPDATE archives SET encrypted = 0, key_slots = '[]' "
+        "WHERE format_version IN ('1.0', '1.1', '1.2')",
+        _CHAIN_HEADS,
+        """
+        INSERT INTO chain_heads (chain_id, chain_seq, uuid, state_digest, recorded_at)
+        SELECT chain_id, chain_seq, uuid, state_digest, recorded_at FROM (
+            SELECT chain_id, chain_seq, uuid, state_digest, recorded_at,
+                   row_number() OVER (PARTITION BY chain_id
+                                      ORDER BY chain_seq DESC, created DESC) AS n
+            FROM archives WHERE chain_id IS NOT NULL AND chain_seq IS NOT NULL
+        ) WHERE n = 1
+        """,
     ),
 }
 

@@ -44,7 +44,10 @@ _COLUMNS = (
     "base_digest",
     "base_state_digest",
     "state_digest",
+    "encrypted",
+    "key_slots",
 )
+# Columns a recording may not know (NULL): it never erases what another recording read.
 _CHAIN = frozenset(_COLUMNS[_COLUMNS.index("kind") :])
 KINDS = ("full", "incremental", "merged")
 _HEXPREFIX = re.compile(r"^[0-9a-fA-F-]{1,36}$")
@@ -93,6 +96,10 @@ class ArchiveEntry:
     base_digest: str | None = None
     base_state_digest: str | None = None
     state_digest: str | None = None
+    # Sealing (format 1.3 ENCRYPTED): None when not known (recorded before the catalog kept it).
+    # ``key_slots`` holds each slot's fingerprint (``x25519:…``), a hash of public bytes.
+    encrypted: bool | None = False
+    key_slots: tuple[str, ...] | None = ()
 
     @property
     def is_superseded(self) -> bool:
@@ -103,6 +110,7 @@ class ArchiveEntry:
         """A JSON-able dict (what ``list --json`` and ``show --json`` print)."""
         out: dict[str, Any] = {name: getattr(self, name) for name in _COLUMNS}
         out["urls"] = list(self.urls)
+        out["key_slots"] = None if self.key_slots is None else list(self.key_slots)
         out["superseded"] = [
             {"url": s.url, "by": s.by, "at": s.at, "at_iso": _iso(s.at)} for s in self.superseded
         ]
@@ -110,6 +118,16 @@ class ArchiveEntry:
         out["created_iso"] = _iso(self.created)
         out["verified_at_iso"] = _iso(self.verified_at) if self.verified_at is not None else None
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class ChainHead:
+    """The newest link ever recorded of one chain: its sequence, archive and state digest."""
+
+    chain_id: str
+    chain_seq: int
+    uuid: str
+    state_digest: str | None
 
 
 def _iso(t: float) -> str:
@@ -182,6 +200,8 @@ class Catalog:
         row["description"] = json.dumps(entry.description, sort_keys=True, default=str)
         row["recorded_at"] = entry.recorded_at or now
         row["verify_ok"] = None if entry.verify_ok is None else int(entry.verify_ok)
+        row["encrypted"] = None if entry.encrypted is None else int(entry.encrypted)
+        row["key_slots"] = None if entry.key_slots is None else json.dumps(list(entry.key_slots))
         names = ", ".join(_COLUMNS)
         marks = ", ".join(f":{n}" for n in _COLUMNS)
         keep_first = {"uuid", "recorded_at", "verify_ok", "verified_at"}
@@ -209,6 +229,16 @@ class Catalog:
                 "ON CONFLICT (uuid, url) DO UPDATE SET superseded_by = NULL, superseded_at = NULL",
                 [(entry.uuid, url, now) for url in urls],
             )
+            if entry.chain_id and entry.chain_seq is not None:
+                # Only forward: recording an older link again (a rebuild) never lowers the head.
+                db.execute(
+                    "INSERT INTO chain_heads (chain_id, chain_seq, uuid, state_digest, "
+                    "recorded_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (chain_id) DO UPDATE SET "
+                    "chain_seq = excluded.chain_seq, uuid = excluded.uuid, "
+                    "state_digest = excluded.state_digest, recorded_at = excluded.recorded_at "
+                    "WHERE excluded.chain_seq > chain_heads.chain_seq",
+                    (entry.chain_id, entry.chain_seq, entry.uuid, entry.state_digest, now),
+                )
 
     def _check_same_archive(
         self, db: sqlite3.Connection, entry: ArchiveEntry, urls: tuple[str, ...]
@@ -316,6 +346,18 @@ class Catalog:
         where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
         return self._query(where, tuple(params))
 
+    def chain_head(self, chain_id: str) -> ChainHead | None:
+        """The newest link ever recorded of chain ``chain_id`` (kept after prune), or None."""
+        try:
+            row = self._conn.execute(
+                "SELECT chain_id, chain_seq, uuid, state_digest FROM chain_heads "
+                "WHERE chain_id = ?",
+                (chain_id,),
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise self._read_error(exc) from exc
+        return None if row is None else ChainHead(*row)
+
     def sources(self) -> list[str]:
         """Every source path with at least one archive, sorted."""
         try:
@@ -390,4 +432,16 @@ def _entry(row: tuple[Any, ...], urls: list[str], gone: list[Supersession]) -> A
         base_digest=v["base_digest"],
         base_state_digest=v["base_state_digest"],
         state_digest=v["state_digest"],
+        encrypted=None if v["encrypted"] is None else bool(v["encrypted"]),
+        key_slots=_key_slots(v["key_slots"]),
     )
+
+
+def _key_slots(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return tuple(str(v) for v in value) if isinstance(value, list) else None

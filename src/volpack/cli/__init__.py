@@ -21,6 +21,7 @@ VERBS = (
     "restore",
     "verify",
     "merge",
+    "rewrap",
     "info",
     "map",
     "serve",

@@ -57,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json([e.to_json() for e in entries])
         return EXIT_OK
-    rows = [("ID", "CREATED", "SOURCE", "SIZE", "USED", "ARCHIVE", "VERIFIED", "LOCATION")]
+    rows = [
+        ("ID", "CREATED", "SOURCE", "SIZE", "USED", "ARCHIVE", "SEALED", "VERIFIED", "LOCATION")
+    ]
     for e in entries:
         where = e.urls[0] if e.urls else "-"
         if len(e.urls) > 1:
@@ -72,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
                 human(e.volume_size),
                 human(min(e.used_blocks * e.block_size, e.volume_size)),
                 human(e.archive_size) if e.archive_size is not None else "-",
+                "?" if e.encrypted is None else ("yes" if e.encrypted else "no"),
                 verify_word(e),
                 where,
             )

@@ -47,12 +47,14 @@ def run(args: argparse.Namespace) -> int:
         ("format", e.format_version),
         ("kind", _kind(e)),
         ("chain", f"{e.chain_id or '-'} seq {'?' if e.chain_seq is None else e.chain_seq}"),
+        ("encrypted", _encrypted(e)),
         ("digest", e.digest or "-"),
         ("verified", f"{verify_word(e)} at {local_time(e.verified_at)}" if e.verified_at else "-"),
         ("recorded", local_time(e.recorded_at)),
     ]
     if e.base_uuid:
         lines.append(("base", f"{e.base_uuid} (digest {e.base_digest or '?'})"))
+    lines += [("key slot", fp) for fp in e.key_slots or ()]
     lines += [("location", url) for url in e.urls]
     lines += [
         ("superseded", f"{s.url} overwritten by {s.by} at {local_time(s.at)}") for s in e.superseded
@@ -69,3 +71,11 @@ def _kind(e: Any) -> str:
     if e.kind is None:
         return "not known (recorded before the catalog knew chains; run 'volpack catalog rebuild')"
     return str(e.kind)
+
+
+def _encrypted(e: Any) -> str:
+    if e.encrypted is None:
+        return "not known (recorded before the catalog kept it; run 'volpack catalog rebuild')"
+    if not e.encrypted:
+        return "no"
+    return f"yes, {len(e.key_slots or ())} key slot(s)"

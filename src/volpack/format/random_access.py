@@ -130,6 +130,7 @@ class Archive:
         )
         self.unsealer = tables.unsealer
         self.sealed = tables.sealed  # read without a key: only public fields are known
+        self.key_slots = tables.key_slots  # ENCRYPTED: slot fingerprints (public)
         desc, pmap, table = tables.desc, tables.pmap, tables.table
         if tables.length != len(t.head_records):
             raise CorruptArchive(

@@ -87,6 +87,7 @@ class HeadTables:
     length: int
     unsealer: Unsealer | None = None
     sealed: bool = False
+    key_slots: tuple[str, ...] = ()  # ENCRYPTED: each slot's fingerprint (public)
 
 
 def parse_head_records(
@@ -116,6 +117,7 @@ def parse_head_records(
         out.append(payload)
         pos += length
     unsealer = None
+    key_slots: tuple[str, ...] = ()
     if not header.encrypted and keyring is not None and keyring.expect_sealed:
         raise TamperedArchive(
             f"{where}: the archive is not encrypted, but keys were given to open it: it may "
@@ -125,6 +127,7 @@ def parse_head_records(
         from volpack.format import sealing
 
         keys = sealing.check_keys_only(out.pop(0), where)
+        key_slots = sealing.slot_fingerprints(keys.slot_list, where)
         if keyring is None:
             if not public:
                 raise no_key(where)
@@ -140,6 +143,7 @@ def parse_head_records(
                 pos,
                 None,
                 True,
+                key_slots,
             )
         unsealer = sealing.Unsealer.open(header, header_bytes, keys, keyring, where)
         tags = [t for t, _ in head_tags(header)][1:]
@@ -153,7 +157,7 @@ def parse_head_records(
     else:
         zeros = table.used().complement(0, header.volume_blocks)
         covered = Extents.span(0, header.hash_blocks)
-    return HeadTables(desc, pmap, table, zeros, covered, pos, unsealer)
+    return HeadTables(desc, pmap, table, zeros, covered, pos, unsealer, key_slots=key_slots)
 
 
 def table_from_atab(runs: np.ndarray, header: R.Header) -> AddressTable:

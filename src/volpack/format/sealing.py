@@ -148,6 +148,13 @@ def check_keys_only(payload: bytes, where: str) -> KeysRecord:
     return keys
 
 
+def slot_fingerprints(slot_list: bytes, where: str) -> tuple[str, ...]:
+    """Each slot's fingerprint from a slot list (public bytes: no key needed)."""
+    from volpack.crypto.slots import fingerprint
+
+    return tuple(fingerprint(s) for s in decode_slots(slot_list, where))
+
+
 class Sealing:
     """Seals one archive being written: a fresh data key in slots for ``keys``, the subkeys, and
     a sealer that refuses to reuse a nonce. ``chain_key`` is the base's chain hash key for an
