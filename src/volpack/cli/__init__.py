@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from typing import NoReturn
 
@@ -82,6 +83,10 @@ class _LogFormat(logging.Formatter):
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before numpy is imported: its huge-page hint on large arrays makes resident memory depend
+    # on what the kernel has free (a 2 MiB page counts whole), and volpack's bound is on what it
+    # needs. A user's own setting wins.
+    os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
     from volpack.cli import results
 
     parser = build_parser(argv)
