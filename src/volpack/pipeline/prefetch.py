@@ -9,7 +9,7 @@ It reads and decodes only: no writing, no printing; memory is bounded by the win
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -30,7 +30,7 @@ def prefetched(
     *,
     decoders: int = DECODERS,
     window: int = WINDOW_FRAMES,
-) -> Iterator[tuple[Sequence[tuple[int, int]], list[memoryview]]]:
+) -> Generator[tuple[Sequence[tuple[int, int]], list[memoryview]], None, None]:
     """Each request (volume ``(offset, length)`` ranges) with its bytes as consecutive views, in
     request order; the frames of later requests are decoded meanwhile in ``decoders`` threads,
     holding at most ``window`` decoded frames plus those of the request being filled. Closing the
