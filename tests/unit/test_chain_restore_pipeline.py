@@ -142,3 +142,21 @@ def test_prefetch_holds_at_most_its_window_of_frames_ahead_of_a_slow_consumer(tm
     assert started <= 4 + 2 * per_piece, (started, per_piece)
     assert len(loads) > started
     assert threading.active_count() < 10
+
+
+def test_verify_against_a_volume_compares_every_byte_of_a_chain_read_ahead(tmp_path) -> None:
+    import pytest
+
+    from volpack.errors import VolumeDiffers
+    from volpack.pipeline.verify import verify
+
+    vol, urls = _small_frame_chain(tmp_path, links=4)
+    verify(urls[-1], against=str(vol))
+    size = vol.stat().st_size
+    with vol.open("r+b") as f:  # a byte changed in the last data run, after many pieces
+        f.seek(size - 2 * MiB)
+        old = f.read(1)
+        f.seek(size - 2 * MiB)
+        f.write(bytes([old[0] ^ 0xFF]))
+    with pytest.raises(VolumeDiffers, match=str(size - 2 * MiB)):
+        verify(urls[-1], against=str(vol))
