@@ -33,8 +33,8 @@ def prefetched(
 ) -> Generator[tuple[Sequence[tuple[int, int]], list[memoryview]], None, None]:
     """Each request (volume ``(offset, length)`` ranges) with its bytes as consecutive views, in
     request order; the frames of later requests are decoded meanwhile in ``decoders`` threads,
-    holding at most ``window`` decoded frames plus those of the request being filled. Closing the
-    iterator early cancels what has not started and waits for what has."""
+    holding at most ``window`` decoded frames plus those of the request being filled and the one
+    it ended in. Closing the iterator early cancels what has not started and waits for what has."""
     pool = ThreadPoolExecutor(max(1, decoders), thread_name_prefix="vp-chain-decode")
     held: dict[tuple[int, int], Future[memoryview]] = {}
     uses: dict[tuple[int, int], int] = {}
