@@ -38,7 +38,8 @@ DEFAULT_CACHE = 64 << 20  # decoded frames kept per archive (16 frames of the de
 _ZERO = memoryview(bytes(1 << 20))
 
 
-def _zeros(views: list[memoryview], n: int) -> None:
+def zero_views(views: list[memoryview], n: int) -> None:
+    """Append ``n`` zero bytes to ``views`` as slices of one shared zero buffer."""
     while n > 0:
         views.append(_ZERO[: min(n, len(_ZERO))])
         n -= len(_ZERO)
@@ -317,10 +318,10 @@ class Archive:
             zstandard.ZstdDecompressor(), fh, memoryview(data)[R.FRAME_HEADER_SIZE :], where, seed
         )
 
-    def read_views(self, offset: int, length: int) -> list[memoryview]:
-        """Volume bytes ``[offset, offset+length)`` as consecutive views, without copying: slices
-        of cached frames for used ranges, slices of a shared zero buffer for unused ones. The
-        views keep their frames alive, so a reply can be sent after the cache moved on."""
+    def spans(self, offset: int, length: int) -> list[tuple[int, int, int]]:
+        """Where volume bytes ``[offset, offset+length)`` are, in order, without reading them:
+        ``(seq, within, take)`` for ``take`` bytes at ``within`` of frame ``seq``, or
+        ``(-1, 0, take)`` for unused (zero) bytes. Lets readers decode frames ahead of use."""
         if self.sealed:  # opened without a key: its tables are not known
             raise no_key(self.url)
         if offset < 0 or length < 0 or offset + length > self.size:
@@ -328,19 +329,33 @@ class Archive:
                 f"{self.url}: read of {length} bytes at {offset} is outside the volume of "
                 f"{self.size} bytes"
             )
-        views: list[memoryview] = []
+        spans: list[tuple[int, int, int]] = []
         pos = offset
         vs, lens, ds = self.table.volume_to_dense(offset, offset + length)
         fs = self.frame_size
         for v, n, d in zip(vs.tolist(), lens.tolist(), ds.tolist(), strict=True):
-            _zeros(views, v - pos)
+            if v > pos:
+                spans.append((-1, 0, v - pos))
             pos = v + n
             while n > 0:
                 seq, within = divmod(d, fs)
                 take = min(n, fs - within)
-                views.append(self.frame(seq)[within : within + take])
+                spans.append((seq, within, take))
                 d, n = d + take, n - take
-        _zeros(views, offset + length - pos)
+        if offset + length > pos:
+            spans.append((-1, 0, offset + length - pos))
+        return spans
+
+    def read_views(self, offset: int, length: int) -> list[memoryview]:
+        """Volume bytes ``[offset, offset+length)`` as consecutive views, without copying: slices
+        of cached frames for used ranges, slices of a shared zero buffer for unused ones. The
+        views keep their frames alive, so a reply can be sent after the cache moved on."""
+        views: list[memoryview] = []
+        for seq, within, take in self.spans(offset, length):
+            if seq < 0:
+                zero_views(views, take)
+            else:
+                views.append(self.frame(seq)[within : within + take])
         return views
 
     def read(self, offset: int, length: int) -> bytes:

@@ -21,7 +21,7 @@ from volpack.errors import ChainError, FormatError, MediumError, UsageError, Vol
 from volpack.extents import Extents
 from volpack.format import records as R
 from volpack.format.hashtable import HashTable
-from volpack.format.random_access import DEFAULT_CACHE, Archive, open_archive
+from volpack.format.random_access import DEFAULT_CACHE, Archive, open_archive, zero_views
 
 if TYPE_CHECKING:
     from volpack.format.keyring import Keyring
@@ -268,9 +268,12 @@ class ChainView:
     def used(self) -> Extents:
         return self._used.scale_out(self.block_size)
 
-    def read_views(self, offset: int, length: int) -> list[memoryview]:
+    def spans(self, offset: int, length: int) -> list[tuple[Archive | None, int, int, int]]:
+        """Where volume bytes ``[offset, offset+length)`` are, in order, without reading them:
+        ``(archive, seq, within, take)`` for ``take`` bytes at ``within`` of that link's frame
+        ``seq``, or ``(None, -1, 0, take)`` for zeros (unused, or past every link's volume)."""
         end = offset + length
-        views: list[memoryview] = []
+        spans: list[tuple[Archive | None, int, int, int]] = []
         lo = int(np.searchsorted(self._ends, offset, side="right"))
         hi = int(np.searchsorted(self._starts, end, side="left"))
         pos = offset
@@ -282,11 +285,24 @@ class ChainView:
         ):
             s, e = max(s, offset), min(e, end)
             if s > pos:  # not owned: past every archive's volume (cannot happen inside size)
-                views.append(memoryview(bytes(s - pos)))
-            views.extend(self.chain[k].read_views(s, e - s))
+                spans.append((None, -1, 0, s - pos))
+            arch = self.chain[k]
+            spans.extend(
+                (None if seq < 0 else arch, seq, within, take)
+                for seq, within, take in arch.spans(s, e - s)
+            )
             pos = e
         if pos < end:
-            views.append(memoryview(bytes(end - pos)))
+            spans.append((None, -1, 0, end - pos))
+        return spans
+
+    def read_views(self, offset: int, length: int) -> list[memoryview]:
+        views: list[memoryview] = []
+        for arch, seq, within, take in self.spans(offset, length):
+            if arch is None:
+                zero_views(views, take)
+            else:
+                views.append(arch.frame(seq)[within : within + take])
         return views
 
     def read(self, offset: int, length: int) -> bytes:

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -238,7 +236,6 @@ def restore_to(
 
 
 _CHUNK = 8 << 20
-_AHEAD = 3  # chain restore: pieces read ahead of the writes
 
 
 def restore_chain_to(
@@ -253,6 +250,7 @@ def restore_chain_to(
     order, from the newest archive holding it; the rest is unused (zero)."""
     from volpack.format.reader import Head
     from volpack.pipeline.chain import ChainView, resolve_chain
+    from volpack.pipeline.prefetch import prefetched
 
     try:
         view = ChainView(resolve_chain(top, places))
@@ -277,25 +275,24 @@ def restore_chain_to(
         tgt.prepare(h.volume_size, used)
         total, done = used.total(), 0
         pieces = (
-            (off, min(_CHUNK, end - off))
+            [(off, min(_CHUNK, end - off))]
             for start, end in used
             for off in range(start, end, _CHUNK)
         )
-        # Reads (frames from every link) in a thread of their own, _AHEAD pieces ahead of the
-        # writes: one after the other, a 10-link chain restored 1.5-2x slower than a full.
-        with ThreadPoolExecutor(1, thread_name_prefix="vp-chain-read") as pool:
-            ahead: deque[tuple[int, Future[list[memoryview]]]] = deque()
-            for off, n in pieces:
-                ahead.append((off, pool.submit(view.read_views, off, n)))
-                if len(ahead) < _AHEAD:
-                    continue
-                done += _write_piece(tgt, *ahead.popleft())
+        # The frames of the next pieces (from every link) decode in a small pool while this
+        # thread writes: one frame at a time, a 10-link chain restored 1.3-1.5x slower than a full.
+        views = prefetched(view, pieces)
+        try:
+            for ((off, _),), parts in views:
+                pos = off
+                for part in parts:
+                    tgt.write_at(pos, part)
+                    pos += len(part)
+                done += pos - off
                 if progress is not None:
                     progress("restore", done, total)
-            while ahead:
-                done += _write_piece(tgt, *ahead.popleft())
-                if progress is not None:
-                    progress("restore", done, total)
+        finally:
+            views.close()
         tgt.finish()
     except BaseException:
         if tgt is not None:
@@ -304,14 +301,6 @@ def restore_chain_to(
     finally:
         view.close()
     return Restored(header=h, target=tgt, used_bytes=total, elapsed=time.perf_counter() - t0)
-
-
-def _write_piece(tgt: Target, off: int, views: Future[list[memoryview]]) -> int:
-    pos = off
-    for part in views.result():
-        tgt.write_at(pos, part)
-        pos += len(part)
-    return pos - off
 
 
 def check_expected(header: R.Header, archive_url: str, expect_uuid: str | None) -> None:

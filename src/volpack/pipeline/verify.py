@@ -182,6 +182,7 @@ def _verify_chain(
     from volpack.errors import ChainError
     from volpack.format.random_access import open_archive
     from volpack.pipeline.chain import ChainView, Places, resolve_chain
+    from volpack.pipeline.prefetch import prefetched
     from volpack.targets.compare import VolumeComparer, zero_runs
 
     t0 = time.perf_counter()
@@ -213,12 +214,19 @@ def _verify_chain(
         if against is not None:
             comparer = VolumeComparer(open_source(against, source_format, pvs=pvs), view.size)
             used = view.used_bytes()
-            for start, end in used:
-                for off in range(start, end, 8 << 20):
-                    pos = off
-                    for part in view.read_views(off, min(8 << 20, end - off)):
+            pieces = (
+                [(off, min(8 << 20, end - off))]
+                for start, end in used
+                for off in range(start, end, 8 << 20)
+            )
+            ahead = prefetched(view, pieces)  # the chain's frames decode in a pool, as restore's
+            try:
+                for ((pos, _),), parts in ahead:
+                    for part in parts:
                         comparer.compare_at(pos, part)
                         pos += len(part)
+            finally:
+                ahead.close()
             comparer.check_unused(used, zero_runs(view.desc.detection, view.size), view.block_size)
             diffs = comparer.differences()
     finally:
