@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from volpack.errors import UsageError
 from volpack.extents import Extents
 from volpack.physmap import PM_COMPRESSED as PM_COMPRESSED
 from volpack.physmap import PM_ENCODED as PM_ENCODED
@@ -55,3 +56,15 @@ class Source(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def scratch_option(address: str, opts: list[str]) -> str:
+    """The ``scratch=DIR`` option of a live-VM source address (``qmp:``, ``libvirt:``), the only
+    one they take; "" when absent (the system temp dir)."""
+    scratch = ""
+    for opt in opts:
+        key, _, value = opt.partition("=")
+        if key != "scratch" or not value:
+            raise UsageError(f"{address}: unknown option {opt!r}; only scratch=DIR is known")
+        scratch = value
+    return scratch

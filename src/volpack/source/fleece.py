@@ -24,7 +24,7 @@ from typing import Any
 
 from volpack.errors import SourceError, UsageError
 from volpack.extents import Extents
-from volpack.source.base import PhysicalMap, SourceInfo
+from volpack.source.base import PhysicalMap, SourceInfo, scratch_option
 from volpack.source.nbd import NbdSource
 from volpack.source.qmp import Qmp, QmpError
 
@@ -57,12 +57,7 @@ def parse_qmp(address: str) -> QmpAddress:
     body = address[len("qmp:") :] if address.startswith("qmp:") else ""
     sock, _, frag = body.rpartition("#")
     node, *opts = frag.split(",")
-    scratch = ""
-    for opt in opts:
-        key, _, value = opt.partition("=")
-        if key != "scratch" or not value:
-            raise UsageError(f"{address}: unknown option {opt!r}; only scratch=DIR is known")
-        scratch = value
+    scratch = scratch_option(address, opts)
     if not sock or not node:
         raise UsageError(
             f"{address}: write qmp:/path/to/qmp.sock#NODE (a block node name or a drive id)"

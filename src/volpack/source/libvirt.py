@@ -25,7 +25,7 @@ from xml.sax.saxutils import quoteattr
 
 from volpack.errors import SourceError, UsageError
 from volpack.extents import Extents
-from volpack.source.base import PhysicalMap, SourceInfo
+from volpack.source.base import PhysicalMap, SourceInfo, scratch_option
 from volpack.source.nbd import NbdSource
 
 log = logging.getLogger(__name__)
@@ -61,12 +61,7 @@ def parse_libvirt(address: str) -> LibvirtAddress:
     body = address[len("libvirt:") :] if address.startswith("libvirt:") else ""
     body, *opts = body.split(",")
     domain, _, disk = body.partition("/")
-    scratch = ""
-    for opt in opts:
-        key, _, value = opt.partition("=")
-        if key != "scratch" or not value:
-            raise UsageError(f"{address}: unknown option {opt!r}; only scratch=DIR is known")
-        scratch = value
+    scratch = scratch_option(address, opts)
     if not domain or not disk or "/" in disk:
         raise UsageError(
             f"{address}: write libvirt:DOMAIN/DISK (a disk target such as vda, as "
