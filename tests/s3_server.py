@@ -212,6 +212,10 @@ def start_mini(workdir: str, timeout: float = 60.0, extra: tuple[str, ...] = ())
         "-webdav=false",
         "-master.telemetry=false",
         "-s3.autoCreateBucket=false",
+        # Every bucket is a collection with volumes of its own, and the session's one server
+        # takes hundreds of buckets: the default cap (from free disk space) ran out mid-suite
+        # ("failed to find writable volumes"). Volumes are sparse, so a high cap costs nothing.
+        "-volume.max=4000",
         # Virtual-host addressing: {bucket}.s3.test, reached through HTTP_PROXY in the tests.
         f"-s3.domainName={VIRTUAL_HOST_DOMAIN}",
         f"-s3.config={identities}",
