@@ -9,6 +9,7 @@ state: each hash block from the newest archive that covers it. Library code: no 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from volpack.format.keyring import Keyring
 
 MAX_LINKS = 10000
+log = logging.getLogger("volpack.chain")  # the CLI exits 1 after its warnings
 
 
 def parent_location(url: str) -> str | None:
@@ -79,6 +81,16 @@ def _catalog_urls(catalog: str | None, uuid: str) -> list[str]:
         return []
 
 
+def _holds(url: str, uuid: str) -> bool:
+    """Whether the archive at ``url``, which did not open, still says it is ``uuid``."""
+    from volpack.catalog.identity import header_at
+
+    try:
+        return header_at(url).uuid == uuid
+    except (VolpackError, OSError):
+        return False
+
+
 def _listing(place: str) -> list[str]:
     try:
         return [u for u, _, _ in media.list_archives(place)]
@@ -99,6 +111,7 @@ def find_base(
     assert link is not None
     tried: list[str] = []
     replaced: str | None = None
+    damaged: str | None = None  # where the named base is, unreadable
     candidates: list[str] = []
     home = parent_location(child_url)
     for place in ([home] if home else []) + list(places.search):
@@ -133,7 +146,9 @@ def find_base(
             try:
                 # Public first: candidates sealed to other keys are skipped, not refused.
                 arch = open_archive(url, cache_bytes=cache_bytes, public=True)
-            except (FormatError, MediumError, UsageError):
+            except (FormatError, MediumError, UsageError) as exc:
+                if damaged is None and _holds(url, link.uuid):
+                    damaged = f"{url} does not open ({exc})"
                 continue
             opened[key] = arch
         tried.append(url)
@@ -144,6 +159,23 @@ def find_base(
         if arch.uuid == link.uuid:
             replaced = url
     if stand_in is not None:
+        if replaced is not None:
+            damaged = (
+                f"{replaced} was rewritten (digest {opened[media.canonical_url(replaced)].digest})"
+            )
+        if damaged is not None:
+            # The state is the same, so the restore is right; the damaged copy must not go
+            # unnoticed, or the next prune could delete the stand-in it now relies on.
+            log.warning(
+                "%s: its base %s at %s; using %s instead, which leaves the same state (chain "
+                "%s, state %s…); replace or delete the damaged base",
+                child_url,
+                link.uuid,
+                damaged,
+                stand_in[1],
+                child.chain_id,
+                link.state_digest.hex()[:16],
+            )
         return keyed(*stand_in)
     if replaced is not None:
         raise ChainError(
