@@ -4,7 +4,7 @@ A base is looked for in the incremental's own directory or prefix first, then th
 catalog by UUID, then in the places given with ``--search``; it must be the archive the link
 names (UUID and digest), or one that leaves the same state (same chain, state digest and volume
 size: a merged full standing in for the links it replaced). ``ChainView`` serves the newest
-state: each hash block from the newest archive that covers it. Library code: no printing.
+state: each block from the newest archive that covers it. Library code: no printing.
 """
 
 from __future__ import annotations
@@ -232,24 +232,24 @@ def resolve_chain(top: Archive, places: Places, cache_bytes: int = DEFAULT_CACHE
 
 
 def ownership(
-    covers: list[Extents | None], used: Iterable[Extents], size: int, hbs: int
+    covers: list[Extents | None], used: Iterable[Extents], size: int, unit: int
 ) -> tuple[list[Extents], list[Extents]]:
-    """For each archive of a chain (newest first; ``covers``: its covered hash block runs, None
-    for a full, which covers all), the byte runs it owns (covers and no newer archive does) and
-    its used byte runs inside them. Run arithmetic only: tables, never data."""
-    whole = Extents.span(0, -(-size // hbs))
+    """For each archive of a chain (newest first; ``covers``: the runs of ``unit``-sized blocks
+    it covers, None for a full, which covers all), the byte runs it owns (covers and no newer
+    archive does) and its used byte runs inside them. Run arithmetic only: tables, never data."""
+    whole = Extents.span(0, -(-size // unit))
     taken = Extents.empty()
     owned: list[Extents] = []
     for covered in covers:
         mine = (whole if covered is None else covered).subtract(taken).intersect(whole)
         taken = taken.union(mine)
-        owned.append(mine.scale_in(hbs).clip(0, size))
+        owned.append(mine.scale_in(unit).clip(0, size))
     return owned, [u.intersect(own) for u, own in zip(used, owned, strict=True)]
 
 
 class ChainView:
-    """The volume a chain leaves, read at random: each hash block from the newest archive that
-    covers it (a full covers all). Same reading interface as ``Archive`` for serve, restore and
+    """The volume a chain leaves, read at random: each block from the newest archive that covers
+    it (a full covers all). Same reading interface as ``Archive`` for serve, restore and
     merge."""
 
     def __init__(self, chain: list[Archive]) -> None:
@@ -262,12 +262,12 @@ class ChainView:
         self.header = top.header
         self.desc = top.desc
         self.frame_size = top.frame_size
-        hbs = top.header.hash_block_size or top.size or 1
+        # By block, not hash block: a FINE incremental covers parts of hash blocks.
         self.owned, self.used_parts = ownership(
-            [arch.covered if arch.incremental else None for arch in chain],
+            [arch.table.used().union(arch.zeros) if arch.incremental else None for arch in chain],
             (arch.used_bytes() for arch in chain),
             self.size,
-            hbs,
+            self.block_size,
         )
         self._used = Extents.empty()
         for part in self.used_parts:
