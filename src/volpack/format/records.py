@@ -31,7 +31,7 @@ FEATURE_ENCRYPTED = 1 << 0
 FEATURE_INCREMENTAL = 1 << 1
 FEATURE_BOUND = 1 << 2  # 1.1: frame checksums bound to archive and position; head hash, digest
 FEATURE_HASHED = 1 << 3  # 1.2: chain fields in the header, block hash table in the trailer
-FEATURE_FINE = 1 << 4  # an incremental's covered blocks need not fill whole hash blocks
+FEATURE_FINE = 1 << 5  # an incremental's covered blocks need not fill whole hash blocks
 # bits this version implements
 KNOWN_INCOMPAT = (
     FEATURE_BOUND | FEATURE_HASHED | FEATURE_INCREMENTAL | FEATURE_ENCRYPTED | FEATURE_FINE
