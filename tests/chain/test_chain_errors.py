@@ -205,3 +205,34 @@ def test_a_later_unchanged_link_never_stands_in_for_a_missing_base(tmp_path):
     os.rename(tmp_path / "away" / "full3.vpk", tmp_path / "full3.vpk")
     ok("restore", str(a[2]), str(target))
     assert sha(target) == sha(volume)
+
+
+def test_a_damaged_base_with_a_merged_stand_in_restores_right_and_says_so(tmp_path):
+    # g1 is damaged where it lies; the merged full of g0+g1 leaves its state, so the restore of
+    # g2 is right, but the damage is named (exit 1), never passed over in silence.
+    from volpack.errors import EXIT_OK, EXIT_WARNING
+
+    volume = tmp_path / "v.img"
+    make_volume(volume, 4 * MiB, seed=6)
+    a = [tmp_path / f"g{k}.vpk" for k in range(3)]
+    backup(volume, a[0])
+    pwrite(volume, 5000, b"one")
+    backup(volume, a[1], str(a[0]))
+    volpack.merge(str(a[1]), str(tmp_path / "m1.vpk"))
+    pwrite(volume, 2 * MiB, b"two")
+    backup(volume, a[2], str(a[1]))
+    g1_uuid = volpack.open_archive(str(a[1])).uuid
+    target = tmp_path / "out.img"
+    r = vp("restore", str(a[2]), str(target))  # intact: the named base, no warning
+    assert r.returncode == EXIT_OK and "warning" not in r.stderr, r.stderr
+    size = os.path.getsize(a[1])
+    pwrite(a[1], size - 200, b"\xff" * 16)  # inside the trailer: g1 no longer opens
+    os.remove(target)
+    r = vp("restore", str(a[2]), str(target))
+    assert r.returncode == EXIT_WARNING, r.stderr
+    [line] = [x for x in r.stderr.splitlines() if x.startswith("volpack: warning:")]
+    assert g1_uuid in line and str(a[1]) in line and "does not open" in line, line
+    assert str(tmp_path / "m1.vpk") in line and "same state" in line, line
+    assert sha(target) == sha(volume)
+    r = vp("verify", str(a[2]), "--chain")
+    assert r.returncode == EXIT_WARNING and "does not open" in r.stderr, r.stderr

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import one_error_line
+from volpack import open_archive as volpack_open
 from volpack.extents import Extents
 from volpack.pipeline.changes import SAMPLE_MIN, sample_indices
 
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.skipif(
     reason="qemu-img and qemu-io (Debian package qemu-utils) are needed to build images",
 )
 
-MiB = 1 << 20
+KiB, MiB = 1 << 10, 1 << 20
 HASH_BLOCK = MiB  # the hash block size every archive records today
 SIZE = 64 * MiB
 
@@ -94,13 +95,23 @@ def test_bitmap_incremental_reads_only_dirty_blocks_and_the_sample_and_restores_
     # Only the sampled hash blocks were read to check the hint: never the whole used volume.
     # Of those, the ones holding data (0-1, 11-12, 40) are read whole, the others not at all.
     sampled = sampled_blocks([10, 50])
-    assert ch["sampled"] == len(sampled)
-    assert ch["read_bytes"] == HASH_BLOCK * len(sampled & {0, 1, 11, 12, 40}) > 0
+    # Both dirty hash blocks are covered in part (FINE) and checked too: the rest of hash
+    # block 10 (the base's data) is compared with the base's bytes, then both are hashed as the
+    # state will be (10: the base's data with 64 KiB new; 50: the 4 KiB write, zeros around).
+    assert ch["sampled"] == len(sampled) + 2
+    kept = HASH_BLOCK - 64 * KiB
+    assert ch["read_bytes"] == HASH_BLOCK * len(sampled & {0, 1, 11, 12, 40}) + kept + (
+        HASH_BLOCK + 4 * KiB
+    )
     assert ch["read_bytes"] < full["used_bytes"]
-    # The incremental holds the two dirty hash blocks, not the 6 MiB of the full.
-    assert inc["used_bytes"] <= 2 * HASH_BLOCK
-    assert inc["dense_size"] <= 2 * HASH_BLOCK < full["dense_size"] // 2
+    # The incremental holds the two dirty 64 KiB bitmap granules (the 4 KiB write's granule
+    # beside it is zero), not two whole hash blocks, nor the 6 MiB of the full.
+    assert inc["used_bytes"] == 64 * KiB + 4 * KiB
+    with volpack_open(str(tmp_path / "inc.vpk")) as arch:
+        assert arch.header.fine
     assert restores_equal(tmp_path / "inc.vpk", image, tmp_path)
+    r = volpack("verify", str(tmp_path / "inc.vpk"), "--chain")
+    assert r.returncode == 0, r.stderr
 
 
 def test_zeroes_and_trims_after_the_bitmap_reach_the_restored_chain(tmp_path):
@@ -170,13 +181,13 @@ def test_bitmap_left_in_use_by_a_killed_writer_is_not_trusted_and_hash_compare_i
     assert restores_equal(tmp_path / "inc.vpk", image, tmp_path)
 
 
-def lying_bitmap(tmp_path: Path, missed_at: int) -> Path:
+def lying_bitmap(tmp_path: Path, missed_at: int, seen_at: str = "30M") -> Path:
     """A full, then a write the bitmap cannot see (it is added after), then a write it sees."""
     image = make_image(tmp_path)
     backup(str(image), str(tmp_path / "full.vpk"))
     io(image, f"write -P 0xdd {missed_at} 4k")
     run("qemu-img", "bitmap", "--add", "--enable", str(image), "daily")
-    io(image, "write -P 0xbb 30M 64k")
+    io(image, f"write -P 0xbb {seen_at} 64k")
     return image
 
 
@@ -201,6 +212,56 @@ def test_a_lying_bitmap_is_caught_when_the_sample_reads_the_missed_block(tmp_pat
     assert "does not mark hash block 0" in r.stderr
     assert json.loads(r.stdout)["changes"]["method"] == "hash-compare"
     assert restores_equal(tmp_path / "inc.vpk", image, tmp_path)
+
+
+def test_a_lie_beside_a_marked_write_in_the_same_hash_block_is_caught_and_covered_whole(
+    tmp_path,
+):
+    # Hash block 10 holds the base's data; the bitmap marks 64 KiB of it and misses a write
+    # 512 KiB further on. Covering only the marked blocks would keep the base's old bytes there:
+    # the check of the hash blocks covered in part compares the rest with the base and finds it.
+    image = lying_bitmap(tmp_path, 10 * MiB + 512 * KiB, seen_at="10M")
+    r = volpack(
+        "backup", str(image), str(tmp_path / "inc.vpk"), "--base", str(tmp_path / "full.vpk"),
+        "--bitmap", "daily", "--json",
+    )  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    [line] = [x for x in r.stderr.splitlines() if x.startswith("volpack: warning:")]
+    assert "hash block 10" in line and "covered whole" in line, line
+    result = json.loads(r.stdout)
+    assert result["changes"]["method"] == "bitmap:daily"
+    assert result["used_bytes"] == HASH_BLOCK  # hash block 10 whole, as before FINE
+    with volpack_open(str(tmp_path / "inc.vpk")) as arch:
+        assert not arch.header.fine
+    assert restores_equal(tmp_path / "inc.vpk", image, tmp_path)
+
+
+def test_a_lie_in_an_unsampled_hash_block_covered_in_part_is_found_by_verify_chain(tmp_path):
+    # 64 hash blocks each get a marked 4 KiB write, so all 64 are covered in part and 16 are
+    # sampled; the write the bitmap misses lies in hash block 11 (the base's data), unsampled.
+    partial_sample = set(sample_indices(Extents.span(0, 64), SAMPLE_MIN).tolist())
+    assert 11 not in partial_sample
+    image = make_image(tmp_path)
+    base = str(tmp_path / "full.vpk")
+    backup(str(image), base)
+    io(image, f"write -P 0xdd {11 * MiB + 512 * KiB} 4k")
+    run("qemu-img", "bitmap", "--add", "--enable", str(image), "daily")
+    io(image, *(f"write -P 0xbb {i * MiB + 256 * KiB} 4k" for i in range(64)))
+    inc = tmp_path / "inc.vpk"
+    hinted = backup(str(image), str(inc), "--base", base, "--bitmap", "daily")
+    assert hinted["changes"]["method"] == "bitmap:daily" and not hinted["changes"]["warnings"]
+    # The bitmap's 64 KiB granules: the 4 KiB writes, and the rest of the granule where the
+    # base holds data (hash blocks 0, 1, 10, 11, 12, 40).
+    assert hinted["used_bytes"] == 64 * 4 * KiB + 6 * 60 * KiB
+    # The archive alone is intact (its frames, tables and digests) ...
+    assert volpack("verify", str(inc)).returncode == 0
+    # ... but the state its chain leaves differs from its table in hash block 11: a lie the
+    # sample did not read, which the chain's bytes show.
+    assert not restores_equal(inc, image, tmp_path)
+    one_error_line(volpack("verify", str(inc), "--chain"), 4, "hash block 11", "new full")
+    compared = backup(str(image), str(tmp_path / "compared.vpk"), "--base", base)
+    assert compared["changes"]["method"] == "hash-compare"
+    assert restores_equal(tmp_path / "compared.vpk", image, tmp_path)
 
 
 def test_a_lie_in_an_unsampled_block_is_the_documented_limit_only_hash_compare_finds_it(

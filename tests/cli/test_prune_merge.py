@@ -177,3 +177,92 @@ def test_prune_merge_of_an_encrypted_chain_stops_with_nothing_deleted_naming_vol
     one_line(err, "encrypted", "nothing deleted", "volpack merge", str(media / "d1.vpk"))
     assert names(media) == [f"d{n}.vpk" for n in range(4)]
     assert set(listed(capsys)) == {d["archive_uuid"] for d in done}
+
+
+def _planned(catalog_path: str):
+    """The prune plan and its medium check for --keep-last 2 --merge, as the CLI makes them."""
+    from volpack.catalog.policy import Policy
+    from volpack.catalog.prune import check, plan
+    from volpack.catalog.store import Catalog
+
+    cat = Catalog.open(catalog_path)
+    pplan = plan(cat, Policy(last=2), merge=True)
+    return cat, pplan, check(pplan)
+
+
+def test_prune_merge_refuses_a_merged_full_that_does_not_stand_in_and_deletes_nothing(env, capsys):
+    from volpack.catalog.prune_merge import write_merges
+    from volpack.errors import ChainError
+    from volpack.pipeline.merge import merge
+
+    tmp, catalog, media, vol = env
+    done = nightly(capsys, vol, f"{media}/", 4)
+    # Another volume's chain: merging it gives a real, intact merged full of the wrong state.
+    other_dir = tmp / "other"
+    other_dir.mkdir()
+    other = Volume(tmp / "other.img")
+    other.change()
+    backup(capsys, other, other_dir / "o0.vpk")
+    other.change()
+    backup(capsys, other, other_dir / "o1.vpk", "--base", str(other_dir / "o0.vpk"))
+    cat, pplan, checked = _planned(catalog)
+    assert [m.top.uuid for m in pplan.merges] == [done[1]["archive_uuid"]]
+
+    def wrong_chain(src: str, out: str) -> str:
+        return merge(str(other_dir / "o1.vpk"), out).url
+
+    before = names(media)
+    with cat, pytest.raises(ChainError) as exc:
+        write_merges(cat, pplan, checked, wrong_chain)
+    msg = str(exc.value)
+    assert "does not stand in for " + done[1]["archive_uuid"] in msg and "nothing deleted" in msg
+    assert done[1]["state_digest"][:16] in msg and "verify --chain" in msg
+    # The wrong full was written but is neither recorded nor used; every link is still there.
+    assert set(names(media)) == set(before) | {f"d1.merged-{done[1]['archive_uuid'][:8]}.vpk"}
+    assert set(listed(capsys)) >= {d["archive_uuid"] for d in done}
+    assert restores_equal(capsys, str(media / "d3.vpk"), vol, tmp / "r3.img")
+
+
+@pytest.mark.parametrize("meanwhile", ["another-volume", "new-full"])
+def test_prune_merge_refuses_when_the_plan_changes_after_merging_and_deletes_nothing(
+    env, capsys, meanwhile
+):
+    from volpack.catalog.prune_merge import replan, write_merges
+    from volpack.errors import ChainError
+    from volpack.pipeline.chain import Places
+    from volpack.pipeline.merge import merge
+
+    tmp, catalog, media, vol = env
+    done = nightly(capsys, vol, f"{media}/", 4)
+    cat, pplan, checked = _planned(catalog)
+    want = {e.uuid for e in pplan.remove}
+    merged = f"d1.merged-{done[1]['archive_uuid'][:8]}.vpk"
+    with cat:
+        written = write_merges(
+            cat, pplan, checked, lambda s, o: merge(s, o, places=Places(catalog=catalog)).url
+        )
+        # Backups land between the merge and the delete (another job's, or this volume's).
+        if meanwhile == "another-volume":  # its own --keep-last 2 drops one of its three
+            other = Volume(tmp / "other.img")
+            for n in range(3):
+                other.change()
+                backup(capsys, other, media / f"o{n}.vpk")
+            expect = f"the plan changed ({len(want) + 1} archives to delete instead of {len(want)})"
+            extra = [f"o{n}.vpk" for n in range(3)]
+        else:  # a new full and its incremental: nothing needs the merged full any more
+            vol.change()
+            backup(capsys, vol, media / "d4.vpk")
+            vol.change()
+            backup(capsys, vol, media / "d5.vpk", "--base", "latest")
+            expect = f"merged full {written[done[1]['archive_uuid']].uuid} is not taken as a base"
+            extra = ["d4.vpk", "d5.vpk"]
+        with pytest.raises(ChainError) as exc:
+            replan(cat, pplan, written, source=None)
+    msg = str(exc.value)
+    assert expect in msg and "nothing deleted" in msg and "run the prune again" in msg, msg
+    assert names(media) == sorted([f"d{n}.vpk" for n in range(4)] + [merged] + extra)
+    # Run again: the prune goes through on the new plan and the newest restores.
+    code, out, err = run(capsys, "prune", "--keep-last", "2", "--merge")
+    assert code == EXIT_OK, err
+    newest = "d3.vpk" if meanwhile == "another-volume" else "d5.vpk"
+    assert restores_equal(capsys, str(media / newest), vol, tmp / "r.img")

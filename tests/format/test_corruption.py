@@ -212,9 +212,16 @@ def test_unknown_major_version_is_refused_naming_both_versions(small_archive, tm
 
 def test_unimplemented_incompatible_feature_is_refused_by_name(small_archive, tmp_path):
     _, _, data = small_archive
-    # ENCRYPTED (bit 0) is implemented since 1.3; bit 4 is not defined yet.
-    with pytest.raises(UnsupportedArchive, match="bit 4"):
-        stream_check(forge_header(data, incompat=R.FEATURE_BOUND | 1 << 4), tmp_path)
+    # ENCRYPTED (bit 0) is implemented since 1.3, FINE (bit 5) since 1.4; bit 6 is not defined.
+    with pytest.raises(UnsupportedArchive, match="bit 6"):
+        stream_check(forge_header(data, incompat=R.FEATURE_BOUND | 1 << 6), tmp_path)
+
+
+def test_fine_coverage_without_incremental_is_damage(small_archive, tmp_path):
+    _, _, data = small_archive
+    bits = R.WRITTEN_INCOMPAT | R.FEATURE_FINE
+    with pytest.raises(CorruptArchive, match="FINE feature bit without INCREMENTAL"):
+        stream_check(forge_header(data, incompat=bits), tmp_path)
 
 
 def test_table_length_larger_than_the_archive_fails_without_allocating_it(small_archive, tmp_path):

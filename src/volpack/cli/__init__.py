@@ -13,7 +13,7 @@ import os
 import sys
 from typing import NoReturn
 
-from volpack.errors import EXIT_INTERRUPTED, EXIT_USAGE, VolpackError
+from volpack.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EXIT_WARNING, VolpackError
 
 # Verb modules under volpack.cli, in help order. Each has register(subparsers) -> None, which
 # sets ``func`` (args -> exit code) on its parser.
@@ -82,6 +82,17 @@ class _LogFormat(logging.Formatter):
         return prefix + record.getMessage()
 
 
+class _WarningCount(logging.Handler):
+    """Counts the warnings a logger gives while a verb runs."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+
+
 def main(argv: list[str] | None = None) -> int:
     # Before numpy is imported: its huge-page hint on large arrays makes resident memory depend
     # on what the kernel has free (a 2 MiB page counts whole), and volpack's bound is on what it
@@ -105,8 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     # A reader of the results that stops early (`volpack list | head`) is not an error: the
     # rest of the results is dropped and the verb's own exit code stands (README "Exit codes").
     guard = results.install()
+    # A chain passed over a damaged base for its stand-in: the result is right, but the
+    # damage must show in the exit code of a nightly job, not only in its log.
+    warned = _WarningCount()
+    logging.getLogger("volpack.chain").addHandler(warned)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        return EXIT_WARNING if code == EXIT_OK and warned.count else code
     except VolpackError as exc:
         print(f"volpack: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -115,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     finally:
         results.finish(guard)
+        logging.getLogger("volpack.chain").removeHandler(warned)
 
 
 if __name__ == "__main__":

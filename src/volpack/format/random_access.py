@@ -145,7 +145,8 @@ class Archive:
             else None
         )
         self.zeros: Extents = tables.zeros
-        self.covered: Extents = tables.covered
+        self.covered: Extents = tables.covered  # hash blocks whose entries are this archive's
+        self.whole: Extents | None = tables.whole  # of those, the ones its frames fill
         if t.frame_count != header.frame_count or t.dense_size != header.dense_size:
             raise CorruptArchive(
                 f"{where}: trailer counts {t.frame_count} frames / "

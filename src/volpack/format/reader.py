@@ -51,6 +51,9 @@ class Head:
     # tables above are empty stand-ins: only the public checks ran)
     unsealer: Unsealer | None = None
     sealed: bool = False
+    # FINE incrementals: the hash blocks every block of which is covered (their own frames hash
+    # to those entries); None: all of ``covered``
+    whole: Extents | None = None
 
 
 def head_tags(header: R.Header) -> tuple[tuple[bytes, int], ...]:
@@ -88,6 +91,7 @@ class HeadTables:
     unsealer: Unsealer | None = None
     sealed: bool = False
     key_slots: tuple[str, ...] = ()  # ENCRYPTED: each slot's fingerprint (public)
+    whole: Extents | None = None  # as Head.whole
 
 
 def parse_head_records(
@@ -153,11 +157,14 @@ def parse_head_records(
     table = table_from_atab(R.decode_atab(out[2], header, where), header)
     if header.incremental:
         zeros = R.decode_ztab(out[3], header, where)
-        covered = R.check_coverage(table.used(), zeros, header, where)
+        coverage = R.check_coverage(table.used(), zeros, header, where)
+        covered, whole = coverage.touched, coverage.whole
     else:
         zeros = table.used().complement(0, header.volume_blocks)
-        covered = Extents.span(0, header.hash_blocks)
-    return HeadTables(desc, pmap, table, zeros, covered, pos, unsealer, key_slots=key_slots)
+        covered = whole = Extents.span(0, header.hash_blocks)
+    return HeadTables(
+        desc, pmap, table, zeros, covered, pos, unsealer, key_slots=key_slots, whole=whole
+    )
 
 
 def table_from_atab(runs: np.ndarray, header: R.Header) -> AddressTable:
@@ -297,6 +304,7 @@ class ArchiveStream:
             covered=t.covered,
             unsealer=t.unsealer,
             sealed=t.sealed,
+            whole=t.whole,
         )
         if self.check_hashes and header.hashed and not t.sealed:
             key = t.unsealer.chain_key if t.unsealer is not None else None
@@ -412,7 +420,8 @@ class ArchiveStream:
         if h.hashed and not self.head.sealed:
             self.hash_table = check_hash_table(t, h, where, self.head.unsealer)
             if self._hashes is not None:
-                check_own_hashes(self.hash_table, self._hashes.result(), self.head.covered, where)
+                own = self.head.covered if self.head.whole is None else self.head.whole
+                check_own_hashes(self.hash_table, self._hashes.result(), own, where)
         # The digest last: the checks above name the part that differs, it catches the rest.
         if t.digest != digest:
             raise CorruptArchive(

@@ -31,13 +31,17 @@ FEATURE_ENCRYPTED = 1 << 0
 FEATURE_INCREMENTAL = 1 << 1
 FEATURE_BOUND = 1 << 2  # 1.1: frame checksums bound to archive and position; head hash, digest
 FEATURE_HASHED = 1 << 3  # 1.2: chain fields in the header, block hash table in the trailer
+FEATURE_FINE = 1 << 5  # an incremental's covered blocks need not fill whole hash blocks
 # bits this version implements
-KNOWN_INCOMPAT = FEATURE_BOUND | FEATURE_HASHED | FEATURE_INCREMENTAL | FEATURE_ENCRYPTED
+KNOWN_INCOMPAT = (
+    FEATURE_BOUND | FEATURE_HASHED | FEATURE_INCREMENTAL | FEATURE_ENCRYPTED | FEATURE_FINE
+)
 INCOMPAT_NAMES = {
     FEATURE_ENCRYPTED: "ENCRYPTED",
     FEATURE_INCREMENTAL: "INCREMENTAL",
     FEATURE_BOUND: "BOUND",
     FEATURE_HASHED: "HASHED",
+    FEATURE_FINE: "FINE",
 }
 WRITTEN_INCOMPAT = FEATURE_BOUND | FEATURE_HASHED  # set on every archive this version writes
 RECORD_FLAGS = 0  # known flag bits of records (none yet)
@@ -176,6 +180,11 @@ class Header:
         return bool(self.incompat_features & FEATURE_INCREMENTAL)
 
     @property
+    def fine(self) -> bool:
+        """FINE: this incremental covers blocks, not whole hash blocks (section 3.4)."""
+        return bool(self.incompat_features & FEATURE_FINE)
+
+    @property
     def encrypted(self) -> bool:
         """Format 1.3 ENCRYPTED: tables, frames and hash table sealed (docs/format.md 10)."""
         return bool(self.incompat_features & FEATURE_ENCRYPTED)
@@ -290,6 +299,11 @@ class Header:
             not incompat & FEATURE_INCREMENTAL or hashed,
             where,
             "INCREMENTAL feature bit without HASHED",
+        )
+        _check(
+            not incompat & FEATURE_FINE or bool(incompat & FEATURE_INCREMENTAL),
+            where,
+            "FINE feature bit without INCREMENTAL",
         )
         _check(
             not incompat & FEATURE_ENCRYPTED or (hashed and bool(incompat & FEATURE_BOUND)),
@@ -487,17 +501,29 @@ def decode_ztab(payload: bytes, header: Header, where: str) -> Extents:
     return Extents(starts.astype(np.int64), ends.astype(np.int64))
 
 
-def check_coverage(data: Extents, zeros: Extents, header: Header, where: str) -> Extents:
+@dataclass(frozen=True, slots=True)
+class Coverage:
+    """What an incremental covers, in hash blocks: ``touched`` (holding a covered block: their
+    hash table entries are this archive's) and ``whole`` (every block covered: the archive's own
+    frames hash to those entries). The same unless FINE."""
+
+    touched: Extents
+    whole: Extents
+
+
+def check_coverage(data: Extents, zeros: Extents, header: Header, where: str) -> Coverage:
     """An incremental's data and zero runs (blocks) are disjoint and together cover whole hash
-    blocks, including every hash block the size change touches; returns the covered hash blocks
+    blocks (any blocks when FINE), including every hash block the size change touches
     (docs/format.md section 3.4)."""
     _check(data.intersect(zeros).total() == 0, where, "zero table overlaps the address table")
     covered = data.union(zeros)
     per = header.hash_block_size // header.block_size
-    hash_blocks = covered.scale_out(per)
-    whole = hash_blocks.scale_in(per).clip(0, header.volume_blocks)
+    touched = covered.scale_out(per)
+    # A touched hash block with a block left out is not whole (the volume's last one is short).
+    gaps = touched.scale_in(per).clip(0, header.volume_blocks).subtract(covered)
+    whole = touched.subtract(gaps.scale_out(per))
     _check(
-        whole == covered,
+        header.fine or whole == touched,
         where,
         f"address and zero tables do not cover whole hash blocks of {header.hash_block_size} B",
     )
@@ -508,12 +534,12 @@ def check_coverage(data: Extents, zeros: Extents, header: Header, where: str) ->
         if base.volume_size == header.volume_size:
             changed = Extents.empty()
         _check(
-            hash_blocks.contains(changed),
+            whole.contains(changed),
             where,
             f"the volume size changed from {base.volume_size} to {header.volume_size} B but "
             "the hash blocks at the old or new end are not all covered",
         )
-    return hash_blocks
+    return Coverage(touched, whole)
 
 
 # -- physical map -------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from volpack import __version__
 from volpack.compact.table import AddressTable
 from volpack.detect import Detection, used_map
-from volpack.errors import ChainError, SourceError, UsageError
+from volpack.errors import ChainError, SourceError, UsageError, VolpackError
 from volpack.extents import Extents
 from volpack.format import records as R
 from volpack.format.description import (
@@ -34,7 +34,7 @@ from volpack.format.description import (
 from volpack.format.hashtable import HashBuilder
 from volpack.format.pmap import encode_pmap
 from volpack.identity import Role, check_distinct
-from volpack.pipeline.changes import Changes
+from volpack.pipeline.changes import Changes, Fine
 from volpack.pipeline.common import (
     DEFAULT_BLOCK,
     DEFAULT_COMPRESS,
@@ -228,13 +228,31 @@ def backup(
             per = hbs // block_size
             vblocks = -(-src.size // block_size)
             covered_blocks = changes.covered.scale_in(per).clip(0, vblocks)
-            data = detection.used.intersect(covered_blocks)
-            zeros = covered_blocks.subtract(data)
-            table = AddressTable.from_used(data, block_size)
             base_table = base_archive.hash_table
             assert base_table is not None
             covered = changes.covered
             state = lambda own: base_table.apply(covered, own)  # noqa: E731
+            fine = _fine(src, detection, base_archive, changes, catalog, keyring, threads)
+            features = R.WRITTEN_INCOMPAT | R.FEATURE_INCREMENTAL
+            if isinstance(fine, str):
+                detection = dataclasses.replace(
+                    detection, warnings=(*detection.warnings, f"{src.info.path}: {fine}")
+                )
+            elif fine is not None:
+                covered_blocks = fine.blocks
+                partial, partial_table = fine.partial, fine.table
+                state = lambda own: base_table.apply(  # noqa: E731
+                    covered, own.apply(partial, partial_table)
+                )
+                features |= R.FEATURE_FINE
+                changes = dataclasses.replace(
+                    changes,
+                    read_bytes=changes.read_bytes + fine.read_bytes,
+                    sampled=changes.sampled + fine.sampled,
+                )
+            data = detection.used.intersect(covered_blocks)
+            zeros = covered_blocks.subtract(data)
+            table = AddressTable.from_used(data, block_size)
             header = R.Header(
                 uuid=this,
                 block_size=block_size,
@@ -244,7 +262,7 @@ def backup(
                 created_ns=created,
                 codec=codec,
                 codec_level=level,
-                incompat_features=R.WRITTEN_INCOMPAT | R.FEATURE_INCREMENTAL,
+                incompat_features=features,
                 hash_block_size=hbs,
                 chain_id=base_archive.header.chain_id,
                 chain_seq=base_archive.header.chain_seq + 1,
@@ -429,6 +447,45 @@ def _check_catalogued_digest(arch: Archive, catalog: str) -> None:
             f"recorded {entry.digest} when it was written; it was rewritten, so it cannot be a "
             "base: back up a new full"
         )
+
+
+def _fine(
+    src: Source,
+    detection: Detection,
+    base: Archive,
+    changes: Changes,
+    catalog: str | None,
+    keyring: Keyring | None,
+    threads: int,
+) -> Fine | str | None:
+    """Block coverage for a checked hint (format FINE), or None to cover whole hash blocks:
+    needs the base's state (its chain, for which blocks it holds and a sample of its bytes), so
+    a base whose chain cannot be reached here gets whole hash blocks. A string: the hint was
+    wrong inside a hash block it marks (a warning; whole hash blocks are right anyway)."""
+    from volpack.pipeline import changes as C
+    from volpack.pipeline.chain import ChainView, Places, resolve_chain
+
+    if changes.dirty is None or base.hash_table is None:
+        return None
+    try:
+        chain = resolve_chain(base, Places(catalog=catalog, keyring=keyring))
+    except VolpackError:
+        return None
+    try:
+        view = ChainView(chain)
+        return C.refine(
+            src,
+            detection.used,
+            base.block_size,
+            changes,
+            base.hash_table,
+            view.used,
+            view.read,
+            threads,
+        )
+    finally:
+        for link in chain[1:]:
+            link.close()
 
 
 def _changes(

@@ -4,11 +4,12 @@ A base is looked for in the incremental's own directory or prefix first, then th
 catalog by UUID, then in the places given with ``--search``; it must be the archive the link
 names (UUID and digest), or one that leaves the same state (same chain, state digest and volume
 size: a merged full standing in for the links it replaced). ``ChainView`` serves the newest
-state: each hash block from the newest archive that covers it. Library code: no printing.
+state: each block from the newest archive that covers it. Library code: no printing.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from volpack.format.keyring import Keyring
 
 MAX_LINKS = 10000
+log = logging.getLogger("volpack.chain")  # the CLI exits 1 after its warnings
 
 
 def parent_location(url: str) -> str | None:
@@ -79,6 +81,16 @@ def _catalog_urls(catalog: str | None, uuid: str) -> list[str]:
         return []
 
 
+def _holds(url: str, uuid: str) -> bool:
+    """Whether the archive at ``url``, which did not open, still says it is ``uuid``."""
+    from volpack.catalog.identity import header_at
+
+    try:
+        return header_at(url).uuid == uuid
+    except (VolpackError, OSError):
+        return False
+
+
 def _listing(place: str) -> list[str]:
     try:
         return [u for u, _, _ in media.list_archives(place)]
@@ -99,6 +111,7 @@ def find_base(
     assert link is not None
     tried: list[str] = []
     replaced: str | None = None
+    damaged: str | None = None  # where the named base is, unreadable
     candidates: list[str] = []
     home = parent_location(child_url)
     for place in ([home] if home else []) + list(places.search):
@@ -133,7 +146,9 @@ def find_base(
             try:
                 # Public first: candidates sealed to other keys are skipped, not refused.
                 arch = open_archive(url, cache_bytes=cache_bytes, public=True)
-            except (FormatError, MediumError, UsageError):
+            except (FormatError, MediumError, UsageError) as exc:
+                if damaged is None and _holds(url, link.uuid):
+                    damaged = f"{url} does not open ({exc})"
                 continue
             opened[key] = arch
         tried.append(url)
@@ -144,6 +159,23 @@ def find_base(
         if arch.uuid == link.uuid:
             replaced = url
     if stand_in is not None:
+        if replaced is not None:
+            damaged = (
+                f"{replaced} was rewritten (digest {opened[media.canonical_url(replaced)].digest})"
+            )
+        if damaged is not None:
+            # The state is the same, so the restore is right; the damaged copy must not go
+            # unnoticed, or the next prune could delete the stand-in it now relies on.
+            log.warning(
+                "%s: its base %s at %s; using %s instead, which leaves the same state (chain "
+                "%s, state %s…); replace or delete the damaged base",
+                child_url,
+                link.uuid,
+                damaged,
+                stand_in[1],
+                child.chain_id,
+                link.state_digest.hex()[:16],
+            )
         return keyed(*stand_in)
     if replaced is not None:
         raise ChainError(
@@ -200,24 +232,24 @@ def resolve_chain(top: Archive, places: Places, cache_bytes: int = DEFAULT_CACHE
 
 
 def ownership(
-    covers: list[Extents | None], used: Iterable[Extents], size: int, hbs: int
+    covers: list[Extents | None], used: Iterable[Extents], size: int, unit: int
 ) -> tuple[list[Extents], list[Extents]]:
-    """For each archive of a chain (newest first; ``covers``: its covered hash block runs, None
-    for a full, which covers all), the byte runs it owns (covers and no newer archive does) and
-    its used byte runs inside them. Run arithmetic only: tables, never data."""
-    whole = Extents.span(0, -(-size // hbs))
+    """For each archive of a chain (newest first; ``covers``: the runs of ``unit``-sized blocks
+    it covers, None for a full, which covers all), the byte runs it owns (covers and no newer
+    archive does) and its used byte runs inside them. Run arithmetic only: tables, never data."""
+    whole = Extents.span(0, -(-size // unit))
     taken = Extents.empty()
     owned: list[Extents] = []
     for covered in covers:
         mine = (whole if covered is None else covered).subtract(taken).intersect(whole)
         taken = taken.union(mine)
-        owned.append(mine.scale_in(hbs).clip(0, size))
+        owned.append(mine.scale_in(unit).clip(0, size))
     return owned, [u.intersect(own) for u, own in zip(used, owned, strict=True)]
 
 
 class ChainView:
-    """The volume a chain leaves, read at random: each hash block from the newest archive that
-    covers it (a full covers all). Same reading interface as ``Archive`` for serve, restore and
+    """The volume a chain leaves, read at random: each block from the newest archive that covers
+    it (a full covers all). Same reading interface as ``Archive`` for serve, restore and
     merge."""
 
     def __init__(self, chain: list[Archive]) -> None:
@@ -230,12 +262,12 @@ class ChainView:
         self.header = top.header
         self.desc = top.desc
         self.frame_size = top.frame_size
-        hbs = top.header.hash_block_size or top.size or 1
+        # By block, not hash block: a FINE incremental covers parts of hash blocks.
         self.owned, self.used_parts = ownership(
-            [arch.covered if arch.incremental else None for arch in chain],
+            [arch.table.used().union(arch.zeros) if arch.incremental else None for arch in chain],
             (arch.used_bytes() for arch in chain),
             self.size,
-            hbs,
+            self.block_size,
         )
         self._used = Extents.empty()
         for part in self.used_parts:

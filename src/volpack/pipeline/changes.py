@@ -34,6 +34,10 @@ class Changes:
     read_bytes: int  # source bytes read to find them
     sampled: int = 0  # un-hinted hash blocks checked against the base
     warnings: tuple[str, ...] = ()
+    # A checked hint: its dirty byte runs, and the hash blocks to cover whole whatever it says
+    # (emptied or resized); lets ``refine`` cover blocks instead of hash blocks
+    dirty: Extents | None = None
+    whole: Extents | None = None
 
 
 class _Hasher:
@@ -179,10 +183,8 @@ def check_hint(
     hbs = base.hash_block_size
     blocks = -(-src.size // hbs)
     touched = used_bytes.scale_out(hbs).clip(0, blocks)
-    emptied = _emptied(base, touched, blocks)
-    covered = (
-        dirty.scale_out(hbs).clip(0, blocks).union(emptied).union(_resized(base, src.size, hbs))
-    )
+    whole = _emptied(base, touched, blocks).union(_resized(base, src.size, hbs))
+    covered = dirty.scale_out(hbs).clip(0, blocks).union(whole)
     unhinted = Extents.span(0, min(blocks, base.hash_blocks)).subtract(covered)
     want = max(SAMPLE_MIN, int(unhinted.total() * SAMPLE_SHARE))
     sample = sample_indices(unhinted, want)
@@ -197,7 +199,7 @@ def check_hint(
             "the base archive, so every block is compared instead"
         )
     label = method or f"bitmap:{name}"
-    return Changes(covered, label, hasher.read_bytes, sampled=len(sample))
+    return Changes(covered, label, hasher.read_bytes, sampled=len(sample), dirty=dirty, whole=whole)
 
 
 def dirty_hint(src: Source, name: str) -> Extents | str:
@@ -231,3 +233,87 @@ def dirty_hint(src: Source, name: str) -> Extents | str:
         f"--bitmap {name}: {src.info.path} has no dirty bitmap of that name (it has: {names}); "
         "add one with 'qemu-img bitmap --add --enable' after a full backup"
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Fine:
+    """Block coverage inside the hash blocks a checked hint touches (format FINE): the blocks to
+    cover, and the hash of each hash block they fill only in part, as the state will be."""
+
+    blocks: Extents  # covered volume blocks
+    partial: Extents  # hash blocks covered in part (runs of indices)
+    table: HashTable  # their entries in the state the incremental leaves
+    read_bytes: int
+    sampled: int
+
+
+def refine(
+    src: Source,
+    used: Extents,
+    block_size: int,
+    changes: Changes,
+    base: HashTable,
+    base_used: Extents,
+    read_base: Callable[[int, int], bytes],
+    threads: int = 2,
+) -> Fine | str:
+    """Cover only the blocks the hint marks (plus blocks that became used, and the hash blocks
+    to cover whole) instead of whole hash blocks, or why not. ``used``/``base_used``: used
+    blocks now and in the base's state; ``read_base(offset, length)`` reads the base's state.
+
+    A hash block covered in part keeps its other blocks from the base, so its entry is the hash
+    of: covered blocks as the new archive holds them, the others as the base's state (the
+    source's bytes where the base held data, zeros elsewhere — equal while the hint is right).
+    Whether the hint is right *inside* those hash blocks is checked on a sample of them
+    (max(16, 0.1 %), first and last included) against the base's bytes."""
+    assert changes.dirty is not None and changes.whole is not None
+    hbs = base.hash_block_size
+    per = hbs // block_size
+    vblocks = -(-src.size // block_size)
+    inside = changes.covered.scale_in(per).clip(0, vblocks)  # blocks of the touched hash blocks
+    fresh = used.subtract(base_used)  # used now, not in the base: data whatever the hint says
+    blocks = (
+        changes.dirty.scale_out(block_size)
+        .union(changes.whole.scale_in(per))
+        .union(fresh)
+        .intersect(inside)
+    )
+    partial = inside.subtract(blocks).scale_out(per)
+    if not len(partial):
+        return Fine(blocks, partial, HashTable(hbs, src.size, _no_entries(), base.key), 0, 0)
+    # What the state holds in the partial hash blocks: the source where the new archive covers
+    # a used block or the base holds data outside what it covers.
+    in_partial = partial.scale_in(per).clip(0, vblocks)
+    kept = in_partial.subtract(blocks).intersect(base_used)
+    state_bytes = (
+        blocks.intersect(used)
+        .union(kept)
+        .intersect(in_partial)
+        .scale_in(block_size)
+        .clip(0, src.size)
+    )
+    sample = sample_indices(partial, max(SAMPLE_MIN, int(partial.total() * SAMPLE_SHARE)))
+    kept_bytes = kept.scale_in(block_size).clip(0, src.size)
+    checked = 0
+    for index in sample.tolist():
+        for start, end in kept_bytes.clip(index * hbs, (index + 1) * hbs):
+            mine = bytearray(end - start)
+            src.read_into(start, memoryview(mine))
+            checked += end - start
+            if mine != read_base(start, end - start):
+                return (
+                    f"the hint leaves volume bytes {start}-{end} in hash block {index} as they "
+                    "were, but they differ from the base's; those hash blocks are covered whole "
+                    "instead"
+                )
+    indices = block_indices(partial)
+    hasher = _Hasher(src, state_bytes, hbs, threads, base.key)
+    hashes = hasher.many(indices)
+    table = HashTable.from_arrays(hbs, src.size, indices, hashes, base.key)
+    return Fine(blocks, partial, table, hasher.read_bytes + checked, len(sample))
+
+
+def _no_entries() -> np.ndarray:
+    from volpack.format.hashtable import ENTRY_DTYPE
+
+    return np.zeros(0, ENTRY_DTYPE)

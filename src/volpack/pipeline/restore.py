@@ -269,6 +269,7 @@ def restore_chain_to(
             head_records=top.trailer.head_records,
             zeros=top.zeros,
             covered=top.covered,
+            whole=top.whole,
         )
         used = view.used_bytes()
         tgt = open_target(head)

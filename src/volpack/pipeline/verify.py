@@ -15,8 +15,9 @@ from volpack.pipeline.common import Progress, scatter
 from volpack.source import open_source
 
 if TYPE_CHECKING:
+    from volpack.extents import Extents
     from volpack.format.keyring import Keyring
-    from volpack.pipeline.chain import Places
+    from volpack.pipeline.chain import ChainView, Places
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -210,6 +211,9 @@ def _verify_chain(
                     f"hash block {at}, a block it does not hold: the archive does not apply to "
                     "this base; the chain is broken"
                 )
+        for k, child in enumerate(view.chain):
+            if child.whole is not None and child.incremental:
+                _check_partial(ChainView(view.chain[k:]), child.covered.subtract(child.whole))
         diffs: tuple[tuple[int, int], ...] = ()
         if against is not None:
             comparer = VolumeComparer(open_source(against, source_format, pvs=pvs), view.size)
@@ -241,3 +245,28 @@ def _verify_chain(
         chain=tuple(done),
         elapsed=top.elapsed + time.perf_counter() - t0,
     )
+
+
+def _check_partial(state: ChainView, partial: Extents) -> None:
+    """A FINE incremental's hash blocks covered only in part: their entries are the hash of the
+    state its chain leaves there, which only the chain's bytes can show (docs/format.md 3.4)."""
+    from volpack.errors import CorruptArchive
+    from volpack.format.hashtable import block_hash
+    from volpack.pipeline.changes import block_indices
+
+    link = state.top
+    table = link.hash_table
+    assert table is not None
+    hbs = table.hash_block_size
+    indices = block_indices(partial)
+    recorded = table.hashes(indices)
+    for index, want in zip(indices.tolist(), recorded, strict=True):
+        start = index * hbs
+        got = block_hash(state.read(start, min(hbs, state.size - start)), table.key)
+        if got != want:
+            raise CorruptArchive(
+                f"{link.url}: hash block {index} (volume offset {start}) of the state its chain "
+                f"leaves hashes to {got.hex()}, its table records {want.hex()}: the change hint "
+                "it was made with was wrong there; restores give the bytes it holds, back up a "
+                "new full to be sure of them"
+            )
