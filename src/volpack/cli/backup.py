@@ -263,7 +263,7 @@ def _report(args: argparse.Namespace, result: BackupResult) -> tuple[list[str], 
     if result.base_uuid is not None:
         zeroed = result.zero_blocks * result.block_size
         lines[1] = (
-            f"incremental {result.chain_seq} on {result.base_uuid}: changed hash blocks "
+            f"incremental {result.chain_seq} on {result.base_uuid}: covers "
             f"{human(used + zeroed)} ({human(used)} data, the rest zero), found by "
             f"{result.changes.get('method')} ({human(result.changes.get('read_bytes') or 0)} "
             f"read); archive {human(result.archive_size)}, {result.elapsed:.2f} s"
