@@ -35,10 +35,15 @@ def metadata_stream(before_trailer: bytes) -> bytes:
     return b"".join(parts)
 
 
-def spec_digest(before_trailer: bytes, trailer_body: bytes) -> bytes:
+def spec_digest(
+    before_trailer: bytes, trailer_body: bytes, *, metadigest: bool | None = None
+) -> bytes:
     """The digest of an archive whose bytes before the TRLR record are ``before_trailer`` and
-    whose trailer payload up to the digest is ``trailer_body`` (BOUND archives)."""
-    incompat = int.from_bytes(before_trailer[16:24], "little")
-    if incompat & METADIGEST:
+    whose trailer payload up to the digest is ``trailer_body`` (BOUND archives), by the rule its
+    header's METADIGEST bit names, or by the rule ``metadigest`` forces (to forge with the wrong
+    one)."""
+    if metadigest is None:
+        metadigest = bool(int.from_bytes(before_trailer[16:24], "little") & METADIGEST)
+    if metadigest:
         return blake3.blake3(metadata_stream(before_trailer) + trailer_body).digest()
     return blake3.blake3(before_trailer + trailer_body).digest()
