@@ -13,6 +13,7 @@ import subprocess
 import sys
 import uuid as uuidlib
 
+import blake3
 import pytest
 
 from cli_helpers import one_error_line
@@ -201,3 +202,59 @@ def test_a_sealed_1_4_frame_edited_with_every_unkeyed_check_recomputed_fails_its
     out = tmp_path / "out.img"
     one_error_line(vp("restore", str(path), str(out), "--key-file", key_file), 12)
     assert not out.exists()
+
+
+def with_header(data: bytes, *, minor: int, incompat: int) -> bytes:
+    """``data`` with the header's minor and incompatible bits replaced, its checksum recomputed."""
+    body = bytearray(data[: R.HEADER.size])
+    body[10:12] = minor.to_bytes(2, "little")
+    body[16:24] = incompat.to_bytes(8, "little")
+    return bytes(body) + R.checksum(bytes(body)).to_bytes(8, "little") + data[R.HEADER_SIZE :]
+
+
+@pytest.mark.parametrize(
+    "minor,incompat,message",
+    [
+        (4, R.FEATURE_BOUND | R.FEATURE_HASHED, "1.4 archive without the METADIGEST feature bit"),
+        (
+            1,
+            R.FEATURE_BOUND | R.FEATURE_METADIGEST,
+            "METADIGEST feature bit without BOUND and HASHED",
+        ),
+        (3, R.FEATURE_HASHED | R.FEATURE_METADIGEST, "without the BOUND feature bit"),
+    ],
+)
+def test_a_header_whose_metadigest_bit_disagrees_with_its_version_is_damaged_exit_4(
+    raw_archive, minor, incompat, message, tmp_path
+):
+    path = tmp_path / "bad.vpk"
+    path.write_bytes(with_header(raw_archive, minor=minor, incompat=incompat))
+    one_error_line(vp("verify", str(path)), 4, message)
+    one_error_line(vp("info", str(path)), 4, message)
+
+
+def test_a_1_4_archive_relabelled_1_3_without_the_bit_fails_the_every_byte_digest(
+    raw_archive, tmp_path
+):
+    # Header, its trailer copy, the head hash and the footer all say 1.3, every checksum holds,
+    # the digest is still the metadata stream's: only the digest rule tells the lie apart.
+    out = bytearray(with_header(raw_archive, minor=3, incompat=R.FEATURE_BOUND | R.FEATURE_HASHED))
+    toff = int.from_bytes(raw_archive[-56:-48], "little")
+    fixed = toff + R.RECORD_SIZE
+    out[fixed + R.TRAILER_FIXED.size : fixed + R.TRAILER_FIXED.size + R.HEADER_SIZE] = out[
+        : R.HEADER_SIZE
+    ]
+    out[fixed + 32 : fixed + 64] = blake3.blake3(
+        bytes(out[: frame_offsets(raw_archive)[0]])
+    ).digest()
+    foot = bytearray(out[-R.FOOTER_SIZE :])
+    foot[42:44] = (3).to_bytes(2, "little")
+    foot[56:64] = R.checksum(bytes(foot[:56])).to_bytes(8, "little")
+    out[-R.FOOTER_SIZE :] = foot
+    path = tmp_path / "relabelled.vpk"
+    path.write_bytes(resealed(bytes(out), metadigest=True))
+    one_error_line(vp("verify", str(path)), 4, "archive digest")
+    one_error_line(vp("restore", str(path), str(tmp_path / "out.img")), 4, "archive digest")
+    # and with the digest taken by the 1.3 rule it is a good 1.3 archive
+    path.write_bytes(resealed(bytes(out), metadigest=False))
+    assert vp("verify", str(path)).returncode == 0
