@@ -73,6 +73,8 @@ def test_version_3_catalog_gains_sealing_columns_and_chain_heads(env, capsys):
     conn.execute("DROP TABLE chain_heads")
     conn.execute("ALTER TABLE archives DROP COLUMN encrypted")
     conn.execute("ALTER TABLE archives DROP COLUMN key_slots")
+    # What a version 3 catalog holds: archives of formats up to 1.3 (plain ones were 1.2).
+    conn.execute("UPDATE archives SET format_version = '1.2'")
     conn.execute(
         "UPDATE archives SET format_version = '1.3' WHERE uuid = ?", (done[0]["archive_uuid"],)
     )

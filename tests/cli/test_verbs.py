@@ -33,7 +33,7 @@ def test_info_json_describes_header_tables_digest_and_source(archive):
     assert d["uuid"] == r.archive_uuid and d["digest"] == r.digest
     assert d["volume_size"] == (2 << 20) + 5 and d["used_blocks"] == r.used_blocks
     assert d["complete"] is True and d["source"]["path"] == os.path.abspath(vol)
-    assert d["format"] == "1.2" and d["address_table_runs"] == 2
+    assert d["format"] == "1.4" and d["address_table_runs"] == 2
 
 
 def test_info_on_a_stream_reads_the_head_only(archive):

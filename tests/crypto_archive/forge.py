@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import blake3
 
+from spec_digest import spec_digest
 from volpack.format import records as R
 
 
@@ -74,7 +75,7 @@ def build(p: Parts) -> bytes:
         len(p.frames), h.dense_size, stored_total, toff, blake3.blake3(head).digest()
     )
     tbody = fixed + head + b"".join(index) + p.hash_part
-    digest = blake3.blake3(b"".join(out) + tbody).digest()
+    digest = spec_digest(b"".join(out), tbody)
     trailer = R.encode_record(R.TAG_TRLR, tbody + digest)
     length = toff + len(trailer) + R.FOOTER_SIZE
     footer = R.encode_footer(R.Footer(toff, len(trailer), h.uuid, h.major, h.minor, length))

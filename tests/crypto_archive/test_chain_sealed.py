@@ -237,7 +237,7 @@ def test_keys_given_for_an_unencrypted_archive_are_refused(volume, test_keys, tm
 def test_backup_and_catalog_rebuild_record_a_sealed_archive_without_any_key(
     volume, test_keys, tmp_path
 ):
-    """The catalog learns format 1.3 and the used blocks from public fields; backup's result
+    """The catalog learns format 1.4 and the used blocks from public fields; backup's result
     names each slot by its fingerprint, never by a key."""
     cat = tmp_path / "cat.db"
     media = tmp_path / "media"
@@ -255,7 +255,7 @@ def test_backup_and_catalog_rebuild_record_a_sealed_archive_without_any_key(
         test_keys.recipient,
     )
     result = json.loads(r.stdout)
-    assert result["encrypted"] is True and result["format_version"] == "1.3"
+    assert result["encrypted"] is True and result["format_version"] == "1.4"
     assert [s.split(":")[0] for s in result["key_slots"]] == ["x25519", "key-file"]
     assert pathlib.Path(test_keys.key_file).read_bytes().hex() not in r.stdout
     other = tmp_path / "rebuilt.db"
@@ -264,5 +264,5 @@ def test_backup_and_catalog_rebuild_record_a_sealed_archive_without_any_key(
         listed = json.loads(ok("list", "--catalog", str(db), "--json").stdout)
         entries = listed if isinstance(listed, list) else listed.get("archives", listed)
         (entry,) = [e for e in entries if e["uuid"] == result["archive_uuid"]]
-        assert entry["format_version"] == "1.3"
+        assert entry["format_version"] == "1.4"
         assert entry["used_blocks"] == result["used_blocks"]

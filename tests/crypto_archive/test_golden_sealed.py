@@ -1,8 +1,8 @@
-"""The golden sealed archive of format 1.3 (tests/format/golden/encrypted/, with its published
-test keys) opens with each of its three keys forever, verifies without a key as media, and its
-bytes follow docs/format.md section 10 as recomputed here from the spec alone: key-file slot,
-subkeys, header MAC, chain hash key, a sealed table, a sealed frame, the keyed hash table and
-state digest."""
+"""The golden sealed archives of formats 1.3 and 1.4 (tests/format/golden/encrypted/, with their
+published test keys) open with each of their three keys forever, verify without a key as media,
+and their bytes follow docs/format.md section 10 as recomputed here from the spec alone: key-file
+slot, subkeys, header MAC, chain hash key, a sealed table, a sealed frame, the keyed hash table
+and state digest, and the digest (1.3: every byte; 1.4: the metadata stream)."""
 
 from __future__ import annotations
 
@@ -21,40 +21,56 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from spec_digest import metadata_stream
 from volpack import pipeline
 
 GOLDEN = pathlib.Path(__file__).parent.parent / "format" / "golden" / "encrypted"
-ARCHIVE = GOLDEN / "v1.3.vpk"
-FACTS = json.loads((GOLDEN / "v1.3.json").read_text())
+VERSIONS = sorted(p.stem for p in GOLDEN.glob("*.vpk"))
 
 
-def _keyring(kind: str):
+def _facts(version: str) -> dict:
+    return json.loads((GOLDEN / f"{version}.json").read_text())
+
+
+def test_there_is_a_golden_sealed_archive_for_the_current_version():
+    from volpack.format import records as R
+
+    assert f"v{R.MAJOR}.{R.MINOR}" in VERSIONS
+
+
+def _keyring(kind: str, version: str):
     from volpack.crypto import DecryptKeys, Passphrase
     from volpack.crypto.files import read_identities, read_key_file
     from volpack.format.keyring import Keyring
 
     if kind == "identity":
-        return Keyring.of(DecryptKeys(identities=read_identities(str(GOLDEN / "v1.3.identity"))))
+        identities = read_identities(str(GOLDEN / f"{version}.identity"))
+        return Keyring.of(DecryptKeys(identities=identities))
     if kind == "key-file":
-        return Keyring.of(DecryptKeys(key_files=(read_key_file(str(GOLDEN / "v1.3.keyfile")),)))
-    phrase = (GOLDEN / "v1.3.passphrase").read_bytes().rstrip(b"\n")
+        key = read_key_file(str(GOLDEN / f"{version}.keyfile"))
+        return Keyring.of(DecryptKeys(key_files=(key,)))
+    phrase = (GOLDEN / f"{version}.passphrase").read_bytes().rstrip(b"\n")
     return Keyring.of(DecryptKeys(passphrases=(Passphrase(phrase),)))
 
 
+@pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("kind", ["identity", "key-file", "passphrase"])
-def test_golden_sealed_archive_restores_with_each_of_its_keys(kind, tmp_path):
+def test_golden_sealed_archive_restores_with_each_of_its_keys(kind, version, tmp_path):
+    facts = _facts(version)
     out = tmp_path / "out.img"
-    pipeline.restore(str(ARCHIVE), str(out), keyring=_keyring(kind))
+    pipeline.restore(str(GOLDEN / f"{version}.vpk"), str(out), keyring=_keyring(kind, version))
     data = out.read_bytes()
-    assert len(data) == FACTS["volume_size"]
-    assert hashlib.sha256(data).hexdigest() == FACTS["volume_sha256"]
+    assert len(data) == facts["volume_size"]
+    assert hashlib.sha256(data).hexdigest() == facts["volume_sha256"]
 
 
-def test_golden_sealed_archive_verifies_as_media_without_a_key_and_whole_with_one():
-    public = pipeline.verify(str(ARCHIVE))
-    assert (public.digest, public.authenticated) == (FACTS["digest"], False)
-    keyed = pipeline.verify(str(ARCHIVE), keyring=_keyring("key-file"))
-    assert keyed.authenticated and keyed.state_digest == FACTS["state_digest"]
+@pytest.mark.parametrize("version", VERSIONS)
+def test_golden_sealed_archive_verifies_as_media_without_a_key_and_whole_with_one(version):
+    facts, archive = _facts(version), GOLDEN / f"{version}.vpk"
+    public = pipeline.verify(str(archive))
+    assert (public.digest, public.authenticated) == (facts["digest"], False)
+    keyed = pipeline.verify(str(archive), keyring=_keyring("key-file", version))
+    assert keyed.authenticated and keyed.state_digest == facts["state_digest"]
 
 
 def _hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
@@ -69,12 +85,17 @@ def _nonce(kind: int, seq: int) -> bytes:
     return struct.pack("<B3xQ", kind, seq)
 
 
-def test_golden_sealed_archive_follows_section_10_recomputed_from_the_spec(tmp_path):
-    data = ARCHIVE.read_bytes()
+@pytest.mark.parametrize("version", VERSIONS)
+def test_golden_sealed_archive_follows_section_10_recomputed_from_the_spec(version, tmp_path):
+    facts, archive = _facts(version), GOLDEN / f"{version}.vpk"
+    minor = int(version.split(".")[1])
+    data = archive.read_bytes()
     header = data[:256]
-    assert int.from_bytes(header[10:12], "little") == 3
-    assert int.from_bytes(header[16:24], "little") == 1 | 1 << 2 | 1 << 3  # ENCRYPTED BOUND HASHED
-    uid = uuid.UUID(FACTS["uuid"]).bytes
+    assert int.from_bytes(header[10:12], "little") == minor
+    metadigest = 1 << 4 if minor >= 4 else 0
+    # ENCRYPTED BOUND HASHED, and from 1.4 METADIGEST
+    assert int.from_bytes(header[16:24], "little") == 1 | 1 << 2 | 1 << 3 | metadigest
+    uid = uuid.UUID(facts["uuid"]).bytes
     # KEYS: record header, then cipher, reserved, n, slot list, sealed chain key, MAC
     assert data[256:260] == b"KEYS"
     klen = int.from_bytes(data[264:272], "little")
@@ -89,7 +110,9 @@ def test_golden_sealed_archive_follows_section_10_recomputed_from_the_spec(tmp_p
         body = slots[pos + 4 : pos + 4 + length]
         if kind == 3:
             kek = _hkdf(
-                (GOLDEN / "v1.3.keyfile").read_bytes(), body[:16], b"volpack/v1/slot/key-file"
+                (GOLDEN / f"{version}.keyfile").read_bytes(),
+                body[:16],
+                b"volpack/v1/slot/key-file",
             )
             data_key = ChaCha20Poly1305(kek).decrypt(
                 bytes(12), body[16:], b"volpack/v1/slot/key-file"
@@ -117,7 +140,7 @@ def test_golden_sealed_archive_follows_section_10_recomputed_from_the_spec(tmp_p
     # frame 0: its header's first 32 bytes are public; checksum over the sealed bytes
     from volpack.format.random_access import open_archive
 
-    with open_archive(str(ARCHIVE), public=True) as a:
+    with open_archive(str(archive), public=True) as a:
         off = int(a.trailer.index["offset"][0])
         toff = a.trailer.trailer_offset
     fh = data[off : off + 48]
@@ -132,7 +155,7 @@ def test_golden_sealed_archive_follows_section_10_recomputed_from_the_spec(tmp_p
     assert len(raw) == int.from_bytes(fh[24:28], "little")
     # the hash table: sealed as kind 5 (final), keyed BLAKE3 of each non-zero hash block
     out = tmp_path / "v.img"
-    pipeline.restore(str(ARCHIVE), str(out), keyring=_keyring("key-file"))
+    pipeline.restore(str(archive), str(out), keyring=_keyring("key-file", version))
     volume = out.read_bytes()
     assert raw[:4096] == volume[3 * 4096 : 4 * 4096]  # the first used block, at dense offset 0
     hbs = int.from_bytes(header[84:88], "little")
@@ -145,7 +168,7 @@ def test_golden_sealed_archive_follows_section_10_recomputed_from_the_spec(tmp_p
     state = blake3.blake3(
         b"volpack state v1" + struct.pack("<QI", len(volume), hbs) + entries, key=chain_key
     ).digest()
-    assert state.hex() == FACTS["state_digest"]
+    assert state.hex() == facts["state_digest"]
     payload = data[toff + 32 : -64]
     count = len(entries) // 24
     assert payload[-72:-64] == count.to_bytes(8, "little") and payload[-64:-32] == state
@@ -155,3 +178,8 @@ def test_golden_sealed_archive_follows_section_10_recomputed_from_the_spec(tmp_p
         _nonce(5, 0), sealed_entries, _ad(uid, 5, 1, 0, 0, public) + public
     )
     assert opened == entries
+    # the digest: 1.3 over every byte before the TRLR record, 1.4 over the metadata stream (the
+    # sealed frame bytes left out), each then the trailer payload up to the digest
+    covered = metadata_stream(data[:toff]) if metadigest else data[:toff]
+    assert payload[-32:] == blake3.blake3(covered + payload[:-32]).digest()
+    assert payload[-32:].hex() == facts["digest"]

@@ -194,3 +194,23 @@ def test_rewrap_of_an_unencrypted_archive_is_refused(volume, test_keys, tmp_path
     )
     one_error_line(r, 12, "not encrypted")
     assert not (tmp_path / "n.vpk").exists()
+
+
+@pytest.mark.parametrize("version", ["v1.3", "v1.4"])
+def test_rewrap_keeps_the_archives_version_and_its_digest_rule(version, tmp_path):
+    """A 1.3 archive stays 1.3 (digest over every byte), a 1.4 one 1.4 (the metadata stream):
+    the result's digest, recomputed from the spec, is the one it records, and it verifies."""
+    from spec_digest import spec_digest
+
+    golden = pathlib.Path(__file__).parents[1] / "format" / "golden" / "encrypted"
+    key_file = str(golden / f"{version}.keyfile")
+    out = tmp_path / "new.vpk"
+    old = str(golden / f"{version}.vpk")
+    r = vp("rewrap", old, str(out), "--old-key-file", key_file, "--key-file", key_file)
+    assert r.returncode == 0, r.stderr
+    data = out.read_bytes()
+    assert int.from_bytes(data[10:12], "little") == int(version.split(".")[1])
+    toff = int.from_bytes(data[-56:-48], "little")
+    assert data[-96:-64] == spec_digest(data[:toff], data[toff + 32 : -96])
+    r = vp("verify", str(out), "--key-file", key_file)
+    assert r.returncode == 0, r.stderr

@@ -147,7 +147,7 @@ def test_verify_with_the_key_authenticates_every_record(sealed, test_keys):
 
 def test_info_without_a_key_shows_only_public_fields(sealed, test_keys, volume):
     public = json.loads(ok("info", sealed, "--json").stdout)
-    assert public["encrypted"] is True and public["format"] == "1.3"
+    assert public["encrypted"] is True and public["format"] == "1.4"
     assert public["source"] == {} and public["detection"] == {}
     assert public["tool"] is None and public["host"] is None and public["devices"] is None
     assert public["volume_size"] == os.path.getsize(volume)
@@ -156,10 +156,10 @@ def test_info_without_a_key_shows_only_public_fields(sealed, test_keys, volume):
     assert opened["source"]["path"] == volume and opened["tool"].startswith("volpack")
 
 
-def test_unencrypted_archives_stay_format_1_2(volume, tmp_path):
+def test_unencrypted_archives_are_format_1_4_like_sealed_ones_without_the_sealing(volume, tmp_path):
     ok("backup", volume, str(tmp_path / "plain.vpk"), "--no-catalog")
     info = json.loads(ok("info", str(tmp_path / "plain.vpk"), "--json").stdout)
-    assert info["format"] == "1.2" and info["encrypted"] is False
+    assert info["format"] == "1.4" and info["encrypted"] is False
 
 
 def test_a_wrong_key_is_one_line_exit_12_and_the_target_is_untouched(sealed, test_keys, tmp_path):

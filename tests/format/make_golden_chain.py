@@ -1,4 +1,5 @@
-"""Make the golden three-link chain of format 1.2 (run once; the result is checked in):
+"""Make the golden three-link chain of the current format version (run once per version that
+changes what a chain's bytes hold; the result is checked in under golden/chain-MAJOR.MINOR):
 
     python3 tests/format/make_golden_chain.py
 
@@ -18,7 +19,6 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CHAIN = os.path.join(HERE, "golden", "chain-1.2")
 KiB, MiB = 1 << 10, 1 << 20
 BLOCK = 4 * KiB
 
@@ -56,8 +56,10 @@ def generation(path: str, k: int) -> None:
 def main() -> int:
     sys.path.insert(0, os.path.join(HERE, "..", "..", "src"))
     from volpack import pipeline
+    from volpack.format.records import MAJOR, MINOR
 
-    os.makedirs(CHAIN, exist_ok=True)
+    chain = os.path.join(HERE, "golden", f"chain-{MAJOR}.{MINOR}")
+    os.makedirs(chain, exist_ok=True)
     facts = []
     with tempfile.TemporaryDirectory() as tmp:
         vol = os.path.join(tmp, "golden.img")
@@ -65,13 +67,13 @@ def main() -> int:
             generation(vol, k)
             r = pipeline.backup(
                 vol,
-                os.path.join(CHAIN, f"g{k}.vpk"),
+                os.path.join(chain, f"g{k}.vpk"),
                 block_size=BLOCK if k == 0 else None,
                 frame_size=65536,
                 compress="zstd:3",
                 force=True,
                 allow_mounted=True,
-                base=os.path.join(CHAIN, f"g{k - 1}.vpk") if k else None,
+                base=os.path.join(chain, f"g{k - 1}.vpk") if k else None,
             )
             with open(vol, "rb") as f:
                 digest = hashlib.sha256(f.read()).hexdigest()
@@ -87,7 +89,7 @@ def main() -> int:
                     "volume_sha256": digest,
                 }
             )
-    with open(os.path.join(CHAIN, "chain.json"), "w") as f:
+    with open(os.path.join(chain, "chain.json"), "w") as f:
         json.dump(facts, f, indent=1, sort_keys=True)
         f.write("\n")
     print(json.dumps(facts, indent=1))

@@ -1,4 +1,5 @@
-"""Make the golden sealed archive of format 1.3 (run once; the result is checked in):
+"""Make the golden sealed archive of the current format version (run once per version; the
+result is checked in under golden/encrypted/vMAJOR.MINOR.*):
 
     python3 tests/format/make_golden_encrypted.py
 
@@ -17,7 +18,6 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SEALED = os.path.join(HERE, "golden", "encrypted")
-NAME = "v1.3"
 
 
 def main() -> int:
@@ -28,15 +28,18 @@ def main() -> int:
     from volpack import pipeline
     from volpack.crypto import Argon2Params, EncryptKeys, KeyFile, Passphrase, generate_identity
     from volpack.crypto.files import write_identity
+    from volpack.format.records import MAJOR, MINOR
+
+    name = f"v{MAJOR}.{MINOR}"
 
     os.makedirs(SEALED, exist_ok=True)
     identity = generate_identity()
-    write_identity(os.path.join(SEALED, f"{NAME}.identity"), identity, force=True)
+    write_identity(os.path.join(SEALED, f"{name}.identity"), identity, force=True)
     key = os.urandom(32)
-    with open(os.path.join(SEALED, f"{NAME}.keyfile"), "wb") as f:
+    with open(os.path.join(SEALED, f"{name}.keyfile"), "wb") as f:
         f.write(key)
-    passphrase = b"volpack golden 1.3 passphrase"
-    with open(os.path.join(SEALED, f"{NAME}.passphrase"), "wb") as f:
+    passphrase = f"volpack golden {MAJOR}.{MINOR} passphrase".encode()
+    with open(os.path.join(SEALED, f"{name}.passphrase"), "wb") as f:
         f.write(passphrase + b"\n")
     keys = EncryptKeys(
         recipients=(identity.recipient,),
@@ -49,7 +52,7 @@ def main() -> int:
         golden_volume(vol)
         r = pipeline.backup(
             vol,
-            os.path.join(SEALED, f"{NAME}.vpk"),
+            os.path.join(SEALED, f"{name}.vpk"),
             frame_size=65536,
             compress="zstd:3",
             force=True,
@@ -71,7 +74,7 @@ def main() -> int:
         "volume_sha256": digest,
         "recipient": str(identity.recipient),
     }
-    with open(os.path.join(SEALED, f"{NAME}.json"), "w") as f:
+    with open(os.path.join(SEALED, f"{name}.json"), "w") as f:
         json.dump(facts, f, indent=1, sort_keys=True)
         f.write("\n")
     print(json.dumps(facts, indent=1))

@@ -161,3 +161,32 @@ def test_golden_1_2_hash_table_and_state_digest_follow_the_spec(tmp_path):
         assert a.state_digest == state.hex() and a.header.chain_id == str(
             uuid.UUID(bytes=data[88:104])
         )
+
+
+def test_golden_1_4_digest_covers_head_frame_headers_and_trailer_but_no_frame_payload():
+    """Section 5's METADIGEST rule computed from the spec alone: BLAKE3 over the header, head
+    records, every 48-byte frame header and the trailer payload up to the digest."""
+    import blake3
+
+    data = pathlib.Path(os.path.join(GOLDEN, "v1.4.vpk")).read_bytes()
+    facts = json.loads(pathlib.Path(os.path.join(GOLDEN, "v1.4.json")).read_text())
+    assert int.from_bytes(data[10:12], "little") == 4
+    assert int.from_bytes(data[16:24], "little") == (1 << 2) | (1 << 3) | (1 << 4)
+    toff = int.from_bytes(data[-56:-48], "little")
+    payload = data[toff + 32 : -64]
+    assert payload[-32:].hex() == facts["digest"]
+    # walk the parts from the header: records, then frames, up to the trailer (no gaps)
+    stream, pos, frames = [data[:256]], 256, 0
+    while pos < toff:
+        if data[pos : pos + 4] == b"FRAM":
+            stream.append(data[pos : pos + 48])
+            pos += 48 + int.from_bytes(data[pos + 28 : pos + 32], "little")
+            frames += 1
+        else:
+            assert data[pos : pos + 4] in (b"DESC", b"PMAP", b"ATAB")
+            end = pos + 32 + int.from_bytes(data[pos + 8 : pos + 16], "little")
+            stream.append(data[pos:end])
+            pos = end
+    assert pos == toff and frames == facts["frame_count"] > 0
+    assert blake3.blake3(b"".join(stream) + payload[:-32]).hexdigest() == facts["digest"]
+    assert blake3.blake3(data[:toff] + payload[:-32]).hexdigest() != facts["digest"]

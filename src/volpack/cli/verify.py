@@ -25,9 +25,10 @@ log = logging.getLogger("volpack")
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "verify",
-        help="check every frame, count and the digest of an archive",
-        description="Read the whole archive and check every checksum, count and "
-        "the digest. With --against, also compare a volume with it.",
+        help="check every frame, count, the block hash table and the digest of an archive",
+        description="Read the whole archive and check every checksum, count, the block hash "
+        "table (recomputed from the data) and the digest. With --against, also compare a "
+        "volume with it.",
     )
     p.add_argument("archive", help="archive path, '-' for stdin, or a URL")
     p.add_argument(

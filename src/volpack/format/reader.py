@@ -199,6 +199,8 @@ class ArchiveStream:
         self.offset = 0  # archive offset of the next unread byte
         self._digest = blake3.blake3(max_threads=1)
         self._hashing = True
+        # Frames' stored bytes feed the digest before format 1.4 only (METADIGEST: they don't).
+        self._hash_payloads = True
         self.head: Head | None = None
         self.stored_bytes = 0
         # What the frames read say the trailer's frame index must hold: offset, stored, codec.
@@ -239,8 +241,9 @@ class ArchiveStream:
         return out
 
     def _take(self, n: int, what: str) -> bytearray:
-        """Exactly ``n`` bytes in a buffer of their own: what is buffered, then the rest read
-        straight into it (a frame is copied from the medium once, not through the read buffer)."""
+        """Exactly ``n`` bytes of a frame's stored bytes in a buffer of their own: what is
+        buffered, then the rest read straight into it (a frame is copied from the medium once,
+        not through the read buffer). They feed the digest only without METADIGEST."""
         out = bytearray(n)
         view = memoryview(out)
         have = min(n, self._end - self._pos)
@@ -257,7 +260,7 @@ class ArchiveStream:
                 )
             got += r
         self.offset += n
-        if self._hashing:
+        if self._hashing and self._hash_payloads:
             self._digest.update(view)
         return out
 
@@ -283,6 +286,7 @@ class ArchiveStream:
         first = self._read(8, "the header")
         header_bytes = bytes(first) + bytes(self._read(R.HEADER_SIZE - 8, "the header"))
         header = R.Header.decode(header_bytes, self._where(0))
+        self._hash_payloads = not header.meta_digest
         records = [self._read_record(tag, limit) for tag, limit in head_tags(header)]
         head_records = b"".join(h + p for h, p in records)
         t = parse_head_records(
@@ -314,7 +318,8 @@ class ArchiveStream:
     def frames(self, threads: int = 2) -> Iterator[tuple[int, memoryview]]:
         """(dense_offset, raw bytes) per frame, in order, each checked.
 
-        A reader thread pulls frames off the medium (and feeds the digest) while a small pool
+        A reader thread pulls frames off the medium (and feeds the digest: frame headers, and
+        before format 1.4 the stored bytes too) while a small pool
         decompresses and checksums them, so reading, decoding and the caller's writes overlap.
         """
         if self.head is None:

@@ -1,4 +1,4 @@
-"""Byte layouts of archive format 1.3 (docs/format.md) and the 1.0 / 1.1 / 1.2 rules it still reads:
+"""Byte layouts of archive format 1.4 (docs/format.md) and the 1.0 … 1.3 rules it still reads:
 header, records, tables, frames, trailer, footer; sealed records are format.sealing's. Pure encode/decode with every bound checked; no I/O, no
 knowledge of sources or media.
 """
@@ -17,8 +17,8 @@ import xxhash
 from volpack.errors import CorruptArchive, IncompleteArchive, NotAnArchive, UnsupportedArchive
 from volpack.extents import Extents
 
-MAJOR, MINOR = 1, 2
-MINOR_ENCRYPTED = 3  # only sealed archives carry 1.3; others stay 1.2 byte for byte
+MAJOR, MINOR = 1, 4
+MINOR_ENCRYPTED = MINOR  # 1.3 gave sealed archives a minor of their own; since 1.4 they share it
 MAGIC = b"\x89VPK\r\n\x1a\n"
 END_MAGIC = b"\x89VPKEND\n"
 
@@ -31,19 +31,27 @@ FEATURE_ENCRYPTED = 1 << 0
 FEATURE_INCREMENTAL = 1 << 1
 FEATURE_BOUND = 1 << 2  # 1.1: frame checksums bound to archive and position; head hash, digest
 FEATURE_HASHED = 1 << 3  # 1.2: chain fields in the header, block hash table in the trailer
-FEATURE_FINE = 1 << 5  # an incremental's covered blocks need not fill whole hash blocks
+FEATURE_METADIGEST = 1 << 4  # 1.4: the digest covers head, frame headers and trailer only
+FEATURE_FINE = 1 << 5  # 1.4: an incremental's covered blocks need not fill whole hash blocks
 # bits this version implements
 KNOWN_INCOMPAT = (
-    FEATURE_BOUND | FEATURE_HASHED | FEATURE_INCREMENTAL | FEATURE_ENCRYPTED | FEATURE_FINE
+    FEATURE_BOUND
+    | FEATURE_HASHED
+    | FEATURE_INCREMENTAL
+    | FEATURE_ENCRYPTED
+    | FEATURE_METADIGEST
+    | FEATURE_FINE
 )
 INCOMPAT_NAMES = {
     FEATURE_ENCRYPTED: "ENCRYPTED",
     FEATURE_INCREMENTAL: "INCREMENTAL",
     FEATURE_BOUND: "BOUND",
     FEATURE_HASHED: "HASHED",
+    FEATURE_METADIGEST: "METADIGEST",
     FEATURE_FINE: "FINE",
 }
-WRITTEN_INCOMPAT = FEATURE_BOUND | FEATURE_HASHED  # set on every archive this version writes
+# set on every archive this version writes
+WRITTEN_INCOMPAT = FEATURE_BOUND | FEATURE_HASHED | FEATURE_METADIGEST
 RECORD_FLAGS = 0  # known flag bits of records (none yet)
 FRAME_FLAGS = 0  # known flag bits of frames (none yet)
 PMAP_FLAGS = 0x3F  # UNKNOWN, UNWRITTEN, COMPRESSED, ZERO, SHARED, ENCODED
@@ -190,6 +198,12 @@ class Header:
         return bool(self.incompat_features & FEATURE_ENCRYPTED)
 
     @property
+    def meta_digest(self) -> bool:
+        """Format 1.4 METADIGEST: the digest covers the metadata stream (head, frame headers,
+        trailer), not the frames' stored bytes (docs/format.md 5)."""
+        return bool(self.incompat_features & FEATURE_METADIGEST)
+
+    @property
     def seal_overhead(self) -> int:
         """Bytes sealing adds to a payload (0 unless ENCRYPTED)."""
         return SEAL_TAG if self.encrypted else 0
@@ -309,6 +323,17 @@ class Header:
             not incompat & FEATURE_ENCRYPTED or (hashed and bool(incompat & FEATURE_BOUND)),
             where,
             "ENCRYPTED feature bit without BOUND and HASHED",
+        )
+        meta = bool(incompat & FEATURE_METADIGEST)
+        _check(
+            minor < 4 or meta,
+            where,
+            f"format {major}.{minor} archive without the METADIGEST feature bit",
+        )
+        _check(
+            not meta or (hashed and bool(incompat & FEATURE_BOUND)),
+            where,
+            "METADIGEST feature bit without BOUND and HASHED",
         )
         if csum != CHECKSUM_XXH3 or dig != DIGEST_BLAKE3:
             raise _unsupported(where, f"checksum algorithm {csum} / digest algorithm {dig}")

@@ -2,8 +2,9 @@
 
 It never seeks and never looks at block usage: it asks a producer for dense bytes frame by frame.
 Producing (reading the source) with encoding (checksum + zstd), a few frames at once in a small
-thread pool, and writing (digest + medium, in order) overlap over a fixed ring of buffers, so
-memory stays bounded.
+thread pool, and writing (medium, in order) overlap over a fixed ring of buffers, so memory
+stays bounded. The digest covers the metadata stream only (format 1.4, METADIGEST): head, frame
+headers, trailer; the frames' data is hashed once, for the block hash table.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ class ArchiveWriter:
         if (
             not header.bound
             or not header.hashed
+            or not header.meta_digest
             or header.minor != minor
             or header.encrypted != (sealing is not None)
         ):
@@ -160,14 +162,13 @@ class ArchiveWriter:
                         first, second = self._seal_frame(seq, buf, codec, second)
                     stored = len(first) - _HDR + (len(second) if second is not None else 0)
                     self._index[seq] = (self._offset, stored, codec, b"")
-                    # The digest runs on its own thread (in order, one worker) while the same
-                    # bytes go to the medium; the buffer is reused only after both are done.
+                    # The digest takes the frame header only (it carries the frame checksum);
+                    # the hash table runs on its own thread while the bytes go to the medium,
+                    # and the buffer is reused only after both are done.
                     parts = (first,) if second is None else (first, second)
-                    hashed: list[Future[object]] = [
-                        hasher.submit(self._digest.update, part) for part in parts
-                    ]
+                    self._digest.update(first[:_HDR])
                     raw = memoryview(buf)[_HDR : _HDR + h.frame_length(seq)]
-                    hashed.append(tabler.submit(self.hashes.feed, seq * h.frame_size, raw))
+                    hashed = [tabler.submit(self.hashes.feed, seq * h.frame_size, raw)]
                     for part in parts:
                         self.medium.write(part)
                         self._offset += len(part)
@@ -192,7 +193,6 @@ class ArchiveWriter:
             return encoder.encode(seq, buf, raw_len, h.frame_size)
 
         pool = ThreadPoolExecutor(self.threads, thread_name_prefix="vp-frame")
-        hasher = ThreadPoolExecutor(1, thread_name_prefix="vp-digest")
         tabler = ThreadPoolExecutor(1, thread_name_prefix="vp-hashtable")
         thread = threading.Thread(target=writer, name="vp-write", daemon=True)
         thread.start()
@@ -207,7 +207,6 @@ class ArchiveWriter:
             pending.put(None)
             thread.join()
             pool.shutdown(wait=True)
-            hasher.shutdown(wait=True)
             tabler.shutdown(wait=True)
         if failure:
             raise failure[0]

@@ -89,12 +89,18 @@ def rewrap(
         new_digest = blake3.blake3(max_threads=1)
         old_digest = blake3.blake3(max_threads=1)
 
-        def emit(data: bytes | memoryview, *, same: bool = True) -> None:
+        def emit(data: bytes | memoryview, *, same: bool = True, hashed: int | None = None) -> None:
+            """Write ``data``; its first ``hashed`` bytes (all by default) feed the digests."""
             assert medium is not None
-            new_digest.update(data)
+            part = data if hashed is None else memoryview(data)[:hashed]
+            new_digest.update(part)
             if same:
-                old_digest.update(data)
+                old_digest.update(part)
             medium.write(data)
+
+        # The output keeps the archive's header, so its version and digest rule: with
+        # METADIGEST (1.4) a frame's header feeds the digest and its sealed bytes do not.
+        frame_hashed = _FH if header.meta_digest else None
 
         emit(t.header_bytes)
         old_digest.update(t.head_records)
@@ -124,7 +130,7 @@ def rewrap(
                     "archive is damaged: rewrap a good copy"
                 )
             archive.unsealer.open_frame(seq, fh, sealed)  # TamperedArchive if forged
-            emit(data)
+            emit(data, hashed=frame_hashed)
         trailer_offset = t.trailer_offset + shift
         new_t = R.Trailer(
             frame_count=t.frame_count,
