@@ -32,6 +32,7 @@ class Vm:
     daemon: Libvirtd
     disk: Path
     tmp: Path
+    disks: tuple[str, ...] = DISKS
 
     def write(self, command: str, disk: str = "vda") -> None:
         """A guest write, e.g. ``write -P 0xcc 0 64k`` (qemu-io syntax)."""
@@ -48,7 +49,7 @@ class Vm:
             f"<domainbackup mode='pull'><server transport='unix' socket='{sock}'/><disks>"
             f"<disk name='{disk}' backup='yes' type='file'><scratch file='{self.tmp}/s-{name}.q'/>"
             "</disk>"
-            + "".join(f"<disk name='{d}' backup='no'/>" for d in DISKS if d != disk)
+            + "".join(f"<disk name='{d}' backup='no'/>" for d in self.disks if d != disk)
             + "</disks></domainbackup>"
         )
         self.daemon.virsh("backup-begin", DOMAIN, str(xml))

@@ -4,7 +4,9 @@ backup job, driven with ``virsh`` (no binding needed).
 ``virsh backup-begin`` starts the job with a new checkpoint, ``<incremental>`` naming the base's
 checkpoint when there is one (redefined from the XML the base archive recorded when libvirt lost
 it); the disk's export is read over NBD on a private Unix socket. The job is ended with
-``domjobabort`` whatever happens. Never writes the guest's disk; never deletes a checkpoint.
+``domjobabort`` whatever happens. With ``fsfreeze`` the guest agent freezes the guest's
+filesystems around the ``backup-begin`` alone, thawed on every path. Never writes the guest's
+disk; never deletes a checkpoint.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,6 +35,8 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "volpack-"  # + UTC time of the backup-begin
 _TMP_PREFIX = "volpack-libvirt-"  # + PID of the run (hex) + "-": socket and scratch file
+AGENT_TIMEOUT = 60  # s for one freeze or thaw through the guest agent
+THAW_ATTEMPTS = 3  # a thaw is retried: a guest left frozen cannot write
 
 
 def _gone(pid: int) -> bool:
@@ -46,11 +51,13 @@ def _gone(pid: int) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class LibvirtAddress:
-    """``libvirt:DOMAIN/DISK[,scratch=DIR]``: the domain, its disk target, the scratch dir."""
+    """``libvirt:DOMAIN/DISK[,scratch=DIR][,fsfreeze]``: the domain, its disk target, the
+    scratch dir, and whether the guest agent freezes the guest's filesystems for the job."""
 
     domain: str
     disk: str
     scratch: str = ""  # "" = the system temp dir
+    fsfreeze: bool = False
 
     @property
     def name(self) -> str:
@@ -61,24 +68,41 @@ def parse_libvirt(address: str) -> LibvirtAddress:
     body = address[len("libvirt:") :] if address.startswith("libvirt:") else ""
     body, *opts = body.split(",")
     domain, _, disk = body.partition("/")
+    fsfreeze = "fsfreeze" in opts
+    opts = [o for o in opts if o != "fsfreeze"]
+    for opt in opts:
+        if not opt.startswith("scratch="):
+            raise UsageError(
+                f"{address}: unknown option {opt!r}; libvirt: takes scratch=DIR and fsfreeze"
+            )
     scratch = scratch_option(address, opts)
     if not domain or not disk or "/" in disk:
         raise UsageError(
             f"{address}: write libvirt:DOMAIN/DISK (a disk target such as vda, as "
             "'virsh domblklist DOMAIN' lists it)"
         )
-    return LibvirtAddress(domain, disk, scratch)
+    return LibvirtAddress(domain, disk, scratch, fsfreeze)
 
 
-def virsh(*args: str, subject: str) -> str:
+def virsh(*args: str, subject: str, quiet: bool = True, timeout: float = 300) -> str:
     """Run ``virsh -q ARGS`` (connection from LIBVIRT_DEFAULT_URI); stdout, or a SourceError
-    naming ``subject`` and virsh's last line."""
+    naming ``subject`` and virsh's last line. Without ``quiet``, virsh also says what it did
+    ("Froze 2 filesystem(s)")."""
     exe = shutil.which("virsh")
     if exe is None:
         raise SourceError(f"{subject}: virsh is not installed; install libvirt-clients")
-    r = subprocess.run(
-        [exe, "-q", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300
-    )
+    try:
+        r = subprocess.run(
+            [exe, *(["-q"] if quiet else []), *args],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        raise SourceError(
+            f"{subject}: virsh {args[0]} did not answer in {timeout:.0f} s"
+        ) from None
     if r.returncode != 0:
         lines = [ln.strip() for ln in r.stderr.splitlines() if ln.strip()]
         last = lines[-1] if lines else f"exit {r.returncode}"
@@ -107,8 +131,11 @@ class LibvirtJob:
         disks: list[str],
         bases: dict[str, Mapping[str, Any] | None],
         scratch: str = "",
+        fsfreeze: bool = False,
     ) -> None:
         self.domain, self.disks, self.scratch = domain, list(disks), scratch
+        self.fsfreeze = fsfreeze
+        self.frozen_filesystems: int | None = None  # what the guest agent froze; None: not asked
         self.name = f"libvirt:{domain}"
         self._tmp = ""
         self._started = False
@@ -226,6 +253,23 @@ class LibvirtJob:
                 )
                 + "</disks></domaincheckpoint>"
             )
+        # The freeze spans only the backup-begin, which fixes the point in time: the guest
+        # writes again before a byte is read.
+        frozen = False
+        try:
+            if self.fsfreeze:
+                self.frozen_filesystems = self._freeze()
+                frozen = True
+            self._begin_job(checkpoint)
+        except BaseException as exc:
+            if frozen:
+                self._thaw(exc)
+            raise
+        if frozen:
+            self._thaw(None)
+        self.checkpoint_xml = self._virsh("checkpoint-dumpxml", self.domain, self.checkpoint)
+
+    def _begin_job(self, checkpoint: str) -> None:
         try:
             self._backup_begin(checkpoint)
         except SourceError as exc:
@@ -241,7 +285,69 @@ class LibvirtJob:
             self.incremental.clear()
             self._forget_redefined()
             self._backup_begin(checkpoint)
-        self.checkpoint_xml = self._virsh("checkpoint-dumpxml", self.domain, self.checkpoint)
+
+    def _freeze(self) -> int:
+        """Freeze the guest's filesystems through its agent; the number frozen. An agent that
+        does not answer is a refusal: the user asked for more than a crash-consistent archive."""
+        try:
+            said = virsh(
+                "domfsfreeze", self.domain, subject=self.name, quiet=False, timeout=AGENT_TIMEOUT
+            )
+        except BaseException as exc:
+            # Nothing started: leave libvirt as it was, and thaw in case the agent froze
+            # something before the failure (a freeze that timed out, an interrupt).
+            self._forget_redefined()
+            left = self._thaw_after_failed_freeze()
+            if not isinstance(exc, SourceError):
+                if left:
+                    log.error("%s", left)
+                raise
+            raise self._fail(
+                f"--fsfreeze: the guest agent did not freeze the guest's filesystems "
+                f"({_problem(exc, self.name)}); nothing was backed up. Run qemu-guest-agent in "
+                f"the guest with a virtio channel named org.qemu.guest_agent.0 in the domain, or "
+                f"back up without --fsfreeze (crash-consistent){left and '; ' + left}"
+            ) from None
+        found = re.search(r"(\d+)", said)
+        count = int(found.group(1)) if found else 0
+        if count == 0:
+            log.warning(
+                "%s: --fsfreeze: the guest agent froze no filesystem (none it can freeze is "
+                "mounted); the archive is crash-consistent",
+                self.name,
+            )
+        return count
+
+    def _thaw_after_failed_freeze(self) -> str:
+        """Thaw after a failed freeze; "" when nothing can be frozen, else what to run."""
+        try:
+            virsh("domfsthaw", self.domain, subject=self.name, timeout=AGENT_TIMEOUT)
+            return ""
+        except SourceError as exc:
+            if re.search(r"agent is not (configured|connected|responding|available)", str(exc)):
+                return ""  # no agent: nothing was frozen
+            return (
+                f"the guest's filesystems may be frozen ({_problem(exc, self.name)}): run "
+                f"'virsh domfsthaw {self.domain}'"
+            )
+
+    def _thaw(self, after: BaseException | None) -> None:
+        """Thaw the guest's filesystems (retried); a guest left frozen fails the backup loudly,
+        naming the command that thaws it."""
+        problem = ""
+        for attempt in range(THAW_ATTEMPTS):
+            try:
+                virsh("domfsthaw", self.domain, subject=self.name, timeout=AGENT_TIMEOUT)
+                return
+            except SourceError as exc:
+                problem = _problem(exc, self.name)
+                if attempt + 1 < THAW_ATTEMPTS:
+                    time.sleep(1)
+        raise self._fail(
+            f"the guest's filesystems are still FROZEN, so the guest cannot write: virsh "
+            f"domfsthaw failed {THAW_ATTEMPTS} times ({problem}); run 'virsh domfsthaw "
+            f"{self.domain}' now"
+        ) from after
 
     def _backup_begin(self, checkpoint: str) -> None:
         backup = os.path.join(self._tmp, "backup.xml")
@@ -364,6 +470,9 @@ class LibvirtSource:
             # lost it, e.g. the domain was undefined and defined again
             "checkpoint_xml": self.job.checkpoint_xml,
             "incremental_from": self.job.incremental.get(self.disk_name),
+            # quiesced through the guest agent (--fsfreeze), and how many filesystems it froze
+            "fsfreeze": self.job.frozen_filesystems is not None,
+            "frozen_filesystems": self.job.frozen_filesystems,
             "block_size_max": self._src.info.details["block_size_max"],
         }
         return SourceInfo("libvirt", self.name, details)
@@ -404,5 +513,7 @@ class LibvirtSource:
 def open_libvirt(address: str, base_details: Mapping[str, Any] | None = None) -> LibvirtSource:
     """One disk in a job of its own, ended when the source is closed."""
     addr = parse_libvirt(address)
-    job = LibvirtJob(addr.domain, [addr.disk], {addr.disk: base_details}, addr.scratch)
+    job = LibvirtJob(
+        addr.domain, [addr.disk], {addr.disk: base_details}, addr.scratch, addr.fsfreeze
+    )
     return job.disk(addr.disk, owner=True)

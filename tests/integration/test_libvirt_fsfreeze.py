@@ -1,0 +1,178 @@
+"""``backup libvirt:DOMAIN[/DISK] --fsfreeze`` against a real QEMU guest agent: a tiny Linux
+guest (tests/integration/agent_guest.py) booted under TCG by a private libvirtd, with an ext4
+disk it has mounted. A file the guest wrote but never synced is in the frozen archive (the freeze
+flushed it) and not in a crash-consistent one; the guest is thawed after every backup, also when
+the job fails to start after the freeze.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.integration.agent_guest import AGENT_PORT, Guest, build_guest
+from tests.integration.libvirt_daemon import libvirtd
+from tests.integration.test_libvirt_source import DOMAIN, Vm, volpack
+
+pytestmark = pytest.mark.slow
+
+BOOT_TIMEOUT = 300  # s: a Linux boot under TCG on a busy two-core machine
+
+
+@pytest.fixture(scope="session")
+def guest(tmp_path_factory: pytest.TempPathFactory) -> Guest:
+    return build_guest(tmp_path_factory.mktemp("agent-guest"))
+
+
+def agent(vm: Vm, execute: str, **arguments: Any) -> Any:
+    """One guest-agent command through libvirt; its return value."""
+    command = {"execute": execute, **({"arguments": arguments} if arguments else {})}
+    r = vm.daemon.virsh("qemu-agent-command", DOMAIN, json.dumps(command), "--timeout", "10")
+    return json.loads(r.stdout)["return"]
+
+
+def guest_write(vm: Vm, path: str, data: bytes) -> None:
+    """Write a file in the guest without syncing it: it stays in the guest's page cache."""
+    handle = agent(vm, "guest-file-open", path=path, mode="w")
+    agent(vm, "guest-file-write", handle=handle, **{"buf-b64": base64.b64encode(data).decode()})
+    agent(vm, "guest-file-close", handle=handle)
+
+
+@pytest.fixture
+def agent_vm(tmp_path: Path, guest: Guest) -> Iterator[Vm]:
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "data.bin").write_bytes(os.urandom(1 << 20))
+    raw, disk = tmp_path / "disk.raw", tmp_path / "disk.qcow2"
+    subprocess.run(["truncate", "-s", "64M", str(raw)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(files), str(raw)], check=True)
+    subprocess.run(
+        ["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(disk)], check=True
+    )
+    raw.unlink()
+    console = tmp_path / "console.log"
+    (tmp_path / "dom.xml").write_text(
+        f"<domain type='qemu'><name>{DOMAIN}</name><memory unit='MiB'>256</memory>"
+        "<vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type>"
+        f"<kernel>{guest.kernel}</kernel><initrd>{guest.initrd}</initrd>"
+        "<cmdline>console=ttyS0 panic=-1</cmdline></os><on_reboot>destroy</on_reboot>"
+        "<devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+        f"<source file='{disk}'/><target dev='vda' bus='virtio'/></disk>"
+        f"<serial type='file'><source path='{console}'/><target port='0'/></serial>"
+        f"<channel type='unix'><target type='virtio' name='{AGENT_PORT}'/></channel>"
+        "<memballoon model='none'/></devices></domain>"
+    )
+    with libvirtd(tmp_path) as daemon:
+        daemon.virsh("define", str(tmp_path / "dom.xml"))
+        daemon.virsh("start", DOMAIN)
+        vm = Vm(daemon, disk, tmp_path, ("vda",))
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        ping = json.dumps({"execute": "guest-ping"})
+        while daemon.virsh(
+            "qemu-agent-command", DOMAIN, ping, "--timeout", "2", check=False
+        ).returncode:
+            if time.monotonic() > deadline:
+                tail = console.read_text(errors="replace")[-1500:] if console.exists() else ""
+                raise AssertionError(f"the guest agent did not answer in {BOOT_TIMEOUT} s:\n{tail}")
+            time.sleep(1)
+        yield vm
+
+
+def fs_state(vm: Vm) -> str:
+    return str(agent(vm, "guest-fsfreeze-status"))
+
+
+def debugfs_cat(image: Path, path: str) -> bytes | None:
+    r = subprocess.run(["debugfs", "-R", f"cat {path}", str(image)], capture_output=True)
+    return None if b"not found" in r.stderr else r.stdout
+
+
+def test_a_frozen_backup_holds_what_the_guest_had_not_synced_and_the_guest_is_thawed(
+    agent_vm: Vm,
+) -> None:
+    vm = agent_vm
+    marker = os.urandom(8).hex().encode() * 512
+    guest_write(vm, "/mnt/marker", marker)
+    assert fs_state(vm) == "thawed"
+
+    r = volpack(vm, "backup", f"libvirt:{DOMAIN}/vda", str(vm.tmp / "crash.vpk"), "--no-catalog")
+    assert r.returncode == 0, r.stderr
+    r = volpack(vm, "restore", str(vm.tmp / "crash.vpk"), str(vm.tmp / "crash.raw"), "--force")
+    assert r.returncode == 0, r.stderr
+    # crash-consistent: a mounted journal to replay, and the unsynced file is not there after it
+    fsck = subprocess.run(["e2fsck", "-fy", str(vm.tmp / "crash.raw")], capture_output=True)
+    assert fsck.returncode in (0, 1), fsck.stdout
+    assert debugfs_cat(vm.tmp / "crash.raw", "/marker") in (None, b"")
+
+    r = volpack(
+        vm,
+        "backup",
+        f"libvirt:{DOMAIN}/vda",
+        str(vm.tmp / "frozen.vpk"),
+        "--no-catalog",
+        "--json",
+        "--fsfreeze",
+    )
+    assert r.returncode == 0, r.stderr
+    assert fs_state(vm) == "thawed"
+    details = json.loads(r.stdout)["source"]["details"]
+    assert details["fsfreeze"] is True and details["frozen_filesystems"] >= 1, details
+    restored = vm.tmp / "frozen.raw"
+    r = volpack(vm, "restore", str(vm.tmp / "frozen.vpk"), str(restored), "--force")
+    assert r.returncode == 0, r.stderr
+    # the disk now, but for the superblock: the thaw marked the journal in use again
+    now, was = vm.snapshot("now").read_bytes(), restored.read_bytes()
+    assert len(now) == len(was) and now[:1024] == was[:1024] and now[2048:] == was[2048:]
+    # frozen: the filesystem is clean as it stands (no journal to replay) and holds the file
+    fsck = subprocess.run(["e2fsck", "-fn", str(restored)], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    assert debugfs_cat(restored, "/marker") == marker
+
+    info = volpack(vm, "info", str(vm.tmp / "frozen.vpk"))
+    assert "filesystems frozen by the guest agent: 1" in info.stdout, info.stdout
+    info = volpack(vm, "info", str(vm.tmp / "crash.vpk"))
+    assert "not frozen (crash-consistent)" in info.stdout, info.stdout
+    assert vm.daemon.virsh("domjobinfo", DOMAIN).stdout.split()[2] == "None"
+
+
+def test_a_job_that_fails_to_start_after_the_freeze_leaves_the_guest_thawed(agent_vm: Vm) -> None:
+    vm = agent_vm
+    # A socket path longer than a Unix socket address can be: QEMU refuses the job's export
+    # after the freeze.
+    deep = vm.tmp / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    before = vm.checkpoints()
+    r = volpack(
+        vm,
+        "backup",
+        f"libvirt:{DOMAIN}/vda",
+        str(vm.tmp / "x.vpk"),
+        "--no-catalog",
+        "--fsfreeze",
+        "--scratch",
+        str(deep),
+    )
+    assert r.returncode == 3 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "backup-begin" in r.stderr, r.stderr
+    assert fs_state(vm) == "thawed"
+    assert vm.checkpoints() == before
+    assert not (vm.tmp / "x.vpk").exists()
+    assert vm.daemon.virsh("domjobinfo", DOMAIN).stdout.split()[2] == "None"
+    assert not list(deep.iterdir())
+
+    # the whole domain, quiesced: one job, thawed afterwards
+    r = volpack(
+        vm, "backup", f"libvirt:{DOMAIN}", str(vm.tmp / "all"), "--json", "--no-catalog",
+        "--fsfreeze",
+    )
+    assert r.returncode == 0, r.stderr
+    [archive] = json.loads(r.stdout)["archives"]
+    assert archive["source"]["details"]["frozen_filesystems"] >= 1
+    assert fs_state(vm) == "thawed"
