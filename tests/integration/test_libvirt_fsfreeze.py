@@ -107,6 +107,8 @@ def test_a_frozen_backup_holds_what_the_guest_had_not_synced_and_the_guest_is_th
     r = volpack(vm, "restore", str(vm.tmp / "crash.vpk"), str(vm.tmp / "crash.raw"), "--force")
     assert r.returncode == 0, r.stderr
     # crash-consistent: a mounted journal to replay, and the unsynced file is not there after it
+    head = subprocess.run(["dumpe2fs", "-h", str(vm.tmp / "crash.raw")], capture_output=True)
+    assert b"needs_recovery" in head.stdout, head.stdout
     fsck = subprocess.run(["e2fsck", "-fy", str(vm.tmp / "crash.raw")], capture_output=True)
     assert fsck.returncode in (0, 1), fsck.stdout
     assert debugfs_cat(vm.tmp / "crash.raw", "/marker") in (None, b"")
@@ -121,6 +123,7 @@ def test_a_frozen_backup_holds_what_the_guest_had_not_synced_and_the_guest_is_th
         "--fsfreeze",
     )
     assert r.returncode == 0, r.stderr
+    assert "frozen for" in r.stderr, r.stderr
     assert fs_state(vm) == "thawed"
     details = json.loads(r.stdout)["source"]["details"]
     assert details["fsfreeze"] is True and details["frozen_filesystems"] >= 1, details
@@ -169,7 +172,12 @@ def test_a_job_that_fails_to_start_after_the_freeze_leaves_the_guest_thawed(agen
 
     # the whole domain, quiesced: one job, thawed afterwards
     r = volpack(
-        vm, "backup", f"libvirt:{DOMAIN}", str(vm.tmp / "all"), "--json", "--no-catalog",
+        vm,
+        "backup",
+        f"libvirt:{DOMAIN}",
+        str(vm.tmp / "all"),
+        "--json",
+        "--no-catalog",
         "--fsfreeze",
     )
     assert r.returncode == 0, r.stderr

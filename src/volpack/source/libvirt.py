@@ -39,6 +39,10 @@ AGENT_TIMEOUT = 60  # s for one freeze or thaw through the guest agent
 THAW_ATTEMPTS = 3  # a thaw is retried: a guest left frozen cannot write
 
 
+# What libvirt says when no agent can be asked (so nothing in the guest can have been frozen).
+_NO_AGENT = re.compile(r"agent is not (configured|connected|responding|available)")
+
+
 def _gone(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -100,9 +104,7 @@ def virsh(*args: str, subject: str, quiet: bool = True, timeout: float = 300) ->
             timeout=timeout,
         )
     except subprocess.TimeoutExpired:
-        raise SourceError(
-            f"{subject}: virsh {args[0]} did not answer in {timeout:.0f} s"
-        ) from None
+        raise SourceError(f"{subject}: virsh {args[0]} did not answer in {timeout:.0f} s") from None
     if r.returncode != 0:
         lines = [ln.strip() for ln in r.stderr.splitlines() if ln.strip()]
         last = lines[-1] if lines else f"exit {r.returncode}"
@@ -146,6 +148,8 @@ class LibvirtJob:
         self.checkpoint_xml = ""
         try:
             self._check_domain()
+            if fsfreeze:
+                self._check_agent()
             for disk in self.disks:
                 details = bases.get(disk) or {}
                 base_cp = str(details.get("checkpoint") or "")
@@ -255,18 +259,24 @@ class LibvirtJob:
             )
         # The freeze spans only the backup-begin, which fixes the point in time: the guest
         # writes again before a byte is read.
-        frozen = False
+        frozen: float | None = None  # when the freeze began
         try:
             if self.fsfreeze:
                 self.frozen_filesystems = self._freeze()
-                frozen = True
+                frozen = time.monotonic()
             self._begin_job(checkpoint)
         except BaseException as exc:
-            if frozen:
+            if frozen is not None:
                 self._thaw(exc)
             raise
-        if frozen:
+        if frozen is not None:
             self._thaw(None)
+            log.info(
+                "%s: %d guest filesystem(s) frozen for %.0f ms",
+                self.name,
+                self.frozen_filesystems,
+                (time.monotonic() - frozen) * 1000,
+            )
         self.checkpoint_xml = self._virsh("checkpoint-dumpxml", self.domain, self.checkpoint)
 
     def _begin_job(self, checkpoint: str) -> None:
@@ -286,6 +296,24 @@ class LibvirtJob:
             self._forget_redefined()
             self._backup_begin(checkpoint)
 
+    def _check_agent(self) -> None:
+        """Refuse before anything changes when the guest agent is absent or silent (asked for
+        the guest's time: every agent answers it, and it changes nothing)."""
+        try:
+            virsh("domtime", self.domain, subject=self.name, timeout=AGENT_TIMEOUT)
+        except SourceError as exc:
+            if _NO_AGENT.search(str(exc)):
+                raise self._no_freeze(exc, "") from None
+            # anything else (an agent that does not know the command): the freeze decides
+
+    def _no_freeze(self, exc: SourceError, left: str) -> SourceError:
+        return self._fail(
+            f"--fsfreeze: the guest agent did not freeze the guest's filesystems "
+            f"({_problem(exc, self.name)}); nothing was backed up. Run qemu-guest-agent in "
+            f"the guest with a virtio channel named org.qemu.guest_agent.0 in the domain, or "
+            f"back up without --fsfreeze (crash-consistent){left and '; ' + left}"
+        )
+
     def _freeze(self) -> int:
         """Freeze the guest's filesystems through its agent; the number frozen. An agent that
         does not answer is a refusal: the user asked for more than a crash-consistent archive."""
@@ -302,12 +330,7 @@ class LibvirtJob:
                 if left:
                     log.error("%s", left)
                 raise
-            raise self._fail(
-                f"--fsfreeze: the guest agent did not freeze the guest's filesystems "
-                f"({_problem(exc, self.name)}); nothing was backed up. Run qemu-guest-agent in "
-                f"the guest with a virtio channel named org.qemu.guest_agent.0 in the domain, or "
-                f"back up without --fsfreeze (crash-consistent){left and '; ' + left}"
-            ) from None
+            raise self._no_freeze(exc, left) from None
         found = re.search(r"(\d+)", said)
         count = int(found.group(1)) if found else 0
         if count == 0:
@@ -324,7 +347,7 @@ class LibvirtJob:
             virsh("domfsthaw", self.domain, subject=self.name, timeout=AGENT_TIMEOUT)
             return ""
         except SourceError as exc:
-            if re.search(r"agent is not (configured|connected|responding|available)", str(exc)):
+            if _NO_AGENT.search(str(exc)):
                 return ""  # no agent: nothing was frozen
             return (
                 f"the guest's filesystems may be frozen ({_problem(exc, self.name)}): run "
