@@ -49,8 +49,10 @@ while [ -z "$port" ] && [ $i -lt 300 ]; do
 done
 echo "volpack-guest: agent port $port"
 export LD_LIBRARY_PATH=/lib/x86_64-linux-gnu
+# Extra agent options in /run/qga-args (a test blocks a command with "-b NAME") take effect
+# when the agent restarts.
 while true; do
-    qemu-ga -m virtio-serial -p "$port" -f /run/qemu-ga.pid -t /run
+    qemu-ga -m virtio-serial -p "$port" -f /run/qemu-ga.pid -t /run $(cat /run/qga-args 2>/dev/null)
     echo "volpack-guest: qemu-ga exited $?"
     sleep 1
 done

@@ -145,7 +145,28 @@ def test_a_frozen_backup_holds_what_the_guest_had_not_synced_and_the_guest_is_th
     assert vm.daemon.virsh("domjobinfo", DOMAIN).stdout.split()[2] == "None"
 
 
-def test_a_job_that_fails_to_start_after_the_freeze_leaves_the_guest_thawed(agent_vm: Vm) -> None:
+def restart_agent_refusing_thaw(vm: Vm) -> None:
+    """Restart the guest's agent with guest-fsfreeze-thaw blocked, so a freeze cannot be undone
+    through it."""
+    guest_write(vm, "/run/qga-args", b"-b guest-fsfreeze-thaw")
+    agent(vm, "guest-exec", path="/bin/sh", arg=["-c", "(sleep 1; kill $(pidof qemu-ga)) &"])
+    time.sleep(3)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            commands = agent(vm, "guest-info")["supported_commands"]
+            enabled = {c["name"]: c["enabled"] for c in commands}
+            if enabled.get("guest-fsfreeze-thaw") is False:
+                return
+        except AssertionError:
+            pass  # between the two agents
+        assert time.monotonic() < deadline, "the agent did not come back with thaw blocked"
+        time.sleep(1)
+
+
+def test_the_guest_is_thawed_when_the_job_fails_to_start_and_a_failed_thaw_is_one_loud_line(
+    agent_vm: Vm,
+) -> None:
     vm = agent_vm
     # A socket path longer than a Unix socket address can be: QEMU refuses the job's export
     # after the freeze.
@@ -184,3 +205,15 @@ def test_a_job_that_fails_to_start_after_the_freeze_leaves_the_guest_thawed(agen
     [archive] = json.loads(r.stdout)["archives"]
     assert archive["source"]["details"]["frozen_filesystems"] >= 1
     assert fs_state(vm) == "thawed"
+
+    # a thaw that fails: the guest stays frozen, so the backup fails saying what to run
+    restart_agent_refusing_thaw(vm)
+    before = vm.checkpoints()
+    r = volpack(
+        vm, "backup", f"libvirt:{DOMAIN}/vda", str(vm.tmp / "y.vpk"), "--no-catalog", "--fsfreeze"
+    )
+    assert r.returncode == 3 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "FROZEN" in r.stderr and f"virsh domfsthaw {DOMAIN}" in r.stderr, r.stderr
+    assert fs_state(vm) == "frozen"
+    assert not (vm.tmp / "y.vpk").exists()
+    assert vm.daemon.virsh("domjobinfo", DOMAIN).stdout.split()[2] == "None"
