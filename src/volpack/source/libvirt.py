@@ -29,18 +29,13 @@ from xml.sax.saxutils import quoteattr
 from volpack.errors import SourceError, UsageError
 from volpack.extents import Extents
 from volpack.source.base import PhysicalMap, SourceInfo, scratch_option
+from volpack.source.guest_agent import GuestAgent
 from volpack.source.nbd import NbdSource
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "volpack-"  # + UTC time of the backup-begin
 _TMP_PREFIX = "volpack-libvirt-"  # + PID of the run (hex) + "-": socket and scratch file
-AGENT_TIMEOUT = 60  # s for one freeze or thaw through the guest agent
-THAW_ATTEMPTS = 3  # a thaw is retried: a guest left frozen cannot write
-
-
-# What libvirt says when no agent can be asked (so nothing in the guest can have been frozen).
-_NO_AGENT = re.compile(r"agent is not (configured|connected|responding|available)")
 
 
 def _gone(pid: int) -> bool:
@@ -139,6 +134,7 @@ class LibvirtJob:
         self.fsfreeze = fsfreeze
         self.frozen_filesystems: int | None = None  # what the guest agent froze; None: not asked
         self.name = f"libvirt:{domain}"
+        self.agent = GuestAgent(domain, self.name, virsh)
         self._tmp = ""
         self._started = False
         self.incremental: dict[str, str] = {}  # disk -> the checkpoint its bitmap counts from
@@ -149,7 +145,7 @@ class LibvirtJob:
         try:
             self._check_domain()
             if fsfreeze:
-                self._check_agent()
+                self.agent.check()
             for disk in self.disks:
                 details = bases.get(disk) or {}
                 base_cp = str(details.get("checkpoint") or "")
@@ -262,15 +258,19 @@ class LibvirtJob:
         frozen: float | None = None  # when the freeze began
         try:
             if self.fsfreeze:
-                self.frozen_filesystems = self._freeze()
+                try:
+                    self.frozen_filesystems = self.agent.freeze()
+                except BaseException:
+                    self._forget_redefined()  # nothing started: leave libvirt as it was
+                    raise
                 frozen = time.monotonic()
             self._begin_job(checkpoint)
         except BaseException as exc:
             if frozen is not None:
-                self._thaw(exc)
+                self.agent.thaw(exc)
             raise
         if frozen is not None:
-            self._thaw(None)
+            self.agent.thaw()
             log.info(
                 "%s: %d guest filesystem(s) frozen for %.0f ms",
                 self.name,
@@ -295,82 +295,6 @@ class LibvirtJob:
             self.incremental.clear()
             self._forget_redefined()
             self._backup_begin(checkpoint)
-
-    def _check_agent(self) -> None:
-        """Refuse before anything changes when the guest agent is absent or silent (asked for
-        the guest's time: every agent answers it, and it changes nothing)."""
-        try:
-            virsh("domtime", self.domain, subject=self.name, timeout=AGENT_TIMEOUT)
-        except SourceError as exc:
-            if _NO_AGENT.search(str(exc)):
-                raise self._no_freeze(exc, "") from None
-            # anything else (an agent that does not know the command): the freeze decides
-
-    def _no_freeze(self, exc: SourceError, left: str) -> SourceError:
-        return self._fail(
-            f"--fsfreeze: the guest agent did not freeze the guest's filesystems "
-            f"({_problem(exc, self.name)}); nothing was backed up. Run qemu-guest-agent in "
-            f"the guest with a virtio channel named org.qemu.guest_agent.0 in the domain, or "
-            f"back up without --fsfreeze (crash-consistent){left and '; ' + left}"
-        )
-
-    def _freeze(self) -> int:
-        """Freeze the guest's filesystems through its agent; the number frozen. An agent that
-        does not answer is a refusal: the user asked for more than a crash-consistent archive."""
-        try:
-            said = virsh(
-                "domfsfreeze", self.domain, subject=self.name, quiet=False, timeout=AGENT_TIMEOUT
-            )
-        except BaseException as exc:
-            # Nothing started: leave libvirt as it was, and thaw in case the agent froze
-            # something before the failure (a freeze that timed out, an interrupt).
-            self._forget_redefined()
-            left = self._thaw_after_failed_freeze()
-            if not isinstance(exc, SourceError):
-                if left:
-                    log.error("%s", left)
-                raise
-            raise self._no_freeze(exc, left) from None
-        found = re.search(r"(\d+)", said)
-        count = int(found.group(1)) if found else 0
-        if count == 0:
-            log.warning(
-                "%s: --fsfreeze: the guest agent froze no filesystem (none it can freeze is "
-                "mounted); the archive is crash-consistent",
-                self.name,
-            )
-        return count
-
-    def _thaw_after_failed_freeze(self) -> str:
-        """Thaw after a failed freeze; "" when nothing can be frozen, else what to run."""
-        try:
-            virsh("domfsthaw", self.domain, subject=self.name, timeout=AGENT_TIMEOUT)
-            return ""
-        except SourceError as exc:
-            if _NO_AGENT.search(str(exc)):
-                return ""  # no agent: nothing was frozen
-            return (
-                f"the guest's filesystems may be frozen ({_problem(exc, self.name)}): run "
-                f"'virsh domfsthaw {self.domain}'"
-            )
-
-    def _thaw(self, after: BaseException | None) -> None:
-        """Thaw the guest's filesystems (retried); a guest left frozen fails the backup loudly,
-        naming the command that thaws it."""
-        problem = ""
-        for attempt in range(THAW_ATTEMPTS):
-            try:
-                virsh("domfsthaw", self.domain, subject=self.name, timeout=AGENT_TIMEOUT)
-                return
-            except SourceError as exc:
-                problem = _problem(exc, self.name)
-                if attempt + 1 < THAW_ATTEMPTS:
-                    time.sleep(1)
-        raise self._fail(
-            f"the guest's filesystems are still FROZEN, so the guest cannot write: virsh "
-            f"domfsthaw failed {THAW_ATTEMPTS} times ({problem}); run 'virsh domfsthaw "
-            f"{self.domain}' now"
-        ) from after
 
     def _backup_begin(self, checkpoint: str) -> None:
         backup = os.path.join(self._tmp, "backup.xml")
@@ -494,7 +418,7 @@ class LibvirtSource:
             "checkpoint_xml": self.job.checkpoint_xml,
             "incremental_from": self.job.incremental.get(self.disk_name),
             # quiesced through the guest agent (--fsfreeze), and how many filesystems it froze
-            "fsfreeze": self.job.frozen_filesystems is not None,
+            "fsfreeze": bool(self.job.frozen_filesystems),
             "frozen_filesystems": self.job.frozen_filesystems,
             "block_size_max": self._src.info.details["block_size_max"],
         }
