@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -145,26 +147,31 @@ def test_a_frozen_backup_holds_what_the_guest_had_not_synced_and_the_guest_is_th
     assert vm.daemon.virsh("domjobinfo", DOMAIN).stdout.split()[2] == "None"
 
 
-def restart_agent_refusing_thaw(vm: Vm) -> None:
-    """Restart the guest's agent with guest-fsfreeze-thaw blocked, so a freeze cannot be undone
-    through it."""
-    guest_write(vm, "/run/qga-args", b"-b guest-fsfreeze-thaw")
+def restart_agent(vm: Vm, options: str) -> None:
+    """Restart the guest's agent with extra command-line ``options`` (tests/integration/
+    agent_guest.py reads them from /run/qga-args)."""
+    guest_write(vm, "/run/qga-args", options.encode())
     agent(vm, "guest-exec", path="/bin/sh", arg=["-c", "(sleep 1; kill $(pidof qemu-ga)) &"])
     time.sleep(3)
     deadline = time.monotonic() + 60
-    while True:
-        try:
-            commands = agent(vm, "guest-info")["supported_commands"]
-            enabled = {c["name"]: c["enabled"] for c in commands}
-            if enabled.get("guest-fsfreeze-thaw") is False:
-                return
-        except AssertionError:
-            pass  # between the two agents
-        assert time.monotonic() < deadline, "the agent did not come back with thaw blocked"
+    ping = json.dumps({"execute": "guest-ping"})
+    while vm.daemon.virsh(
+        "qemu-agent-command", DOMAIN, ping, "--timeout", "2", check=False
+    ).returncode:
+        assert time.monotonic() < deadline, f"the agent did not come back with {options}"
         time.sleep(1)
 
 
-def test_the_guest_is_thawed_when_the_job_fails_to_start_and_a_failed_thaw_is_one_loud_line(
+def child_running(pid: int, word: str) -> bool:
+    """Whether process ``pid`` has a child whose command line holds ``word``."""
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        cmdline = Path(f"/proc/{child}/cmdline")
+        if cmdline.exists() and word.encode() in cmdline.read_bytes():
+            return True
+    return False
+
+
+def test_the_guest_is_thawed_when_the_job_fails_to_start_or_the_backup_is_interrupted(
     agent_vm: Vm,
 ) -> None:
     vm = agent_vm
@@ -206,12 +213,43 @@ def test_the_guest_is_thawed_when_the_job_fails_to_start_and_a_failed_thaw_is_on
     assert archive["source"]["details"]["frozen_filesystems"] >= 1
     assert fs_state(vm) == "thawed"
 
-    # a thaw that fails: the guest stays frozen, so the backup fails saying what to run
-    restart_agent_refusing_thaw(vm)
+    # SIGINT while the agent freezes (its freeze hook takes 8 s): the agent still freezes after
+    # volpack's virsh is gone, and volpack's thaw, queued behind it in libvirt, undoes it
+    guest_write(vm, "/run/hook", b'#!/bin/sh\n[ "$1" = freeze ] && sleep 8\nexit 0\n')
+    agent(vm, "guest-exec", path="/bin/chmod", arg=["755", "/run/hook"])
+    restart_agent(vm, "--fsfreeze-hook=/run/hook")
     before = vm.checkpoints()
+    env = {**os.environ, "LIBVIRT_DEFAULT_URI": vm.daemon.uri, "TMPDIR": str(vm.tmp)}
+    argv = [sys.executable, "-m", "volpack", "backup", f"libvirt:{DOMAIN}/vda"]
+    argv += [str(vm.tmp / "z.vpk"), "--no-catalog", "--fsfreeze"]
+    proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not child_running(proc.pid, "domfsfreeze"):
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() < deadline, "no domfsfreeze in 60 s"
+        time.sleep(0.05)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in err, err
+    assert fs_state(vm) == "thawed"
+    assert vm.checkpoints() == before
+    assert not (vm.tmp / "z.vpk").exists()
+    assert vm.daemon.virsh("domjobinfo", DOMAIN).stdout.split()[2] == "None"
+    assert not [p for p in vm.tmp.iterdir() if p.name.startswith("volpack-")]
+
+
+def test_a_thaw_the_agent_refuses_fails_the_backup_in_one_line_naming_domfsthaw(
+    agent_vm: Vm,
+) -> None:
+    vm = agent_vm
+    restart_agent(vm, "-b guest-fsfreeze-thaw")
+    enabled = {c["name"]: c["enabled"] for c in agent(vm, "guest-info")["supported_commands"]}
+    assert enabled["guest-fsfreeze-thaw"] is False
     r = volpack(
         vm, "backup", f"libvirt:{DOMAIN}/vda", str(vm.tmp / "y.vpk"), "--no-catalog", "--fsfreeze"
     )
+    # the guest stays frozen, so the backup fails saying what to run
     assert r.returncode == 3 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "FROZEN" in r.stderr and f"virsh domfsthaw {DOMAIN}" in r.stderr, r.stderr
     assert fs_state(vm) == "frozen"

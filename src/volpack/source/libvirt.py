@@ -90,21 +90,29 @@ def virsh(*args: str, subject: str, quiet: bool = True, timeout: float = 300) ->
     exe = shutil.which("virsh")
     if exe is None:
         raise SourceError(f"{subject}: virsh is not installed; install libvirt-clients")
-    try:
-        r = subprocess.run(
-            [exe, *(["-q"] if quiet else []), *args],
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired:
-        raise SourceError(f"{subject}: virsh {args[0]} did not answer in {timeout:.0f} s") from None
-    if r.returncode != 0:
-        lines = [ln.strip() for ln in r.stderr.splitlines() if ln.strip()]
-        last = lines[-1] if lines else f"exit {r.returncode}"
+    with subprocess.Popen(
+        [exe, *(["-q"] if quiet else []), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except BaseException as exc:
+            # Reaped before the caller goes on (a thaw after SIGINT runs the next virsh).
+            proc.kill()
+            proc.wait()
+            if isinstance(exc, subprocess.TimeoutExpired):
+                raise SourceError(
+                    f"{subject}: virsh {args[0]} did not answer in {timeout:.0f} s"
+                ) from None
+            raise
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in err.splitlines() if ln.strip()]
+        last = lines[-1] if lines else f"exit {proc.returncode}"
         raise SourceError(f"{subject}: virsh {args[0]} failed: {last.removeprefix('error: ')}")
-    return r.stdout
+    return out
 
 
 def domain_disks(domain: str) -> list[str]:
