@@ -31,6 +31,11 @@ APT_PACKAGES=(
     libvirt-daemon-driver-qemu
     libvirt-clients
     qemu-system-x86
+    # the --fsfreeze tests' guest: its kernel, agent, shell and initramfs tool
+    linux-image-cloud-amd64
+    qemu-guest-agent
+    busybox-static
+    cpio
 )
 
 sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }

@@ -32,6 +32,7 @@ class Vm:
     daemon: Libvirtd
     disk: Path
     tmp: Path
+    disks: tuple[str, ...] = DISKS
 
     def write(self, command: str, disk: str = "vda") -> None:
         """A guest write, e.g. ``write -P 0xcc 0 64k`` (qemu-io syntax)."""
@@ -48,7 +49,7 @@ class Vm:
             f"<domainbackup mode='pull'><server transport='unix' socket='{sock}'/><disks>"
             f"<disk name='{disk}' backup='yes' type='file'><scratch file='{self.tmp}/s-{name}.q'/>"
             "</disk>"
-            + "".join(f"<disk name='{d}' backup='no'/>" for d in DISKS if d != disk)
+            + "".join(f"<disk name='{d}' backup='no'/>" for d in self.disks if d != disk)
             + "</disks></domainbackup>"
         )
         self.daemon.virsh("backup-begin", DOMAIN, str(xml))
@@ -342,3 +343,41 @@ def test_a_disk_without_a_catalogued_archive_gets_a_full_in_the_domains_incremen
     assert vdb["base_uuid"] is None and "vdb" in r.stderr and "full" in r.stderr
     restore_equals(vm, Path(vda["url"]), vm.snapshot("vda", "vda"))
     restore_equals(vm, Path(vdb["url"]), vm.snapshot("vdb", "vdb"))
+
+
+def with_agent_channel(vm: Vm) -> None:
+    """Give the domain a guest-agent channel that nothing in the guest answers."""
+    xml = vm.daemon.virsh("dumpxml", DOMAIN, "--inactive").stdout
+    channel = "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>"
+    (vm.tmp / "agent.xml").write_text(xml.replace("</devices>", channel + "</devices>"))
+    vm.daemon.virsh("destroy", DOMAIN)
+    vm.daemon.virsh("define", str(vm.tmp / "agent.xml"))
+    vm.daemon.virsh("start", DOMAIN)
+
+
+def test_fsfreeze_without_a_guest_agent_is_refused_before_anything_starts(vm: Vm) -> None:
+    # a base whose checkpoint libvirt lost: the refusal leaves it undefined, as it was
+    full, _ = backup(vm, vm.tmp / "full.vpk")
+    vm.daemon.virsh(
+        "checkpoint-delete", DOMAIN, full["source"]["details"]["checkpoint"], "--metadata"
+    )
+    base = ("--base", str(vm.tmp / "full.vpk"))
+    cases = [
+        (f"libvirt:{DOMAIN}/vda", "x.vpk", base),
+        (f"libvirt:{DOMAIN}", "all", ()),
+        ("agent", "x.vpk", ()),
+    ]
+    for source, archive, extra in cases:
+        if source == "agent":  # configured, but no agent runs in the guest
+            with_agent_channel(vm)
+            source = f"libvirt:{DOMAIN}/vda"
+        argv = [source, str(vm.tmp / archive), "--no-catalog", "--fsfreeze", *extra]
+        r = volpack(vm, "backup", *argv)
+        assert r.returncode == 3 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "guest agent" in r.stderr and "without --fsfreeze" in r.stderr, r.stderr
+        assert "domfsthaw" not in r.stderr  # nothing was frozen
+        assert not (vm.tmp / "x.vpk").exists()
+        assert not (vm.tmp / "all").exists() or not list((vm.tmp / "all").iterdir())
+        assert vm.checkpoints() == []
+        assert vm.daemon.virsh("domjobinfo", DOMAIN).stdout.split()[2] == "None"
+        assert not [p for p in vm.tmp.iterdir() if p.name.startswith("volpack-")]

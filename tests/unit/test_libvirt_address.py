@@ -14,8 +14,24 @@ def test_a_disk_address_names_domain_disk_and_scratch() -> None:
     assert parse_libvirt("libvirt:vm1/sdb,scratch=/big") == LibvirtAddress("vm1", "sdb", "/big")
 
 
+def test_a_disk_address_may_ask_for_the_guest_agent_freeze_with_or_without_scratch() -> None:
+    assert parse_libvirt("libvirt:vm1/vda,fsfreeze") == LibvirtAddress("vm1", "vda", "", True)
+    assert parse_libvirt("libvirt:vm1/vda,fsfreeze,scratch=/big") == LibvirtAddress(
+        "vm1", "vda", "/big", True
+    )
+    assert parse_libvirt("libvirt:vm1/vda,scratch=/big,fsfreeze").fsfreeze
+
+
 @pytest.mark.parametrize(
-    "address", ["libvirt:", "libvirt:vm1", "libvirt:/vda", "libvirt:vm1/a/b", "libvirt:vm1/vda,x=1"]
+    "address",
+    [
+        "libvirt:",
+        "libvirt:vm1",
+        "libvirt:/vda",
+        "libvirt:vm1/a/b",
+        "libvirt:vm1/vda,x=1",
+        "libvirt:vm1/vda,fsfreeze=1",
+    ],
 )
 def test_a_malformed_disk_address_is_a_usage_error(address: str) -> None:
     with pytest.raises(UsageError):

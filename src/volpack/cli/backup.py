@@ -100,6 +100,12 @@ def register(sub: Any) -> None:
         "during the backup (default: the system temp dir)",
     )
     p.add_argument(
+        "--fsfreeze",
+        action="store_true",
+        help="libvirt: sources: freeze the guest's filesystems through the QEMU guest agent "
+        "for the instant the backup job starts (refused when the agent does not answer)",
+    )
+    p.add_argument(
         "--allow-mounted",
         action="store_true",
         help="back up a mounted filesystem anyway (not point-in-time)",
@@ -187,6 +193,13 @@ def run(args: argparse.Namespace) -> int:
         )
     if source.startswith(("qmp:", "libvirt:")) and args.scratch is not None:
         source += f",scratch={args.scratch}"
+    if args.fsfreeze and not source.startswith("libvirt:"):
+        raise UsageError(
+            f"--fsfreeze: {source} has no guest agent to freeze its filesystems; only "
+            "libvirt:DOMAIN and libvirt:DOMAIN/DISK sources take it"
+        )
+    if args.fsfreeze:
+        source += ",fsfreeze"
 
     def one(src: str, archive: str, base: str | None, opened: Source | None) -> BackupResult:
         return backup(

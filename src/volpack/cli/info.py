@@ -45,6 +45,19 @@ def segment_text(seg: dict[str, Any]) -> str:
     return text
 
 
+def libvirt_text(details: dict[str, Any]) -> str:
+    """Domain, disk, checkpoint, and whether the guest agent froze the guest's filesystems."""
+    frozen = (
+        f"filesystems frozen by the guest agent: {details.get('frozen_filesystems')}"
+        if details.get("fsfreeze")
+        else "not frozen (crash-consistent)"
+    )
+    return (
+        f"domain {details.get('domain')}, disk {details.get('disk')}, checkpoint "
+        f"{details.get('checkpoint')}, {frozen}"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     apply_medium_options(args)
     from volpack.pipeline.info import summary
@@ -101,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
         lines.append(f"lvm          VG {details.get('vg')}, LV {details.get('lv')}")
     for seg in details.get("segments") or []:
         lines.append(f"segment      {segment_text(seg)}")
+    if d["source"].get("kind") == "libvirt":
+        lines.append(f"libvirt      {libvirt_text(details)}")
     for r in d["detection"].get("regions", []):
         lines.append(f"detector     [{r['start']}, {r['end']}) {r['detector']}")
     for w in d["detection"].get("warnings", []):

@@ -39,8 +39,9 @@ def backup_domain(
     catalog: str | None = None,
     one: Callable[[str, str, str | None, Source], BackupResult] | None = None,
 ) -> list[BackupResult]:
-    """Back up every disk of the running domain ``source`` (``libvirt:DOMAIN[,scratch=DIR]``)
-    at one point in time into the directory or URL prefix ``prefix``. ``base`` may only be
+    """Back up every disk of the running domain ``source``
+    (``libvirt:DOMAIN[,scratch=DIR][,fsfreeze]``) at one point in time into the directory or URL
+    prefix ``prefix``. ``base`` may only be
     ``latest``: each disk's newest catalogued archive; a disk without one gets a full. ``one(SOURCE,
     ARCHIVE, BASE, OPENED)`` backs up one disk (default: ``backup`` with its defaults and
     ``catalog``), so a caller gives its own options. Archives of disks done before a failure stay."""
@@ -52,7 +53,7 @@ def backup_domain(
     domain = head[len("libvirt:") :]
     if not domain:
         raise UsageError(f"{source}: write libvirt:DOMAIN (every disk) or libvirt:DOMAIN/DISK")
-    scratch = parse_libvirt(",".join([f"{head}/-", *opts])).scratch
+    addr = parse_libvirt(",".join([f"{head}/-", *opts]))
     if base not in (None, "latest"):
         raise UsageError(
             f"--base {base}: a whole domain takes --base latest (each disk's newest catalogued "
@@ -88,7 +89,7 @@ def backup_domain(
         return backup(src, archive, base=base_url, catalog=catalog, opened=opened)
 
     run = one or default
-    job = LibvirtJob(domain, disks, details, scratch)
+    job = LibvirtJob(domain, disks, details, addr.scratch, addr.fsfreeze)
     results = []
     try:
         for disk in disks:

@@ -4,7 +4,9 @@ backup job, driven with ``virsh`` (no binding needed).
 ``virsh backup-begin`` starts the job with a new checkpoint, ``<incremental>`` naming the base's
 checkpoint when there is one (redefined from the XML the base archive recorded when libvirt lost
 it); the disk's export is read over NBD on a private Unix socket. The job is ended with
-``domjobabort`` whatever happens. Never writes the guest's disk; never deletes a checkpoint.
+``domjobabort`` whatever happens. With ``fsfreeze`` the guest agent freezes the guest's
+filesystems around the ``backup-begin`` alone, thawed on every path. Never writes the guest's
+disk; never deletes a checkpoint.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +29,7 @@ from xml.sax.saxutils import quoteattr
 from volpack.errors import SourceError, UsageError
 from volpack.extents import Extents
 from volpack.source.base import PhysicalMap, SourceInfo, scratch_option
+from volpack.source.guest_agent import GuestAgent
 from volpack.source.nbd import NbdSource
 
 log = logging.getLogger(__name__)
@@ -46,11 +50,13 @@ def _gone(pid: int) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class LibvirtAddress:
-    """``libvirt:DOMAIN/DISK[,scratch=DIR]``: the domain, its disk target, the scratch dir."""
+    """``libvirt:DOMAIN/DISK[,scratch=DIR][,fsfreeze]``: the domain, its disk target, the
+    scratch dir, and whether the guest agent freezes the guest's filesystems for the job."""
 
     domain: str
     disk: str
     scratch: str = ""  # "" = the system temp dir
+    fsfreeze: bool = False
 
     @property
     def name(self) -> str:
@@ -61,29 +67,52 @@ def parse_libvirt(address: str) -> LibvirtAddress:
     body = address[len("libvirt:") :] if address.startswith("libvirt:") else ""
     body, *opts = body.split(",")
     domain, _, disk = body.partition("/")
+    fsfreeze = "fsfreeze" in opts
+    opts = [o for o in opts if o != "fsfreeze"]
+    for opt in opts:
+        if not opt.startswith("scratch="):
+            raise UsageError(
+                f"{address}: unknown option {opt!r}; libvirt: takes scratch=DIR and fsfreeze"
+            )
     scratch = scratch_option(address, opts)
     if not domain or not disk or "/" in disk:
         raise UsageError(
             f"{address}: write libvirt:DOMAIN/DISK (a disk target such as vda, as "
             "'virsh domblklist DOMAIN' lists it)"
         )
-    return LibvirtAddress(domain, disk, scratch)
+    return LibvirtAddress(domain, disk, scratch, fsfreeze)
 
 
-def virsh(*args: str, subject: str) -> str:
+def virsh(*args: str, subject: str, quiet: bool = True, timeout: float = 300) -> str:
     """Run ``virsh -q ARGS`` (connection from LIBVIRT_DEFAULT_URI); stdout, or a SourceError
-    naming ``subject`` and virsh's last line."""
+    naming ``subject`` and virsh's last line. Without ``quiet``, virsh also says what it did
+    ("Froze 2 filesystem(s)")."""
     exe = shutil.which("virsh")
     if exe is None:
         raise SourceError(f"{subject}: virsh is not installed; install libvirt-clients")
-    r = subprocess.run(
-        [exe, "-q", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300
-    )
-    if r.returncode != 0:
-        lines = [ln.strip() for ln in r.stderr.splitlines() if ln.strip()]
-        last = lines[-1] if lines else f"exit {r.returncode}"
+    with subprocess.Popen(
+        [exe, *(["-q"] if quiet else []), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except BaseException as exc:
+            # Reaped before the caller goes on (a thaw after SIGINT runs the next virsh).
+            proc.kill()
+            proc.wait()
+            if isinstance(exc, subprocess.TimeoutExpired):
+                raise SourceError(
+                    f"{subject}: virsh {args[0]} did not answer in {timeout:.0f} s"
+                ) from None
+            raise
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in err.splitlines() if ln.strip()]
+        last = lines[-1] if lines else f"exit {proc.returncode}"
         raise SourceError(f"{subject}: virsh {args[0]} failed: {last.removeprefix('error: ')}")
-    return r.stdout
+    return out
 
 
 def domain_disks(domain: str) -> list[str]:
@@ -107,9 +136,13 @@ class LibvirtJob:
         disks: list[str],
         bases: dict[str, Mapping[str, Any] | None],
         scratch: str = "",
+        fsfreeze: bool = False,
     ) -> None:
         self.domain, self.disks, self.scratch = domain, list(disks), scratch
+        self.fsfreeze = fsfreeze
+        self.frozen_filesystems: int | None = None  # what the guest agent froze; None: not asked
         self.name = f"libvirt:{domain}"
+        self.agent = GuestAgent(domain, self.name, virsh)
         self._tmp = ""
         self._started = False
         self.incremental: dict[str, str] = {}  # disk -> the checkpoint its bitmap counts from
@@ -119,6 +152,8 @@ class LibvirtJob:
         self.checkpoint_xml = ""
         try:
             self._check_domain()
+            if fsfreeze:
+                self.agent.check()
             for disk in self.disks:
                 details = bases.get(disk) or {}
                 base_cp = str(details.get("checkpoint") or "")
@@ -226,6 +261,33 @@ class LibvirtJob:
                 )
                 + "</disks></domaincheckpoint>"
             )
+        # The freeze spans only the backup-begin, which fixes the point in time: the guest
+        # writes again before a byte is read.
+        frozen: float | None = None  # when the freeze began
+        try:
+            if self.fsfreeze:
+                try:
+                    self.frozen_filesystems = self.agent.freeze()
+                except BaseException:
+                    self._forget_redefined()  # nothing started: leave libvirt as it was
+                    raise
+                frozen = time.monotonic()
+            self._begin_job(checkpoint)
+        except BaseException as exc:
+            if frozen is not None:
+                self.agent.thaw(exc)
+            raise
+        if frozen is not None:
+            self.agent.thaw()
+            log.info(
+                "%s: %d guest filesystem(s) frozen for %.0f ms",
+                self.name,
+                self.frozen_filesystems,
+                (time.monotonic() - frozen) * 1000,
+            )
+        self.checkpoint_xml = self._virsh("checkpoint-dumpxml", self.domain, self.checkpoint)
+
+    def _begin_job(self, checkpoint: str) -> None:
         try:
             self._backup_begin(checkpoint)
         except SourceError as exc:
@@ -241,7 +303,6 @@ class LibvirtJob:
             self.incremental.clear()
             self._forget_redefined()
             self._backup_begin(checkpoint)
-        self.checkpoint_xml = self._virsh("checkpoint-dumpxml", self.domain, self.checkpoint)
 
     def _backup_begin(self, checkpoint: str) -> None:
         backup = os.path.join(self._tmp, "backup.xml")
@@ -364,6 +425,9 @@ class LibvirtSource:
             # lost it, e.g. the domain was undefined and defined again
             "checkpoint_xml": self.job.checkpoint_xml,
             "incremental_from": self.job.incremental.get(self.disk_name),
+            # quiesced through the guest agent (--fsfreeze), and how many filesystems it froze
+            "fsfreeze": bool(self.job.frozen_filesystems),
+            "frozen_filesystems": self.job.frozen_filesystems,
             "block_size_max": self._src.info.details["block_size_max"],
         }
         return SourceInfo("libvirt", self.name, details)
@@ -404,5 +468,7 @@ class LibvirtSource:
 def open_libvirt(address: str, base_details: Mapping[str, Any] | None = None) -> LibvirtSource:
     """One disk in a job of its own, ended when the source is closed."""
     addr = parse_libvirt(address)
-    job = LibvirtJob(addr.domain, [addr.disk], {addr.disk: base_details}, addr.scratch)
+    job = LibvirtJob(
+        addr.domain, [addr.disk], {addr.disk: base_details}, addr.scratch, addr.fsfreeze
+    )
     return job.disk(addr.disk, owner=True)
