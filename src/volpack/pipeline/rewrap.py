@@ -104,6 +104,7 @@ def rewrap(
         # The new slot list may be shorter than the old one: shift in signed arithmetic.
         moved = t.index["offset"].astype(np.int64) + shift
         index["offset"] = moved.astype(index["offset"].dtype)
+        opened = bytearray(header.frame_size)  # each frame is opened into it, then dropped
         for seq in range(t.frame_count):
             # One frame at a time (memory bounded by the frame size); checked, authenticated
             # with the old data key, then copied as it is.
@@ -123,7 +124,8 @@ def rewrap(
                     f"{at}: frame {seq} checksum of its sealed bytes does not match; the "
                     "archive is damaged: rewrap a good copy"
                 )
-            archive.unsealer.open_frame(seq, fh, sealed)  # TamperedArchive if forged
+            # TamperedArchive if forged
+            archive.unsealer.open_frame_into(seq, fh, sealed, memoryview(opened))
             emit(data)
         trailer_offset = t.trailer_offset + shift
         new_t = R.Trailer(
