@@ -51,6 +51,7 @@ class Head:
     # tables above are empty stand-ins: only the public checks ran)
     unsealer: Unsealer | None = None
     sealed: bool = False
+    key_slots: tuple[str, ...] = ()  # ENCRYPTED: each slot's fingerprint (public)
 
 
 def head_tags(header: R.Header) -> tuple[tuple[bytes, int], ...]:
@@ -297,6 +298,7 @@ class ArchiveStream:
             covered=t.covered,
             unsealer=t.unsealer,
             sealed=t.sealed,
+            key_slots=t.key_slots,
         )
         if self.check_hashes and header.hashed and not t.sealed:
             key = t.unsealer.chain_key if t.unsealer is not None else None

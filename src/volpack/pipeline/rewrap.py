@@ -34,6 +34,7 @@ class RewrapResult:
     url: str
     archive_size: int
     digest: str  # the new archive's digest (the old one's differs: its KEYS record changed)
+    old_digest: str  # the digest of the archive it was made from (the catalog finds it by it)
     key_slots: tuple[str, ...]  # fingerprints of the new slot list
     kept_unknown: int  # slots of unknown kinds carried over as they were
     elapsed: float
@@ -194,6 +195,7 @@ def rewrap(
         url=medium.location,
         archive_size=length,
         digest=digest.hex(),
+        old_digest=t.digest.hex(),
         key_slots=tuple(fingerprint(s) for s in slots),
         kept_unknown=len(kept),
         elapsed=time.perf_counter() - t0,
