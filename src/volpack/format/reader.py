@@ -333,9 +333,10 @@ class ArchiveStream:
             return fh.dense_offset, decode_frame_payload(dec, fh, stored, where, seed)
 
         pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="vp-decode")
-        # A sealed frame is opened into a buffer of its decoding thread (Scratch): that many
-        # fewer frames wait decoded, so memory stays where it is for plain archives.
-        ahead = 2 * threads + 1 - (threads if unsealer is not None else 0)
+        # A sealed frame is opened into a buffer of its decoding thread (Scratch), and the
+        # cipher library itself takes ~10 MiB: fewer frames wait decoded (still one per decoding
+        # thread), so memory stays near a plain archive's.
+        ahead = threads if unsealer is not None else 2 * threads + 1
         ready: queue.Queue[Future | BaseException | None] = queue.Queue(maxsize=ahead)
         stop = threading.Event()
 
