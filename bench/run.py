@@ -247,7 +247,9 @@ def main() -> int:
     )
     ap.add_argument("--json", type=Path, help="also write all results to this file")
     ap.add_argument(
-        "--skip", default="", help="optional row modules to leave out: s3_rows,nbd_rows,incr_rows"
+        "--skip",
+        default="",
+        help="optional row modules to leave out: s3_rows,nbd_rows,incr_rows,crypto_rows",
     )
     ap.add_argument(
         "--report", type=Path, metavar="JSON", help="only print the tables of a --json file"
@@ -343,7 +345,7 @@ def extra_rows(img: images.Image, out: Path, repeat: int, skip: set[str]) -> lis
     rows: list[measure.Row] = [detect_row(img, max(3, repeat))] if img.name == "ext4" else []
     if img.name in peers.FEW_PEERS:  # their targets compare file-medium rows with cp only
         return rows
-    for mod_name in ("s3_rows", "nbd_rows", "incr_rows"):
+    for mod_name in ("s3_rows", "nbd_rows", "incr_rows", "crypto_rows"):
         path = HERE / f"{mod_name}.py"
         if not path.exists() or mod_name in skip:
             continue

@@ -215,6 +215,7 @@ def evaluate(img: Image, rows: list[Row], levels: list[Row]) -> list[Check]:
     checks += _nbd_checks(img, rows)
     checks += _issue15_checks(img, rows)
     checks += _incr_checks(img, rows)
+    checks += _crypto_checks(img, rows)
     mine = [r for r in rows + levels if not r.peer and r.rss_mib is not None]
     if mine:
         worst = max(mine, key=lambda r: r.rss_mib or 0.0)
@@ -354,6 +355,46 @@ def _incr_checks(img: Image, rows: list[Row]) -> list[Check]:
         out.append(Check(12, img.name, target, note, None))
     else:
         out.append(Check(12, img.name, target, size.note, size.walls[0] <= 1.1))
+    return out
+
+
+# Issue 14: a sealed archive at 0.9x the throughput of a plain one at least, RSS within 10 %.
+SEALED_THROUGHPUT = 0.9
+SEALED_RSS = 1.1
+
+
+def _crypto_checks(img: Image, rows: list[Row]) -> list[Check]:
+    """Issue 14 (bench/crypto_rows.py): each sealed row against the plain row of its pair, in
+    time (throughput = 1 / wall) and in peak RSS. The measured column shows the margin."""
+    if not any(r.kind.startswith("seal-") for r in rows):
+        return []
+    from crypto_rows import PAIRS
+
+    out = []
+    for plain, sealed, _kind in PAIRS:
+        c = _ratio_check(
+            14, img, rows, sealed, [plain], 1 / SEALED_THROUGHPUT, "sealed ≥ 0.9x plain throughput"
+        )
+        mine, theirs = _row(rows, sealed), _row(rows, plain)
+        if mine is not None and theirs is not None and c.passed is not None:
+            share = (theirs.wall or 0.0) / (mine.wall or 1e-9)
+            margin = f"; throughput {share:.2f}x plain (target ≥ {SEALED_THROUGHPUT})"
+            c = Check(c.issue, c.image, c.target, c.measured + margin, c.passed)
+        out.append(c)
+        target = f"peak RSS: `{sealed}` ≤ {SEALED_RSS:.1f}x `{plain}`"
+        if mine is None or theirs is None or mine.rss_mib is None or theirs.rss_mib is None:
+            out.append(Check(14, img.name, target, _why_missing(rows, [sealed, plain]), None))
+            continue
+        ratio = mine.rss_mib / theirs.rss_mib
+        out.append(
+            Check(
+                14,
+                img.name,
+                target,
+                f"{mine.rss_mib:.0f} MiB vs {theirs.rss_mib:.0f} MiB = {ratio:.2f}x",
+                ratio <= SEALED_RSS,
+            )
+        )
     return out
 
 

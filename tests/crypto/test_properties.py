@@ -3,8 +3,10 @@ under one data key; two archives sealing the same data share no data key and no 
 
 from __future__ import annotations
 
+import threading
 import uuid
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -36,6 +38,46 @@ def test_nonces_never_repeat_within_an_archive_whatever_the_writer_asks(asked):
         n = nonce(pos)
         assert n not in used, (used[n], (kind, sequence))
         used[n] = (kind, sequence)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 64).flatmap(lambda n: st.tuples(st.just(n), st.lists(st.integers(0, n + 2)))))
+def test_frames_sealed_in_any_order_are_each_sealed_once_and_never_beyond_the_count(case):
+    frames, asked = case
+    sealer = Sealer(Subkeys.derive(DataKey.generate(), uuid.uuid4().bytes), frames=frames)
+    sealed: set[int] = set()
+    for seq in asked:
+        pos = RecordPosition(RecordKind.FRAME, seq, seq * 4096)
+        if seq in sealed or seq >= frames:
+            with pytest.raises(ValueError):
+                sealer.seal(pos, b"x")
+        else:
+            sealer.seal(pos, b"x")
+            sealed.add(seq)
+
+
+def test_frames_sealed_from_several_threads_at_once_are_each_sealed_exactly_once():
+    frames = 2000
+    sealer = Sealer(Subkeys.derive(DataKey.generate(), uuid.uuid4().bytes), frames=frames)
+    won: list[int] = []
+    lock = threading.Lock()
+
+    def seal_all() -> None:  # every thread tries every frame: exactly one may seal each
+        out = bytearray(17)
+        for seq in range(frames):
+            try:
+                sealer.seal_into(RecordPosition(RecordKind.FRAME, seq), b"x", memoryview(out))
+            except ValueError:
+                continue
+            with lock:
+                won.append(seq)
+
+    threads = [threading.Thread(target=seal_all) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(won) == list(range(frames))
 
 
 @settings(max_examples=50, deadline=None)

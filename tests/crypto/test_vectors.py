@@ -170,6 +170,20 @@ def test_one_sealed_frame_is_byte_for_byte_the_known_answer(cipher):
     assert RecordOpener(keys, cipher).open(FRAME5, sealed, PUBLIC) == PLAIN
 
 
+@pytest.mark.parametrize("cipher", list(Cipher))
+def test_a_frame_sealed_and_opened_into_reused_buffers_is_the_same_known_answer(cipher):
+    keys = Subkeys.derive(DATA_KEY, UUID)
+    out = bytearray(len(PLAIN) + 16 + 7)  # larger than needed: only the head is written
+    n = Sealer(keys, cipher, frames=6).seal_into(FRAME5, PLAIN, memoryview(out), PUBLIC)
+    assert n == len(PLAIN) + 16
+    assert out[:n].hex() == SEALED_FRAME5[cipher]
+    opened = bytearray(len(PLAIN))
+    assert RecordOpener(keys, cipher).open_into(FRAME5, out[:n], memoryview(opened), PUBLIC) == (
+        len(PLAIN)
+    )
+    assert bytes(opened) == PLAIN
+
+
 def test_tables_are_sealed_with_the_tables_subkey_not_the_frames_subkey():
     keys = Subkeys.derive(DATA_KEY, UUID)
     table = RecordPosition(RecordKind.ADDRESS_TABLE, 0)

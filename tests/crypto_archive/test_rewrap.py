@@ -214,3 +214,87 @@ def test_rewrap_keeps_the_archives_version_and_its_digest_rule(version, tmp_path
     assert data[-96:-64] == spec_digest(data[:toff], data[toff + 32 : -96])
     r = vp("verify", str(out), "--key-file", key_file)
     assert r.returncode == 0, r.stderr
+
+
+def _listed(catalog: str) -> list[dict]:
+    import json
+
+    r = vp("list", "--json", "--catalog", catalog)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_a_rewrapped_archive_is_recorded_as_another_place_holding_the_catalogued_one(
+    volume, test_keys, tmp_path
+):
+    import json
+
+    catalog = str(tmp_path / "cat.sqlite")
+    old, new = str(tmp_path / "old.vpk"), str(tmp_path / "new.vpk")
+    seal = ("--key-file", test_keys.key_file, "--catalog", catalog)
+    assert vp("backup", volume, old, *seal).returncode == 0
+    r = vp(
+        "rewrap", old, new, "--old-key-file", test_keys.key_file, "--key-file",
+        test_keys.other_key_file, "--catalog", catalog, "--json",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    [entry] = _listed(catalog)  # one archive (one id), no clash
+    assert entry["uuid"] == result["archive_uuid"]
+    assert sorted(entry["urls"]) == sorted([old, new])
+    assert entry["digest"] == result["old_digest"] != result["digest"]  # what chain links name
+    assert set(result["key_slots"]) <= set(entry["key_slots"])
+    # restore by id reads the first place recorded, the old copy, with the old key
+    out = tmp_path / "out.img"
+    r = vp(
+        "restore", entry["uuid"], str(out), "--key-file", test_keys.key_file, "--catalog", catalog
+    )
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == pathlib.Path(volume).read_bytes()
+
+
+def test_an_archive_rewrapped_in_place_keeps_its_catalog_row_with_only_the_new_slots(
+    volume, test_keys, tmp_path
+):
+    catalog = str(tmp_path / "cat.sqlite")
+    arch = str(tmp_path / "a.vpk")
+    r = vp("backup", volume, arch, "--key-file", test_keys.key_file, "--catalog", catalog)
+    assert r.returncode == 0, r.stderr
+    [before] = _listed(catalog)
+    r = vp(
+        "rewrap", arch, arch, "--force", "--old-key-file", test_keys.key_file, "--key-file",
+        test_keys.other_key_file, "--catalog", catalog,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    [after] = _listed(catalog)
+    assert after["uuid"] == before["uuid"] and after["urls"] == [arch]
+    assert len(after["key_slots"]) == 1 and after["key_slots"] != before["key_slots"]
+    out = tmp_path / "out.img"
+    r = vp(
+        "restore", after["uuid"], str(out), "--key-file", test_keys.other_key_file,
+        "--catalog", catalog,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == pathlib.Path(volume).read_bytes()
+
+
+def test_a_rewrap_of_an_archive_the_catalog_does_not_know_is_recorded_like_a_backup(
+    sealed, test_keys, tmp_path
+):
+    catalog = str(tmp_path / "cat.sqlite")
+    new = str(tmp_path / "new.vpk")
+    r = vp(
+        "rewrap", sealed, new, "-i", test_keys.identity_file, "--key-file",
+        test_keys.other_key_file, "--catalog", catalog,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    [entry] = _listed(catalog)
+    assert entry["urls"] == [new] and entry["encrypted"] == 1
+    assert len(entry["key_slots"]) == 1 and entry["key_slots"][0].startswith("key-file:")
+    other = tmp_path / "other.sqlite"
+    r = vp(
+        "rewrap", sealed, str(tmp_path / "x.vpk"), "-i", test_keys.identity_file, "--key-file",
+        test_keys.other_key_file, "--catalog", str(other), "--no-catalog",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert not other.exists()

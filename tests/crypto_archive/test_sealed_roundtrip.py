@@ -303,3 +303,36 @@ def test_chacha20_poly1305_archives_record_their_cipher_and_restore(volume, test
     assert a.read_bytes()[keys_at : keys_at + 2] == (2).to_bytes(2, "little")
     ok("restore", str(a), str(out), "--key-file", test_keys.key_file)
     assert out.read_bytes() == pathlib.Path(volume).read_bytes()
+
+
+def test_info_shows_each_key_slot_s_kind_and_fingerprint_as_the_catalog_records_them(
+    volume, test_keys, tmp_path
+):
+    catalog = str(tmp_path / "cat.sqlite")
+    a = str(tmp_path / "a.vpk")
+    keys = ("--recipient", test_keys.recipient, "--key-file", test_keys.key_file)
+    ok("backup", volume, a, "--catalog", catalog, *keys)
+    [entry] = json.loads(ok("list", "--json", "--catalog", catalog).stdout)
+    assert len(entry["key_slots"]) == 2
+    expected = [{"kind": fp.split(":")[0], "fingerprint": fp} for fp in entry["key_slots"]]
+    assert {e["kind"] for e in expected} == {"x25519", "key-file"}
+    secrets = [
+        pathlib.Path(test_keys.key_file).read_bytes().hex(),
+        pathlib.Path(test_keys.identity_file).read_text().split("AGE-SECRET-KEY-")[1][:20],
+    ]
+    for args in ((), ("--key-file", test_keys.key_file)):  # without and with a key
+        shown = json.loads(ok("info", a, "--json", *args).stdout)
+        assert shown["key_slots"] == expected
+        text = ok("info", a, *args).stdout
+        assert [ln.split()[-1] for ln in text.splitlines() if ln.startswith("key slot")] == [
+            e["fingerprint"] for e in expected
+        ]
+        assert not any(s.lower() in (text + json.dumps(shown)).lower() for s in secrets)
+    with open(a, "rb") as stream:  # from a stream: the head's KEYS record
+        r = vp("info", "-", "--json", stdin=stream)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["key_slots"] == expected
+    plain = str(tmp_path / "p.vpk")
+    ok("backup", volume, plain, "--no-catalog")
+    assert json.loads(ok("info", plain, "--json").stdout)["key_slots"] is None
+    assert "key slot" not in ok("info", plain).stdout

@@ -43,6 +43,7 @@ __all__ = [
     "parse_time",
     "recorded_source",
     "record_after_backup",
+    "record_after_rewrap",
     "record_after_verify",
     "record_archive",
     "resolve_archive_ref",
@@ -92,6 +93,29 @@ def record_archive(url: str, catalog_path: str | None) -> bool:
     try:
         with open_archive(url) as archive, Catalog.open(path) as catalog:
             catalog.add(entry_from_archive(archive, archive.url))
+    except (VolpackError, sqlite3.Error, OSError) as exc:
+        log.warning(
+            "archive at %s was written but not recorded in the catalog %s: %s; "
+            "run 'volpack catalog rebuild %s' later",
+            url,
+            path,
+            exc,
+            url,
+        )
+        return False
+    return True
+
+
+def record_after_rewrap(url: str, old_digest: str, catalog_path: str | None) -> bool:
+    """Record the rewrapped archive at ``url`` (public fields from its trailer: no key needed),
+    made from the archive whose digest is ``old_digest`` (``Catalog.add_rewrap``: another place
+    holding that archive when it is recorded). Like ``record_after_backup`` it only warns."""
+    from volpack.format.random_access import open_archive
+
+    path = _catalog_path(catalog_path)
+    try:
+        with open_archive(url, public=True) as archive, Catalog.open(path) as catalog:
+            catalog.add_rewrap(entry_from_archive(archive, archive.url), old_digest)
     except (VolpackError, sqlite3.Error, OSError) as exc:
         log.warning(
             "archive at %s was written but not recorded in the catalog %s: %s; "

@@ -240,6 +240,54 @@ class Catalog:
                     (entry.chain_id, entry.chain_seq, entry.uuid, entry.state_digest, now),
                 )
 
+    def add_rewrap(self, entry: ArchiveEntry, old_digest: str) -> None:
+        """Record ``entry``, a rewrap (``volpack rewrap``) of the archive whose digest is
+        ``old_digest``: the same id and sealed records, new key slots, so its own digest. When
+        the catalog records that archive, the rewrap's URLs are added as more places holding it
+        and its slots' fingerprints to the archive's (replace them, when the rewrap replaced every
+        copy in place); the row keeps the digest that its chain's links name. Otherwise (not recorded, or recorded as this rewrap) as ``add``; an id
+        recorded with yet another digest is refused (ArchiveIdClash)."""
+        now = time.time()
+        urls = tuple(dict.fromkeys(canonical_url(url) for url in entry.urls))
+        with self._write() as db:
+            row = db.execute(
+                "SELECT digest, key_slots FROM archives WHERE uuid = ?", (entry.uuid,)
+            ).fetchone()
+            if row is not None and row[0] == old_digest and entry.digest != old_digest:
+                live = {
+                    r[0]
+                    for r in db.execute(
+                        "SELECT url FROM locations WHERE uuid = ? AND superseded_by IS NULL",
+                        (entry.uuid,),
+                    )
+                }
+                # Rewrapped in place (every copy replaced): only the new slots are left; else
+                # the slots of every copy, since each copy opens with its own.
+                slots = [] if live <= set(urls) or not row[1] else list(json.loads(row[1]))
+                slots += [s for s in entry.key_slots or () if s not in slots]
+                db.execute(
+                    "UPDATE archives SET key_slots = ? WHERE uuid = ?",
+                    (json.dumps(slots), entry.uuid),
+                )
+                self._place(db, entry.uuid, urls, now)
+                return
+        self.add(entry)
+
+    @staticmethod
+    def _place(db: sqlite3.Connection, uuid: str, urls: tuple[str, ...], now: float) -> None:
+        """``uuid`` is now at ``urls`` too: other archives recorded there are superseded (as
+        ``add`` does)."""
+        db.executemany(
+            "UPDATE locations SET superseded_by = ?, superseded_at = ? "
+            "WHERE url = ? AND uuid <> ? AND superseded_by IS NULL",
+            [(uuid, now, url, uuid) for url in urls if holds_one_archive(url)],
+        )
+        db.executemany(
+            "INSERT INTO locations (uuid, url, added) VALUES (?, ?, ?) "
+            "ON CONFLICT (uuid, url) DO UPDATE SET superseded_by = NULL, superseded_at = NULL",
+            [(uuid, url, now) for url in urls],
+        )
+
     def _check_same_archive(
         self, db: sqlite3.Connection, entry: ArchiveEntry, urls: tuple[str, ...]
     ) -> None:

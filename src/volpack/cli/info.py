@@ -84,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         lines[4] = f"used         {d['used_blocks']} blocks of {human(d['block_size'])}"
     elif d["encrypted"]:
         lines.append("encrypted    yes, opened with the key given")
+    for slot in d.get("key_slots") or []:
+        lines.append(f"key slot     {slot['fingerprint']}")
     if d.get("chain_id"):
         base = d.get("base")
         level = (

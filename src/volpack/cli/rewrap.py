@@ -49,6 +49,8 @@ def register(sub: Any) -> None:
     add_seal_options(p)
     p.add_argument("--force", action="store_true", help="replace an existing NEW")
     p.add_argument("--mode", metavar="OCTAL", help="permission bits of a new archive file")
+    p.add_argument("--catalog", metavar="PATH", help="catalog file (default: the user's catalog)")
+    p.add_argument("--no-catalog", action="store_true", help="do not record NEW")
     add_medium_options(p)
     add_output_options(p)
     p.set_defaults(func=run)
@@ -89,6 +91,10 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
         mode=None if args.mode is None else parse_mode(args.mode),
     )
+    if not args.no_catalog and args.output != "-":
+        from volpack.catalog import record_after_rewrap
+
+        record_after_rewrap(result.url, result.old_digest, args.catalog)
     lines = [
         f"archive {result.archive_uuid} -> {result.url}",
         f"{len(result.key_slots)} key slots ({result.kept_unknown} of unknown kinds kept), "

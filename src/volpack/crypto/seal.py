@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import hmac
 import struct
+import threading
 from dataclasses import dataclass
 from hashlib import sha256
 
@@ -32,6 +33,7 @@ NONCE = struct.Struct("<B3xQ")
 # associated data: magic, archive UUID, kind, final flag, cipher, sequence, dense offset,
 # length of the record's public fields (which follow)
 AD = struct.Struct("<8s16sBBHQQI")
+Buffer = bytes | bytearray | memoryview
 
 
 class Cipher(enum.IntEnum):
@@ -119,28 +121,66 @@ def _aeads(keys: Subkeys, cipher: Cipher) -> tuple[AESGCM | ChaCha20Poly1305, ..
 
 
 class Sealer:
-    """Seals the records of one archive being written. Within a kind, sequence numbers must
-    rise: a nonce can then never repeat, and the check needs no memory per record."""
+    """Seals the records of one archive being written, never one position twice (a nonce would
+    repeat). Within a kind, sequence numbers must rise: the check needs no memory per record.
+    With ``frames`` (the archive's frame count) frames are the exception: they may be sealed in
+    any order and from several threads, and a bitmap of ``frames`` bits refuses a repeat."""
 
-    def __init__(self, keys: Subkeys, cipher: Cipher = Cipher.AES_256_GCM) -> None:
+    def __init__(
+        self, keys: Subkeys, cipher: Cipher = Cipher.AES_256_GCM, frames: int | None = None
+    ) -> None:
         self.keys = keys
         self.cipher = Cipher(cipher)
         self._frames, self._tables = _aeads(keys, self.cipher)
         self._last: dict[RecordKind, int] = {}
+        self._frame_count = frames
+        self._sealed_frames = bytearray(-(-frames // 8)) if frames is not None else None
+        self._lock = threading.Lock()
 
-    def seal(self, position: RecordPosition, plaintext: bytes, public: bytes = b"") -> bytes:
+    def _claim(self, position: RecordPosition) -> None:
+        """Refuse a position sealed before (a programming error in the caller, never bad input:
+        sealing it would reuse a nonce); else remember it."""
+        with self._lock:
+            if self._sealed_frames is not None and position.kind is RecordKind.FRAME:
+                seq = position.sequence
+                if seq >= (self._frame_count or 0):
+                    raise ValueError(
+                        f"frame record {seq} sealed in an archive of {self._frame_count} frames"
+                    )
+                byte, bit = divmod(seq, 8)
+                if self._sealed_frames[byte] >> bit & 1:
+                    raise ValueError(
+                        f"frame record {seq} sealed twice: a nonce is never used twice"
+                    )
+                self._sealed_frames[byte] |= 1 << bit
+                return
+            last = self._last.get(position.kind)
+            if last is not None and position.sequence <= last:
+                raise ValueError(
+                    f"{position.kind.name} record {position.sequence} sealed after record "
+                    f"{last}: sequence numbers must rise, a nonce is never used twice"
+                )
+            self._last[position.kind] = position.sequence
+
+    def seal(self, position: RecordPosition, plaintext: Buffer, public: bytes = b"") -> bytes:
         """Ciphertext followed by the 16-byte tag."""
-        last = self._last.get(position.kind)
-        if last is not None and position.sequence <= last:
-            # A programming error in the caller, never bad input: sealing it would reuse a nonce.
-            raise ValueError(
-                f"{position.kind.name} record {position.sequence} sealed after record {last}: "
-                "sequence numbers must rise, a nonce is never used twice"
-            )
-        self._last[position.kind] = position.sequence
+        self._claim(position)
         aead = self._frames if position.kind is RecordKind.FRAME else self._tables
         ad = associated_data(self.keys.archive_uuid, self.cipher, position, public)
         return aead.encrypt(nonce(position), plaintext, ad)
+
+    def seal_into(
+        self, position: RecordPosition, plaintext: Buffer, out: memoryview, public: bytes = b""
+    ) -> int:
+        """``seal`` into ``out[:len(plaintext) + 16]`` (a reused buffer: no allocation, no page
+        faults per record); returns that length."""
+        n = len(memoryview(plaintext)) + TAG_SIZE
+        if len(out) < n:
+            raise ValueError(f"a buffer of {len(out)} bytes cannot hold {n} sealed bytes")
+        self._claim(position)
+        aead = self._frames if position.kind is RecordKind.FRAME else self._tables
+        ad = associated_data(self.keys.archive_uuid, self.cipher, position, public)
+        return aead.encrypt_into(nonce(position), plaintext, ad, out[:n])
 
 
 class RecordOpener:
@@ -152,7 +192,7 @@ class RecordOpener:
         self.subject = subject
         self._frames, self._tables = _aeads(keys, self.cipher)
 
-    def open(self, position: RecordPosition, sealed: bytes, public: bytes = b"") -> bytes:
+    def open(self, position: RecordPosition, sealed: Buffer, public: bytes = b"") -> bytes:
         """The plaintext, or TamperedArchive when the record is not the one ``position`` says,
         or was altered, or belongs to another archive."""
         aead = self._frames if position.kind is RecordKind.FRAME else self._tables
@@ -160,13 +200,33 @@ class RecordOpener:
         try:
             return aead.decrypt(nonce(position), sealed, ad)
         except InvalidTag:
-            what = f"{position.kind.name.lower().replace('_', ' ')} {position.sequence}"
-            final = ", final" if position.final else ""
-            raise TamperedArchive(
-                f"{self.subject}: sealed {what} (dense offset {position.dense_offset}{final}, "
-                f"{len(sealed)} bytes) does not authenticate: it was altered, moved or taken "
-                "from another archive; restore from another copy"
-            ) from None
+            raise self._tampered(position, len(memoryview(sealed))) from None
+
+    def open_into(
+        self, position: RecordPosition, sealed: Buffer, out: memoryview, public: bytes = b""
+    ) -> int:
+        """``open`` into ``out[:len(sealed) - 16]`` (a reused buffer); returns that length.
+        On TamperedArchive ``out`` holds nothing to use."""
+        n = len(memoryview(sealed)) - TAG_SIZE
+        if n < 0:
+            raise self._tampered(position, n + TAG_SIZE)
+        if len(out) < n:
+            raise ValueError(f"a buffer of {len(out)} bytes cannot hold {n} opened bytes")
+        aead = self._frames if position.kind is RecordKind.FRAME else self._tables
+        ad = associated_data(self.keys.archive_uuid, self.cipher, position, public)
+        try:
+            return aead.decrypt_into(nonce(position), sealed, ad, out[:n])
+        except InvalidTag:
+            raise self._tampered(position, n + TAG_SIZE) from None
+
+    def _tampered(self, position: RecordPosition, length: int) -> TamperedArchive:
+        what = f"{position.kind.name.lower().replace('_', ' ')} {position.sequence}"
+        final = ", final" if position.final else ""
+        return TamperedArchive(
+            f"{self.subject}: sealed {what} (dense offset {position.dense_offset}{final}, "
+            f"{length} bytes) does not authenticate: it was altered, moved or taken "
+            "from another archive; restore from another copy"
+        )
 
 
 def header_mac(keys: Subkeys, header: bytes) -> bytes:

@@ -20,6 +20,7 @@ from volpack.extents import Extents
 from volpack.format import records as R
 from volpack.format.description import ArchiveDescription
 from volpack.format.reader import (
+    Scratch,
     check_hash_table,
     decode_frame_payload,
     no_key,
@@ -207,6 +208,7 @@ class Archive:
         self._cache_frames = max(1, cache_bytes // header.frame_size)
         self._lock = threading.Lock()
         self._loading: dict[int, threading.Event] = {}
+        self._scratch = Scratch()  # per loading thread: where sealed frames are opened
 
     # -- summary -------------------------------------------------------------------------------
     @property
@@ -314,6 +316,7 @@ class Archive:
                 memoryview(data)[R.FRAME_HEADER_SIZE :],
                 where,
                 seed,
+                self._scratch,
             )
         return decode_frame_payload(
             zstandard.ZstdDecompressor(), fh, memoryview(data)[R.FRAME_HEADER_SIZE :], where, seed

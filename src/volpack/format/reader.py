@@ -54,6 +54,7 @@ class Head:
     # FINE incrementals: the hash blocks every block of which is covered (their own frames hash
     # to those entries); None: all of ``covered``
     whole: Extents | None = None
+    key_slots: tuple[str, ...] = ()  # ENCRYPTED: each slot's fingerprint (public)
 
 
 def head_tags(header: R.Header) -> tuple[tuple[bytes, int], ...]:
@@ -309,6 +310,7 @@ class ArchiveStream:
             unsealer=t.unsealer,
             sealed=t.sealed,
             whole=t.whole,
+            key_slots=t.key_slots,
         )
         if self.check_hashes and header.hashed and not t.sealed:
             key = t.unsealer.chain_key if t.unsealer is not None else None
@@ -330,6 +332,7 @@ class ArchiveStream:
         import zstandard
 
         local = threading.local()
+        scratch = Scratch()
         seed_uuid = h.seed_uuid
         unsealer = self.head.unsealer  # None only in a public read (read_head refused others)
 
@@ -339,11 +342,15 @@ class ArchiveStream:
                 dec = local.dec = zstandard.ZstdDecompressor()
             seed = R.frame_seed(seed_uuid, fh.seq, fh.dense_offset)
             if h.encrypted:
-                return fh.dense_offset, open_frame(unsealer, dec, fh, stored, where, seed)
+                return fh.dense_offset, open_frame(unsealer, dec, fh, stored, where, seed, scratch)
             return fh.dense_offset, decode_frame_payload(dec, fh, stored, where, seed)
 
         pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="vp-decode")
-        ready: queue.Queue[Future | BaseException | None] = queue.Queue(maxsize=2 * threads + 1)
+        # A sealed frame is opened into a buffer of its decoding thread (Scratch), and the
+        # cipher library itself takes ~10 MiB: fewer frames wait decoded (still one per decoding
+        # thread), so memory stays near a plain archive's.
+        ahead = threads if unsealer is not None else 2 * threads + 1
+        ready: queue.Queue[Future | BaseException | None] = queue.Queue(maxsize=ahead)
         stop = threading.Event()
 
         def read_frames() -> None:
@@ -502,6 +509,14 @@ def check_index_matches(
             )
 
 
+class Scratch(threading.local):
+    """Per thread, the buffer a sealed frame is opened into (reused: a fresh 4 MiB per frame
+    costs a page fault per 4 KiB). A frame stored raw is returned in it, and the sealed frame's
+    own buffer, when the caller owns it, becomes the thread's next scratch buffer."""
+
+    buf: bytearray | None = None
+
+
 def open_frame(
     unsealer: Unsealer | None,
     dec: Any,
@@ -509,10 +524,12 @@ def open_frame(
     stored: bytes | bytearray | memoryview,
     where: str,
     seed: int,
+    scratch: Scratch | None = None,
 ) -> memoryview:
     """An ENCRYPTED frame: its checksum over the sealed bytes (damage, no key needed), then with
     ``unsealer`` its tag at its own position and its raw bytes; without (a public read) the
-    sealed bytes as they are."""
+    sealed bytes as they are. ``scratch``: where to open it (see Scratch); a ``stored``
+    bytearray may then be kept as the next scratch buffer, so the caller must not reuse it."""
     actual = R.checksum(stored, seed)
     if actual != fh.raw_checksum:
         raise CorruptArchive(
@@ -522,18 +539,27 @@ def open_frame(
         )
     if unsealer is None:
         return memoryview(stored)
-    plain = unsealer.open_frame(fh.seq, fh, stored)
+    n = len(stored) - R.SEAL_TAG
+    buf = scratch.buf if scratch is not None else None
+    if buf is None or len(buf) < n:
+        buf = bytearray(max(n, 0))
+    plain = memoryview(buf)[: max(n, 0)]
+    unsealer.open_frame_into(fh.seq, fh, stored, plain)
     if fh.codec == R.CODEC_ZSTD:
         import zstandard
 
         try:
-            raw: bytes = dec.decompress(plain, max_output_size=fh.raw_length)
+            raw: bytes | memoryview = dec.decompress(plain, max_output_size=fh.raw_length)
         except zstandard.ZstdError as exc:
             raise CorruptArchive(
                 f"{where}: frame {fh.seq} does not decompress ({exc}); the archive is damaged"
             ) from None
+        if scratch is not None:
+            scratch.buf = buf  # only read from: the thread's next frame opens into it
     else:
-        raw = plain
+        raw = plain  # handed to the caller: the thread takes another buffer next time
+        if scratch is not None:
+            scratch.buf = stored if isinstance(stored, bytearray) else None
     if len(raw) != fh.raw_length:
         raise CorruptArchive(
             f"{where}: frame {fh.seq} holds {len(raw)} bytes, expected {fh.raw_length}"

@@ -134,7 +134,16 @@ class Unsealer:
         public = R.frame_public(
             fh.codec, seq, seq * self.header.frame_size, fh.raw_length, fh.stored_length
         )
-        return self.opener.open(_frame_position(seq, self.header), bytes(sealed), public)
+        return self.opener.open(_frame_position(seq, self.header), sealed, public)
+
+    def open_frame_into(
+        self, seq: int, fh: R.FrameHeader, sealed: bytes | bytearray | memoryview, out: memoryview
+    ) -> int:
+        """``open_frame`` into ``out`` (a reused buffer); returns the stored length."""
+        public = R.frame_public(
+            fh.codec, seq, seq * self.header.frame_size, fh.raw_length, fh.stored_length
+        )
+        return self.opener.open_into(_frame_position(seq, self.header), sealed, out, public)
 
     def open_hash_table(self, t: R.Trailer) -> bytes:
         public = _hash_table_public(t.hash_count, t.state_digest)
@@ -168,7 +177,9 @@ class Sealing:
         self.cipher = Cipher(keys.cipher)
         self.slots = make_slots(data_key, keys)
         self._subkeys = Subkeys.derive(data_key, uuidlib.UUID(header.uuid).bytes)
-        self._sealer = Sealer(self._subkeys, self.cipher)
+        # Frames are sealed in the encoding pool, in any order; the sealer still refuses any
+        # frame sealed twice (a nonce used twice).
+        self._sealer = Sealer(self._subkeys, self.cipher, frames=header.frame_count)
         self.chain_key = chain_key if chain_key is not None else self._subkeys.hash_table
 
     def fingerprints(self) -> tuple[str, ...]:
@@ -194,12 +205,15 @@ class Sealing:
             pos += R.RECORD_SIZE + length
         return b"".join(out)
 
-    def seal_frame(self, seq: int, codec: int, raw_len: int, stored: bytes | memoryview) -> bytes:
-        """Frame ``seq``'s stored bytes sealed; called in frame order (one thread)."""
+    def seal_frame_into(
+        self, seq: int, codec: int, raw_len: int, stored: bytes | memoryview, out: memoryview
+    ) -> int:
+        """Frame ``seq``'s stored bytes sealed into ``out`` (a reused buffer); returns the sealed
+        length. Frames may be sealed in any order, from several threads, each once."""
         public = R.frame_public(
             codec, seq, seq * self.header.frame_size, raw_len, len(stored) + R.SEAL_TAG
         )
-        return self._sealer.seal(_frame_position(seq, self.header), bytes(stored), public)
+        return self._sealer.seal_into(_frame_position(seq, self.header), stored, out, public)
 
     def seal_hash_table(self, entries: bytes, count: int, state_digest: bytes) -> bytes:
         public = _hash_table_public(count, state_digest)

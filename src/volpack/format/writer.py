@@ -34,6 +34,19 @@ Progress = Callable[[int], None]  # called with dense bytes done so far
 _HDR = R.FRAME_HEADER_SIZE
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class _Slot:
+    """One ring buffer: the frame's header and raw bytes, and (sealed archives) a second buffer
+    for its header and sealed bytes."""
+
+    raw: bytearray
+    sealed: bytearray | None
+
+
+# (bytes to write, optional second part, codec) of one encoded frame
+_Encoded = tuple[memoryview, memoryview | None, int]
+
+
 @dataclass(frozen=True, slots=True)
 class WriteResult:
     archive_size: int
@@ -142,24 +155,33 @@ class ArchiveWriter:
         if count == 0:
             return
         encoder = _Encoder(h.codec, h.codec_level, h.seed_uuid)
+        sealing = self.sealing
         # Reading the source (page-cache copies) is the longest stage without compression, so
-        # frames are produced and encoded in the same pool: two reads run at once.
-        depth = self.threads * 2 + 2
-        free: queue.Queue[bytearray] = queue.Queue()
+        # frames are produced and encoded in the same pool: two reads run at once. A sealed
+        # frame is also sealed there, into a second buffer of its ring slot: sealing on the
+        # writing thread would serialise it with the medium writes, and sealing into fresh
+        # bytes costs a page fault per 4 KiB. The raw bytes stay for the block hash table.
+        # Each sealed slot holds two buffers, so fewer slots keep memory where it was.
+        depth = self.threads * 2 + 2 if sealing is None else self.threads + 1
+        sealed_size = _HDR + h.frame_size + R.SEAL_TAG
+        free: queue.Queue[_Slot] = queue.Queue()
         for _ in range(min(depth, count)):
-            free.put(bytearray(_HDR + h.frame_size))
-        pending: queue.Queue[tuple[Future, bytearray, int] | None] = queue.Queue()
+            free.put(
+                _Slot(
+                    bytearray(_HDR + h.frame_size),
+                    None if sealing is None else bytearray(sealed_size),
+                )
+            )
+        pending: queue.Queue[tuple[Future, _Slot, int] | None] = queue.Queue()
         failure: list[BaseException] = []
 
         def writer() -> None:
             done = 0
             try:
                 while (item := pending.get()) is not None:
-                    fut, buf, seq = item
-                    first, second = fut.result()
-                    codec = R.CODEC_NONE if second is None else R.CODEC_ZSTD
-                    if sealing is not None:  # in frame order, so a nonce is never reused
-                        first, second = self._seal_frame(seq, buf, codec, second)
+                    fut, slot, seq = item
+                    first, second, codec = fut.result()
+                    buf = slot.raw
                     stored = len(first) - _HDR + (len(second) if second is not None else 0)
                     self._index[seq] = (self._offset, stored, codec, b"")
                     # The digest takes the frame header only (it carries the frame checksum);
@@ -176,21 +198,19 @@ class ArchiveWriter:
                         f.result()
                     self._stored += stored
                     done += h.frame_length(seq)
-                    free.put(buf)
+                    free.put(slot)
                     if progress is not None:
                         progress(done)
             except BaseException as exc:  # handed to the calling thread, which re-raises
                 failure.append(exc)
-                free.put(bytearray(0))  # wake the producer if it waits for a buffer
+                free.put(_Slot(bytearray(0), None))  # wake the producer if it waits for a slot
 
-        sealing = self.sealing
-
-        def make(seq: int, buf: bytearray, raw_len: int) -> tuple[memoryview, memoryview | None]:
-            produce(seq, memoryview(buf)[_HDR : _HDR + raw_len])
-            if sealing is not None:  # compressed here; sealed in order on the writing thread
-                packed = encoder.compress(memoryview(buf)[_HDR : _HDR + raw_len])
-                return memoryview(buf)[:0], None if packed is None else memoryview(packed)
-            return encoder.encode(seq, buf, raw_len, h.frame_size)
+        def make(seq: int, slot: _Slot, raw_len: int) -> _Encoded:
+            produce(seq, memoryview(slot.raw)[_HDR : _HDR + raw_len])
+            if slot.sealed is not None:
+                return self._seal_frame(seq, slot, raw_len, encoder)
+            first, second = encoder.encode(seq, slot.raw, raw_len, h.frame_size)
+            return first, second, R.CODEC_NONE if second is None else R.CODEC_ZSTD
 
         pool = ThreadPoolExecutor(self.threads, thread_name_prefix="vp-frame")
         tabler = ThreadPoolExecutor(1, thread_name_prefix="vp-hashtable")
@@ -198,11 +218,11 @@ class ArchiveWriter:
         thread.start()
         try:
             for seq in range(count):
-                buf = free.get()
+                slot = free.get()
                 if failure:
                     break
-                fut = pool.submit(make, seq, buf, h.frame_length(seq))
-                pending.put((fut, buf, seq))
+                fut = pool.submit(make, seq, slot, h.frame_length(seq))
+                pending.put((fut, slot, seq))
         finally:
             pending.put(None)
             thread.join()
@@ -211,20 +231,22 @@ class ArchiveWriter:
         if failure:
             raise failure[0]
 
-    def _seal_frame(
-        self, seq: int, buf: bytearray, codec: int, packed: memoryview | None
-    ) -> tuple[memoryview, memoryview]:
-        """The frame header and sealed bytes of frame ``seq`` (``packed``: its zstd bytes, or
-        None to store the raw bytes in ``buf``); the checksum is over the sealed bytes."""
-        assert self.sealing is not None
+    def _seal_frame(self, seq: int, slot: _Slot, raw_len: int, encoder: _Encoder) -> _Encoded:
+        """Frame ``seq`` compressed (when that shrinks it) and sealed into ``slot.sealed``: its
+        frame header and sealed bytes, the checksum over the sealed bytes. Runs in the pool, in
+        any frame order: the nonce comes from ``seq``, and the sealer refuses a repeat."""
+        assert self.sealing is not None and slot.sealed is not None
         h = self.header
-        raw_len = h.frame_length(seq)
-        plain = memoryview(buf)[_HDR : _HDR + raw_len] if packed is None else packed
-        sealed = self.sealing.seal_frame(seq, codec, raw_len, plain)
+        raw = memoryview(slot.raw)[_HDR : _HDR + raw_len]
+        packed = encoder.compress(raw)
+        codec = R.CODEC_NONE if packed is None else R.CODEC_ZSTD
+        plain = raw if packed is None else memoryview(packed)
+        out = memoryview(slot.sealed)
+        n = self.sealing.seal_frame_into(seq, codec, raw_len, plain, out[_HDR:])
         doff = seq * h.frame_size
-        checksum = R.checksum(sealed, R.frame_seed(h.seed_uuid, seq, doff))
-        head = R.encode_frame_header(codec, seq, doff, raw_len, len(sealed), checksum)
-        return memoryview(head), memoryview(sealed)
+        checksum = R.checksum(out[_HDR : _HDR + n], R.frame_seed(h.seed_uuid, seq, doff))
+        out[:_HDR] = R.encode_frame_header(codec, seq, doff, raw_len, n, checksum)
+        return out[: _HDR + n], None, codec
 
     def finish(self) -> WriteResult:
         """Write trailer and footer; the caller commits the medium."""

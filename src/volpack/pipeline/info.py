@@ -35,7 +35,7 @@ def summary(archive_url: str, keyring: Keyring | None = None) -> dict[str, Any]:
     try:
         if medium.size is not None:
             a = Archive(medium, keyring=keyring, public=True)
-            sealed = a.sealed
+            sealed, key_slots = a.sealed, a.key_slots
             h, desc, table, pmap = a.header, a.desc, a.table, a.physical_map
             extra = {
                 "complete": True,
@@ -48,7 +48,7 @@ def summary(archive_url: str, keyring: Keyring | None = None) -> dict[str, Any]:
             }
         else:
             head = ArchiveStream(medium, keyring=keyring, public=True).read_head()
-            sealed = head.sealed
+            sealed, key_slots = head.sealed, head.key_slots
             h, desc, table, pmap = head.header, head.desc, head.table, None
             extra = {"complete": None, "frames": h.frame_count}
     finally:
@@ -74,6 +74,8 @@ def summary(archive_url: str, keyring: Keyring | None = None) -> dict[str, Any]:
         "host": desc.host,
         **extra,
         "encrypted": h.encrypted,
+        # Public, with or without a key: what the catalog records (never a key or secret).
+        "key_slots": [_slot(fp) for fp in key_slots] if h.encrypted else None,
     }
     if sealed:  # read without a key: what the sealed records hold is not known
         for key in ("used_bytes", "address_table_runs", "physical_map_runs", "devices"):
@@ -82,6 +84,11 @@ def summary(archive_url: str, keyring: Keyring | None = None) -> dict[str, Any]:
         if result.get("changes") is not None or h.incremental:
             result["changes"] = None
     return result
+
+
+def _slot(fingerprint: str) -> dict[str, str]:
+    """A slot as ``info`` shows it: its kind and its fingerprint (``KIND:32 hex digits``)."""
+    return {"kind": fingerprint.split(":", 1)[0], "fingerprint": fingerprint}
 
 
 def _chain(h: R.Header, desc: ArchiveDescription) -> dict[str, Any]:

@@ -34,6 +34,7 @@ class RewrapResult:
     url: str
     archive_size: int
     digest: str  # the new archive's digest (the old one's differs: its KEYS record changed)
+    old_digest: str  # the digest of the archive it was made from (the catalog finds it by it)
     key_slots: tuple[str, ...]  # fingerprints of the new slot list
     kept_unknown: int  # slots of unknown kinds carried over as they were
     elapsed: float
@@ -110,6 +111,7 @@ def rewrap(
         # The new slot list may be shorter than the old one: shift in signed arithmetic.
         moved = t.index["offset"].astype(np.int64) + shift
         index["offset"] = moved.astype(index["offset"].dtype)
+        opened = bytearray(header.frame_size)  # each frame is opened into it, then dropped
         for seq in range(t.frame_count):
             # One frame at a time (memory bounded by the frame size); checked, authenticated
             # with the old data key, then copied as it is.
@@ -129,7 +131,8 @@ def rewrap(
                     f"{at}: frame {seq} checksum of its sealed bytes does not match; the "
                     "archive is damaged: rewrap a good copy"
                 )
-            archive.unsealer.open_frame(seq, fh, sealed)  # TamperedArchive if forged
+            # TamperedArchive if forged
+            archive.unsealer.open_frame_into(seq, fh, sealed, memoryview(opened))
             emit(data, hashed=frame_hashed)
         trailer_offset = t.trailer_offset + shift
         new_t = R.Trailer(
@@ -198,6 +201,7 @@ def rewrap(
         url=medium.location,
         archive_size=length,
         digest=digest.hex(),
+        old_digest=t.digest.hex(),
         key_slots=tuple(fingerprint(s) for s in slots),
         kept_unknown=len(kept),
         elapsed=time.perf_counter() - t0,

@@ -1,0 +1,186 @@
+"""Issue 14 rows: sealed archives against plain ones on the same image, in the same run.
+
+A `--compress zstd:1` backup to a file, plain and sealed to an age X25519 recipient (an identity
+made with `volpack key generate`); the restore of each (the sealed one with `--identity`); the
+`verify` of each without a key (a sealed archive is then checked as media: ciphertext checksums,
+tables, digest), and of the sealed one with its key. Plain and sealed runs alternate, and which
+goes first alternates too, so that a load change on the shared machine hits both alike.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import measure
+
+VOLPACK = (sys.executable, "-m", "volpack")
+IMAGES = ("ext4", "dense")
+# Row names; bench/targets.py compares each sealed row with the plain row of its pair.
+BACKUP = "volpack backup --compress zstd:1"
+BACKUP_SEALED = "volpack backup --compress zstd:1 --recipient"
+RESTORE = "volpack restore (zstd:1)"
+RESTORE_SEALED = "volpack restore (zstd:1, sealed) --identity"
+VERIFY = "volpack verify (zstd:1)"
+VERIFY_SEALED = "volpack verify (zstd:1, sealed) without key"
+VERIFY_KEYED = "volpack verify (zstd:1, sealed) --identity"
+# (plain row, sealed row, kind): the pairs targets.py checks
+PAIRS = (
+    (BACKUP, BACKUP_SEALED, "seal-backup"),
+    (RESTORE, RESTORE_SEALED, "seal-restore"),
+    (VERIFY, VERIFY_SEALED, "seal-verify"),
+)
+
+
+def _vp(*args: str) -> list[str]:
+    return [*VOLPACK, *args]
+
+
+def _timed_pair(
+    img, names: tuple[str, ...], kind: str, runs: list[list[list[str]]], outputs, warm, repeat: int
+) -> list[measure.Row]:
+    """Time each of ``runs`` (one per name) ``repeat`` times, interleaved: first in order, then
+    reversed, and so on. ``outputs`` are removed before each run and the last kept; ``warm`` are
+    read into the page cache before each."""
+    rows = [measure.Row(img.name, n, kind, False) for n in names]
+    rss = [0] * len(rows)
+    failed = [False] * len(rows)
+    for rep in range(repeat):
+        order = list(range(len(rows)))
+        if rep % 2:
+            order.reverse()
+        for i in order:
+            if failed[i]:
+                continue
+            if outputs[i] is not None:
+                measure.remove(outputs[i])
+            os.sync()
+            if warm[i] is not None:
+                measure.warm(warm[i])
+            t = measure.run_timed([runs[i]])
+            if not t.ok:
+                rows[i].note = f"failed: {t.error}"
+                failed[i] = True
+                continue
+            rows[i].walls.append(round(t.wall, 3))
+            rss[i] = max(rss[i], t.rss_kib)
+    for row, peak, bad in zip(rows, rss, failed, strict=True):
+        if bad or not row.walls:
+            row.walls = []
+            continue
+        row.wall = statistics.median(row.walls)
+        row.rss_mib = round(peak / 1024, 1)
+    for row, out in zip(rows, outputs, strict=True):
+        if out is not None and out.exists() and row.wall is not None:
+            row.size, row.apparent = measure.disk_usage(out)
+    return rows
+
+
+def rows(img, out: Path, repeat: int) -> list[measure.Row]:
+    if img.name not in IMAGES:
+        return []
+    work = out / "crypto"
+    measure.remove(work)
+    work.mkdir(parents=True)
+    try:
+        return _rows(img, work, repeat)
+    except (RuntimeError, subprocess.CalledProcessError) as exc:
+        return [
+            measure.Row(img.name, "sealed archives", "seal-backup", False, note=f"failed: {exc}")
+        ]
+    finally:
+        measure.remove(work)
+
+
+def _rows(img, work: Path, repeat: int) -> list[measure.Row]:
+    key = work / "backup.key"
+    res = subprocess.run(
+        _vp("key", "generate", "-o", str(key), "-q"), capture_output=True, text=True
+    )
+    if res.returncode != 0:
+        raise RuntimeError(f"volpack key generate: {res.stderr.strip()[-300:]}")
+    recipient = res.stdout.strip().splitlines()[-1]
+    plain, sealed = work / "plain.vpk", work / "sealed.vpk"
+    src = str(img.path)
+    common = ("--compress", "zstd:1", "--no-catalog", "-q")
+    result = _timed_pair(
+        img,
+        (BACKUP, BACKUP_SEALED),
+        "seal-backup",
+        [
+            _vp("backup", src, str(plain), *common),
+            _vp("backup", src, str(sealed), *common, "--recipient", recipient),
+        ],
+        [plain, sealed],
+        [img.path, img.path],
+        repeat,
+    )
+    if not (plain.exists() and sealed.exists()):
+        return result
+    target = work / "restored.img"
+    result += _timed_pair(
+        img,
+        (RESTORE, RESTORE_SEALED),
+        "seal-restore",
+        [
+            _vp("restore", str(plain), str(target), "-q", "--force"),
+            _vp("restore", str(sealed), str(target), "-q", "--force", "--identity", str(key)),
+        ],
+        [target, target],
+        [plain, sealed],
+        repeat,
+    )
+    for r in result[-2:]:
+        r.size = r.apparent = None  # the restored image, not an archive
+    measure.remove(target)
+    result += _timed_pair(
+        img,
+        (VERIFY, VERIFY_SEALED, VERIFY_KEYED),
+        "seal-verify",
+        [
+            _vp("verify", str(plain), "-q"),
+            _vp("verify", str(sealed), "-q"),
+            _vp("verify", str(sealed), "-q", "--identity", str(key)),
+        ],
+        [None, None, None],
+        [plain, sealed, sealed],
+        repeat,
+    )
+    return result
+
+
+def main() -> int:
+    """Only these rows (the volpack on PYTHONPATH is the one timed): for before/after runs of a
+    change to sealing without the whole bench. ``bench/run.py`` runs them with everything else."""
+    import argparse
+
+    import images
+    import run
+    import targets
+
+    ap = argparse.ArgumentParser(description="issue 14 rows only: plain against sealed archives")
+    ap.add_argument("--only", default=",".join(IMAGES), help="images: " + ",".join(IMAGES))
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--workdir", type=Path, default=Path(__file__).resolve().parent / "work")
+    args = ap.parse_args()
+    names = [n for n in args.only.split(",") if n]
+    run.compile_volpack()
+    info = run.machine()
+    print(run.header(info, args.repeat))
+    for img in images.ensure(names, args.workdir, False, run.log):
+        out = args.workdir / "out" / img.name
+        out.mkdir(parents=True, exist_ok=True)
+        measure.prefault_bytes = int(img.shape["allocated"] * 1.25) + (256 << 20)
+        found = rows(img, out, args.repeat)
+        print(f"## {img.name}, load average {os.getloadavg()[0]:.1f} at the end\n")
+        print(run.table(found) + "\n")
+        print(targets.render(targets._crypto_checks(img, found)) + "\n", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.exit(main())
