@@ -149,6 +149,17 @@ def test_write_errors_from_the_server_fail_the_restore_with_exit_8(tmp_path, arc
     assert "the server failed a write" in r.stderr and r.stderr.count("\n") == 1
 
 
+def test_a_failed_zeroing_sent_without_waiting_still_fails_the_restore_with_exit_8(
+    tmp_path, archive
+):
+    target = garbage(tmp_path / "t.raw", 64 * MiB)
+    sock = tmp_path / "w.sock"
+    with nbdkit(sock, "--filter=error", "file", str(target), "error-zero-rate=100%"):
+        r = volpack("restore", str(archive), url(sock), "--force", cwd=tmp_path)
+    assert r.returncode == 8, r.stderr
+    assert "the server failed zeroing" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
 def test_restore_to_an_unreachable_export_is_exit_8(tmp_path, archive):
     r = volpack("restore", str(archive), url(tmp_path / "none.sock"), "--force", cwd=tmp_path)
     assert r.returncode == 8 and "cannot connect" in r.stderr
