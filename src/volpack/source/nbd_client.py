@@ -80,7 +80,8 @@ class NbdClient:
         self._receiving = False
         self._broken: str | None = None
         self._behind: list[_Request] = []  # write_behind requests not yet settled
-        self._zeros = memoryview(b"")  # the payload of zero writes, for servers without WRITE_ZEROES
+        # The payload of zero writes, for servers that do not offer WRITE_ZEROES.
+        self._zeros = memoryview(b"")
 
     # -- the request table ---------------------------------------------------------------------
     def _wait(self, ready: Callable[[], bool]) -> None:
