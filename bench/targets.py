@@ -213,6 +213,7 @@ def evaluate(img: Image, rows: list[Row], levels: list[Row]) -> list[Check]:
             )
         )
     checks += _nbd_checks(img, rows)
+    checks += _nbd_live_checks(img, rows)
     checks += _issue15_checks(img, rows)
     checks += _incr_checks(img, rows)
     checks += _crypto_checks(img, rows)
@@ -310,6 +311,34 @@ def _nbd_checks(img: Image, rows: list[Row]) -> list[Check]:
                     (lat.wall or 0) < 0.005,
                 )
             )
+    return out
+
+
+def _nbd_live_checks(img: Image, rows: list[Row]) -> list[Check]:
+    """Issue 13 (bench/nbd_live.py): backup from and restore into a qemu-nbd export at ≥ 90 % of
+    nbdcopy's throughput on the same export; a bitmap incremental reads only what it must."""
+    import nbd_live as L
+
+    if not any(r.kind in ("nbd-source", "nbd-target", "nbd-incr") for r in rows):
+        return []
+    out = [
+        _ratio_check(13, img, rows, L.BACKUP, [L.BACKUP_PEER], 1 / 0.9, "backup from NBD ≥ 90 %"),
+        _ratio_check(
+            13, img, rows, L.RESTORE, [L.RESTORE_PEER], 1 / 0.9, "restore into NBD ≥ 90 %"
+        ),
+    ]
+    target = (
+        "NBD incremental with --bitmap reads only the dirty hash blocks: server bytes read ≤ "
+        "1.01x (used bytes of the dirty hash blocks + the sample check + detection's metadata)"
+    )
+    reads = next((r for r in rows if r.name == L.INCR_READ), None)
+    incr = next((r for r in rows if r.name == L.INCR), None)
+    if reads is None or not reads.walls:
+        why = (incr.note if incr is not None else "") or "skipped: no incremental over NBD"
+        out.append(Check(13, img.name, target, why, None))
+    else:
+        ok = reads.walls[0] <= 1.01 and incr is not None and "bitmap:" in incr.note
+        out.append(Check(13, img.name, target, reads.note, ok))
     return out
 
 

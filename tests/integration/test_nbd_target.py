@@ -4,6 +4,7 @@ qemu-img compare as the oracle, and the device contract (--force, size checks, z
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -149,6 +150,36 @@ def test_write_errors_from_the_server_fail_the_restore_with_exit_8(tmp_path, arc
     assert "the server failed a write" in r.stderr and r.stderr.count("\n") == 1
 
 
+def test_a_failed_zeroing_sent_without_waiting_still_fails_the_restore_with_exit_8(
+    tmp_path, archive
+):
+    target = garbage(tmp_path / "t.raw", 64 * MiB)
+    sock = tmp_path / "w.sock"
+    with nbdkit(sock, "--filter=error", "file", str(target), "error-zero-rate=100%"):
+        r = volpack("restore", str(archive), url(sock), "--force", cwd=tmp_path)
+    assert r.returncode == 8, r.stderr
+    assert "the server failed zeroing" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
 def test_restore_to_an_unreachable_export_is_exit_8(tmp_path, archive):
     r = volpack("restore", str(archive), url(tmp_path / "none.sock"), "--force", cwd=tmp_path)
     assert r.returncode == 8 and "cannot connect" in r.stderr
+
+
+def test_a_unix_socket_client_holds_a_whole_write_piece_in_its_send_buffer(tmp_path):
+    """A restore hands the server 2 MiB writes: with the default ~208 KiB send buffer the two
+    sides woke each other every 208 KiB (the kernel caps the request at net.core.wmem_max)."""
+    from volpack.errors import TargetError
+    from volpack.source.nbd_client import PIECE, NbdClient
+
+    with open("/proc/sys/net/core/wmem_max") as f:
+        cap = int(f.read())
+    sock = tmp_path / "w.sock"
+    with nbdkit(sock, "memory", "8M"):
+        client = NbdClient(url(sock), TargetError, write=True)
+        try:
+            got = client._conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        finally:
+            client.close()
+    # Linux reports twice the size asked for (bookkeeping included).
+    assert got >= 2 * min(cap, 2 * PIECE), got

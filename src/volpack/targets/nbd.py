@@ -43,7 +43,8 @@ class NbdTarget:
 
     def _zero(self, start: int, end: int) -> None:
         if not self.assume_zeroed:
-            self._client.zero(start, end)
+            # Sent without waiting, as the writes are; finish() settles every reply.
+            self._client.zero_behind(start, end)
 
     def write_at(self, offset: int, data: memoryview) -> None:
         self._zero(self.zeroed_to, offset)
