@@ -262,10 +262,10 @@ def refine(
     blocks now and in the base's state; ``read_base(offset, length)`` reads the base's state.
 
     A hash block covered in part keeps its other blocks from the base, so its entry is the hash
-    of: covered blocks as the new archive holds them, the others as the base's state (the
-    source's bytes where the base held data, zeros elsewhere — equal while the hint is right).
-    Whether the hint is right *inside* those hash blocks is checked on a sample of them
-    (max(16, 0.1 %), first and last included) against the base's bytes."""
+    of the base's bytes with the covered blocks as the new archive holds them: what a restore of
+    the chain gives, whatever the hint missed. Whether the hint is right *inside* those hash
+    blocks is checked on a sample of them (max(16, 0.1 %), first and last included): the source
+    must equal the base's bytes where the hint says nothing changed."""
     assert changes.dirty is not None and changes.whole is not None
     hbs = base.hash_block_size
     per = hbs // block_size
@@ -281,17 +281,8 @@ def refine(
     partial = inside.subtract(blocks).scale_out(per)
     if not len(partial):
         return Fine(blocks, partial, HashTable(hbs, src.size, _no_entries(), base.key), 0, 0)
-    # What the state holds in the partial hash blocks: the source where the new archive covers
-    # a used block or the base holds data outside what it covers.
     in_partial = partial.scale_in(per).clip(0, vblocks)
     kept = in_partial.subtract(blocks).intersect(base_used)
-    state_bytes = (
-        blocks.intersect(used)
-        .union(kept)
-        .intersect(in_partial)
-        .scale_in(block_size)
-        .clip(0, src.size)
-    )
     sample = sample_indices(partial, max(SAMPLE_MIN, int(partial.total() * SAMPLE_SHARE)))
     kept_bytes = kept.scale_in(block_size).clip(0, src.size)
     checked = 0
@@ -306,11 +297,55 @@ def refine(
                     "were, but they differ from the base's; those hash blocks are covered whole "
                     "instead"
                 )
+    state = _PartialState(
+        src,
+        read_base,
+        blocks.intersect(used).intersect(in_partial).scale_in(block_size).clip(0, src.size),
+        blocks.subtract(used).intersect(in_partial).scale_in(block_size).clip(0, src.size),
+        hbs,
+        base.key,
+    )
     indices = block_indices(partial)
-    hasher = _Hasher(src, state_bytes, hbs, threads, base.key)
-    hashes = hasher.many(indices)
+    with ThreadPoolExecutor(threads + 1, thread_name_prefix="vp-partial") as pool:
+        got = b"".join(pool.map(state.hash, indices.tolist()))
+    hashes = np.frombuffer(got, HASH_DTYPE)
     table = HashTable.from_arrays(hbs, src.size, indices, hashes, base.key)
-    return Fine(blocks, partial, table, hasher.read_bytes + checked, len(sample))
+    return Fine(blocks, partial, table, state.read_bytes + checked, len(sample))
+
+
+class _PartialState:
+    """Hashes a hash block covered in part as the chain will hold it: the base's bytes (read
+    from the base's archives, not the source: a live source is read only where it changed), the
+    covered blocks put over them — used ones from the source, the rest zeros."""
+
+    def __init__(
+        self,
+        src: Source,
+        read_base: Callable[[int, int], bytes],
+        data: Extents,
+        zeros: Extents,
+        hbs: int,
+        key: bytes | None,
+    ) -> None:
+        self.src, self.read_base, self.data, self.zeros = src, read_base, data, zeros
+        self.hbs, self.key = hbs, key
+        self.read_bytes = 0
+        self._count = threading.Lock()
+
+    def hash(self, index: int) -> bytes:
+        start = index * self.hbs
+        end = min(start + self.hbs, self.src.size)
+        buf = bytearray(self.read_base(start, end - start))
+        view = memoryview(buf)
+        read = 0
+        for s, e in self.data.clip(start, end):
+            self.src.read_into(s, view[s - start : e - start])
+            read += e - s
+        for s, e in self.zeros.clip(start, end):
+            view[s - start : e - start] = bytes(e - s)
+        with self._count:
+            self.read_bytes += read
+        return block_hash(view, self.key)
 
 
 def _no_entries() -> np.ndarray:
