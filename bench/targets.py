@@ -328,8 +328,8 @@ def _nbd_live_checks(img: Image, rows: list[Row]) -> list[Check]:
         ),
     ]
     target = (
-        "NBD incremental with --bitmap reads only the dirty hash blocks: server bytes read ≤ "
-        "1.01x (used bytes of the dirty hash blocks + the sample check + detection's metadata)"
+        "NBD incremental with --bitmap reads only the dirty extents: server bytes read ≤ 1.01x "
+        "(dirty bytes + the sampled hash blocks + detection's metadata)"
     )
     reads = next((r for r in rows if r.name == L.INCR_READ), None)
     incr = next((r for r in rows if r.name == L.INCR), None)
