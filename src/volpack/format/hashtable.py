@@ -11,7 +11,7 @@ from __future__ import annotations
 import array
 import functools
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import blake3
@@ -245,8 +245,12 @@ class HashBuilder:
         volume_size: int,
         hash_block_size: int,
         key: bytes | None = None,
+        fill: Callable[[int, int], bytes | bytearray] | None = None,
     ) -> None:
+        """``fill(start, end)``: the bytes between fed data (default zeros); a FINE incremental
+        gives its base's bytes there."""
         self.key = key
+        self.fill = fill
         self.table = table
         self.volume_size = volume_size
         self.hbs = hash_block_size
@@ -268,18 +272,27 @@ class HashBuilder:
                     self._close()
                     self._index, self._pos = index, index * self.hbs
                     self._hasher = _hasher(self.key)
+                self._gap(v)
                 assert self._hasher is not None
-                _feed_zeros(self._hasher, v - self._pos)
                 take = min(n, (index + 1) * self.hbs - v)
                 self._hasher.update(raw[at : at + take])
                 self._pos = v + take
                 v, at, n = v + take, at + take, n - take
 
+    def _gap(self, upto: int) -> None:
+        """Feed the current hash block what lies between the last data fed and ``upto``."""
+        assert self._hasher is not None
+        if upto <= self._pos:
+            return
+        if self.fill is None:
+            _feed_zeros(self._hasher, upto - self._pos)
+        else:
+            self._hasher.update(self.fill(self._pos, upto))
+
     def _close(self) -> None:
         if self._hasher is None:
             return
-        end = min((self._index + 1) * self.hbs, self.volume_size)
-        _feed_zeros(self._hasher, end - self._pos)
+        self._gap(min((self._index + 1) * self.hbs, self.volume_size))
         self._indices.append(self._index)
         self._hashes += self._hasher.digest(HASH_SIZE)
         self._hasher = None

@@ -177,6 +177,7 @@ def backup(
     src = None
     medium = None
     stage = None
+    fine: Fine | str | None = None
     try:
         src = opened or _open(source, source_format, pvs, base_archive)
         check_distinct(
@@ -240,9 +241,9 @@ def backup(
                 )
             elif fine is not None:
                 covered_blocks = fine.blocks
-                partial, partial_table = fine.partial, fine.table
+                nodata, nodata_table = fine.nodata, fine.table
                 state = lambda own: base_table.apply(  # noqa: E731
-                    covered, own.apply(partial, partial_table)
+                    covered, own.apply(nodata, nodata_table)
                 )
                 features |= R.FEATURE_FINE
                 changes = dataclasses.replace(
@@ -301,7 +302,8 @@ def backup(
             + (R.encode_ztab(zeros) if header.incremental else b"")
         )
         key = sealing.chain_key if sealing is not None else None
-        hashes = HashBuilder(table, header.volume_size, header.hash_block_size, key)
+        background = fine.fill if isinstance(fine, Fine) else None
+        hashes = HashBuilder(table, header.volume_size, header.hash_block_size, key, background)
         writer = ArchiveWriter(
             medium, header, head, threads=threads, hashes=hashes, state=state, sealing=sealing
         )
@@ -336,6 +338,8 @@ def backup(
             src.close()
         if stage is not None:
             stage.close()
+        if isinstance(fine, Fine):
+            fine.close()
         if base_archive is not None:
             base_archive.close()
     return BackupResult(
@@ -471,9 +475,14 @@ def _fine(
         chain = resolve_chain(base, Places(catalog=catalog, keyring=keyring))
     except VolpackError:
         return None
+
+    def close() -> None:
+        for link in chain[1:]:
+            link.close()
+
     try:
         view = ChainView(chain)
-        return C.refine(
+        fine = C.refine(
             src,
             detection.used,
             base.block_size,
@@ -483,9 +492,14 @@ def _fine(
             view.read,
             threads,
         )
-    finally:
-        for link in chain[1:]:
-            link.close()
+    except BaseException:
+        close()
+        raise
+    if isinstance(fine, str):
+        close()
+        return fine
+    # The writer's hash table reads the base's bytes through the chain: closed after it.
+    return dataclasses.replace(fine, close=close)
 
 
 def _changes(

@@ -238,13 +238,39 @@ def dirty_hint(src: Source, name: str) -> Extents | str:
 @dataclass(frozen=True, slots=True)
 class Fine:
     """Block coverage inside the hash blocks a checked hint touches (format FINE): the blocks to
-    cover, and the hash of each hash block they fill only in part, as the state will be."""
+    cover; ``fill``, what the hash blocks covered in part hold where the new archive's frames do
+    not (the base's bytes), for the writer's hash table; and the entries of those of them that
+    get no frame data at all (runs ``nodata``), which the writer never sees."""
 
     blocks: Extents  # covered volume blocks
-    partial: Extents  # hash blocks covered in part (runs of indices)
+    fill: StateFill
+    nodata: Extents  # hash blocks covered in part with no data in the new archive
     table: HashTable  # their entries in the state the incremental leaves
     read_bytes: int
     sampled: int
+    close: Callable[[], None] = lambda: None  # closes the base's chain once the writer is done
+
+
+class StateFill:
+    """The state a FINE incremental leaves, where its frames hold nothing: inside the hash blocks
+    it covers in part, the base's bytes (read from the base's archives, never the source: a live
+    source is read only where it changed) with its zero runs put over them; zeros elsewhere."""
+
+    def __init__(
+        self, read_base: Callable[[int, int], bytes], partial: Extents, zeros: Extents
+    ) -> None:
+        self.read_base, self.partial, self.zeros = read_base, partial, zeros  # byte runs
+
+    def __call__(self, start: int, end: int) -> bytes | bytearray:
+        inside = self.partial.clip(start, end)
+        if not len(inside):
+            return bytes(end - start)
+        out = bytearray(end - start)
+        for s, e in inside:
+            out[s - start : e - start] = self.read_base(s, e - s)
+        for s, e in self.zeros.clip(start, end):
+            out[s - start : e - start] = bytes(e - s)
+        return out
 
 
 def refine(
@@ -263,7 +289,8 @@ def refine(
 
     A hash block covered in part keeps its other blocks from the base, so its entry is the hash
     of the base's bytes with the covered blocks as the new archive holds them: what a restore of
-    the chain gives, whatever the hint missed. Whether the hint is right *inside* those hash
+    the chain gives, whatever the hint missed. The writer's hash table makes it (``fill`` gives
+    it the base's bytes between its frames' data); here only those with no data are hashed. Whether the hint is right *inside* those hash
     blocks is checked on a sample of them (max(16, 0.1 %), first and last included): the source
     must equal the base's bytes where the hint says nothing changed."""
     assert changes.dirty is not None and changes.whole is not None
@@ -279,8 +306,13 @@ def refine(
         .intersect(inside)
     )
     partial = inside.subtract(blocks).scale_out(per)
+    zeros = blocks.subtract(used).scale_in(block_size).clip(0, src.size)
+    fill = StateFill(read_base, partial.scale_in(hbs).clip(0, src.size), zeros)
+    with_data = blocks.intersect(used).scale_out(per)
+    nodata = partial.subtract(with_data)
+    empty = HashTable(hbs, src.size, _no_entries(), base.key)
     if not len(partial):
-        return Fine(blocks, partial, HashTable(hbs, src.size, _no_entries(), base.key), 0, 0)
+        return Fine(blocks, fill, nodata, empty, 0, 0)
     in_partial = partial.scale_in(per).clip(0, vblocks)
     kept = in_partial.subtract(blocks).intersect(base_used)
     sample = sample_indices(partial, max(SAMPLE_MIN, int(partial.total() * SAMPLE_SHARE)))
@@ -297,55 +329,16 @@ def refine(
                     "were, but they differ from the base's; those hash blocks are covered whole "
                     "instead"
                 )
-    state = _PartialState(
-        src,
-        read_base,
-        blocks.intersect(used).intersect(in_partial).scale_in(block_size).clip(0, src.size),
-        blocks.subtract(used).intersect(in_partial).scale_in(block_size).clip(0, src.size),
-        hbs,
-        base.key,
-    )
-    indices = block_indices(partial)
+    indices = block_indices(nodata)
+
+    def one(index: int) -> bytes:
+        start = index * hbs
+        return block_hash(fill(start, min(start + hbs, src.size)), base.key)
+
     with ThreadPoolExecutor(threads + 1, thread_name_prefix="vp-partial") as pool:
-        got = b"".join(pool.map(state.hash, indices.tolist()))
-    hashes = np.frombuffer(got, HASH_DTYPE)
-    table = HashTable.from_arrays(hbs, src.size, indices, hashes, base.key)
-    return Fine(blocks, partial, table, state.read_bytes + checked, len(sample))
-
-
-class _PartialState:
-    """Hashes a hash block covered in part as the chain will hold it: the base's bytes (read
-    from the base's archives, not the source: a live source is read only where it changed), the
-    covered blocks put over them — used ones from the source, the rest zeros."""
-
-    def __init__(
-        self,
-        src: Source,
-        read_base: Callable[[int, int], bytes],
-        data: Extents,
-        zeros: Extents,
-        hbs: int,
-        key: bytes | None,
-    ) -> None:
-        self.src, self.read_base, self.data, self.zeros = src, read_base, data, zeros
-        self.hbs, self.key = hbs, key
-        self.read_bytes = 0
-        self._count = threading.Lock()
-
-    def hash(self, index: int) -> bytes:
-        start = index * self.hbs
-        end = min(start + self.hbs, self.src.size)
-        buf = bytearray(self.read_base(start, end - start))
-        view = memoryview(buf)
-        read = 0
-        for s, e in self.data.clip(start, end):
-            self.src.read_into(s, view[s - start : e - start])
-            read += e - s
-        for s, e in self.zeros.clip(start, end):
-            view[s - start : e - start] = bytes(e - s)
-        with self._count:
-            self.read_bytes += read
-        return block_hash(view, self.key)
+        got = b"".join(pool.map(one, indices.tolist()))
+    table = HashTable.from_arrays(hbs, src.size, indices, np.frombuffer(got, HASH_DTYPE), base.key)
+    return Fine(blocks, fill, nodata, table, checked, len(sample))
 
 
 def _no_entries() -> np.ndarray:
