@@ -12,7 +12,7 @@ import logging
 import re
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,35 +87,32 @@ def record_after_backup(
 def record_archive(url: str, catalog_path: str | None) -> bool:
     """Record the archive at ``url`` as rebuild would (read from its trailer); like
     ``record_after_backup`` it only warns when the catalog cannot take it."""
-    from volpack.format.random_access import open_archive
-
-    path = _catalog_path(catalog_path)
-    try:
-        with open_archive(url) as archive, Catalog.open(path) as catalog:
-            catalog.add(entry_from_archive(archive, archive.url))
-    except (VolpackError, sqlite3.Error, OSError) as exc:
-        log.warning(
-            "archive at %s was written but not recorded in the catalog %s: %s; "
-            "run 'volpack catalog rebuild %s' later",
-            url,
-            path,
-            exc,
-            url,
-        )
-        return False
-    return True
+    return _record(url, catalog_path, lambda catalog, entry: catalog.add(entry))
 
 
 def record_after_rewrap(url: str, old_digest: str, catalog_path: str | None) -> bool:
     """Record the rewrapped archive at ``url`` (public fields from its trailer: no key needed),
     made from the archive whose digest is ``old_digest`` (``Catalog.add_rewrap``: another place
     holding that archive when it is recorded). Like ``record_after_backup`` it only warns."""
+    return _record(
+        url, catalog_path, lambda catalog, entry: catalog.add_rewrap(entry, old_digest), True
+    )
+
+
+def _record(
+    url: str,
+    catalog_path: str | None,
+    add: Callable[[Catalog, ArchiveEntry], None],
+    public: bool = False,
+) -> bool:
+    """Read the archive at ``url`` from its trailer and ``add`` it; a warning, not an error,
+    when that fails: the archive itself is good."""
     from volpack.format.random_access import open_archive
 
     path = _catalog_path(catalog_path)
     try:
-        with open_archive(url, public=True) as archive, Catalog.open(path) as catalog:
-            catalog.add_rewrap(entry_from_archive(archive, archive.url), old_digest)
+        with open_archive(url, public=public) as archive, Catalog.open(path) as catalog:
+            add(catalog, entry_from_archive(archive, archive.url))
     except (VolpackError, sqlite3.Error, OSError) as exc:
         log.warning(
             "archive at %s was written but not recorded in the catalog %s: %s; "
