@@ -864,3 +864,18 @@ def decode_footer(
         f"footer trailer offset {toff} + length {tlen} + {FOOTER_SIZE} != length {alen}",
     )
     return Footer(toff, tlen, str(uuidlib.UUID(bytes=uid)), major, minor, alen)
+
+
+def encode_tail(header: Header, trailer_offset: int, body: bytes, digest: bytes) -> bytes:
+    """The archive's last bytes: the TRLR record (``body`` then ``digest``) and the footer that
+    points back to it."""
+    trailer = encode_record(TAG_TRLR, body + digest)
+    footer = Footer(
+        trailer_offset=trailer_offset,
+        trailer_length=len(trailer),
+        uuid=header.uuid,
+        major=header.major,
+        minor=header.minor,
+        archive_length=trailer_offset + len(trailer) + FOOTER_SIZE,
+    )
+    return trailer + encode_footer(footer)

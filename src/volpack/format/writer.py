@@ -281,21 +281,9 @@ class ArchiveWriter:
         # checksum covers the digest (docs/format.md section 5).
         self._digest.update(body)
         digest = self._digest.digest()
-        trailer = R.encode_record(R.TAG_TRLR, body + digest)
-        self.medium.write(trailer)
-        length = trailer_offset + len(trailer) + R.FOOTER_SIZE
-        self.medium.write(
-            R.encode_footer(
-                R.Footer(
-                    trailer_offset=trailer_offset,
-                    trailer_length=len(trailer),
-                    uuid=h.uuid,
-                    major=h.major,
-                    minor=h.minor,
-                    archive_length=length,
-                )
-            )
-        )
+        tail = R.encode_tail(h, trailer_offset, body, digest)
+        self.medium.write(tail)
+        length = trailer_offset + len(tail)
         return WriteResult(
             length, self._stored, h.frame_count, digest.hex(), table.state_digest().hex()
         )

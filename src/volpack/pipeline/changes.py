@@ -18,7 +18,7 @@ import numpy as np
 
 from volpack.errors import UsageError
 from volpack.extents import Extents
-from volpack.format.hashtable import HASH_DTYPE, HashTable, block_hash, same_hashes
+from volpack.format.hashtable import ENTRY_DTYPE, HASH_DTYPE, HashTable, block_hash, same_hashes
 from volpack.source.base import Source
 
 SAMPLE_MIN, SAMPLE_SHARE = 16, 0.001
@@ -310,7 +310,7 @@ def refine(
     fill = StateFill(read_base, partial.scale_in(hbs).clip(0, src.size), zeros)
     with_data = blocks.intersect(used).scale_out(per)
     nodata = partial.subtract(with_data)
-    empty = HashTable(hbs, src.size, _no_entries(), base.key)
+    empty = HashTable(hbs, src.size, np.zeros(0, ENTRY_DTYPE), base.key)
     if not len(partial):
         return Fine(blocks, fill, nodata, empty, 0, 0)
     in_partial = partial.scale_in(per).clip(0, vblocks)
@@ -339,9 +339,3 @@ def refine(
         got = b"".join(pool.map(one, indices.tolist()))
     table = HashTable.from_arrays(hbs, src.size, indices, np.frombuffer(got, HASH_DTYPE), base.key)
     return Fine(blocks, fill, nodata, table, checked, len(sample))
-
-
-def _no_entries() -> np.ndarray:
-    from volpack.format.hashtable import ENTRY_DTYPE
-
-    return np.zeros(0, ENTRY_DTYPE)

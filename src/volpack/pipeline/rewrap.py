@@ -174,21 +174,9 @@ def rewrap(
         body = R.trailer_body(new_t)
         new_digest.update(body)
         digest = new_digest.digest()
-        trailer = R.encode_record(R.TAG_TRLR, body + digest)
-        medium.write(trailer)
-        length = trailer_offset + len(trailer) + R.FOOTER_SIZE
-        medium.write(
-            R.encode_footer(
-                R.Footer(
-                    trailer_offset=trailer_offset,
-                    trailer_length=len(trailer),
-                    uuid=header.uuid,
-                    major=header.major,
-                    minor=header.minor,
-                    archive_length=length,
-                )
-            )
-        )
+        tail = R.encode_tail(header, trailer_offset, body, digest)
+        medium.write(tail)
+        length = trailer_offset + len(tail)
         medium.commit()
     except BaseException:
         if medium is not None:
