@@ -15,6 +15,11 @@ from typing import NoReturn
 
 from volpack.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EXIT_WARNING, VolpackError
 
+# numpy holds volpack's tables and never multiplies matrices, but importing it starts OpenBLAS's
+# worker threads, which spin for a while on the cores the pipeline needs (1-3 % of a backup's
+# CPU in perf). The console script runs one job a process, so it keeps BLAS to one thread.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 # Verb modules under volpack.cli, in help order. Each has register(subparsers) -> None, which
 # sets ``func`` (args -> exit code) on its parser.
 VERBS = (

@@ -34,13 +34,33 @@ Progress = Callable[[int], None]  # called with dense bytes done so far
 _HDR = R.FRAME_HEADER_SIZE
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class _Slot:
-    """One ring buffer: the frame's header and raw bytes, and (sealed archives) a second buffer
-    for its header and sealed bytes."""
+class _Turns:
+    """Lets pool threads take one step per frame in frame order (sealed frames are handed to
+    the hash table in order). A failed frame breaks the line: every later waiter raises its
+    error."""
 
-    raw: bytearray
-    sealed: bytearray | None
+    def __init__(self) -> None:
+        self._next = 0
+        self._failure: BaseException | None = None
+        self._cond = threading.Condition()
+
+    def wait(self, seq: int) -> None:
+        with self._cond:
+            while self._next != seq and self._failure is None:
+                self._cond.wait()
+            if self._failure is not None:
+                raise self._failure
+
+    def done(self, seq: int) -> None:
+        with self._cond:
+            self._next = seq + 1
+            self._cond.notify_all()
+
+    def fail(self, exc: BaseException) -> None:
+        with self._cond:
+            if self._failure is None:
+                self._failure = exc
+            self._cond.notify_all()
 
 
 # (bytes to write, optional second part, codec) of one encoded frame
@@ -155,61 +175,66 @@ class ArchiveWriter:
         if count == 0:
             return
         encoder = _Encoder(h.codec, h.codec_level, h.seed_uuid)
-        sealing = self.sealing
+        sealed = self.sealing is not None
         # Reading the source (page-cache copies) is the longest stage without compression, so
-        # frames are produced and encoded in the same pool: two reads run at once. A sealed
-        # frame is also sealed there, into a second buffer of its ring slot: sealing on the
-        # writing thread would serialise it with the medium writes, and sealing into fresh
-        # bytes costs a page fault per 4 KiB. The raw bytes stay for the block hash table.
-        # Each sealed slot holds two buffers, so fewer slots keep memory where it was.
-        depth = self.threads * 2 + 2 if sealing is None else self.threads + 1
-        sealed_size = _HDR + h.frame_size + R.SEAL_TAG
-        free: queue.Queue[_Slot] = queue.Queue()
+        # frames are produced and encoded in the same pool: two reads run at once. A plain
+        # frame's raw bytes may be what is written, so the hash table is fed on its own thread
+        # while the writer writes them. A sealed frame is handed to that thread as soon as it
+        # is read (in frame order), compressed meanwhile, and sealed into its own buffer once
+        # hashed (in place when zstd does not shrink it): one buffer a slot as for plain
+        # frames, so sealing costs no memory and no page faults.
+        depth = self.threads * 2 + 2
+        free: queue.Queue[bytearray] = queue.Queue()
         for _ in range(min(depth, count)):
-            free.put(
-                _Slot(
-                    bytearray(_HDR + h.frame_size),
-                    None if sealing is None else bytearray(sealed_size),
-                )
-            )
-        pending: queue.Queue[tuple[Future, _Slot, int] | None] = queue.Queue()
+            free.put(bytearray(_HDR + h.frame_size + (R.SEAL_TAG if sealed else 0)))
+        pending: queue.Queue[tuple[Future, bytearray, int] | None] = queue.Queue()
         failure: list[BaseException] = []
+        turns = _Turns()
 
         def writer() -> None:
             done = 0
             try:
                 while (item := pending.get()) is not None:
-                    fut, slot, seq = item
+                    fut, buf, seq = item
                     first, second, codec = fut.result()
-                    buf = slot.raw
                     stored = len(first) - _HDR + (len(second) if second is not None else 0)
                     self._index[seq] = (self._offset, stored, codec, b"")
                     # The digest takes the frame header only (it carries the frame checksum);
-                    # the hash table runs on its own thread while the bytes go to the medium,
-                    # and the buffer is reused only after both are done.
+                    # the buffer is reused only after its bytes are written and hashed.
                     parts = (first,) if second is None else (first, second)
                     self._digest.update(first[:_HDR])
-                    raw = memoryview(buf)[_HDR : _HDR + h.frame_length(seq)]
-                    hashed = [tabler.submit(self.hashes.feed, seq * h.frame_size, raw)]
+                    hashed = None
+                    if not sealed:
+                        raw = memoryview(buf)[_HDR : _HDR + h.frame_length(seq)]
+                        hashed = tabler.submit(self.hashes.feed, seq * h.frame_size, raw)
                     for part in parts:
                         self.medium.write(part)
                         self._offset += len(part)
-                    for f in hashed:
-                        f.result()
+                    if hashed is not None:
+                        hashed.result()
                     self._stored += stored
                     done += h.frame_length(seq)
-                    free.put(slot)
+                    free.put(buf)
                     if progress is not None:
                         progress(done)
             except BaseException as exc:  # handed to the calling thread, which re-raises
                 failure.append(exc)
-                free.put(_Slot(bytearray(0), None))  # wake the producer if it waits for a slot
+                free.put(bytearray(0))  # wake the producer if it waits for a slot
 
-        def make(seq: int, slot: _Slot, raw_len: int) -> _Encoded:
-            produce(seq, memoryview(slot.raw)[_HDR : _HDR + raw_len])
-            if slot.sealed is not None:
-                return self._seal_frame(seq, slot, raw_len, encoder)
-            first, second = encoder.encode(seq, slot.raw, raw_len, h.frame_size)
+        def make(seq: int, buf: bytearray, raw_len: int) -> _Encoded:
+            raw = memoryview(buf)[_HDR : _HDR + raw_len]
+            try:
+                produce(seq, raw)
+                if sealed:
+                    turns.wait(seq)
+                    hashed = tabler.submit(self.hashes.feed, seq * h.frame_size, raw)
+                    turns.done(seq)
+            except BaseException as exc:
+                turns.fail(exc)  # later frames must not wait for this one's turn
+                raise
+            if sealed:
+                return self._seal_frame(seq, buf, raw_len, encoder, hashed)
+            first, second = encoder.encode(seq, buf, raw_len, h.frame_size)
             return first, second, R.CODEC_NONE if second is None else R.CODEC_ZSTD
 
         pool = ThreadPoolExecutor(self.threads, thread_name_prefix="vp-frame")
@@ -218,11 +243,11 @@ class ArchiveWriter:
         thread.start()
         try:
             for seq in range(count):
-                slot = free.get()
+                buf = free.get()
                 if failure:
                     break
-                fut = pool.submit(make, seq, slot, h.frame_length(seq))
-                pending.put((fut, slot, seq))
+                fut = pool.submit(make, seq, buf, h.frame_length(seq))
+                pending.put((fut, buf, seq))
         finally:
             pending.put(None)
             thread.join()
@@ -231,17 +256,23 @@ class ArchiveWriter:
         if failure:
             raise failure[0]
 
-    def _seal_frame(self, seq: int, slot: _Slot, raw_len: int, encoder: _Encoder) -> _Encoded:
-        """Frame ``seq`` compressed (when that shrinks it) and sealed into ``slot.sealed``: its
-        frame header and sealed bytes, the checksum over the sealed bytes. Runs in the pool, in
-        any frame order: the nonce comes from ``seq``, and the sealer refuses a repeat."""
-        assert self.sealing is not None and slot.sealed is not None
+    def _seal_frame(
+        self, seq: int, buf: bytearray, raw_len: int, encoder: _Encoder, hashed: Future
+    ) -> _Encoded:
+        """Frame ``seq`` (already hashed) compressed when that shrinks it and sealed over its
+        raw bytes in ``buf``: its frame header and sealed bytes, the checksum over the sealed
+        bytes. Runs in the pool, in any frame order: the nonce comes from ``seq``, and the
+        sealer refuses a repeat."""
+        assert self.sealing is not None
         h = self.header
-        raw = memoryview(slot.raw)[_HDR : _HDR + raw_len]
+        out = memoryview(buf)
+        raw = out[_HDR : _HDR + raw_len]
         packed = encoder.compress(raw)
         codec = R.CODEC_NONE if packed is None else R.CODEC_ZSTD
+        hashed.result()  # the raw bytes are hashed: they may be overwritten now
+        # Without zstd the plaintext is sealed in place (AES-GCM and ChaCha20-Poly1305 are
+        # stream ciphers: each output byte is written after its input byte is read).
         plain = raw if packed is None else memoryview(packed)
-        out = memoryview(slot.sealed)
         n = self.sealing.seal_frame_into(seq, codec, raw_len, plain, out[_HDR:])
         doff = seq * h.frame_size
         checksum = R.checksum(out[_HDR : _HDR + n], R.frame_seed(h.seed_uuid, seq, doff))
