@@ -15,11 +15,6 @@ from typing import NoReturn
 
 from volpack.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EXIT_WARNING, VolpackError
 
-# numpy holds volpack's tables and never multiplies matrices, but importing it starts OpenBLAS's
-# worker threads, which spin for a while on the cores the pipeline needs (1-3 % of a backup's
-# CPU in perf). The console script runs one job a process, so it keeps BLAS to one thread.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
 # Verb modules under volpack.cli, in help order. Each has register(subparsers) -> None, which
 # sets ``func`` (args -> exit code) on its parser.
 VERBS = (
@@ -103,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     # on what the kernel has free (a 2 MiB page counts whole), and volpack's bound is on what it
     # needs. A user's own setting wins.
     os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
+    # numpy holds volpack's tables and never multiplies matrices, but importing it starts
+    # OpenBLAS's worker threads, which spin a while on the cores the pipeline needs (1-3 % of a
+    # backup's CPU in perf): one job a process needs no BLAS threads.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from volpack.cli import results
 
     parser = build_parser(argv)

@@ -346,10 +346,9 @@ class ArchiveStream:
             return fh.dense_offset, decode_frame_payload(dec, fh, stored, where, seed)
 
         pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="vp-decode")
-        # A sealed frame is opened into a buffer of its decoding thread (Scratch), and the
-        # cipher library itself takes ~10 MiB: fewer frames wait decoded (still one per decoding
-        # thread), so memory stays near a plain archive's.
-        ahead = threads if unsealer is not None else 2 * threads + 1
+        # A sealed frame is opened in place, but the cipher library itself takes a few MiB: one
+        # frame fewer waits decoded, so memory stays within a tenth of a plain archive's.
+        ahead = 2 * threads if unsealer is not None else 2 * threads + 1
         ready: queue.Queue[Future | BaseException | None] = queue.Queue(maxsize=ahead)
         stop = threading.Event()
 
@@ -510,9 +509,8 @@ def check_index_matches(
 
 
 class Scratch(threading.local):
-    """Per thread, the buffer a sealed frame is opened into (reused: a fresh 4 MiB per frame
-    costs a page fault per 4 KiB). A frame stored raw is returned in it, and the sealed frame's
-    own buffer, when the caller owns it, becomes the thread's next scratch buffer."""
+    """Per thread, the buffer a sealed frame given as immutable bytes is opened into (reused: a
+    fresh 4 MiB per frame costs a page fault per 4 KiB)."""
 
     buf: bytearray | None = None
 
@@ -528,8 +526,9 @@ def open_frame(
 ) -> memoryview:
     """An ENCRYPTED frame: its checksum over the sealed bytes (damage, no key needed), then with
     ``unsealer`` its tag at its own position and its raw bytes; without (a public read) the
-    sealed bytes as they are. ``scratch``: where to open it (see Scratch); a ``stored``
-    bytearray may then be kept as the next scratch buffer, so the caller must not reuse it."""
+    sealed bytes as they are. A ``stored`` bytearray is handed over: it is opened in place (no
+    second buffer), so the caller must not reuse it. Other bytes are opened into ``scratch``
+    (see Scratch) or a fresh buffer."""
     actual = R.checksum(stored, seed)
     if actual != fh.raw_checksum:
         raise CorruptArchive(
@@ -539,11 +538,14 @@ def open_frame(
         )
     if unsealer is None:
         return memoryview(stored)
-    n = len(stored) - R.SEAL_TAG
-    buf = scratch.buf if scratch is not None else None
-    if buf is None or len(buf) < n:
-        buf = bytearray(max(n, 0))
-    plain = memoryview(buf)[: max(n, 0)]
+    n = max(len(stored) - R.SEAL_TAG, 0)
+    if isinstance(stored, bytearray):
+        buf = stored  # both ciphers are stream ciphers: opened in place, byte by byte
+    else:
+        buf = scratch.buf if scratch is not None and scratch.buf is not None else bytearray(0)
+        if len(buf) < n:
+            buf = bytearray(n)
+    plain = memoryview(buf)[:n]
     unsealer.open_frame_into(fh.seq, fh, stored, plain)
     if fh.codec == R.CODEC_ZSTD:
         import zstandard
@@ -554,12 +556,12 @@ def open_frame(
             raise CorruptArchive(
                 f"{where}: frame {fh.seq} does not decompress ({exc}); the archive is damaged"
             ) from None
-        if scratch is not None:
+        if scratch is not None and buf is not stored:
             scratch.buf = buf  # only read from: the thread's next frame opens into it
     else:
         raw = plain  # handed to the caller: the thread takes another buffer next time
-        if scratch is not None:
-            scratch.buf = stored if isinstance(stored, bytearray) else None
+        if scratch is not None and buf is not stored:
+            scratch.buf = None
     if len(raw) != fh.raw_length:
         raise CorruptArchive(
             f"{where}: frame {fh.seq} holds {len(raw)} bytes, expected {fh.raw_length}"
