@@ -35,9 +35,8 @@ _HDR = R.FRAME_HEADER_SIZE
 
 
 class _Turns:
-    """Lets pool threads take one step per frame in frame order (sealed frames are handed to
-    the hash table in order). A failed frame breaks the line: every later waiter raises its
-    error."""
+    """Lets pool threads take one step per frame in frame order (frames are handed to the hash
+    table in order). A failed frame breaks the line: every later waiter raises its error."""
 
     def __init__(self) -> None:
         self._next = 0
@@ -63,8 +62,8 @@ class _Turns:
             self._cond.notify_all()
 
 
-# (bytes to write, optional second part, codec) of one encoded frame
-_Encoded = tuple[memoryview, memoryview | None, int]
+# (frame header and stored bytes to write, codec) of one encoded frame
+_Encoded = tuple[memoryview, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,43 +76,55 @@ class WriteResult:
 
 
 class _Encoder:
-    """Per-thread zstd compressors (a ZstdCompressor must not be shared between threads)."""
+    """Per-thread zstd compressors (a ZstdCompressor must not be shared between threads), each
+    compressing into a buffer of its thread: a fresh output per frame cost page faults, and
+    outputs of every size left the heap fragmented (RSS)."""
 
-    def __init__(self, codec: int, level: int, seed_uuid: bytes | None) -> None:
+    def __init__(self, codec: int, level: int, seed_uuid: bytes | None, frame_size: int) -> None:
         self.codec, self.level = codec, level
         self.seed_uuid = seed_uuid
+        self.frame_size = frame_size
         self._local = threading.local()
 
-    def encode(
-        self, seq: int, buf: bytearray, raw_len: int, frame_size: int
-    ) -> tuple[memoryview, memoryview | None]:
-        """Returns (bytes to write, optional second part); the frame header goes in buf[:48]."""
+    def encode(self, seq: int, buf: bytearray, raw_len: int, hashed: Future) -> _Encoded:
+        """Frame ``seq`` from its raw bytes in ``buf[48:]``: its header in ``buf[:48]`` and,
+        when zstd shrinks it, its compressed bytes over the raw ones once ``hashed`` is done."""
         view = memoryview(buf)
         raw = view[_HDR : _HDR + raw_len]
-        raw_sum = R.checksum(raw, R.frame_seed(self.seed_uuid, seq, seq * frame_size))
+        doff = seq * self.frame_size
+        raw_sum = R.checksum(raw, R.frame_seed(self.seed_uuid, seq, doff))
         packed = self.compress(raw)
-        if packed is not None:
-            head = R.encode_frame_header(
-                R.CODEC_ZSTD, seq, seq * frame_size, raw_len, len(packed), raw_sum
-            )
-            view[:_HDR] = head
-            return view[:_HDR], memoryview(packed)
-        view[:_HDR] = R.encode_frame_header(
-            R.CODEC_NONE, seq, seq * frame_size, raw_len, raw_len, raw_sum
-        )
-        return view[: _HDR + raw_len], None
+        if packed is None:
+            view[:_HDR] = R.encode_frame_header(R.CODEC_NONE, seq, doff, raw_len, raw_len, raw_sum)
+            return view[: _HDR + raw_len], R.CODEC_NONE
+        n = len(packed)
+        hashed.result()  # the raw bytes are hashed: they may be overwritten now
+        view[_HDR : _HDR + n] = packed
+        view[:_HDR] = R.encode_frame_header(R.CODEC_ZSTD, seq, doff, raw_len, n, raw_sum)
+        return view[: _HDR + n], R.CODEC_ZSTD
 
-    def compress(self, raw: memoryview) -> bytes | None:
-        """zstd of ``raw`` when the codec is zstd and it shrinks, else None (stored raw)."""
-        if self.codec != R.CODEC_ZSTD:
+    def compress(self, raw: memoryview) -> memoryview | None:
+        """zstd of ``raw`` in this thread's buffer when the codec is zstd and it shrinks, else
+        None (stored raw). Valid until this thread's next call."""
+        if self.codec != R.CODEC_ZSTD or not len(raw):
             return None
-        comp = getattr(self._local, "c", None)
+        local = self._local
+        comp = getattr(local, "c", None)
         if comp is None:
             import zstandard
 
-            comp = self._local.c = zstandard.ZstdCompressor(level=self.level)
-        packed: bytes = comp.compress(raw)
-        return packed if len(packed) < len(raw) else None
+            comp = local.c = zstandard.ZstdCompressor(level=self.level)
+            local.out = bytearray(self.frame_size)
+        # Output that reaches the raw length does not shrink it: stop there.
+        out = memoryview(local.out)[: len(raw) - 1]
+        done = 0
+        with comp.stream_reader(raw, size=len(raw), read_size=len(raw)) as stream:
+            while done < len(out):
+                got = stream.readinto(out[done:])
+                if not got:
+                    return out[:done]
+                done += got
+        return None
 
 
 class ArchiveWriter:
@@ -174,15 +185,13 @@ class ArchiveWriter:
         count = h.frame_count
         if count == 0:
             return
-        encoder = _Encoder(h.codec, h.codec_level, h.seed_uuid)
+        encoder = _Encoder(h.codec, h.codec_level, h.seed_uuid, h.frame_size)
         sealed = self.sealing is not None
         # Reading the source (page-cache copies) is the longest stage without compression, so
-        # frames are produced and encoded in the same pool: two reads run at once. A plain
-        # frame's raw bytes may be what is written, so the hash table is fed on its own thread
-        # while the writer writes them. A sealed frame is handed to that thread as soon as it
-        # is read (in frame order), compressed meanwhile, and sealed into its own buffer once
-        # hashed (in place when zstd does not shrink it): one buffer a slot as for plain
-        # frames, so sealing costs no memory and no page faults.
+        # frames are produced and encoded in the same pool: two reads run at once. Each frame
+        # is handed to the hash-table thread as soon as it is read (in frame order) and
+        # compressed meanwhile; its compressed or sealed bytes then go over its raw ones once
+        # they are hashed. One buffer a slot, reused: no allocation and no page fault a frame.
         depth = self.threads * 2 + 2
         free: queue.Queue[bytearray] = queue.Queue()
         for _ in range(min(depth, count)):
@@ -196,22 +205,14 @@ class ArchiveWriter:
             try:
                 while (item := pending.get()) is not None:
                     fut, buf, seq = item
-                    first, second, codec = fut.result()
-                    stored = len(first) - _HDR + (len(second) if second is not None else 0)
+                    (frame, codec), hashed = fut.result()
+                    stored = len(frame) - _HDR
                     self._index[seq] = (self._offset, stored, codec, b"")
-                    # The digest takes the frame header only (it carries the frame checksum);
-                    # the buffer is reused only after its bytes are written and hashed.
-                    parts = (first,) if second is None else (first, second)
-                    self._digest.update(first[:_HDR])
-                    hashed = None
-                    if not sealed:
-                        raw = memoryview(buf)[_HDR : _HDR + h.frame_length(seq)]
-                        hashed = tabler.submit(self.hashes.feed, seq * h.frame_size, raw)
-                    for part in parts:
-                        self.medium.write(part)
-                        self._offset += len(part)
-                    if hashed is not None:
-                        hashed.result()
+                    # The digest takes the frame header only (it carries the frame checksum).
+                    self._digest.update(frame[:_HDR])
+                    self.medium.write(frame)
+                    self._offset += len(frame)
+                    hashed.result()  # a raw frame may still be hashed while it is written
                     self._stored += stored
                     done += h.frame_length(seq)
                     free.put(buf)
@@ -221,21 +222,19 @@ class ArchiveWriter:
                 failure.append(exc)
                 free.put(bytearray(0))  # wake the producer if it waits for a slot
 
-        def make(seq: int, buf: bytearray, raw_len: int) -> _Encoded:
+        def make(seq: int, buf: bytearray, raw_len: int) -> tuple[_Encoded, Future]:
             raw = memoryview(buf)[_HDR : _HDR + raw_len]
             try:
                 produce(seq, raw)
-                if sealed:
-                    turns.wait(seq)
-                    hashed = tabler.submit(self.hashes.feed, seq * h.frame_size, raw)
-                    turns.done(seq)
+                turns.wait(seq)
+                hashed = tabler.submit(self.hashes.feed, seq * h.frame_size, raw)
+                turns.done(seq)
             except BaseException as exc:
                 turns.fail(exc)  # later frames must not wait for this one's turn
                 raise
             if sealed:
-                return self._seal_frame(seq, buf, raw_len, encoder, hashed)
-            first, second = encoder.encode(seq, buf, raw_len, h.frame_size)
-            return first, second, R.CODEC_NONE if second is None else R.CODEC_ZSTD
+                return self._seal_frame(seq, buf, raw_len, encoder, hashed), hashed
+            return encoder.encode(seq, buf, raw_len, hashed), hashed
 
         pool = ThreadPoolExecutor(self.threads, thread_name_prefix="vp-frame")
         tabler = ThreadPoolExecutor(1, thread_name_prefix="vp-hashtable")
@@ -259,10 +258,10 @@ class ArchiveWriter:
     def _seal_frame(
         self, seq: int, buf: bytearray, raw_len: int, encoder: _Encoder, hashed: Future
     ) -> _Encoded:
-        """Frame ``seq`` (already hashed) compressed when that shrinks it and sealed over its
-        raw bytes in ``buf``: its frame header and sealed bytes, the checksum over the sealed
-        bytes. Runs in the pool, in any frame order: the nonce comes from ``seq``, and the
-        sealer refuses a repeat."""
+        """Frame ``seq`` compressed when that shrinks it and sealed over its raw bytes in
+        ``buf`` once ``hashed`` is done: its frame header and sealed bytes, the checksum over
+        the sealed bytes. Runs in the pool, in any frame order: the nonce comes from ``seq``,
+        and the sealer refuses a repeat."""
         assert self.sealing is not None
         h = self.header
         out = memoryview(buf)
@@ -272,12 +271,12 @@ class ArchiveWriter:
         hashed.result()  # the raw bytes are hashed: they may be overwritten now
         # Without zstd the plaintext is sealed in place (AES-GCM and ChaCha20-Poly1305 are
         # stream ciphers: each output byte is written after its input byte is read).
-        plain = raw if packed is None else memoryview(packed)
+        plain = raw if packed is None else packed
         n = self.sealing.seal_frame_into(seq, codec, raw_len, plain, out[_HDR:])
         doff = seq * h.frame_size
         checksum = R.checksum(out[_HDR : _HDR + n], R.frame_seed(h.seed_uuid, seq, doff))
         out[:_HDR] = R.encode_frame_header(codec, seq, doff, raw_len, n, checksum)
-        return out[: _HDR + n], None, codec
+        return out[: _HDR + n], codec
 
     def finish(self) -> WriteResult:
         """Write trailer and footer; the caller commits the medium."""
