@@ -241,12 +241,12 @@ class ArchiveStream:
             self._digest.update(out)
         return out
 
-    def _take(self, n: int, what: str) -> bytearray:
-        """Exactly ``n`` bytes of a frame's stored bytes in a buffer of their own: what is
-        buffered, then the rest read straight into it (a frame is copied from the medium once,
-        not through the read buffer). They feed the digest only without METADIGEST."""
-        out = bytearray(n)
-        view = memoryview(out)
+    def _take(self, n: int, what: str, into: bytearray | None = None) -> memoryview:
+        """Exactly ``n`` bytes of a frame's stored bytes in a buffer of their own (``into``, when
+        it is large enough): what is buffered, then the rest read straight into it (a frame is
+        copied from the medium once, not through the read buffer). They feed the digest only
+        without METADIGEST."""
+        view = memoryview(into if into is not None and len(into) >= n else bytearray(n))[:n]
         have = min(n, self._end - self._pos)
         view[:have] = memoryview(self._buf)[self._pos : self._pos + have]
         self._pos += have
@@ -263,7 +263,7 @@ class ArchiveStream:
         self.offset += n
         if self._hashing and self._hash_payloads:
             self._digest.update(view)
-        return out
+        return view
 
     def _read_record(self, tag: bytes, limit: int) -> tuple[bytes, bytes]:
         where = self._where()
@@ -317,12 +317,14 @@ class ArchiveStream:
             self._hashes = HashBuilder(t.table, header.volume_size, header.hash_block_size, key)
         return self.head
 
-    def frames(self, threads: int = 2) -> Iterator[tuple[int, memoryview]]:
+    def frames(self, threads: int = 2, reuse: bool = False) -> Iterator[tuple[int, memoryview]]:
         """(dense_offset, raw bytes) per frame, in order, each checked.
 
         A reader thread pulls frames off the medium (and feeds the digest: frame headers, and
         before format 1.4 the stored bytes too) while a small pool
         decompresses and checksums them, so reading, decoding and the caller's writes overlap.
+        ``reuse``: a frame's bytes are valid only until the caller asks for the next one, and
+        their buffers serve later frames (no fresh 4 MiB, no page faults, per frame).
         """
         if self.head is None:
             raise RuntimeError("read_head() first")
@@ -335,15 +337,28 @@ class ArchiveStream:
         scratch = Scratch()
         seed_uuid = h.seed_uuid
         unsealer = self.head.unsealer  # None only in a public read (read_head refused others)
+        # Stored bytes (sealed: with the tag) and decompressed bytes fit one size; one spare
+        # byte lets a decompression that runs long show.
+        spare = _Buffers(h.frame_size + R.SEAL_TAG + 1) if reuse else None
 
-        def decode(fh: R.FrameHeader, stored: bytearray, where: str) -> tuple[int, memoryview]:
+        def decode(
+            fh: R.FrameHeader, held: bytearray | None, stored: memoryview, where: str
+        ) -> tuple[int, memoryview, bytearray | None]:
+            """The frame's raw bytes and the buffer holding them (None: not from ``spare``)."""
             dec = getattr(local, "dec", None)
             if dec is None:
                 dec = local.dec = zstandard.ZstdDecompressor()
             seed = R.frame_seed(seed_uuid, fh.seq, fh.dense_offset)
+            out = spare.get() if spare is not None and fh.codec == R.CODEC_ZSTD else None
             if h.encrypted:
-                return fh.dense_offset, open_frame(unsealer, dec, fh, stored, where, seed, scratch)
-            return fh.dense_offset, decode_frame_payload(dec, fh, stored, where, seed)
+                raw = open_frame(unsealer, dec, fh, stored, where, seed, scratch, out)
+            else:
+                raw = decode_frame_payload(dec, fh, stored, where, seed, out)
+            if out is None:
+                return fh.dense_offset, raw, held
+            if held is not None and spare is not None:
+                spare.put(held)  # decompressed: the stored bytes are done with
+            return fh.dense_offset, raw, out
 
         pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="vp-decode")
         # A sealed frame is opened in place, but the cipher library itself takes a few MiB:
@@ -364,9 +379,12 @@ class ArchiveStream:
                     fh = R.decode_frame_header(head, h, seq, where)
                     self._frame_stored.append(fh.stored_length)
                     self._frame_codecs.append(fh.codec)
-                    stored = self._take(fh.stored_length, f"frame {seq}")
+                    held = spare.get() if spare is not None else None
+                    stored = self._take(fh.stored_length, f"frame {seq}", held)
+                    if held is not None and stored.obj is not held:
+                        held = None  # too large for a spare buffer (a damaged header)
                     self.stored_bytes += fh.stored_length
-                    ready.put(pool.submit(decode, fh, stored, where))
+                    ready.put(pool.submit(decode, fh, held, stored, where))
             except BaseException as exc:  # handed to the consuming thread, in order
                 ready.put(exc)
                 return
@@ -378,10 +396,12 @@ class ArchiveStream:
             while (item := ready.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
-                frame = item.result()
+                dense_offset, raw, held = item.result()
                 if self._hashes is not None:
-                    self._hashes.feed(*frame)
-                yield frame
+                    self._hashes.feed(dense_offset, raw)
+                yield dense_offset, raw
+                if held is not None and spare is not None:
+                    spare.put(held)  # the caller asked for the next frame: done with this one
         finally:
             stop.set()
             while reader.is_alive():  # free a slot so a blocked reader sees the stop
@@ -509,6 +529,25 @@ def check_index_matches(
             )
 
 
+class _Buffers:
+    """Equal buffers handed out and back by several threads (``frames(reuse=True)``)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._free: list[bytearray] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> bytearray:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        return bytearray(self.size)
+
+    def put(self, buf: bytearray) -> None:
+        with self._lock:
+            self._free.append(buf)
+
+
 class Scratch(threading.local):
     """Per thread, the buffer a sealed frame given as immutable bytes is opened into (reused: a
     fresh 4 MiB per frame costs a page fault per 4 KiB)."""
@@ -524,12 +563,14 @@ def open_frame(
     where: str,
     seed: int,
     scratch: Scratch | None = None,
+    out: memoryview | bytearray | None = None,
 ) -> memoryview:
     """An ENCRYPTED frame: its checksum over the sealed bytes (damage, no key needed), then with
     ``unsealer`` its tag at its own position and its raw bytes; without (a public read) the
-    sealed bytes as they are. A ``stored`` bytearray is handed over: it is opened in place (no
-    second buffer), so the caller must not reuse it. Other bytes are opened into ``scratch``
-    (see Scratch) or a fresh buffer."""
+    sealed bytes as they are. Writable ``stored`` bytes are handed over: they are opened in
+    place (no second buffer), so the caller must not reuse them. Read-only bytes are opened
+    into ``scratch`` (see Scratch) or a fresh buffer. A zstd frame decompresses into ``out``
+    (see decode_frame_payload) when given."""
     actual = R.checksum(stored, seed)
     if actual != fh.raw_checksum:
         raise CorruptArchive(
@@ -540,7 +581,8 @@ def open_frame(
     if unsealer is None:
         return memoryview(stored)
     n = max(len(stored) - R.SEAL_TAG, 0)
-    if isinstance(stored, bytearray):
+    buf: bytes | bytearray | memoryview
+    if not memoryview(stored).readonly:
         buf = stored  # both ciphers are stream ciphers: opened in place, byte by byte
     else:
         buf = scratch.buf if scratch is not None and scratch.buf is not None else bytearray(0)
@@ -549,15 +591,8 @@ def open_frame(
     plain = memoryview(buf)[:n]
     unsealer.open_frame_into(fh.seq, fh, stored, plain)
     if fh.codec == R.CODEC_ZSTD:
-        import zstandard
-
-        try:
-            raw: bytes | memoryview = dec.decompress(plain, max_output_size=fh.raw_length)
-        except zstandard.ZstdError as exc:
-            raise CorruptArchive(
-                f"{where}: frame {fh.seq} does not decompress ({exc}); the archive is damaged"
-            ) from None
-        if scratch is not None and buf is not stored:
+        raw: bytes | memoryview = _decompress(dec, fh, plain, where, out)
+        if scratch is not None and isinstance(buf, bytearray) and buf is not stored:
             scratch.buf = buf  # only read from: the thread's next frame opens into it
     else:
         raw = plain  # handed to the caller: the thread takes another buffer next time
@@ -570,22 +605,46 @@ def open_frame(
     return memoryview(raw)
 
 
-def decode_frame_payload(
-    dec: Any, fh: R.FrameHeader, stored: memoryview | bytes | bytearray, where: str, seed: int
-) -> memoryview:
-    """Decompress (when needed) and check a frame's raw bytes against its checksum, computed with
-    ``seed`` (R.frame_seed: its archive and position; 0 in a 1.0 archive)."""
-    if fh.codec == R.CODEC_ZSTD:
-        import zstandard
+def _decompress(
+    dec: Any,
+    fh: R.FrameHeader,
+    stored: memoryview | bytes | bytearray,
+    where: str,
+    out: memoryview | bytearray | None,
+) -> bytes | memoryview:
+    """zstd frame ``stored`` decompressed: into ``out`` (more than ``fh.raw_length`` bytes long,
+    so that output running long shows) when given, else into new bytes."""
+    import zstandard
 
-        try:
-            raw: memoryview | bytes | bytearray = dec.decompress(
-                stored, max_output_size=fh.raw_length
-            )
-        except zstandard.ZstdError as exc:
-            raise CorruptArchive(
-                f"{where}: frame {fh.seq} does not decompress ({exc}); the archive is damaged"
-            ) from None
+    try:
+        if out is None:
+            data: bytes = dec.decompress(stored, max_output_size=fh.raw_length)
+            return data
+        view = memoryview(out)[: fh.raw_length + 1]
+        done = 0
+        with dec.stream_reader(stored, read_size=max(len(stored), 1)) as stream:
+            while done < len(view) and (got := stream.readinto(view[done:])):
+                done += got
+        return view[:done]
+    except zstandard.ZstdError as exc:
+        raise CorruptArchive(
+            f"{where}: frame {fh.seq} does not decompress ({exc}); the archive is damaged"
+        ) from None
+
+
+def decode_frame_payload(
+    dec: Any,
+    fh: R.FrameHeader,
+    stored: memoryview | bytes | bytearray,
+    where: str,
+    seed: int,
+    out: memoryview | bytearray | None = None,
+) -> memoryview:
+    """Decompress (when needed; into ``out`` when given, see _decompress) and check a frame's
+    raw bytes against its checksum, computed with ``seed`` (R.frame_seed: its archive and
+    position; 0 in a 1.0 archive)."""
+    if fh.codec == R.CODEC_ZSTD:
+        raw: memoryview | bytes | bytearray = _decompress(dec, fh, stored, where, out)
     else:
         raw = stored
     if len(raw) != fh.raw_length:

@@ -67,8 +67,10 @@ def scatter(
     total: int,
     progress: Progress | None,
 ) -> None:
-    """Frames in dense order → writes at volume offsets (increasing), clipped to the volume."""
-    for dense_offset, raw in stream.frames():
+    """Frames in dense order → writes at volume offsets (increasing), clipped to the volume.
+    ``write_at`` must be done with its bytes when it returns: their buffer serves a later
+    frame."""
+    for dense_offset, raw in stream.frames(reuse=True):
         vs, lens, ds = table.dense_to_volume(dense_offset, dense_offset + len(raw))
         for v, n, d in zip(vs.tolist(), lens.tolist(), ds.tolist(), strict=True):
             n = min(n, volume_size - v)

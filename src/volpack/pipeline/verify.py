@@ -110,7 +110,7 @@ def _verify_one(
             comparer = VolumeComparer(open_source(against, source_format, pvs=pvs), h.volume_size)
         sink = comparer.compare_at if comparer else (lambda off, data: None)
         if head.sealed:
-            for dense_offset, _sealed in stream.frames():
+            for dense_offset, _sealed in stream.frames(reuse=True):
                 if progress is not None:
                     progress(
                         "verify",

@@ -21,7 +21,9 @@ class Target(Protocol):
         ...
 
     def write_at(self, offset: int, data: memoryview) -> None:
-        """Write volume bytes at ``offset`` (calls come in increasing offset order)."""
+        """Write volume bytes at ``offset`` (calls come in increasing offset order). ``data``
+        is valid only during the call (its buffer serves the next frame): copy what must
+        outlive it."""
         ...
 
     def finish(self) -> None:
