@@ -10,7 +10,6 @@ goes first alternates too, so that a load change on the shared machine hits both
 from __future__ import annotations
 
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -37,46 +36,6 @@ PAIRS = (
 
 def _vp(*args: str) -> list[str]:
     return [*VOLPACK, *args]
-
-
-def _timed_pair(
-    img, names: tuple[str, ...], kind: str, runs: list[list[list[str]]], outputs, warm, repeat: int
-) -> list[measure.Row]:
-    """Time each of ``runs`` (one per name) ``repeat`` times, interleaved: first in order, then
-    reversed, and so on. ``outputs`` are removed before each run and the last kept; ``warm`` are
-    read into the page cache before each."""
-    rows = [measure.Row(img.name, n, kind, False) for n in names]
-    rss = [0] * len(rows)
-    failed = [False] * len(rows)
-    for rep in range(repeat):
-        order = list(range(len(rows)))
-        if rep % 2:
-            order.reverse()
-        for i in order:
-            if failed[i]:
-                continue
-            if outputs[i] is not None:
-                measure.remove(outputs[i])
-            os.sync()
-            if warm[i] is not None:
-                measure.warm(warm[i])
-            t = measure.run_timed([runs[i]])
-            if not t.ok:
-                rows[i].note = f"failed: {t.error}"
-                failed[i] = True
-                continue
-            rows[i].walls.append(round(t.wall, 3))
-            rss[i] = max(rss[i], t.rss_kib)
-    for row, peak, bad in zip(rows, rss, failed, strict=True):
-        if bad or not row.walls:
-            row.walls = []
-            continue
-        row.wall = statistics.median(row.walls)
-        row.rss_mib = round(peak / 1024, 1)
-    for row, out in zip(rows, outputs, strict=True):
-        if out is not None and out.exists() and row.wall is not None:
-            row.size, row.apparent = measure.disk_usage(out)
-    return rows
 
 
 def rows(img, out: Path, repeat: int) -> list[measure.Row]:
@@ -106,7 +65,7 @@ def _rows(img, work: Path, repeat: int) -> list[measure.Row]:
     plain, sealed = work / "plain.vpk", work / "sealed.vpk"
     src = str(img.path)
     common = ("--compress", "zstd:1", "--no-catalog", "-q")
-    result = _timed_pair(
+    result = measure.alternating(
         img,
         (BACKUP, BACKUP_SEALED),
         "seal-backup",
@@ -121,7 +80,7 @@ def _rows(img, work: Path, repeat: int) -> list[measure.Row]:
     if not (plain.exists() and sealed.exists()):
         return result
     target = work / "restored.img"
-    result += _timed_pair(
+    result += measure.alternating(
         img,
         (RESTORE, RESTORE_SEALED),
         "seal-restore",
@@ -136,7 +95,7 @@ def _rows(img, work: Path, repeat: int) -> list[measure.Row]:
     for r in result[-2:]:
         r.size = r.apparent = None  # the restored image, not an archive
     measure.remove(target)
-    result += _timed_pair(
+    result += measure.alternating(
         img,
         (VERIFY, VERIFY_SEALED, VERIFY_KEYED),
         "seal-verify",

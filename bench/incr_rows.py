@@ -62,28 +62,6 @@ def _used_runs(path: Path) -> list[tuple[int, int]]:
     return [(s * bs, e * bs) for s, e in vmap.detection.used]
 
 
-def _timed(
-    img, name: str, kind: str, cmds: list[list[str]], output: Path, repeat: int, peer: bool = False
-) -> measure.Row:
-    """Time ``cmds`` ``repeat`` times, removing ``output`` before each run; the last output is
-    kept (later rows read it)."""
-    row = measure.Row(img.name, name, kind, peer)
-    rss = 0
-    for _ in range(repeat):
-        measure.remove(output)
-        os.sync()
-        t = measure.run_timed(cmds)
-        if not t.ok:
-            row.note = f"failed: {t.error}"
-            return row
-        row.walls.append(round(t.wall, 3))
-        rss = max(rss, t.rss_kib)
-    row.wall = statistics.median(row.walls)
-    row.rss_mib = round(rss / 1024, 1)
-    row.size, row.apparent = measure.disk_usage(output)
-    return row
-
-
 def _vp(*args: str) -> list[str]:
     return [*VOLPACK, *args]
 
@@ -236,26 +214,17 @@ def _rows(img, work: Path, repeat: int) -> list[measure.Row]:
     # Hash compare: the first incremental against a full backup of the same changed volume.
     _qemu_io(src, "raw", gens[0])
     inc = [work / "inc1.vpk"]
-    result.append(
-        _timed(
-            img,
-            "volpack backup --base (hash compare)",
-            "incr",
-            [_backup(src, inc[0], "--base", str(full0))],
-            inc[0],
-            repeat,
-        )
-    )
     full1 = work / "full1.vpk"
-    result.append(
-        _timed(
-            img,
-            "volpack backup (full of the same state)",
-            "incr",
-            [_backup(src, full1)],
-            full1,
-            repeat,
-        )
+    # Each comparison alternates its runs (incremental, full, full, incremental, …): writes on
+    # this kind of machine vary run to run more than the targets' margins.
+    result += measure.alternating(
+        img,
+        ("volpack backup --base (hash compare)", "volpack backup (full of the same state)"),
+        "incr",
+        [_backup(src, inc[0], "--base", str(full0)), _backup(src, full1)],
+        [inc[0], full1],
+        [None, None],
+        repeat,
     )
     measure.remove(full1)
     result.append(_size_row(img, inc[0], _used_runs(src), gens[0]))
@@ -273,12 +242,17 @@ def _rows(img, work: Path, repeat: int) -> list[measure.Row]:
     _run(["qemu-img", "bitmap", "--add", "--enable", str(q), "daily"])
     _qemu_io(q, "qcow2", gens[0])
     qinc = work / "qinc1.vpk"
-    row = _timed(
+    qfull1 = work / "qfull1.vpk"
+    row, qrow = measure.alternating(
         img,
-        "volpack backup --base --bitmap (qcow2 hint)",
+        (
+            "volpack backup --base --bitmap (qcow2 hint)",
+            "volpack backup of the qcow2 (full of the same state)",
+        ),
         "incr",
-        [_backup(q, qinc, "--base", str(qfull0), "--bitmap", "daily")],
-        qinc,
+        [_backup(q, qinc, "--base", str(qfull0), "--bitmap", "daily"), _backup(q, qfull1)],
+        [qinc, qfull1],
+        [None, None],
         repeat,
     )
     from volpack import open_archive
@@ -287,18 +261,7 @@ def _rows(img, work: Path, repeat: int) -> list[measure.Row]:
         with open_archive(str(qinc)) as a:
             method = a.desc.changes.method if a.desc.changes else "?"
         row.note = f"changes found by {method}"
-    result.append(row)
-    qfull1 = work / "qfull1.vpk"
-    result.append(
-        _timed(
-            img,
-            "volpack backup of the qcow2 (full of the same state)",
-            "incr",
-            [_backup(q, qfull1)],
-            qfull1,
-            repeat,
-        )
-    )
+    result += [row, qrow]
     for p in (q, qfull0, qinc, qfull1):
         measure.remove(p)
 
@@ -311,40 +274,25 @@ def _rows(img, work: Path, repeat: int) -> list[measure.Row]:
     _run(_backup(src, equal))
     measure.remove(src)
     target = work / "restored.img"
-    measure.warm(equal)
-    result.append(
-        _timed(
-            img,
-            "volpack restore of an equal full",
-            "chain",
-            [_vp("restore", str(equal), str(target), "-q")],
-            target,
-            repeat,
-        )
-    )
-    measure.remove(target)
+    merged = work / "merged.vpk"
     for p in [full0, *inc]:
         measure.warm(p)
-    result.append(
-        _timed(
-            img,
+    result += measure.alternating(
+        img,
+        (
+            "volpack restore of an equal full",
             f"volpack restore of a {LINKS}-link chain",
-            "chain",
-            [_vp("restore", str(inc[-1]), str(target), "-q")],
-            target,
-            repeat,
-        )
+            f"volpack merge of a {LINKS}-link chain",
+        ),
+        "chain",
+        [
+            _vp("restore", str(equal), str(target), "-q"),
+            _vp("restore", str(inc[-1]), str(target), "-q"),
+            _vp("merge", str(inc[-1]), str(merged), "--compress", "none", "--no-catalog", "-q"),
+        ],
+        [target, target, merged],
+        [equal, None, None],
+        repeat,
     )
     measure.remove(target)
-    merged = work / "merged.vpk"
-    result.append(
-        _timed(
-            img,
-            f"volpack merge of a {LINKS}-link chain",
-            "chain",
-            [_vp("merge", str(inc[-1]), str(merged), "--compress", "none", "--no-catalog", "-q")],
-            merged,
-            repeat,
-        )
-    )
     return result

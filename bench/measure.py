@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import statistics
 import subprocess
 import tempfile
 import time
@@ -142,3 +143,44 @@ def remove(path: Path) -> None:
         path.rmdir()
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def alternating(
+    img, names: tuple[str, ...], kind: str, runs: list[list[str]], outputs, inputs, repeat: int
+) -> list[Row]:
+    """Time each of ``runs`` (one command per name) ``repeat`` times, interleaved: first in
+    order, then reversed, and so on, so that a load change on the shared machine hits every row
+    alike. ``outputs`` (None: none) are removed before each run and the last kept; ``inputs``
+    (None: none) are read into the page cache before each."""
+    rows = [Row(img.name, n, kind, False) for n in names]
+    rss = [0] * len(rows)
+    failed = [False] * len(rows)
+    for rep in range(repeat):
+        order = list(range(len(rows)))
+        if rep % 2:
+            order.reverse()
+        for i in order:
+            if failed[i]:
+                continue
+            if outputs[i] is not None:
+                remove(outputs[i])
+            os.sync()
+            if inputs[i] is not None:
+                warm(inputs[i])
+            t = run_timed([runs[i]])
+            if not t.ok:
+                rows[i].note = f"failed: {t.error}"
+                failed[i] = True
+                continue
+            rows[i].walls.append(round(t.wall, 3))
+            rss[i] = max(rss[i], t.rss_kib)
+    for row, peak, bad in zip(rows, rss, failed, strict=True):
+        if bad or not row.walls:
+            row.walls = []
+            continue
+        row.wall = statistics.median(row.walls)
+        row.rss_mib = round(peak / 1024, 1)
+    for row, out in zip(rows, outputs, strict=True):
+        if out is not None and out.exists() and row.wall is not None:
+            row.size, row.apparent = disk_usage(out)
+    return rows
