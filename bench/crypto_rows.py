@@ -9,7 +9,6 @@ goes first alternates too, so that a load change on the shared machine hits both
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -112,32 +111,12 @@ def _rows(img, work: Path, repeat: int) -> list[measure.Row]:
 
 
 def main() -> int:
-    """Only these rows (the volpack on PYTHONPATH is the one timed): for before/after runs of a
-    change to sealing without the whole bench. ``bench/run.py`` runs them with everything else."""
-    import argparse
-
-    import images
     import run
     import targets
 
-    ap = argparse.ArgumentParser(description="issue 14 rows only: plain against sealed archives")
-    ap.add_argument("--only", default=",".join(IMAGES), help="images: " + ",".join(IMAGES))
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--workdir", type=Path, default=Path(__file__).resolve().parent / "work")
-    args = ap.parse_args()
-    names = [n for n in args.only.split(",") if n]
-    run.compile_volpack()
-    info = run.machine()
-    print(run.header(info, args.repeat))
-    for img in images.ensure(names, args.workdir, False, run.log):
-        out = args.workdir / "out" / img.name
-        out.mkdir(parents=True, exist_ok=True)
-        measure.prefault_bytes = int(img.shape["allocated"] * 1.25) + (256 << 20)
-        found = rows(img, out, args.repeat)
-        print(f"## {img.name}, load average {os.getloadavg()[0]:.1f} at the end\n")
-        print(run.table(found) + "\n")
-        print(targets.render(targets._crypto_checks(img, found)) + "\n", flush=True)
-    return 0
+    return run.rows_only(
+        "issue 14 rows only: plain against sealed archives", rows, targets._crypto_checks, IMAGES
+    )
 
 
 if __name__ == "__main__":

@@ -296,3 +296,17 @@ def _rows(img, work: Path, repeat: int) -> list[measure.Row]:
     )
     measure.remove(target)
     return result
+
+
+def main() -> int:
+    import run
+    import targets
+
+    return run.rows_only(
+        "issue 12 rows only: incrementals, chains, merge", rows, targets._incr_checks, ("ext4",)
+    )
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.exit(main())

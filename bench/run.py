@@ -361,3 +361,31 @@ def extra_rows(img: images.Image, out: Path, repeat: int, skip: set[str]) -> lis
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def rows_only(description: str, rows, checks, images: tuple[str, ...]) -> int:
+    """Main of a row module run alone (the volpack on PYTHONPATH is the one timed): for
+    before/after runs of a change without the whole bench. ``rows(img, out, repeat)`` and
+    ``checks(img, rows)`` are the module's; ``bench/run.py`` runs them with everything else."""
+    import images as images_mod
+    import measure
+    import targets
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--only", default=",".join(images), help="images: " + ",".join(images))
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--workdir", type=Path, default=Path(__file__).resolve().parent / "work")
+    args = ap.parse_args()
+    names = [n for n in args.only.split(",") if n]
+    compile_volpack()
+    info = machine()
+    print(header(info, args.repeat))
+    for img in images_mod.ensure(names, args.workdir, False, log):
+        out = args.workdir / "out" / img.name
+        out.mkdir(parents=True, exist_ok=True)
+        measure.prefault_bytes = int(img.shape["allocated"] * 1.25) + (256 << 20)
+        found = rows(img, out, args.repeat)
+        print(f"## {img.name}, load average {os.getloadavg()[0]:.1f} at the end\n")
+        print(table(found) + "\n")
+        print(targets.render(checks(img, found)) + "\n", flush=True)
+    return 0
