@@ -64,3 +64,21 @@ def test_a_zstd_frame_of_another_length_than_its_header_says_is_refused(told, in
         decode_frame_payload(zstandard.ZstdDecompressor(), fh, packed, "test", 0, out)
     fh = R.FrameHeader(R.CODEC_ZSTD, 0, 0, 100, len(packed), R.checksum(raw, 0))
     assert bytes(decode_frame_payload(zstandard.ZstdDecompressor(), fh, packed, "t", 0, out)) == raw
+
+
+def test_each_zstd_frame_is_one_zstd_frame_with_its_content_size(archive):
+    """docs/format.md section 4: frames are compressed independently, one zstd frame each,
+    content size included (the writer compresses through a stream into its own buffer)."""
+    from volpack.format.random_access import open_archive
+
+    with open_archive(archive) as a:
+        index = a.trailer.index
+        zstd = [seq for seq in range(len(index)) if int(index["codec"][seq]) == R.CODEC_ZSTD]
+        assert zstd
+        with open(archive, "rb") as f:
+            for seq in zstd:
+                f.seek(int(index["offset"][seq]) + R.FRAME_HEADER_SIZE)
+                stored = f.read(int(index["stored"][seq]))
+                params = zstandard.get_frame_parameters(stored)
+                assert params.content_size == a.header.frame_length(seq)
+                assert len(zstandard.ZstdDecompressor().decompress(stored)) == params.content_size
