@@ -362,8 +362,8 @@ class ArchiveStream:
 
         pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="vp-decode")
         # A sealed frame is opened in place, but the cipher library itself takes a few MiB:
-        # fewer frames wait decoded (the dense image's restore: 79 MiB with 2 * threads, 75
-        # with threads + 1, plain 70-75), so memory stays within a tenth of a plain archive's.
+        # fewer frames wait decoded (the dense image's restore: 76 MiB with as many as a plain
+        # one, 68 with threads + 1, plain 67), so memory stays within a tenth of a plain one's.
         ahead = threads + 1 if unsealer is not None else 2 * threads + 1
         ready: queue.Queue[Future | BaseException | None] = queue.Queue(maxsize=ahead)
         stop = threading.Event()
