@@ -82,3 +82,20 @@ def test_each_zstd_frame_is_one_zstd_frame_with_its_content_size(archive):
                 params = zstandard.get_frame_parameters(stored)
                 assert params.content_size == a.header.frame_length(seq)
                 assert len(zstandard.ZstdDecompressor().decompress(stored)) == params.content_size
+
+
+def test_the_writer_stores_zstd_only_when_it_has_fewer_bytes_than_the_raw_frame():
+    """docs/format.md section 4: stored_length ≤ raw_length, a frame that does not shrink is
+    stored raw. The writer compresses through a stream into a buffer of the raw length and
+    stops when the output fills it."""
+    from volpack.format.writer import _Encoder
+
+    enc = _Encoder(R.CODEC_ZSTD, 1, None, FRAME)
+    noise = memoryview(random.Random(3).randbytes(FRAME))
+    assert enc.compress(noise) is None
+    text = memoryview(b"".join(b"line %08d\n" % i for i in range(FRAME // 14))[:FRAME])
+    packed = enc.compress(text)
+    assert packed is not None and len(packed) < len(text)
+    assert zstandard.ZstdDecompressor().decompress(bytes(packed)) == bytes(text)
+    assert enc.compress(memoryview(b"x")) is None  # one byte never shrinks
+    assert _Encoder(R.CODEC_NONE, 0, None, FRAME).compress(text) is None

@@ -334,7 +334,6 @@ class ArchiveStream:
         import zstandard
 
         local = threading.local()
-        scratch = Scratch()
         seed_uuid = h.seed_uuid
         unsealer = self.head.unsealer  # None only in a public read (read_head refused others)
         # Stored bytes (sealed: with the tag) and decompressed bytes fit one size; one spare
@@ -351,7 +350,8 @@ class ArchiveStream:
             seed = R.frame_seed(seed_uuid, fh.seq, fh.dense_offset)
             out = spare.get() if spare is not None and fh.codec == R.CODEC_ZSTD else None
             if h.encrypted:
-                raw = open_frame(unsealer, dec, fh, stored, where, seed, scratch, out)
+                # ``stored`` is a buffer of its own, so it is opened in place (no scratch).
+                raw = open_frame(unsealer, dec, fh, stored, where, seed, None, out)
             else:
                 raw = decode_frame_payload(dec, fh, stored, where, seed, out)
             if out is None:

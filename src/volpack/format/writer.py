@@ -115,8 +115,9 @@ class _Encoder:
 
             comp = local.c = zstandard.ZstdCompressor(level=self.level)
             local.out = bytearray(self.frame_size)
-        # Output that reaches the raw length does not shrink it: stop there.
-        out = memoryview(local.out)[: len(raw) - 1]
+        # Output that reaches the raw length does not shrink it: stop there (docs/format.md
+        # section 4: zstd only when the stored bytes are fewer than the raw ones).
+        out = memoryview(local.out)[: len(raw)]
         done = 0
         with comp.stream_reader(raw, size=len(raw), read_size=len(raw)) as stream:
             while done < len(out):
