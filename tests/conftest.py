@@ -59,6 +59,16 @@ class _Collect(logging.Handler):
 
 
 @pytest.fixture(autouse=True)
+def _cwd_restored():
+    """The working directory after each test is the one before it: a passed test's temporary
+    directory is removed at once (pyproject.toml), and a test left inside it would break the next
+    one that asks for its working directory."""
+    cwd = os.getcwd()
+    yield
+    os.chdir(cwd)
+
+
+@pytest.fixture(autouse=True)
 def _private_catalog(tmp_path_factory, monkeypatch):
     """Every test gets a catalog of its own unless it names one: a test must never read or
     write the catalog of the user running the suite (nor see what another test left there)."""

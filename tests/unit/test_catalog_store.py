@@ -4,7 +4,6 @@ processes writing at once (real SQLite files, real processes)."""
 from __future__ import annotations
 
 import multiprocessing
-import os
 import sqlite3
 import uuid as uuidlib
 
@@ -187,9 +186,11 @@ class _Result:
         self.source = {"kind": "file", "path": src, "details": {}}
 
 
-def test_record_after_backup_stores_absolute_paths_and_resolves_by_id_and_time(tmp_path):
+def test_record_after_backup_stores_absolute_paths_and_resolves_by_id_and_time(
+    tmp_path, monkeypatch
+):
     path = str(tmp_path / "c.sqlite")
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)
     res = _Result("out.vpk", "disk.img")
     assert record_after_backup(res, path, {"created": 1_700_000_000.0}) is True
     with Catalog.open(path) as c:
