@@ -16,8 +16,8 @@ from hashlib import sha256
 
 import blake3
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
+from volpack.crypto.aead import Aead
 from volpack.crypto.subkeys import UUID_SIZE, Subkeys
 from volpack.errors import TamperedArchive, UsageError
 
@@ -115,9 +115,8 @@ def associated_data(
     return head + public
 
 
-def _aeads(keys: Subkeys, cipher: Cipher) -> tuple[AESGCM | ChaCha20Poly1305, ...]:
-    make = AESGCM if cipher is Cipher.AES_256_GCM else ChaCha20Poly1305
-    return make(keys.frames), make(keys.tables)
+def _aeads(keys: Subkeys, cipher: Cipher) -> tuple[Aead, Aead]:
+    return Aead(cipher.label, keys.frames), Aead(cipher.label, keys.tables)
 
 
 class Sealer:
