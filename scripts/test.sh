@@ -51,4 +51,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+
+# The suite's images are made and removed test by test (about 1 GiB at most at once); with less
+# room every later test would fail on its temporary directory, so say so once instead.
+tmp="${TMPDIR:-/tmp}"
+free_kib=$(df -Pk "$tmp" | awk 'NR == 2 { print $4 }')
+if [ "$free_kib" -lt $((2 * 1024 * 1024)) ]; then
+    echo "test set-up: $tmp has $((free_kib / 1024)) MiB free, the suite needs 2048 MiB;" \
+        "free some space or point TMPDIR elsewhere" >&2
+    exit 2
+fi
 exec python3 -m pytest "$@"
