@@ -29,7 +29,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 KiB, MiB = 1 << 10, 1 << 20
-HASH_BLOCK = MiB  # the hash block size every archive records today
+# The tests below but the last give their chains 1 MiB hash blocks (--hash-block), larger than the
+# bitmaps' 64 KiB granules, to cover hash blocks in part (FINE); the last uses the default.
+HASH_BLOCK = MiB
 SIZE = 64 * MiB
 
 
@@ -47,8 +49,8 @@ def volpack(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def backup(*args: str, code: int = 0) -> dict:
-    r = volpack("backup", *args, "--json")
+def backup(*args: str, code: int = 0, hash_block: str = "1M") -> dict:
+    r = volpack("backup", *args, "--json", "--hash-block", hash_block)
     assert r.returncode == code, r.stderr
     assert "Traceback" not in r.stderr
     return json.loads(r.stdout)
@@ -304,3 +306,31 @@ def test_bitmap_with_no_hints_is_a_usage_error(tmp_path):
     )  # fmt: skip
     one_error_line(r, 2, "--bitmap daily", "--no-hints")
     assert not (tmp_path / "inc.vpk").exists()
+
+
+def test_with_the_default_hash_blocks_a_bitmap_incremental_reads_no_base_bytes(tmp_path):
+    """A new chain's hash blocks are the bitmap's 64 KiB granules: every dirty granule is a whole
+    hash block, so nothing of the base is read to hash the chain's state, and the hint check
+    reads its sampled spots (1 MiB each) and nothing else."""
+    image = make_image(tmp_path)
+    full = backup(str(image), str(tmp_path / "full.vpk"), hash_block="64K")
+    with volpack_open(str(tmp_path / "full.vpk")) as arch:
+        assert arch.header.hash_block_size == 64 * KiB
+    run("qemu-img", "bitmap", "--add", "--enable", str(image), "daily")
+    io(image, "write -P 0xbb 10M 64k", "write -P 0xbb 50M 4k", "write -z 40M 64k")
+    inc = backup(
+        str(image), str(tmp_path / "inc.vpk"), "--base", str(tmp_path / "full.vpk"),
+        "--bitmap", "daily", hash_block="64K",
+    )  # fmt: skip
+    ch = inc["changes"]
+    assert ch["method"] == "bitmap:daily" and ch["warnings"] == []
+    # 16 spots of 1 MiB spread over the 64 (the 3 dirty hash blocks are not sampled); only the
+    # used bytes in them are read: the MiBs holding data are 0-1, 10-12 and 40
+    spots = set(sample_indices(Extents.span(0, SIZE // MiB), SAMPLE_MIN).tolist())
+    assert ch["sampled"] >= SAMPLE_MIN * 16 - 3
+    assert ch["read_bytes"] == MiB * len(spots & {0, 1, 10, 11, 12, 40}) < full["used_bytes"]
+    with volpack_open(str(tmp_path / "inc.vpk")) as arch:
+        assert not arch.header.fine  # whole hash blocks: no base bytes needed
+    assert inc["used_bytes"] == 64 * KiB + 4 * KiB
+    assert inc["zero_blocks"] * 4 * KiB == 64 * KiB + 60 * KiB  # the zeroed granule, the rest
+    assert restores_equal(tmp_path / "inc.vpk", image, tmp_path)

@@ -132,7 +132,10 @@ def restored(lab: LvmLab, tmp_path: Path) -> bytes:
 
 def back_up_base(lab: LvmLab, tmp_path: Path, base: Mapping) -> dict:
     install(lab, {1: base})
-    r = volpack(lab, "backup", f"lvm:{lab.vg}/thin1", str(tmp_path / "t1.vpk"))
+    # 1 MiB hash blocks, several chunks each: the samples below are counted in hash blocks
+    r = volpack(
+        lab, "backup", f"lvm:{lab.vg}/thin1", str(tmp_path / "t1.vpk"), "--hash-block", "1M"
+    )
     assert r.returncode == 0, r.stderr
     thin = json.loads(r.stdout)["source"]["details"]["thin"]
     assert thin["device_id"] == 1 and thin["transaction_id"] == 7

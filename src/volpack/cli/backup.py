@@ -62,6 +62,14 @@ def register(sub: Any) -> None:
         "base's)",
     )
     p.add_argument(
+        "--hash-block",
+        type=size_arg("--hash-block"),
+        default=None,
+        help="hash block size of a new chain, power of two 64K..64Mi: what an incremental covers "
+        "at least (default 64K, larger only past a million hash blocks of used data; an "
+        "incremental keeps its base's)",
+    )
+    p.add_argument(
         "--frame-size",
         type=size_arg("--frame-size"),
         default=4 << 20,
@@ -225,6 +233,7 @@ def run(args: argparse.Namespace) -> int:
             encrypt=seal,
             keyring=base_keyring(args, seal),
             opened=opened,
+            hash_block=args.hash_block,
         )
 
     domain = is_domain_source(source)

@@ -20,7 +20,7 @@ from volpack.errors import ChainError, TargetError, UsageError
 from volpack.extents import Extents
 from volpack.format.hashtable import HashTable, block_hash
 from volpack.identity import Role, check_distinct
-from volpack.pipeline.changes import SAMPLE_MIN, SAMPLE_SHARE, sample_indices
+from volpack.pipeline.changes import sample_blocks
 from volpack.pipeline.common import Progress, medium_roles, scatter
 
 if TYPE_CHECKING:
@@ -42,8 +42,7 @@ def _check_state(
             [np.arange(s, e, dtype=np.int64) for s, e in blocks] or [np.zeros(0, np.int64)]
         )
     else:
-        want = max(SAMPLE_MIN, int(blocks.total() * SAMPLE_SHARE))
-        indices = sample_indices(blocks, want)
+        indices = sample_blocks(blocks, table.hash_block_size)
     hbs = table.hash_block_size
     recorded = table.hashes(indices)
     for index, expected in zip(indices.tolist(), recorded, strict=True):

@@ -47,6 +47,9 @@ from volpack.pipeline.common import (
 from volpack.source import open_source
 from volpack.source.base import Source, SourceInfo
 
+# Entries a new chain's hash table stays under (``hash_block_for``): 24 MiB of table
+HASH_ENTRIES = 1 << 20
+
 if TYPE_CHECKING:
     from volpack.crypto import EncryptKeys
     from volpack.format.keyring import Keyring
@@ -115,6 +118,7 @@ def backup(
     encrypt: EncryptKeys | None = None,
     keyring: Keyring | None = None,
     opened: Source | None = None,
+    hash_block: int | None = None,
 ) -> BackupResult:
     """Back up the used blocks of ``source`` to a new archive at ``archive_url``. A new archive
     file gets permission bits ``mode`` (default 0600); one replaced with ``force`` keeps its own.
@@ -125,6 +129,8 @@ def backup(
     LVM thin source's mappings are a hint unless ``hints`` is False (hash compare always).
     ``block_size`` defaults to 4 KiB, or the base's for an incremental. ``opened`` is
     ``source`` already opened (a disk of a libvirt job shared by several archives).
+    ``hash_block``: the hash block size of a new chain (default `hash_block_for` the used
+    bytes); an incremental keeps its base's.
 
     ``encrypt`` seals the archive to its recipients, passphrases and key files (format 1.3
     ENCRYPTED). An incremental is sealed exactly when its base is; an encrypted base is opened
@@ -167,9 +173,17 @@ def backup(
                 "--block-size"
             )
         block_size = base_archive.block_size
+        base_hbs = base_archive.header.hash_block_size
+        if hash_block not in (None, base_hbs):
+            base_archive.close()
+            raise UsageError(
+                f"--hash-block {hash_block}: the base {base_archive.url} has hash blocks of "
+                f"{base_hbs} B and an incremental keeps its base's; leave out --hash-block"
+            )
     block_size = block_size or DEFAULT_BLOCK
     try:
         check_block_size(block_size, frame_size)
+        check_hash_block(hash_block, block_size)
     except BaseException:
         if base_archive is not None:
             base_archive.close()
@@ -209,9 +223,11 @@ def backup(
         if base_archive is None:
             table = AddressTable.from_used(detection.used, block_size)
             zeros = Extents.empty()
+            used_bytes = table.used_blocks * block_size
             header = R.Header(
                 uuid=this,
                 block_size=block_size,
+                hash_block_size=hash_block or hash_block_for(used_bytes, block_size),
                 frame_size=frame_size,
                 volume_size=src.size,
                 used_blocks=table.used_blocks,
@@ -453,6 +469,29 @@ def _check_catalogued_digest(arch: Archive, catalog: str) -> None:
         )
 
 
+def hash_block_for(used_bytes: int, block_size: int) -> int:
+    """The hash block size of a new chain: 64 KiB, the usual granule of qcow2 and NBD dirty
+    bitmaps and a sixteenth of a thin pool's usual chunk, so that an incremental from such a hint
+    reads what changed and nothing of its base; larger only where the table would pass
+    ``HASH_ENTRIES`` entries (24 B each: a TiB of used data keeps the 1 MiB blocks of format
+    1.2), and never smaller than a block."""
+    hbs = max(R.MIN_HASH_BLOCK, block_size)
+    while hbs < R.MAX_HASH_BLOCK and used_bytes > HASH_ENTRIES * hbs:
+        hbs *= 2
+    return hbs
+
+
+def check_hash_block(hash_block: int | None, block_size: int) -> None:
+    if hash_block is None:
+        return
+    lo, hi = max(R.MIN_HASH_BLOCK, block_size), R.MAX_HASH_BLOCK
+    if hash_block & (hash_block - 1) or not lo <= hash_block <= hi:
+        raise UsageError(
+            f"--hash-block {hash_block}: must be a power of two from {lo} to {hi} (64 KiB to "
+            "64 MiB, and at least --block-size)"
+        )
+
+
 def _fine(
     src: Source,
     detection: Detection,
@@ -495,7 +534,7 @@ def _fine(
     except BaseException:
         close()
         raise
-    if isinstance(fine, str):
+    if fine is None or isinstance(fine, str):
         close()
         return fine
     # The writer's hash table reads the base's bytes through the chain: closed after it.

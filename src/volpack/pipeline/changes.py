@@ -18,11 +18,13 @@ import numpy as np
 
 from volpack.errors import UsageError
 from volpack.extents import Extents
-from volpack.format.hashtable import ENTRY_DTYPE, HASH_DTYPE, HashTable, block_hash, same_hashes
+from volpack.format.hashtable import HASH_DTYPE, HashTable, block_hash, same_hashes
 from volpack.source.base import Source
 
 SAMPLE_MIN, SAMPLE_SHARE = 16, 0.001
-_BATCH = 64  # hash blocks handed to the pool at once
+SAMPLE_SPOT = 1 << 20  # bytes a sampled spot checks at least (every hash block in them)
+_BATCH = 64  # tasks handed to the pool at once
+_SPAN = 1 << 20  # source bytes a task reads and hashes (whole hash blocks, at least one)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +44,9 @@ class Changes:
 
 class _Hasher:
     """Hashes hash blocks of the source as a restore of the new archive would read them: used
-    bytes from the source, zeros elsewhere."""
+    bytes from the source, zeros elsewhere. Neighbouring hash blocks are read together, up to
+    ``_SPAN`` bytes a task: 64 KiB hash blocks one read and one pool task each cost more in
+    Python than in hashing."""
 
     def __init__(
         self, src: Source, used_bytes: Extents, hbs: int, threads: int, key: bytes | None = None
@@ -52,16 +56,18 @@ class _Hasher:
         self.read_bytes = 0
         self._count = threading.Lock()  # ``+=`` from pool threads could lose updates
         self._local = threading.local()
-        self._zeros = memoryview(bytes(hbs))
+        self._per = max(1, _SPAN // hbs)  # hash blocks a task
+        self._zeros = memoryview(bytes(self._per * hbs))
 
-    def one(self, index: int) -> bytes:
-        start = index * self.hbs
-        end = min(start + self.hbs, self.src.size)
-        # One buffer per thread, reused: a fresh 1 MiB buffer a block cost a page fault per
-        # 4 KiB, about a third as much CPU as hashing the block.
+    def span(self, first: int, count: int) -> bytes:
+        """The hashes of hash blocks ``first`` … ``first + count - 1`` (at most ``_per``)."""
+        start = first * self.hbs
+        end = min(start + count * self.hbs, self.src.size)
+        # One buffer per thread, reused: a fresh buffer a task cost a page fault per 4 KiB,
+        # about a third as much CPU as hashing the bytes.
         buf = getattr(self._local, "buf", None)
         if buf is None:
-            buf = self._local.buf = memoryview(bytearray(self.hbs))
+            buf = self._local.buf = memoryview(bytearray(self._per * self.hbs))
         view = buf[: end - start]
         pos = start
         read = 0
@@ -73,22 +79,44 @@ class _Hasher:
         view[pos - start :] = self._zeros[: end - pos]
         with self._count:
             self.read_bytes += read
-        return block_hash(view, self.key)
+        return b"".join(
+            block_hash(view[at : at + self.hbs], self.key) for at in range(0, end - start, self.hbs)
+        )
 
     def many(
         self, indices: np.ndarray, progress: Callable[[int], None] | None = None
     ) -> np.ndarray:
-        """The hash of each hash block in ``indices``, as ``V16`` (16 bytes a block, not a
-        Python object: a TiB of used data is a million hash blocks)."""
+        """The hash of each hash block in ``indices`` (increasing), as ``V16`` (16 bytes a
+        block, not a Python object: a TiB of used data is a million hash blocks)."""
         out = np.empty(len(indices), HASH_DTYPE)
+        tasks = _spans(indices, self._per)
+        done = 0
         with ThreadPoolExecutor(self.threads + 1, thread_name_prefix="vp-compare") as pool:
-            for first in range(0, len(indices), _BATCH):
-                batch = indices[first : first + _BATCH].tolist()
-                got = b"".join(pool.map(self.one, batch))
-                out[first : first + len(batch)] = np.frombuffer(got, HASH_DTYPE)
+            for at in range(0, len(tasks), _BATCH):
+                batch = tasks[at : at + _BATCH]
+                got = b"".join(pool.map(lambda t: self.span(*t), batch))
+                n = sum(count for _, count in batch)
+                out[done : done + n] = np.frombuffer(got, HASH_DTYPE)
+                done += n
                 if progress is not None:
-                    progress(first + len(batch))
+                    progress(done)
         return out
+
+
+def _spans(indices: np.ndarray, most: int) -> list[tuple[int, int]]:
+    """``indices`` (increasing) as (first, count) runs of consecutive ones, none longer than
+    ``most``."""
+    if not len(indices):
+        return []
+    breaks = np.flatnonzero(np.diff(indices) != 1) + 1
+    starts = np.concatenate(([0], breaks))
+    ends = np.concatenate((breaks, [len(indices)]))
+    out = []
+    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+        first = int(indices[s])
+        for at in range(0, e - s, most):
+            out.append((first + at, min(most, e - s - at)))
+    return out
 
 
 def _resized(base: HashTable, volume_size: int, hbs: int) -> Extents:
@@ -165,6 +193,18 @@ def sample_indices(candidates: Extents, count: int) -> np.ndarray:
     return candidates.starts[run] + (ranks - before)
 
 
+def sample_blocks(candidates: Extents, hbs: int) -> np.ndarray:
+    """The hash blocks of ``candidates`` (runs of hash block indices) a sampled check hashes:
+    max(16, 0.1 %) spots spread evenly, first and last included, each spot every candidate in
+    one ``SAMPLE_SPOT``-aligned MiB (one hash block where they are larger). In spots, not hash
+    blocks, so that 64 KiB hash blocks check as many bytes as 1 MiB ones."""
+    per = max(1, SAMPLE_SPOT // hbs)
+    spots = candidates.scale_out(per)
+    chosen = sample_indices(spots, max(SAMPLE_MIN, int(spots.total() * SAMPLE_SHARE)))
+    runs = Extents.from_arrays(chosen * per, (chosen + 1) * per).intersect(candidates)
+    return block_indices(runs)
+
+
 def check_hint(
     src: Source,
     used_bytes: Extents,
@@ -186,8 +226,7 @@ def check_hint(
     whole = _emptied(base, touched, blocks).union(_resized(base, src.size, hbs))
     covered = dirty.scale_out(hbs).clip(0, blocks).union(whole)
     unhinted = Extents.span(0, min(blocks, base.hash_blocks)).subtract(covered)
-    want = max(SAMPLE_MIN, int(unhinted.total() * SAMPLE_SHARE))
-    sample = sample_indices(unhinted, want)
+    sample = sample_blocks(unhinted, hbs)
     hasher = _Hasher(src, used_bytes, hbs, threads, base.key)
     got = hasher.many(sample)
     wrong = np.flatnonzero(~same_hashes(got, base.hash_array(sample)))
@@ -282,17 +321,20 @@ def refine(
     base_used: Extents,
     read_base: Callable[[int, int], bytes],
     threads: int = 2,
-) -> Fine | str:
+) -> Fine | str | None:
     """Cover only the blocks the hint marks (plus blocks that became used, and the hash blocks
-    to cover whole) instead of whole hash blocks, or why not. ``used``/``base_used``: used
-    blocks now and in the base's state; ``read_base(offset, length)`` reads the base's state.
+    to cover whole) instead of whole hash blocks; or why not (a string); or None where the
+    hint's blocks fill whole hash blocks anyway (granules as large as hash blocks).
+    ``used``/``base_used``: used blocks now and in the base's state; ``read_base(offset,
+    length)`` reads the base's state.
 
     A hash block covered in part keeps its other blocks from the base, so its entry is the hash
     of the base's bytes with the covered blocks as the new archive holds them: what a restore of
     the chain gives, whatever the hint missed. The writer's hash table makes it (``fill`` gives
-    it the base's bytes between its frames' data); here only those with no data are hashed. Whether the hint is right *inside* those hash
-    blocks is checked on a sample of them (max(16, 0.1 %), first and last included): the source
-    must equal the base's bytes where the hint says nothing changed."""
+    it the base's bytes between its frames' data); here only those with no data are hashed.
+    Whether the hint is right *inside* those hash blocks is checked on a sample of them
+    (``sample_blocks``): the source must equal the base's bytes where the hint says nothing
+    changed."""
     assert changes.dirty is not None and changes.whole is not None
     hbs = base.hash_block_size
     per = hbs // block_size
@@ -310,12 +352,11 @@ def refine(
     fill = StateFill(read_base, partial.scale_in(hbs).clip(0, src.size), zeros)
     with_data = blocks.intersect(used).scale_out(per)
     nodata = partial.subtract(with_data)
-    empty = HashTable(hbs, src.size, np.zeros(0, ENTRY_DTYPE), base.key)
     if not len(partial):
-        return Fine(blocks, fill, nodata, empty, 0, 0)
+        return None  # every touched hash block is covered whole: nothing to refine
     in_partial = partial.scale_in(per).clip(0, vblocks)
     kept = in_partial.subtract(blocks).intersect(base_used)
-    sample = sample_indices(partial, max(SAMPLE_MIN, int(partial.total() * SAMPLE_SHARE)))
+    sample = sample_blocks(partial, hbs)
     kept_bytes = kept.scale_in(block_size).clip(0, src.size)
     checked = 0
     for index in sample.tolist():
