@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from volpack.extents import Extents
+from volpack.extents import Extents, unique
 
 # Physical-map flags (recorded on the medium; values are part of the format, docs/format.md).
 PM_UNKNOWN = 1  # the volume range is stored somewhere we could not locate (never guessed)
@@ -74,7 +74,7 @@ class PhysicalMap:
     def locate_arrays(self, used: Extents) -> tuple[np.ndarray, ...]:
         """``locate`` as five int64 arrays (starts, lengths, device, physical, flags)."""
         ends = self.starts + self.lengths
-        cuts = np.unique(np.concatenate([used.starts, used.ends, self.starts, ends]))
+        cuts = unique(np.concatenate([used.starts, used.ends, self.starts, ends]))
         a, b = cuts[:-1], cuts[1:]
         if len(used):
             k = np.searchsorted(used.starts, a, side="right") - 1

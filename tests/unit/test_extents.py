@@ -1,7 +1,8 @@
+import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from volpack.extents import Extents
+from volpack.extents import Extents, unique
 
 runs = st.lists(st.tuples(st.integers(0, 300), st.integers(0, 40)), max_size=30).map(
     lambda xs: Extents.from_pairs([(a, a + n) for a, n in xs])
@@ -43,3 +44,12 @@ def test_huge_sparse_extents_cost_runs_not_blocks():
     e = Extents.from_pairs([(i * tib, i * tib + 4096) for i in range(16)])
     assert e.total() == 16 * 4096
     assert len(e.complement(0, 16 * tib)) == 16
+
+
+@given(st.lists(st.integers(-(2**62), 2**62), max_size=60))
+def test_unique_gives_what_numpy_unique_gives(values):
+    arr = np.array(values, dtype=np.int64)
+    got = unique(arr)
+    assert got.dtype == arr.dtype
+    assert np.array_equal(got, np.unique(arr))
+    assert np.array_equal(unique(arr.reshape(-1, 1)), np.unique(arr))  # flattened, like numpy

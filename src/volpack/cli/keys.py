@@ -133,10 +133,8 @@ def _passphrases(args: argparse.Namespace, *, confirm: bool) -> tuple[Passphrase
 
 
 def seal_keys(args: argparse.Namespace) -> EncryptKeys | None:
-    """The keys to seal a new archive to, or None when no encryption option was given."""
-    from volpack.crypto import Cipher, EncryptKeys
-    from volpack.crypto.files import read_key_file
-
+    """The keys to seal a new archive to, or None when no encryption option was given (then
+    nothing of volpack.crypto is imported: a plain backup does not pay for OpenSSL's start)."""
     wanted = args.recipient or args.passphrase or args.passphrase_file or args.key_file
     if not wanted:
         if args.cipher is not None:
@@ -145,6 +143,9 @@ def seal_keys(args: argparse.Namespace) -> EncryptKeys | None:
                 "--passphrase, --passphrase-file or --key-file"
             )
         return None
+    from volpack.crypto import Cipher, EncryptKeys
+    from volpack.crypto.files import read_key_file
+
     return EncryptKeys(
         recipients=tuple(args.recipient),
         passphrases=_passphrases(args, confirm=True),

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from volpack.errors import UsageError
-from volpack.extents import Extents
+from volpack.extents import Extents, unique
 from volpack.format.hashtable import HASH_DTYPE, HashTable, block_hash, same_hashes
 from volpack.source.base import Source
 
@@ -185,7 +185,7 @@ def sample_indices(candidates: Extents, count: int) -> np.ndarray:
     total = candidates.total()
     if total == 0:
         return np.zeros(0, np.int64)
-    ranks = np.unique(np.linspace(0, total - 1, min(count, total)).round().astype(np.int64))
+    ranks = unique(np.linspace(0, total - 1, min(count, total)).round().astype(np.int64))
     lengths = candidates.ends - candidates.starts
     run_end = np.cumsum(lengths)
     run = np.searchsorted(run_end, ranks, side="right")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import blake3
 import numpy as np
 
-from volpack.extents import Extents
+from volpack.extents import Extents, unique
 from volpack.source.lvm_thin import ThinMap
 
 
@@ -39,7 +39,7 @@ def mapping_delta(old: ThinMap, new: ThinMap) -> Extents:
 
     Every run boundary of either map splits the block range into pieces inside which both maps
     are each unmapped or linear, so comparing each piece at its start decides the whole piece."""
-    points = np.unique(
+    points = unique(
         np.concatenate([old.virt, old.virt + old.length, new.virt, new.virt + new.length]).astype(
             np.int64
         )

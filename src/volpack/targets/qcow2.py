@@ -18,7 +18,7 @@ import numpy as np
 from volpack.atomic import discard, publish
 from volpack.errors import TargetError
 from volpack.exactio import Subject, pwritev_all
-from volpack.extents import Extents
+from volpack.extents import Extents, unique
 from volpack.targets.raw import check_new_file, create_file_temp
 from volpack.units import check_mode, human
 from volpack.writeback import Writeback
@@ -166,7 +166,7 @@ class Qcow2Target:
         self._writeback.wrote(self.next_host)
         guest = first + keep.astype(np.int64)
         tables = guest // self.l2_entries
-        for t in np.unique(tables).tolist():
+        for t in unique(tables).tolist():
             sel = tables == t
             table = self.tables.get(t)
             if table is None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from volpack.detect.fs._common import Area
-from volpack.extents import Extents
+from volpack.extents import Extents, unique
 
 EXTENTS_FL = 0x80000
 INLINE_DATA_FL = 0x10000000
@@ -110,7 +110,7 @@ class _Walker:
     def inodes(self, offset: np.ndarray, ino: np.ndarray) -> int:
         bs = self.lay.block_size
         blk = offset // bs
-        needed = np.unique(blk)
+        needed = unique(blk)
         for b0 in range(0, needed.size, _BATCH_BLOCKS):
             chunk = needed[b0 : b0 + _BATCH_BLOCKS]
             lo, hi = np.searchsorted(blk, [chunk[0], chunk[-1] + 1])
