@@ -99,3 +99,40 @@ def test_the_writer_stores_zstd_only_when_it_has_fewer_bytes_than_the_raw_frame(
     assert zstandard.ZstdDecompressor().decompress(bytes(packed)) == bytes(text)
     assert enc.compress(memoryview(b"x")) is None  # one byte never shrinks
     assert _Encoder(R.CODEC_NONE, 0, None, FRAME).compress(text) is None
+
+
+def test_random_access_reuses_frame_buffers_but_never_one_a_reader_still_holds(archive):
+    """Random access (restore of a chain, merge, serve) decodes into reused buffers too; a view
+    handed out keeps its bytes however far the cache moves on, and buffers nobody holds are
+    used again (no new 64 KiB buffer per frame)."""
+    from volpack import open_archive
+    from volpack.format.random_access import Archive
+
+    expected, _, _ = frames(archive, reuse=False)
+    with open_archive(archive, cache_bytes=FRAME) as arch:  # a cache of one frame
+        assert isinstance(arch, Archive)
+        held = {seq: arch.frame(seq) for seq in (0, len(expected) - 1)}
+        for seq in range(len(expected)):
+            assert bytes(arch.frame(seq)) == expected[seq]
+        for seq, view in held.items():
+            assert bytes(view) == expected[seq]  # never written over while held
+        kept = len(arch._buffers._bufs)
+        assert kept <= arch._buffers.keep
+        for seq in range(len(expected)):  # nothing held: no new buffer is kept
+            assert bytes(arch.frame(seq)) == expected[seq]
+        assert len(arch._buffers._bufs) == kept
+
+
+def test_a_read_into_past_the_end_of_an_archive_file_is_refused(archive):
+    from volpack.errors import MediumError
+
+    reader = open_reader(archive)
+    try:
+        size = reader.size
+        with pytest.raises(MediumError, match="past the end"):
+            reader.read_at_into(size - 10, memoryview(bytearray(20)))
+        buf = bytearray(8)
+        reader.read_at_into(0, memoryview(buf))
+        assert bytes(buf) == reader.read_at(0, 8)
+    finally:
+        reader.close()

@@ -191,6 +191,20 @@ class FileReader(MediumReader):
             )
         return data
 
+    def read_at_into(self, offset: int, buf: memoryview) -> None:
+        """``read_at`` into ``buf`` (all of it): random access without a new buffer a read."""
+        if self._size is None or offset < 0 or offset + len(buf) > self._size:
+            self.read_at(offset, len(buf))  # raises the MediumError read_at gives
+        try:
+            n = os.preadv(self.fd, [buf], offset)
+        except OSError as exc:
+            raise _os_error(self.path, exc, f"reading the archive at offset {offset}") from None
+        if n != len(buf):
+            raise MediumError(
+                f"{self.path}: short read at {offset} ({n} of {len(buf)} bytes); the file "
+                "changed while being read"
+            )
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
