@@ -114,6 +114,15 @@ def test_random_access_from_many_threads_loads_each_frame_once_and_copies_nothin
             return read_at(offset, length)
 
         a.medium.read_at = slow_read_at
+        read_into = a._read_into  # file media: frames are read into reused buffers
+        assert read_into is not None
+
+        def slow_read_into(offset, buf):
+            loads.append(offset)
+            time.sleep(0.02)
+            return read_into(offset, buf)
+
+        a._read_into = slow_read_into
         with ThreadPoolExecutor(8) as pool:
             got = list(pool.map(lambda _: a.read_views(0, size), range(8)))
         for views in got:

@@ -94,6 +94,10 @@ def run(args: argparse.Namespace) -> int:
             else f"full, sequence {d['chain_seq']} of chain {d['chain_id']}"
         )
         lines.append(f"level        {level}")
+        if d.get("hash_block_size"):
+            entries = d.get("hash_table_entries")
+            count = "" if entries is None else f", {entries} in the table"
+            lines.append(f"hash blocks  {human(d['hash_block_size'])} each{count}")
         if base:
             lines.append(f"base         {base['uuid']} (blake3:{base['digest']})")
             changes = d.get("changes") or {}
