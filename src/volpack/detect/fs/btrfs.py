@@ -8,7 +8,6 @@ profiles count whole stripes. Raises FsDamaged for anything inconsistent; reads 
 from __future__ import annotations
 
 import bisect
-import hashlib
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -159,6 +158,8 @@ def _csum_ok(block: bytes, csum_type: int) -> bool:
         return struct.unpack_from("<I", block, 0)[0] == crc32c(body)
     if csum_type == CSUM_XXHASH:
         return struct.unpack_from("<Q", block, 0)[0] == xxhash.xxh64_intdigest(body)
+    import hashlib  # here: importing it starts OpenSSL (3.5 MiB) in every backup otherwise
+
     if csum_type == CSUM_SHA256:
         return block[:32] == hashlib.sha256(body).digest()
     return block[:32] == hashlib.blake2b(body, digest_size=32).digest()
