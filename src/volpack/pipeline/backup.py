@@ -471,7 +471,7 @@ def _check_catalogued_digest(arch: Archive, catalog: str) -> None:
 
 def hash_block_for(used_bytes: int, block_size: int) -> int:
     """The hash block size of a new chain: 64 KiB, the usual granule of qcow2 and NBD dirty
-    bitmaps and a sixteenth of a thin pool's usual chunk, so that an incremental from such a hint
+    bitmaps and the smallest chunk of an LVM thin pool, so that an incremental from such a hint
     reads what changed and nothing of its base; larger only where the table would pass
     ``HASH_ENTRIES`` entries (24 B each: a TiB of used data keeps the 1 MiB blocks of format
     1.2), and never smaller than a block."""
