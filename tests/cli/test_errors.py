@@ -218,3 +218,22 @@ def test_staging_file_needs_more_space_than_is_free(tmp_path):
         "dense volume needs",
     )
     assert not (tmp_path / "stage.img").exists()
+
+
+def test_hash_block_outside_the_format_or_unlike_the_base_is_refused_and_writes_nothing(
+    archive, tmp_path
+):
+    vol, arc = archive
+    out = tmp_path / "i.vpk"
+    for bad in ("3M", "32K", "128M"):
+        r = vp("backup", vol, str(out), "--hash-block", bad)
+        one_error_line(r, 2, "--hash-block", "power of two from 65536 to 67108864")
+        assert not out.exists()
+    # the full chose 64 KiB (little is used); an incremental keeps it or refuses another
+    r = vp("backup", vol, str(out), "--base", arc, "--hash-block", "1M", "--no-catalog")
+    one_error_line(r, 2, "--hash-block 1048576", "hash blocks of 65536 B", "leave out --hash-block")
+    assert not out.exists()
+    r = vp("backup", vol, str(out), "--base", arc, "--hash-block", "64K", "--no-catalog")
+    assert r.returncode == 0, r.stderr
+    info = vp("info", str(out))
+    assert "hash blocks  64.0 KiB each" in info.stdout, info.stdout

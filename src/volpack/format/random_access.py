@@ -46,7 +46,7 @@ class _Recycled:
     window), so a buffer is handed out again only when its reference count shows no holder:
     every view of a bytearray keeps one reference to it. Fresh buffers cost a page fault per
     4 KiB, and the kernel's copy into the page cache of bytes in pages not yet touched retries
-    (a 10-link chain restore spent 2.4 s in the kernel against 1.0 s for an equal full).
+    (a 10-link chain restore's kernel time: 1.92 s with fresh buffers, 1.68 s reused).
     At most ``keep`` buffers are kept; past that, busy ones are allocated and let go."""
 
     def __init__(self, size: int, keep: int) -> None:
