@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import bech32
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from volpack.crypto import x25519
 from volpack.errors import UsageError
 
 DATA_KEY_SIZE = 16  # age's file key size: a slot age can unwrap must wrap exactly 16 bytes
@@ -119,8 +119,7 @@ class Identity:
 
     @property
     def recipient(self) -> Recipient:
-        key = X25519PrivateKey.from_private_bytes(self.secret)
-        return Recipient(key.public_key().public_bytes_raw())
+        return Recipient(x25519.public_key(self.secret))
 
     def encoded(self) -> str:
         """``AGE-SECRET-KEY-1…``: the secret itself; for the identity file only."""
@@ -134,8 +133,7 @@ class Identity:
 
 def generate_identity() -> Identity:
     """A fresh X25519 identity from the operating system's random source."""
-    key = X25519PrivateKey.generate()
-    return Identity(key.private_bytes_raw())
+    return Identity(x25519.generate()[0])
 
 
 def parse_identities(text: str, name: str) -> tuple[Identity, ...]:

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from hashlib import sha256
 
 import blake3
-from cryptography.exceptions import InvalidTag
 
-from volpack.crypto.aead import Aead
+from volpack.crypto.aead import Aead, InvalidTag
 from volpack.crypto.subkeys import UUID_SIZE, Subkeys
 from volpack.errors import TamperedArchive, UsageError
 

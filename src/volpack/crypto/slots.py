@@ -15,13 +15,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
+from volpack.crypto import x25519
+from volpack.crypto.aead import Aead, InvalidTag
 from volpack.crypto.keys import (
     DATA_KEY_SIZE,
     DataKey,
@@ -31,6 +26,7 @@ from volpack.crypto.keys import (
     Recipient,
 )
 from volpack.crypto.seal import Cipher
+from volpack.crypto.subkeys import hkdf_sha256
 from volpack.errors import CorruptArchive, UsageError, WeakKeySlot, WrongKey
 
 X25519_INFO = b"age-encryption.org/v1/X25519"
@@ -112,6 +108,8 @@ class Argon2Params:
         return None
 
     def kek(self, passphrase: Passphrase, salt: bytes) -> bytes:
+        from cryptography.hazmat.primitives.kdf.argon2 import Argon2id  # only for passphrases
+
         kdf = Argon2id(
             salt=salt,
             length=32,
@@ -151,38 +149,37 @@ class X25519Slot:
 
     @classmethod
     def wrap(cls, data_key: DataKey, recipient: Recipient) -> X25519Slot:
-        ephemeral = X25519PrivateKey.generate()
-        share = ephemeral.public_key().public_bytes_raw()
+        ephemeral, share = x25519.generate()
         try:
-            shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(recipient.public))
-        except ValueError:  # a low-order point: the shared secret would be all zeros
+            shared = x25519.shared_secret(ephemeral, recipient.public)
+        except x25519.LowOrderPoint:
             raise UsageError(
                 f"recipient {recipient}: not a usable X25519 public key (low order); "
                 "use a recipient printed by age-keygen or 'volpack key recipient'"
             ) from None
-        wrapped = ChaCha20Poly1305(_x25519_key(shared, share, recipient.public)).encrypt(
-            ZERO_NONCE, data_key.secret, None
-        )
+        wrapped = _wrap(_x25519_key(shared, share, recipient.public), data_key, None)
         return cls(share, wrapped)
 
     def unwrap(self, identity: Identity) -> DataKey | None:
-        secret = X25519PrivateKey.from_private_bytes(identity.secret)
         try:
-            shared = secret.exchange(X25519PublicKey.from_public_bytes(self.share))
-        except ValueError:
+            shared = x25519.shared_secret(identity.secret, self.share)
+        except x25519.LowOrderPoint:
             return None
         key = _x25519_key(shared, self.share, identity.recipient.public)
         return _open_wrapped(key, self.wrapped, None)
 
 
 def _x25519_key(shared: bytes, share: bytes, recipient: bytes) -> bytes:
-    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=share + recipient, info=X25519_INFO)
-    return hkdf.derive(shared)
+    return hkdf_sha256(shared, share + recipient, X25519_INFO)
+
+
+def _wrap(key: bytes, data_key: DataKey, ad: bytes | None) -> bytes:
+    return Aead("chacha20-poly1305", key).encrypt(ZERO_NONCE, data_key.secret, ad)
 
 
 def _open_wrapped(key: bytes, wrapped: bytes, ad: bytes | None) -> DataKey | None:
     try:
-        return DataKey(ChaCha20Poly1305(key).decrypt(ZERO_NONCE, wrapped, ad))
+        return DataKey(Aead("chacha20-poly1305", key).decrypt(ZERO_NONCE, wrapped, ad))
     except (InvalidTag, ValueError):
         return None
 
@@ -213,7 +210,7 @@ class PassphraseSlot:
             )
         salt = secrets.token_bytes(SALT_SIZE)
         kek = params.kek(passphrase, salt)
-        wrapped = ChaCha20Poly1305(kek).encrypt(ZERO_NONCE, data_key.secret, ARGON2_AD)
+        wrapped = _wrap(kek, data_key, ARGON2_AD)
         return cls(salt, params, wrapped)
 
     def unwrap(self, passphrase: Passphrase) -> DataKey | None:
@@ -236,9 +233,7 @@ class KeyFileSlot:
     @classmethod
     def wrap(cls, data_key: DataKey, key_file: KeyFile) -> KeyFileSlot:
         salt = secrets.token_bytes(SALT_SIZE)
-        wrapped = ChaCha20Poly1305(_key_file_kek(key_file, salt)).encrypt(
-            ZERO_NONCE, data_key.secret, KEY_FILE_AD
-        )
+        wrapped = _wrap(_key_file_kek(key_file, salt), data_key, KEY_FILE_AD)
         return cls(salt, wrapped)
 
     def unwrap(self, key_file: KeyFile) -> DataKey | None:
@@ -246,8 +241,7 @@ class KeyFileSlot:
 
 
 def _key_file_kek(key_file: KeyFile, salt: bytes) -> bytes:
-    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=KEY_FILE_INFO)
-    return hkdf.derive(key_file.secret)
+    return hkdf_sha256(key_file.secret, salt, KEY_FILE_INFO)
 
 
 @dataclass(frozen=True, slots=True)
