@@ -266,3 +266,20 @@ def rows(img, out: Path, repeat: int) -> list[measure.Row]:
     if shutil.which("qemu-io") and shutil.which("qemu-img"):
         result += _incr_rows(img, out, repeat)
     return result
+
+
+def main() -> int:
+    import run
+    import targets
+
+    return run.rows_only(
+        "issue 13 rows only: backup from, restore into, incremental over qemu-nbd",
+        rows,
+        targets._nbd_live_checks,
+        ("ext4",),
+    )
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.exit(main())

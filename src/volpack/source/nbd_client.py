@@ -33,9 +33,12 @@ __all__ = ["ExportInfo", "NbdAddress", "NbdClient", "is_nbd_url", "parse_nbd_url
 STATUS_CHUNK = (1 << 32) - (1 << 20)
 # Reads and writes are cut into pieces of this size (or the server's maximum, if smaller) so a
 # server can work on several at once; in flight at most MAX_IN_FLIGHT requests and
-# MAX_IN_FLIGHT_BYTES of data, which bounds what the server buffers for this client.
-PIECE = 2 << 20
-MAX_IN_FLIGHT = 16
+# MAX_IN_FLIGHT_BYTES of data, which bounds what the server buffers for this client. 1 MiB:
+# a 4 MiB frame is then four requests the server reads at once, and the first reply starts
+# sooner (backup from qemu-nbd, median of 10 alternating runs: 2.74 s against 3.08 s with
+# 2 MiB pieces; nbdcopy 2.51 s).
+PIECE = 1 << 20
+MAX_IN_FLIGHT = 32
 MAX_IN_FLIGHT_BYTES = 32 << 20
 MAX_STATUS_CHUNK = MAX_OPTION_REPLY * 16
 
