@@ -202,7 +202,7 @@ def test_read_errors_from_the_server_fail_the_backup_with_exit_3_and_no_archive(
 
 def test_a_server_killed_mid_backup_gives_exit_3_and_no_archive(tmp_path):
     image = tmp_path / "img.raw"
-    image.write_bytes(os.urandom(24 * MiB))
+    image.write_bytes(os.urandom(96 * MiB))  # at 400 ms a request, far longer than 1.5 s
     sock = tmp_path / "s.sock"
     with nbdkit(sock, "--filter=delay", "file", str(image), "rdelay=400ms") as srv:
         proc = subprocess.Popen(

@@ -17,7 +17,7 @@ import pytest
 from volpack import nbdwire as w
 from volpack.errors import SourceError, TargetError
 from volpack.source.nbd import NbdSource
-from volpack.source.nbd_client import NbdClient
+from volpack.source.nbd_client import MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES, PIECE, NbdClient
 
 SIZE = 1 << 20
 
@@ -192,13 +192,13 @@ def test_a_read_keeps_several_requests_in_flight_and_files_replies_by_cookie(tmp
         src.read_into(0, memoryview(buf))
     finally:
         src.close()
-    # All four 2 MiB pieces were sent before any reply came, and the replies, sent last
-    # piece first, landed where their cookies said.
-    assert seen == [(4, size)]
+    # Every piece (1 MiB) was sent before any reply came, and the replies, sent last piece
+    # first, landed where their cookies said.
+    assert seen == [(size // PIECE, size)]
     assert buf == _pattern(0, size)
 
 
-def test_requests_in_flight_stay_within_sixteen_and_32_mib(tmp_path):
+def test_requests_in_flight_stay_within_their_count_and_byte_budget(tmp_path):
     size = 96 << 20
     seen: list[tuple[int, int]] = []
     src = NbdSource(_batching_server(tmp_path, size, seen))
@@ -208,8 +208,9 @@ def test_requests_in_flight_stay_within_sixteen_and_32_mib(tmp_path):
     finally:
         src.close()
     assert buf == _pattern(0, size)
-    assert max(n for n, _ in seen) <= 16
-    assert max(b for _, b in seen) <= 32 << 20
+    assert MAX_IN_FLIGHT * PIECE == MAX_IN_FLIGHT_BYTES  # so both limits are reached here
+    assert max(n for n, _ in seen) == MAX_IN_FLIGHT
+    assert max(b for _, b in seen) == MAX_IN_FLIGHT_BYTES
     assert sum(b for _, b in seen) == size
 
 
@@ -245,7 +246,7 @@ def test_a_failed_write_sent_behind_is_raised_before_the_flush_is_sent(tmp_path)
     client = NbdClient(f"nbd+unix:///?socket={path}", TargetError, write=True)
     try:
         client.write_behind(memoryview(bytes(8 << 20)), 0)
-        with pytest.raises(TargetError, match="a write of 2097152 bytes at offset 6291456"):
+        with pytest.raises(TargetError, match=f"a write of {PIECE} bytes at offset 6291456"):
             client.flush()
     finally:
         client.close()
