@@ -27,9 +27,10 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "extents"),
     # exactio: positioned reads and writes that raise the caller's error family.
+    # buffers: I/O buffers placed where the kernel copies into them at full speed.
     # nbdwire: the NBD protocol's numbers and structs, one owner for the client (source/,
     # targets/) and the server (serve/), which sit in different layers.
-    ("physmap", "units", "identity", "partials", "writeback", "exactio", "nbdwire"),
+    ("physmap", "units", "identity", "partials", "writeback", "exactio", "buffers", "nbdwire"),
     ("atomic",),
     # crypto: keys, key slots and sealing; bytes in memory (and local key files through atomic),
     # below format, which will seal its records with it.

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from volpack.buffers import buffer
 from volpack.compact.table import AddressTable
 from volpack.errors import SourceError, UsageError
 from volpack.exactio import Subject, preadv_exact, pwrite_all
@@ -120,8 +121,7 @@ class Staging:
         progress: Callable[[int], None] | None = None,
     ) -> None:
         vs, lens, ds = physical_order(table, pmap, source.size)
-        buf = bytearray(_CHUNK)
-        view = memoryview(buf)
+        view = buffer(_CHUNK)
         done = 0
         for v, n, d in zip(vs.tolist(), lens.tolist(), ds.tolist(), strict=True):
             for off in range(0, n, _CHUNK):

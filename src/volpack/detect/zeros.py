@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from volpack.buffers import buffer
 from volpack.extents import Extents
 from volpack.source.base import Source
 
@@ -42,15 +43,14 @@ def nonzero_blocks(
     def scan(chunk: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, int]:
         b0, n = chunk
         if getattr(local, "buf", None) is None:
-            local.buf = bytearray(per_chunk * block_size)
-        buf = local.buf
-        view = memoryview(buf)
+            local.buf = buffer(per_chunk * block_size)
+        view = local.buf
         off = b0 * block_size
         length = min(n * block_size, size - off)
         source.read_into(off, view[:length])
         if length < n * block_size:  # the volume's short last block
             view[length : n * block_size] = bytes(n * block_size - length)
-        words = np.frombuffer(buf, np.uint64, count=n * block_size // 8).reshape(n, -1)
+        words = np.frombuffer(view, np.uint64, count=n * block_size // 8).reshape(n, -1)
         # Most data blocks have a non-zero first word: only the others are read whole.
         mask = words[:, 0] != 0
         rest = np.flatnonzero(~mask)

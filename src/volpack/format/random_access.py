@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import blake3
 import numpy as np
 
+from volpack.buffers import LINE, place
 from volpack.compact.table import AddressTable
 from volpack.errors import CorruptArchive, IncompleteArchive, MediumError, UsageError
 from volpack.extents import Extents
@@ -64,7 +65,7 @@ class _Recycled:
             for buf in self._bufs:
                 if sys.getrefcount(buf) <= self._unheld:
                     return buf
-            buf = bytearray(self.size)
+            buf = bytearray(self.size + LINE)  # room to place a read (volpack/buffers.py)
             if len(self._bufs) < self.keep:
                 self._bufs.append(buf)
             return buf
@@ -336,7 +337,7 @@ class Archive:
         length = R.FRAME_HEADER_SIZE + int(self._stored[seq])
         data: bytes | memoryview
         if self._read_into is not None and length <= self._buffers.size:
-            data = memoryview(self._buffers.get())[:length]
+            data = place(self._buffers.get(), length, off)
             self._read_into(off, data)
         else:
             data = self.medium.read_at(off, length)

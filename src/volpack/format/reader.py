@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import blake3
 import numpy as np
 
+from volpack.buffers import LINE, buffer, place
 from volpack.compact.table import AddressTable
 from volpack.errors import CorruptArchive, IncompleteArchive, TamperedArchive, UsageError
 from volpack.extents import Extents
@@ -246,7 +247,12 @@ class ArchiveStream:
         it is large enough): what is buffered, then the rest read straight into it (a frame is
         copied from the medium once, not through the read buffer). They feed the digest only
         without METADIGEST."""
-        view = memoryview(into if into is not None and len(into) >= n else bytearray(n))[:n]
+        # Placed at the archive offset's phase: the medium's copy runs at full speed
+        # (volpack/buffers.py).
+        if into is not None and len(into) >= n + LINE:
+            view = place(into, n, self.offset)
+        else:
+            view = buffer(n, self.offset)
         have = min(n, self._end - self._pos)
         view[:have] = memoryview(self._buf)[self._pos : self._pos + have]
         self._pos += have
@@ -380,9 +386,9 @@ class ArchiveStream:
                     self._frame_stored.append(fh.stored_length)
                     self._frame_codecs.append(fh.codec)
                     held = spare.get() if spare is not None else None
-                    stored = self._take(fh.stored_length, f"frame {seq}", held)
-                    if held is not None and stored.obj is not held:
+                    if held is not None and len(held) < fh.stored_length + LINE:
                         held = None  # too large for a spare buffer (a damaged header)
+                    stored = self._take(fh.stored_length, f"frame {seq}", held)
                     self.stored_bytes += fh.stored_length
                     ready.put(pool.submit(decode, fh, held, stored, where))
             except BaseException as exc:  # handed to the consuming thread, in order
@@ -541,7 +547,7 @@ class _Buffers:
         with self._lock:
             if self._free:
                 return self._free.pop()
-        return bytearray(self.size)
+        return bytearray(self.size + LINE)  # room to place a read (volpack/buffers.py)
 
     def put(self, buf: bytearray) -> None:
         with self._lock:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import blake3
 import numpy as np
 
+from volpack.buffers import LINE, buffer
 from volpack.format import records as R
 from volpack.format.hashtable import HashBuilder, HashTable
 from volpack.media.base import MediumWriter
@@ -86,7 +87,7 @@ class _Encoder:
         self.frame_size = frame_size
         self._local = threading.local()
 
-    def encode(self, seq: int, buf: bytearray, raw_len: int, hashed: Future) -> _Encoded:
+    def encode(self, seq: int, buf: memoryview, raw_len: int, hashed: Future) -> _Encoded:
         """Frame ``seq`` from its raw bytes in ``buf[48:]``: its header in ``buf[:48]`` and,
         when zstd shrinks it, its compressed bytes over the raw ones once ``hashed`` is done."""
         view = memoryview(buf)
@@ -194,10 +195,13 @@ class ArchiveWriter:
         # compressed meanwhile; its compressed or sealed bytes then go over its raw ones once
         # they are hashed. One buffer a slot, reused: no allocation and no page fault a frame.
         depth = self.threads * 2 + 2
-        free: queue.Queue[bytearray] = queue.Queue()
+        # The raw bytes, after the frame header, start on a cache line: source reads at
+        # block-aligned offsets then copy at full speed (volpack/buffers.py).
+        free: queue.Queue[memoryview] = queue.Queue()
+        size = _HDR + h.frame_size + (R.SEAL_TAG if sealed else 0)
         for _ in range(min(depth, count)):
-            free.put(bytearray(_HDR + h.frame_size + (R.SEAL_TAG if sealed else 0)))
-        pending: queue.Queue[tuple[Future, bytearray, int] | None] = queue.Queue()
+            free.put(buffer(size, phase=-_HDR % LINE))
+        pending: queue.Queue[tuple[Future, memoryview, int] | None] = queue.Queue()
         failure: list[BaseException] = []
         turns = _Turns()
 
@@ -221,9 +225,9 @@ class ArchiveWriter:
                         progress(done)
             except BaseException as exc:  # handed to the calling thread, which re-raises
                 failure.append(exc)
-                free.put(bytearray(0))  # wake the producer if it waits for a slot
+                free.put(memoryview(b""))  # wake the producer if it waits for a slot
 
-        def make(seq: int, buf: bytearray, raw_len: int) -> tuple[_Encoded, Future]:
+        def make(seq: int, buf: memoryview, raw_len: int) -> tuple[_Encoded, Future]:
             raw = memoryview(buf)[_HDR : _HDR + raw_len]
             try:
                 produce(seq, raw)
@@ -257,7 +261,7 @@ class ArchiveWriter:
             raise failure[0]
 
     def _seal_frame(
-        self, seq: int, buf: bytearray, raw_len: int, encoder: _Encoder, hashed: Future
+        self, seq: int, buf: memoryview, raw_len: int, encoder: _Encoder, hashed: Future
     ) -> _Encoded:
         """Frame ``seq`` compressed when that shrinks it and sealed over its raw bytes in
         ``buf`` once ``hashed`` is done: its frame header and sealed bytes, the checksum over

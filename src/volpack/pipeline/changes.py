@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from volpack.buffers import buffer
 from volpack.errors import UsageError
 from volpack.extents import Extents, unique
 from volpack.format.hashtable import HASH_DTYPE, HashTable, block_hash, same_hashes
@@ -67,7 +68,7 @@ class _Hasher:
         # about a third as much CPU as hashing the bytes.
         buf = getattr(self._local, "buf", None)
         if buf is None:
-            buf = self._local.buf = memoryview(bytearray(self._per * self.hbs))
+            buf = self._local.buf = buffer(self._per * self.hbs)
         view = buf[: end - start]
         pos = start
         read = 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from volpack.buffers import buffer
 from volpack.extents import Extents
 from volpack.format.description import DetectionDescription
 from volpack.source.base import Source
@@ -46,7 +47,7 @@ class VolumeComparer:
         self._stale: list[list[int]] = []  # unused, not zero, where that is no difference
         self._stale_blocks = 0
         self._last_stale_block = -1
-        self._buf = bytearray(_CHUNK)
+        self._buf = buffer(_CHUNK)
         if source.size != volume_size:
             lo, hi = sorted((source.size, volume_size))
             self._note(lo, hi)
@@ -69,7 +70,7 @@ class VolumeComparer:
         pos = 0
         while offset + pos < end:
             n = min(_CHUNK, end - offset - pos)
-            view = memoryview(self._buf)[:n]
+            view = self._buf[:n]
             self.source.read_into(offset + pos, view)
             if view != data[pos : pos + n]:
                 self._mismatch(offset + pos, view, data[pos : pos + n])
@@ -98,7 +99,7 @@ class VolumeComparer:
                     self._count_stale(off, view, block_size)
 
     def _read(self, offset: int, n: int) -> memoryview:
-        view = memoryview(self._buf)[:n]
+        view = self._buf[:n]
         self.source.read_into(offset, view)
         return view
 
