@@ -33,24 +33,37 @@ def nonzero_blocks(
     """
     size = source.size
     per_chunk = max(1, CHUNK // block_size)
-    chunks = [
-        (b0, min(per_chunk, end - b0))
-        for start, end in candidates
-        for b0 in range(start, end, per_chunk)
-    ]
+    # A task is up to CHUNK bytes of candidates: a long run is cut into several, short runs (a
+    # volume of scattered 4 KiB extents) are packed into one, so each task pays its numpy and
+    # pool overhead on megabytes, not on a few blocks.
+    tasks: list[list[tuple[int, int]]] = []
+    filled = per_chunk
+    for start, end in candidates:
+        for b0 in range(start, end, per_chunk):
+            n = min(per_chunk, end - b0)
+            if filled + n > per_chunk:
+                tasks.append([])
+                filled = 0
+            tasks[-1].append((b0, n))
+            filled += n
     local = threading.local()
 
-    def scan(chunk: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, int]:
-        b0, n = chunk
-        if getattr(local, "buf", None) is None:
-            local.buf = buffer(per_chunk * block_size)
-        view = local.buf
-        off = b0 * block_size
-        length = min(n * block_size, size - off)
-        source.read_into(off, view[:length])
-        if length < n * block_size:  # the volume's short last block
-            view[length : n * block_size] = bytes(n * block_size - length)
-        words = np.frombuffer(view, np.uint64, count=n * block_size // 8).reshape(n, -1)
+    def scan(pieces: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray, int]:
+        view = getattr(local, "buf", None)
+        if view is None:
+            view = local.buf = buffer(per_chunk * block_size)
+        pos = 0
+        length = 0
+        for b0, n in pieces:
+            off = b0 * block_size
+            got = min(n * block_size, size - off)
+            source.read_into(off, view[pos : pos + got])
+            if got < n * block_size:  # the volume's short last block
+                view[pos + got : pos + n * block_size] = bytes(n * block_size - got)
+            pos += n * block_size
+            length += got
+        n = pos // block_size
+        words = np.frombuffer(view, np.uint64, count=pos // 8).reshape(n, -1)
         # Most data blocks have a non-zero first word: only the others are read whole.
         mask = words[:, 0] != 0
         rest = np.flatnonzero(~mask)
@@ -58,16 +71,22 @@ def nonzero_blocks(
             mask = words.any(axis=1)
         elif rest.size:
             mask[rest] = words[rest].any(axis=1)
-        if mask.all():
+        if len(pieces) == 1 and mask.all():
+            b0 = pieces[0][0]
             return np.array([b0], np.int64), np.array([b0 + n], np.int64), length
-        edges = np.diff(np.concatenate([[False], mask, [False]]).astype(np.int8))
-        return np.flatnonzero(edges == 1) + b0, np.flatnonzero(edges == -1) + b0, length
+        # Volume block of each scanned block; runs break where the mask or the volume does.
+        blocks = np.concatenate([np.arange(b0, b0 + k, dtype=np.int64) for b0, k in pieces])
+        used = blocks[mask]
+        if not used.size:
+            return used, used, length
+        cut = np.flatnonzero(np.diff(used) != 1) + 1
+        return used[np.append(0, cut)], used[np.append(cut - 1, used.size - 1)] + 1, length
 
     found_starts: list[np.ndarray] = []
     found_ends: list[np.ndarray] = []
     done = 0
     with ThreadPoolExecutor(max(1, threads), thread_name_prefix="vp-scan") as pool:
-        for starts, ends, length in pool.map(scan, chunks):
+        for starts, ends, length in pool.map(scan, tasks):
             found_starts.append(starts)
             found_ends.append(ends)
             done += length
