@@ -439,7 +439,9 @@ def _scattered_volume(path: Path, used: int) -> None:
 
 
 @pytest.mark.root
-def test_staging_full_up_front_and_mid_copy_give_the_same_exit_code(tmp_path, small_fs):
+@pytest.mark.parametrize("detect", ["holes", "zeros"])
+def test_staging_full_up_front_and_mid_copy_give_the_same_exit_code(tmp_path, small_fs, detect):
+    # zeros: the scan fills staging as it reads (one pass), so "mid-copy" is mid-scan.
     mnt, _ = small_fs
     vol = tmp_path / "v.img"
     _scattered_volume(vol, 40 * MiB)
@@ -449,7 +451,7 @@ def test_staging_full_up_front_and_mid_copy_give_the_same_exit_code(tmp_path, sm
     args = ("backup", str(vol), str(out), "--staging", str(stage), "--no-catalog", "--detect")
 
     _fill(mnt / "filler", leave=8 * MiB)
-    up_front = vp(*args, "holes")
+    up_front = vp(*args, detect)
     one_error_line(up_front, EXIT_USAGE, "stage", "free", "dense volume needs")
     (mnt / "filler").unlink()
 
@@ -461,7 +463,7 @@ def test_staging_full_up_front_and_mid_copy_give_the_same_exit_code(tmp_path, sm
 
     free_before = free()
     proc = subprocess.Popen(
-        ["python3", "-m", "volpack", *args, "holes"],
+        ["python3", "-m", "volpack", *args, detect],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -488,6 +490,31 @@ def test_staging_full_up_front_and_mid_copy_give_the_same_exit_code(tmp_path, sm
     one_error_line(mid, up_front.returncode, "stage", "no space left", "larger staging")
     assert sha(vol) == before
     assert not out.exists() and not stage.exists()
+
+
+@pytest.mark.root
+def test_staging_too_small_for_one_pass_scans_first_and_stages_the_exact_dense_volume(
+    tmp_path, small_fs
+):
+    # 24 MiB allocated, 12 of them zeros: 16 MiB free is too little to stage whatever the scan
+    # reads, enough for the 12 MiB it keeps. volpack scans first, then stages (two reads).
+    mnt, _ = small_fs
+    vol = tmp_path / "v.img"
+    data = os.urandom(12 * MiB)
+    write_sparse(
+        str(vol),
+        64 * MiB,
+        [(0, data[: 6 * MiB]), (8 * MiB, bytes(12 * MiB)), (40 * MiB, data[6 * MiB :])],
+    )
+    _fill(mnt / "filler", leave=16 * MiB)
+    stage = mnt / "stage"
+    out = tmp_path / "a.vpk"
+    r = vp("backup", str(vol), str(out), "--staging", str(stage), "--no-catalog")
+    assert r.returncode == 0, r.stderr
+    assert not stage.exists()
+    r = vp("restore", str(out), str(tmp_path / "out.img"))
+    assert r.returncode == 0, r.stderr
+    assert sha(tmp_path / "out.img") == sha(vol)
 
 
 @pytest.mark.root

@@ -18,7 +18,7 @@ import numpy as np
 from volpack.buffers import buffer
 from volpack.compact.table import AddressTable
 from volpack.errors import SourceError, UsageError
-from volpack.exactio import Subject, preadv_exact, pwrite_all
+from volpack.exactio import Subject, preadv_exact, pwrite_all, pwritev_all
 from volpack.physmap import PhysicalMap
 from volpack.source.base import Source
 from volpack.units import human
@@ -44,6 +44,36 @@ def physical_order(
     return a[order], n[order], dense[order]
 
 
+def one_pass_fits(room: int | None, candidates: int) -> bool:
+    """Whether staging can take the zero scan's output as it comes: the dense volume is known
+    only after the scan, so staging must hold every candidate byte the scan may keep."""
+    return room is not None and room >= candidates
+
+
+def room(path: str) -> int | None:
+    """Bytes a new staging file at ``path`` (free space in its directory) or the block device
+    at ``path`` (its size) can hold; None when that cannot be told (Staging then says why)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError:
+        return None
+    try:
+        if st is not None and stat.S_ISBLK(st.st_mode):
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                return os.lseek(fd, 0, os.SEEK_END)
+            finally:
+                os.close(fd)
+        if st is not None:
+            return None  # an existing file: refused by Staging
+        vfs = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return None
+    return vfs.f_bavail * vfs.f_frsize
+
+
 def _open(path: str, flags: int) -> int:
     try:
         return os.open(path, flags | os.O_CLOEXEC, 0o600)
@@ -58,21 +88,19 @@ def _open(path: str, flags: int) -> int:
 class Staging:
     """A staging file (unnamed, gone when closed) or block device holding the dense volume."""
 
-    def __init__(self, path: str, dense_size: int, *, force: bool) -> None:
+    def __init__(self, path: str, dense_size: int, *, force: bool, scanning: bool = False) -> None:
+        """``scanning``: filled by the zero scan (``taker``), so ``dense_size`` is the most the
+        dense volume can be, every candidate byte the scan reads; messages say so."""
         self.path = path
         self.dense_size = dense_size
         self.created = False
-        self._subject = Subject(
-            f"staging {path}",
-            SourceError,
-            at_end=f"it must hold the whole {dense_size}-byte dense volume; it was truncated "
-            "or replaced during the backup, run the backup again",
-            # The same family as the up-front space check: the staging area chosen is too
-            # small, whichever moment finds out (README "Exit codes").
-            full=UsageError,
-            on_full=f"the dense volume needs {dense_size} B; free space or choose a larger "
-            "staging area",
+        need = (
+            f"the used blocks may need up to {human(dense_size)} ({dense_size} B, every "
+            "allocated byte the zero scan reads)"
+            if scanning
+            else f"the dense volume needs {human(dense_size)} ({dense_size} B)"
         )
+        self._subject = self._make_subject(path, dense_size, need)
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -88,8 +116,7 @@ class Staging:
             if capacity < dense_size:
                 os.close(self.fd)
                 raise UsageError(
-                    f"staging {path}: device holds {human(capacity)} ({capacity} B), "
-                    f"the dense volume needs {human(dense_size)} ({dense_size} B); "
+                    f"staging {path}: device holds {human(capacity)} ({capacity} B), {need}; "
                     "use a larger device"
                 )
             return
@@ -106,9 +133,8 @@ class Staging:
         free = vfs.f_bavail * vfs.f_frsize
         if free < dense_size:
             raise UsageError(
-                f"staging {path}: {human(free)} ({free} B) free in {directory}, the "
-                f"dense volume needs {human(dense_size)} ({dense_size} B); free "
-                "space or choose another staging path"
+                f"staging {path}: {human(free)} ({free} B) free in {directory}, {need}; "
+                "free space or choose another staging path"
             )
         self.fd = _create_unnamed(path)
         self.created = True
@@ -139,6 +165,41 @@ class Staging:
             pad = last_end - max(source.size, int(table.volume_block[-1]) * bs)
             if pad > 0:
                 self._pwrite(memoryview(bytes(pad)), table.dense_size - pad)
+
+    @staticmethod
+    def _make_subject(path: str, dense_size: int, need: str) -> Subject:
+        return Subject(
+            f"staging {path}",
+            SourceError,
+            at_end=f"it must hold the whole {dense_size}-byte dense volume; it was truncated "
+            "or replaced during the backup, run the backup again",
+            # The same family as the up-front space check: the staging area chosen is too
+            # small, whichever moment finds out (README "Exit codes").
+            full=UsageError,
+            on_full=f"{need}; free space or choose a larger staging area",
+        )
+
+    def taker(self) -> Callable[[memoryview, list[tuple[int, int]]], None]:
+        """A zero scan sink (detect/zeros.py) that appends each used block to the dense
+        volume as the scan finds it, in volume order: the source is read once. Call
+        :meth:`settle` with the dense size found once the scan is done."""
+        at = 0
+
+        def take(view: memoryview, pieces: list[tuple[int, int]]) -> None:
+            nonlocal at
+            parts = [view[o : o + n] for o, n in pieces]
+            pwritev_all(self.fd, parts, at, self._subject)
+            at += sum(n for _, n in pieces)
+
+        return take
+
+    def settle(self, dense_size: int) -> None:
+        """The dense volume's size, known once a one-pass fill is done (it was checked
+        against every candidate byte, so it fits)."""
+        self.dense_size = dense_size
+        self._subject = self._make_subject(
+            self.path, dense_size, f"the dense volume needs {human(dense_size)} ({dense_size} B)"
+        )
 
     def _pwrite(self, data: memoryview, offset: int) -> None:
         pwrite_all(self.fd, data, offset, self._subject)

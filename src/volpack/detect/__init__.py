@@ -7,6 +7,7 @@ that another detector proves unused (a hole is never used). Detectors read, neve
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from volpack.detect.base import Detection, Region
 from volpack.errors import UsageError
@@ -15,7 +16,7 @@ from volpack.source.base import Source
 
 DETECT_MODES = ("auto", "fs", "holes", "zeros", "all-used")
 
-__all__ = ["DETECT_MODES", "Detection", "Region", "used_map"]
+__all__ = ["DETECT_MODES", "Detection", "Plan", "Region", "plan_used", "used_map"]
 
 
 def _read_at(source: Source) -> Callable[[int, int], bytes]:
@@ -29,32 +30,37 @@ def _read_at(source: Source) -> Callable[[int, int], bytes]:
     return read_at
 
 
-def used_map(
-    source: Source,
-    block_size: int,
-    mode: str = "auto",
-    progress: Callable[[int], None] | None = None,
-) -> Detection:
-    """The used map of ``source`` in ``block_size`` blocks, and which detector decided where.
+@dataclass(frozen=True)
+class Plan:
+    """What the detectors decide without reading data: blocks known used, and the candidate
+    blocks the zero scan decides (disjoint)."""
 
-    auto/fs: partition tables and filesystems decide their regions; the rest falls back to holes
-    and zero scan. holes: SEEK_DATA only. zeros: holes, then drop all-zero blocks. all-used: every
-    block. ``progress`` receives bytes scanned so far.
-    """
-    from volpack.detect.zeros import nonzero_blocks
+    block_size: int
+    known: Extents
+    scan: Extents
+    regions: tuple[Region, ...]
+    warnings: tuple[str, ...] = ()
 
+    def detection(self, used: Extents) -> Detection:
+        return Detection(self.block_size, used, self.regions, self.warnings)
+
+
+def plan_used(source: Source, block_size: int, mode: str = "auto") -> Plan:
+    """The used map of ``source`` up to the zero scan (see :func:`used_map`)."""
     if mode not in DETECT_MODES:
         raise UsageError(f"--detect {mode}: unknown detector; use one of {', '.join(DETECT_MODES)}")
     size = source.size
     nblocks = -(-size // block_size)
+    none = Extents.empty()
     if mode == "all-used":
-        return Detection(block_size, Extents.span(0, nblocks), (Region(0, size, "all-used", None),))
+        return Plan(
+            block_size, Extents.span(0, nblocks), none, (Region(0, size, "all-used", None),)
+        )
     data = source.data_extents().scale_out(block_size).clip(0, nblocks)
     if mode == "holes":
-        return Detection(block_size, data, (Region(0, size, "holes", None),))
+        return Plan(block_size, data, none, (Region(0, size, "holes", None),))
     if mode == "zeros":
-        used = nonzero_blocks(source, data, block_size, progress)
-        return Detection(block_size, used, (Region(0, size, "holes+zeros", None),))
+        return Plan(block_size, none, data, (Region(0, size, "holes+zeros", None),))
 
     from volpack.detect.layout import analyse
 
@@ -79,5 +85,24 @@ def used_map(
     # scanned too, so neither side can lose data.
     known_blocks = known.scale_out(block_size).intersect(data)
     scan = unknown.scale_out(block_size).intersect(data).subtract(known_blocks)
-    used = known_blocks.union(nonzero_blocks(source, scan, block_size, progress))
-    return Detection(block_size, used, tuple(out), tuple(warnings))
+    return Plan(block_size, known_blocks, scan, tuple(out), tuple(warnings))
+
+
+def used_map(
+    source: Source,
+    block_size: int,
+    mode: str = "auto",
+    progress: Callable[[int], None] | None = None,
+) -> Detection:
+    """The used map of ``source`` in ``block_size`` blocks, and which detector decided where.
+
+    auto/fs: partition tables and filesystems decide their regions; the rest falls back to holes
+    and zero scan. holes: SEEK_DATA only. zeros: holes, then drop all-zero blocks. all-used: every
+    block. ``progress`` receives bytes scanned so far.
+    """
+    from volpack.detect.zeros import scan_used
+
+    plan = plan_used(source, block_size, mode)
+    if not len(plan.scan):
+        return plan.detection(plan.known)
+    return plan.detection(scan_used(source, plan.known, plan.scan, block_size, None, progress))

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from volpack import __version__
 from volpack.compact.table import AddressTable
-from volpack.detect import Detection, used_map
+from volpack.detect import Detection, plan_used
+from volpack.detect.zeros import scan_used
 from volpack.errors import ChainError, SourceError, UsageError, VolpackError
 from volpack.extents import Extents
 from volpack.format import records as R
@@ -138,7 +139,7 @@ def backup(
     # Imported here, not at the top: ``import volpack.pipeline`` (every verb) stays fast for the
     # CLI, which loads only the stages the verb it runs needs.
     from volpack.compact.dense import DenseReader
-    from volpack.compact.staging import Staging
+    from volpack.compact.staging import Staging, one_pass_fits, room
     from volpack.format.writer import ArchiveWriter
     from volpack.media import open_writer
 
@@ -213,8 +214,23 @@ def backup(
             _check_not_base(archive_url, base_archive.url)
         before = src.identity()
         medium = open_writer(archive_url, force=force, mode=mode)
-        scan = (lambda done: progress("scan", done, src.size)) if progress else None
-        detection = used_map(src, block_size, detect, scan)
+        plan = plan_used(src, block_size, detect)
+        if staging is not None and base_archive is None and len(plan.scan):
+            # Two-phase mode with a zero scan: the scan hands each used block to staging as it
+            # reads it, so the source is read once (docs/architecture.md, "Two-phase mode").
+            candidates = (plan.known.total() + plan.scan.total()) * block_size
+            if one_pass_fits(room(staging), candidates):
+                stage = Staging(staging, candidates, force=force, scanning=True)
+                fill = (lambda done: progress("stage", done, candidates)) if progress else None
+                used = scan_used(src, plan.known, plan.scan, block_size, stage.taker(), fill)
+                detection = plan.detection(used)
+        if stage is None:
+            scan = (lambda done: progress("scan", done, src.size)) if progress else None
+            detection = plan.detection(
+                scan_used(src, plan.known, plan.scan, block_size, None, scan)
+                if len(plan.scan)
+                else plan.known
+            )
         pmap = src.physical_map()
         created = time.time_ns()
         this = str(uuidlib.uuid4())
@@ -325,9 +341,12 @@ def backup(
         )
         total = table.dense_size
         if staging is not None:
-            stage = Staging(staging, total, force=force)
-            fill = (lambda done: progress("stage", done, total)) if progress else None
-            stage.fill(src, table, pmap, fill)
+            if stage is None:
+                stage = Staging(staging, total, force=force)
+                fill = (lambda done: progress("stage", done, total)) if progress else None
+                stage.fill(src, table, pmap, fill)
+            else:
+                stage.settle(total)
             _check_unchanged(src, before, source)
             src.close()
             if on_source_released is not None:
