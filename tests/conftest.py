@@ -8,10 +8,17 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 
 import pytest
 
 import s3_server
+
+# A suite started in the background by a non-interactive shell (`.ci/run &`) inherits SIGINT
+# ignored, and so would every volpack it starts: a SIGINT test's backup then runs to the end.
+# Handled signals are reset to the default at exec, so the children get SIGINT back too.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # volpack run as a subprocess (`python3 -m volpack`) is as strict as the tests themselves: a
 # warning there is an error, or at least a line on stderr that the tests' one-line checks catch.
