@@ -103,6 +103,4 @@ def used_map(
     from volpack.detect.zeros import scan_used
 
     plan = plan_used(source, block_size, mode)
-    if not len(plan.scan):
-        return plan.detection(plan.known)
     return plan.detection(scan_used(source, plan.known, plan.scan, block_size, None, progress))

@@ -228,8 +228,6 @@ def backup(
             scan = (lambda done: progress("scan", done, src.size)) if progress else None
             detection = plan.detection(
                 scan_used(src, plan.known, plan.scan, block_size, None, scan)
-                if len(plan.scan)
-                else plan.known
             )
         pmap = src.physical_map()
         created = time.time_ns()
