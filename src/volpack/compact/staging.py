@@ -1,7 +1,10 @@
 """Two-phase mode: copy the used data to a staging file or device at dense addresses first.
 
-The source is read in physical-map order (fewest seeks on the real disk), so it can be released
-early; the staging copy is then streamed whole, in order, without looking at usage again.
+Where a zero scan runs and staging has room for every byte it reads, the scan hands each used
+block over as it finds it (``Staging.taker``): the source is read once. Otherwise staging is
+filled from the address table in physical-map order (``Staging.fill``, fewest seeks on the real
+disk), after the scan if one ran. Then the source can be released early; the staging copy is streamed whole, in order, without looking at usage
+again.
 Space is checked before anything is copied. A staging file is never linked under a name (see
 ``_create_unnamed``), so even a killed backup leaves none behind.
 """
