@@ -151,3 +151,40 @@ def test_hash_compare_hashes_unused_bytes_as_zeros_in_every_block_whatever_was_r
         src.close()
     assert found.covered.total() == 0, found.covered
     assert found.read_bytes == used.total()
+
+
+@pytest.mark.parametrize("span", [1 << 16, 3 << 16, 4 << 20])
+def test_hash_compare_finds_exactly_the_changed_blocks_whatever_order_tasks_end_in(
+    tmp_path, monkeypatch, span
+) -> None:
+    """Many tasks in flight (64 KiB hash blocks, spans of one, three and 64 of them): each
+    block's hash lands at its own index, so the blocks found are exactly the changed ones."""
+    from volpack.format.hashtable import block_hash
+    from volpack.pipeline import changes
+    from volpack.source import open_source
+
+    monkeypatch.setattr(changes, "_SPAN", span)
+    hbs = 1 << 16
+    rng = np.random.default_rng(11)
+    size = 300 * hbs + 4096
+    data = bytearray(rng.bytes(size))
+    path = tmp_path / "v.img"
+    path.write_bytes(data)
+    used = Extents.from_pairs([(0, 120 * hbs), (130 * hbs + 4096, size)])
+    changed = sorted(rng.choice(300, 25, replace=False).tolist())
+    before = bytearray(size)
+    for s, e in used:
+        before[s:e] = data[s:e]
+    for i in changed:  # the base held other bytes in these blocks
+        before[i * hbs] ^= 0xFF
+    pairs = [(i, block_hash(before[i * hbs : (i + 1) * hbs])) for i in range(-(-size // hbs))]
+    base = HashTable.from_pairs(hbs, size, pairs)
+    src = open_source(str(path), "raw")
+    try:
+        found = changes.hash_compare(src, used, base, threads=3)
+    finally:
+        src.close()
+    # Changed blocks now used differ from the base; those now unused (120 … 129) held a byte
+    # in the base and are empty now: every changed block, and no other, is to be covered.
+    assert set(block_indices(found.covered).tolist()) == set(changed)
+    assert found.read_bytes == used.total()

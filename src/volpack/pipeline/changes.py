@@ -10,8 +10,9 @@ warnings go back to the caller as text.
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,8 +25,8 @@ from volpack.source.base import Source
 
 SAMPLE_MIN, SAMPLE_SHARE = 16, 0.001
 SAMPLE_SPOT = 1 << 20  # bytes a sampled spot checks at least (every hash block in them)
-_BATCH = 64  # tasks handed to the pool at once
-_SPAN = 1 << 20  # source bytes a task reads and hashes (whole hash blocks, at least one)
+_AHEAD = 2  # tasks in flight per thread
+_SPAN = 4 << 20  # source bytes a task reads and hashes (whole hash blocks); 1 MiB was 1.4x slower
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,15 +93,19 @@ class _Hasher:
         out = np.empty(len(indices), HASH_DTYPE)
         tasks = _spans(indices, self._per)
         done = 0
+        # A window of tasks in flight, each taken in order as it ends: waiting for a whole
+        # batch at once left threads idle at every batch's end.
+        window: deque[tuple[Future[bytes], int]] = deque()
+        depth = _AHEAD * (self.threads + 1)
         with ThreadPoolExecutor(self.threads + 1, thread_name_prefix="vp-compare") as pool:
-            for at in range(0, len(tasks), _BATCH):
-                batch = tasks[at : at + _BATCH]
-                got = b"".join(pool.map(lambda t: self.span(*t), batch))
-                n = sum(count for _, count in batch)
-                out[done : done + n] = np.frombuffer(got, HASH_DTYPE)
-                done += n
-                if progress is not None:
-                    progress(done)
+            for i, (first, count) in enumerate(tasks):
+                window.append((pool.submit(self.span, first, count), count))
+                while window and (len(window) > depth or i == len(tasks) - 1):
+                    fut, n = window.popleft()
+                    out[done : done + n] = np.frombuffer(fut.result(), HASH_DTYPE)
+                    done += n
+                    if progress is not None:
+                        progress(done)
         return out
 
 
