@@ -55,7 +55,7 @@ def _qemu_io(path: Path, fmt: str, cmds: list[str]) -> None:
 
 
 def _used_runs(path: Path) -> list[tuple[int, int]]:
-    from volpack.pipeline import map_volume
+    from volpack import map_volume
 
     vmap = map_volume(str(path))
     bs = vmap.detection.block_size

@@ -26,9 +26,11 @@ __all__ = [
 
 def __getattr__(name: str):
     if name in ("backup", "restore", "verify", "map_volume"):
-        from volpack import pipeline
+        from importlib import import_module
 
-        return getattr(pipeline, name)
+        # Each verb's own module: importing volpack.pipeline loads no verb.
+        home = "map" if name == "map_volume" else name
+        return getattr(import_module(f"volpack.pipeline.{home}"), name)
     if name == "open_archive":
         from volpack.format.random_access import open_archive
 

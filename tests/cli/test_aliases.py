@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+import volpack
 from cli_helpers import one_error_line
-from volpack import pipeline
 from volpack.errors import EXIT_TARGET, EXIT_USAGE
 from volumes import write_sparse
 
@@ -56,7 +56,7 @@ def vol(tmp_path) -> Path:
 def old_archive(tmp_path, vol) -> Path:
     """An archive already at out.vpk (what --force would replace)."""
     path = tmp_path / "out.vpk"
-    pipeline.backup(str(vol), str(path), frame_size=65536, allow_mounted=True)
+    volpack.backup(str(vol), str(path), frame_size=65536, allow_mounted=True)
     return path
 
 

@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
+import volpack
 from cli_helpers import one_error_line
-from volpack import pipeline
 from volumes import write_sparse
 
 
@@ -23,7 +23,7 @@ def archive(tmp_path):
     vol = str(tmp_path / "v.img")
     write_sparse(vol, 3 << 20, [(8192, os.urandom(300_000)), (2 << 20, b"x" * 5000)])
     arc = str(tmp_path / "v.vpk")
-    pipeline.backup(vol, arc, frame_size=65536, allow_mounted=True)
+    volpack.backup(vol, arc, frame_size=65536, allow_mounted=True)
     return vol, arc
 
 
@@ -163,7 +163,7 @@ def test_source_changed_during_the_backup_fails_and_leaves_no_archive(tmp_path):
     from volpack.errors import SourceError
 
     with pytest.raises(SourceError, match="changed during the backup"):
-        pipeline.backup(str(vol), str(arc), frame_size=65536, progress=progress)
+        volpack.backup(str(vol), str(arc), frame_size=65536, progress=progress)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v.img"]
 
 

@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from volpack import pipeline
+import volpack
 from volumes import write_sparse
 
 INSTEAD = "volpack backs up volumes"
@@ -38,7 +38,7 @@ def archive(tmp_path):
     vol = tmp_path / "v.img"
     write_sparse(str(vol), 1 << 20, [(4096, os.urandom(10_000))])
     arc = tmp_path / "v.vpk"
-    pipeline.backup(str(vol), str(arc), frame_size=65536)
+    volpack.backup(str(vol), str(arc), frame_size=65536)
     return str(arc)
 
 

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from volpack import pipeline
+import volpack
 from volumes import write_sparse
 
 
@@ -21,7 +21,7 @@ def archive(tmp_path):
     vol = str(tmp_path / "v.img")
     write_sparse(vol, (2 << 20) + 5, [(0, os.urandom(70_000)), (1 << 20, b"t" * 9000)])
     arc = str(tmp_path / "v.vpk")
-    r = pipeline.backup(vol, arc, frame_size=65536)
+    r = volpack.backup(vol, arc, frame_size=65536)
     return vol, arc, r
 
 
@@ -74,7 +74,7 @@ def test_backup_to_stdout_keeps_the_result_off_the_archive_stream(tmp_path, arch
         )
     assert p.returncode == 0
     assert '"archive_uuid"' in p.stderr
-    assert pipeline.verify(str(tmp_path / "s.vpk")).frame_count >= 1
+    assert volpack.verify(str(tmp_path / "s.vpk")).frame_count >= 1
 
 
 def test_a_verb_loads_only_its_own_module_and_help_still_lists_every_verb():

@@ -46,8 +46,8 @@ def volume(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def sealed(tmp_path_factory, volume, test_keys) -> str:
     """One archive of ``volume`` sealed to the recipient and the key file (read-only: copy it)."""
-    from volpack import pipeline
+    import volpack
 
     path = str(tmp_path_factory.mktemp("sealed") / "a.vpk")
-    pipeline.backup(volume, path, frame_size=FRAME, encrypt=test_keys.encrypt())
+    volpack.backup(volume, path, frame_size=FRAME, encrypt=test_keys.encrypt())
     return path

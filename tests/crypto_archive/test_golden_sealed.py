@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+import volpack
 from spec_digest import metadata_stream
-from volpack import pipeline
 
 GOLDEN = pathlib.Path(__file__).parent.parent / "format" / "golden" / "encrypted"
 VERSIONS = sorted(p.stem for p in GOLDEN.glob("*.vpk"))
@@ -58,7 +58,7 @@ def _keyring(kind: str, version: str):
 def test_golden_sealed_archive_restores_with_each_of_its_keys(kind, version, tmp_path):
     facts = _facts(version)
     out = tmp_path / "out.img"
-    pipeline.restore(str(GOLDEN / f"{version}.vpk"), str(out), keyring=_keyring(kind, version))
+    volpack.restore(str(GOLDEN / f"{version}.vpk"), str(out), keyring=_keyring(kind, version))
     data = out.read_bytes()
     assert len(data) == facts["volume_size"]
     assert hashlib.sha256(data).hexdigest() == facts["volume_sha256"]
@@ -67,9 +67,9 @@ def test_golden_sealed_archive_restores_with_each_of_its_keys(kind, version, tmp
 @pytest.mark.parametrize("version", VERSIONS)
 def test_golden_sealed_archive_verifies_as_media_without_a_key_and_whole_with_one(version):
     facts, archive = _facts(version), GOLDEN / f"{version}.vpk"
-    public = pipeline.verify(str(archive))
+    public = volpack.verify(str(archive))
     assert (public.digest, public.authenticated) == (facts["digest"], False)
-    keyed = pipeline.verify(str(archive), keyring=_keyring("key-file", version))
+    keyed = volpack.verify(str(archive), keyring=_keyring("key-file", version))
     assert keyed.authenticated and keyed.state_digest == facts["state_digest"]
 
 
@@ -155,7 +155,7 @@ def test_golden_sealed_archive_follows_section_10_recomputed_from_the_spec(versi
     assert len(raw) == int.from_bytes(fh[24:28], "little")
     # the hash table: sealed as kind 5 (final), keyed BLAKE3 of each non-zero hash block
     out = tmp_path / "v.img"
-    pipeline.restore(str(archive), str(out), keyring=_keyring("key-file", version))
+    volpack.restore(str(archive), str(out), keyring=_keyring("key-file", version))
     volume = out.read_bytes()
     assert raw[:4096] == volume[3 * 4096 : 4 * 4096]  # the first used block, at dense offset 0
     hbs = int.from_bytes(header[84:88], "little")

@@ -180,9 +180,9 @@ def test_rewrap_keeps_slots_of_kinds_it_does_not_know(sealed, test_keys, tmp_pat
 
 def test_rewrap_of_an_unencrypted_archive_is_refused(volume, test_keys, tmp_path):
     plain = tmp_path / "plain.vpk"
-    from volpack import pipeline
+    import volpack
 
-    pipeline.backup(volume, str(plain))
+    volpack.backup(volume, str(plain))
     r = vp(
         "rewrap",
         str(plain),

@@ -13,17 +13,17 @@ from sealed_cases import FRAME
 def test_frames_sealed_by_several_encoding_threads_restore_and_read_back_exactly(
     volume, test_keys, tmp_path, threads
 ):
-    from volpack import pipeline
+    import volpack
     from volpack.format.random_access import open_archive
 
     archive = str(tmp_path / "a.vpk")
-    pipeline.backup(volume, archive, frame_size=FRAME, encrypt=test_keys.encrypt(), threads=threads)
+    volpack.backup(volume, archive, frame_size=FRAME, encrypt=test_keys.encrypt(), threads=threads)
     expected = pathlib.Path(volume).read_bytes()
     keyring = test_keys.keyring(key_file=True)
     out = tmp_path / "out.img"
-    pipeline.restore(archive, str(out), keyring=keyring)
+    volpack.restore(archive, str(out), keyring=keyring)
     assert out.read_bytes() == expected
-    assert pipeline.verify(archive, keyring=test_keys.keyring(key_file=True)).frame_count > 1
+    assert volpack.verify(archive, keyring=test_keys.keyring(key_file=True)).frame_count > 1
     # random access (serve, mount) opens frames of both codecs into its reused buffer
     with open_archive(archive, keyring=test_keys.keyring(key_file=True), cache_bytes=0) as a:
         codecs = set(a.trailer.index["codec"].tolist())
@@ -35,12 +35,12 @@ def test_frames_sealed_by_several_encoding_threads_restore_and_read_back_exactly
 def test_the_writer_never_seals_a_frame_twice_or_past_the_archive_s_frames(
     volume, test_keys, tmp_path
 ):
-    from volpack import pipeline
+    import volpack
     from volpack.format.random_access import open_archive
     from volpack.format.sealing import Sealing
 
     archive = str(tmp_path / "a.vpk")
-    pipeline.backup(volume, archive, frame_size=FRAME, encrypt=test_keys.encrypt())
+    volpack.backup(volume, archive, frame_size=FRAME, encrypt=test_keys.encrypt())
     with open_archive(archive, public=True) as a:
         header = a.header
     sealing = Sealing(header, test_keys.encrypt())
@@ -61,7 +61,7 @@ def test_a_source_that_fails_mid_backup_stops_a_sealed_backup_with_its_error_and
     leave the frames after it waiting for their turn (the backup would hang)."""
     import shutil
 
-    from volpack import pipeline
+    import volpack
     from volpack.errors import VolpackError
 
     source = tmp_path / "shrinks.img"
@@ -74,7 +74,7 @@ def test_a_source_that_fails_mid_backup_stops_a_sealed_backup_with_its_error_and
                 f.truncate(0)
 
     with pytest.raises(VolpackError) as caught:
-        pipeline.backup(
+        volpack.backup(
             str(source),
             str(archive),
             frame_size=FRAME,

@@ -111,11 +111,11 @@ def test_the_archive_holds_none_of_the_volume_its_text_or_its_description_in_cle
 def test_two_archives_of_one_volume_share_no_data_key_and_no_ciphertext(
     volume, test_keys, tmp_path
 ):
-    from volpack import pipeline
+    import volpack
 
     blobs = []
     for name in ("x", "y"):
-        pipeline.backup(
+        volpack.backup(
             volume,
             str(tmp_path / name),
             frame_size=FRAME,
@@ -265,7 +265,7 @@ def test_mount_offers_a_sealed_archive_as_a_file_with_the_key(sealed, test_keys,
 def test_a_sealed_archive_spans_emulated_tapes_and_restores_with_the_key(
     volume, test_keys, tmp_path
 ):
-    from volpack import pipeline
+    import volpack
     from volpack.media.tape import emulator as te
     from volpack.media.tape import tape_url
 
@@ -277,14 +277,14 @@ def test_a_sealed_archive_spans_emulated_tapes_and_restores_with_the_key(
     te.load(drive, carts[0])
     nxt = f"{sys.executable} -m volpack.media.tape next {drive} " + " ".join(carts)
     url = tape_url(f"tape+emu:{drive}", next_command=nxt)
-    result = pipeline.backup(volume, url, frame_size=FRAME, encrypt=test_keys.encrypt())
+    result = volpack.backup(volume, url, frame_size=FRAME, encrypt=test_keys.encrypt())
     assert len([c for c in carts if te.cartridge_files(c)]) >= 2
     te.load(drive, carts[0])
     out = tmp_path / "out.img"
-    pipeline.restore(url, str(out), keyring=test_keys.keyring(identity=True))
+    volpack.restore(url, str(out), keyring=test_keys.keyring(identity=True))
     assert out.read_bytes() == pathlib.Path(volume).read_bytes()
     te.load(drive, carts[0])
-    assert pipeline.verify(url).digest == result.digest  # media check without a key
+    assert volpack.verify(url).digest == result.digest  # media check without a key
 
 
 def test_chacha20_poly1305_archives_record_their_cipher_and_restore(volume, test_keys, tmp_path):

@@ -12,7 +12,7 @@ import forge
 import pytest
 from sealed_cases import FRAME
 
-from volpack import pipeline
+import volpack
 from volpack.errors import VolpackError
 from volpack.format import records as R
 
@@ -25,7 +25,7 @@ def archives(tmp_path_factory, volume, test_keys):
     d = tmp_path_factory.mktemp("tamper")
     out = []
     for name in ("a", "b"):
-        pipeline.backup(
+        volpack.backup(
             volume, str(d / f"{name}.vpk"), frame_size=FRAME, encrypt=test_keys.encrypt()
         )
         out.append((d / f"{name}.vpk").read_bytes())
@@ -46,8 +46,8 @@ def refusals(data: bytes, keyring, tmp_path) -> set[int]:
     target.write_bytes(TARGET_BYTES)
     codes = set()
     for run in (
-        lambda: pipeline.verify(str(path), keyring=keyring),
-        lambda: pipeline.restore(str(path), str(target), force=True, keyring=keyring),
+        lambda: volpack.verify(str(path), keyring=keyring),
+        lambda: volpack.restore(str(path), str(target), force=True, keyring=keyring),
     ):
         with pytest.raises(VolpackError) as exc:
             run()

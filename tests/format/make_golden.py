@@ -36,7 +36,7 @@ def golden_volume(path: str) -> None:
 
 def main() -> int:
     sys.path.insert(0, os.path.join(HERE, "..", "..", "src"))
-    from volpack import pipeline
+    import volpack
     from volpack.format.records import MAJOR, MINOR
 
     os.makedirs(GOLDEN, exist_ok=True)
@@ -45,7 +45,7 @@ def main() -> int:
         vol = os.path.join(tmp, "golden.img")
         golden_volume(vol)
         archive = os.path.join(GOLDEN, f"{name}.vpk")
-        r = pipeline.backup(
+        r = volpack.backup(
             vol,
             archive,
             frame_size=65536,

@@ -55,7 +55,7 @@ def generation(path: str, k: int) -> None:
 
 def main() -> int:
     sys.path.insert(0, os.path.join(HERE, "..", "..", "src"))
-    from volpack import pipeline
+    import volpack
     from volpack.format.records import MAJOR, MINOR
 
     chain = os.path.join(HERE, "golden", f"chain-{MAJOR}.{MINOR}")
@@ -65,7 +65,7 @@ def main() -> int:
         vol = os.path.join(tmp, "golden.img")
         for k in range(3):
             generation(vol, k)
-            r = pipeline.backup(
+            r = volpack.backup(
                 vol,
                 os.path.join(chain, f"g{k}.vpk"),
                 block_size=BLOCK if k == 0 else None,

@@ -25,7 +25,7 @@ def main() -> int:
     sys.path.insert(0, HERE)
     from make_golden import golden_volume
 
-    from volpack import pipeline
+    import volpack
     from volpack.crypto import Argon2Params, EncryptKeys, KeyFile, Passphrase, generate_identity
     from volpack.crypto.files import write_identity
     from volpack.format.records import MAJOR, MINOR
@@ -50,7 +50,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         vol = os.path.join(tmp, "golden.img")
         golden_volume(vol)
-        r = pipeline.backup(
+        r = volpack.backup(
             vol,
             os.path.join(SEALED, f"{name}.vpk"),
             frame_size=65536,

@@ -14,8 +14,8 @@ import time
 import numpy as np
 import pytest
 
+import volpack
 from spec_digest import spec_digest
-from volpack import pipeline
 from volpack.errors import CorruptArchive, FormatError, IncompleteArchive, UnsupportedArchive
 from volpack.format import records as R
 from volpack.format.random_access import open_archive
@@ -31,7 +31,7 @@ def small_archive(tmp_path_factory):
     text = b"".join(b"line %d of a compressible volume\n" % i for i in range(3000))
     write_sparse(vol, 600_000, [(4096, text), (400_000, rng.randbytes(3000))])
     arc = str(d / "v.vpk")
-    pipeline.backup(vol, arc, frame_size=65536, compress="zstd:3", allow_mounted=True)
+    volpack.backup(vol, arc, frame_size=65536, compress="zstd:3", allow_mounted=True)
     return vol, arc, pathlib.Path(arc).read_bytes()
 
 
@@ -52,7 +52,7 @@ def boundaries(data: bytes) -> list[int]:
 def stream_check(data: bytes, tmp_path) -> None:
     path = tmp_path / "cut.vpk"
     path.write_bytes(data)
-    pipeline.verify(str(path))
+    volpack.verify(str(path))
 
 
 def truncation_points(data: bytes, exhaustive: bool) -> list[int]:
@@ -85,7 +85,7 @@ def check_truncations(small_archive, tmp_path, exhaustive: bool) -> None:
         path = tmp_path / "cut.vpk"
         path.write_bytes(cut)
         with pytest.raises((IncompleteArchive, CorruptArchive)) as e1:
-            pipeline.verify(str(path))
+            volpack.verify(str(path))
         if n >= 8:
             assert isinstance(e1.value, IncompleteArchive), (n, e1.value)
         with pytest.raises(FormatError):
@@ -98,7 +98,7 @@ def test_restore_of_a_truncated_archive_writes_no_target(small_archive, tmp_path
     path.write_bytes(data[: len(data) // 2])
     out = tmp_path / "out.img"
     with pytest.raises(IncompleteArchive, match="incomplete archive"):
-        pipeline.restore(str(path), str(out))
+        volpack.restore(str(path), str(out))
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["cut.vpk"], "no temporary file left behind"
 
@@ -137,7 +137,7 @@ def test_flips_in_tables_and_sampled_frame_bytes_are_detected_by_verify_and_refu
     for pos in positions[::25]:
         (tmp_path / "bad.vpk").write_bytes(flipped(data, pos))
         with pytest.raises(FormatError):
-            pipeline.restore(str(tmp_path / "bad.vpk"), str(out))
+            volpack.restore(str(tmp_path / "bad.vpk"), str(out))
         assert not out.exists()
 
 
@@ -263,7 +263,7 @@ def test_not_an_archive_is_named_as_such(tmp_path):
     p = tmp_path / "x.vpk"
     p.write_bytes(os.urandom(5000))
     with pytest.raises(CorruptArchive, match="not a volpack archive"):
-        pipeline.verify(str(p))
+        volpack.verify(str(p))
 
 
 # -- format 1.1: frames bound to archive and position, head hash, digest over the trailer --------
@@ -283,7 +283,7 @@ def raw_pair(tmp_path_factory):
         vol = str(d / f"v{seed}.img")
         write_sparse(vol, PAIR_SIZE, [(a, rng.randbytes(b - a)) for a, b in PAIR_RUNS])
         arc = str(d / f"v{seed}.vpk")
-        pipeline.backup(vol, arc, frame_size=65536, compress="none", allow_mounted=True)
+        volpack.backup(vol, arc, frame_size=65536, compress="none", allow_mounted=True)
         out.append((vol, arc, pathlib.Path(arc).read_bytes()))
     return out
 
@@ -333,10 +333,10 @@ def refused_everywhere(data: bytes, tmp_path, match: str, *, on_open: bool) -> N
     path = tmp_path / "edited.vpk"
     path.write_bytes(data)
     with pytest.raises(CorruptArchive, match=match):
-        pipeline.verify(str(path))
+        volpack.verify(str(path))
     out = tmp_path / "out.img"
     with pytest.raises(CorruptArchive):
-        pipeline.restore(str(path), str(out))
+        volpack.restore(str(path), str(out))
     assert not out.exists()
     if on_open:
         with pytest.raises(CorruptArchive, match=match):
@@ -446,7 +446,7 @@ def test_the_digest_covers_the_trailer_up_to_the_digest(raw_pair, tmp_path):
     edited = reseal(data[:at] + b"\x01" + data[at + 1 :])
     (tmp_path / "e.vpk").write_bytes(edited)
     with pytest.raises(CorruptArchive, match="archive digest"):
-        pipeline.verify(str(tmp_path / "e.vpk"))
+        volpack.verify(str(tmp_path / "e.vpk"))
 
 
 def test_verify_checks_the_frame_index_against_the_frames_it_read(raw_pair, tmp_path):
@@ -504,11 +504,11 @@ def test_a_foreign_frame_is_refused_when_restored_from_tape(raw_pair, tmp_path):
     medium.commit()
     te.load(drive, cart)  # reloading rewinds
     with pytest.raises(CorruptArchive, match="frame 2 checksum"):
-        pipeline.verify(url)
+        volpack.verify(url)
     te.load(drive, cart)
     out = tmp_path / "out.img"
     with pytest.raises(CorruptArchive, match="frame 2 checksum"):
-        pipeline.restore(url, str(out))
+        volpack.restore(url, str(out))
     assert not out.exists()
 
 
@@ -599,7 +599,7 @@ def test_set_flag_bits_in_a_record_or_frame_are_unsupported_exit_6(raw_pair, tmp
     forged = data[:off] + frame + data[off + R.FRAME_HEADER_SIZE :]
     (tmp_path / "f.vpk").write_bytes(forged)
     with pytest.raises(UnsupportedArchive, match="frame 1: flags 0x1") as e:
-        pipeline.verify(str(tmp_path / "f.vpk"))
+        volpack.verify(str(tmp_path / "f.vpk"))
     assert e.value.exit_code == 6
     with open_archive(str(tmp_path / "f.vpk")) as a, pytest.raises(UnsupportedArchive):
         a.read(64 * KiB, 4096)
@@ -679,13 +679,13 @@ def test_a_damaged_footer_magic_on_a_full_length_archive_is_corrupt_exit_4(small
     damaged = flipped(data, len(data) - R.FOOTER_SIZE + 2)
     path = tmp_path / "f.vpk"
     path.write_bytes(damaged)
-    for call in (pipeline.verify, open_archive):
+    for call in (volpack.verify, open_archive):
         with pytest.raises(CorruptArchive, match="footer magic") as e:
             call(str(path))
         assert e.value.exit_code == 4
     out = tmp_path / "out.img"
     with pytest.raises(CorruptArchive, match="footer magic"):
-        pipeline.restore(str(path), str(out))
+        volpack.restore(str(path), str(out))
     assert not out.exists()
 
 
@@ -754,7 +754,7 @@ def test_a_frame_index_codec_that_differs_from_the_frame_is_refused(raw_pair, tm
     path = tmp_path / "c.vpk"
     path.write_bytes(edited)
     with pytest.raises(CorruptArchive, match="frame 1 codec 1"):
-        pipeline.verify(str(path))
+        volpack.verify(str(path))
     with open_archive(str(path)) as a:
         assert len(a.read(0, 64 * KiB)) == 64 * KiB  # frame 0 is fine
         with pytest.raises(CorruptArchive, match="codec 0, index says 65536 codec 1"):

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from volpack import pipeline
+import volpack
 from volpack.compact.table import AddressTable
 from volpack.errors import CorruptArchive
 from volpack.extents import Extents
@@ -26,6 +26,7 @@ from volpack.format.random_access import open_archive
 from volpack.format.writer import ArchiveWriter
 from volpack.media import open_writer
 from volpack.physmap import PM_UNKNOWN, PM_ZERO, PhysicalMap
+from volpack.pipeline.info import summary
 from volumes import same_bytes, write_sparse
 
 SPEC = Path(__file__).resolve().parents[2] / "docs" / "format.md"
@@ -91,7 +92,7 @@ def spec_section(title: str) -> str:
 def test_every_key_the_writer_puts_in_desc_is_listed_in_the_spec(tmp_path):
     vol, arc = tmp_path / "v.img", tmp_path / "v.vpk"
     write_sparse(str(vol), 1 << 20, [(8192, b"data" * 1000)])
-    pipeline.backup(str(vol), str(arc), frame_size=FRAME, staging=str(tmp_path / "stage"))
+    volpack.backup(str(vol), str(arc), frame_size=FRAME, staging=str(tmp_path / "stage"))
     with open_archive(str(arc)) as a:
         recorded = a.description
     section = spec_section("### 3.1 DESC")
@@ -105,7 +106,7 @@ def test_every_key_the_writer_puts_in_desc_is_listed_in_the_spec(tmp_path):
 def test_the_description_reads_back_what_backup_wrote_and_writes_it_back_unchanged(tmp_path):
     vol, arc = tmp_path / "v.img", tmp_path / "v.vpk"
     write_sparse(str(vol), 1 << 20, [(0, b"x" * 5000)])
-    result = pipeline.backup(str(vol), str(arc), frame_size=FRAME, detect="zeros")
+    result = volpack.backup(str(vol), str(arc), frame_size=FRAME, detect="zeros")
     with open_archive(str(arc)) as a:
         desc, recorded = a.desc, a.description
     assert desc.to_json() == recorded
@@ -139,11 +140,11 @@ def test_an_archive_with_a_foreign_description_restores_and_its_unknown_keys_are
     data = bytes(range(256)) * 40
     arc = tmp_path / "f.vpk"
     write_archive(arc, json.dumps({"source": 5, "written_by": "another tool"}).encode(), data)
-    pipeline.verify(str(arc))
+    volpack.verify(str(arc))
     out = tmp_path / "out.img"
-    pipeline.restore(str(arc), str(out))
+    volpack.restore(str(arc), str(out))
     assert out.read_bytes() == data
-    assert pipeline.summary(str(arc))["source"] == {"details": {}}
+    assert summary(str(arc))["source"] == {"details": {}}
     with open_archive(str(arc)) as a:
         assert a.desc.extra == {"written_by": "another tool"}
 
@@ -155,9 +156,9 @@ def test_a_checksummed_description_that_is_not_a_json_object_is_refused_as_damag
     arc = tmp_path / "d.vpk"
     write_archive(arc, payload, b"y" * 9000)
     for check in (
-        pipeline.verify,
+        volpack.verify,
         open_archive,
-        lambda url: pipeline.restore(url, str(tmp_path / "o")),
+        lambda url: volpack.restore(url, str(tmp_path / "o")),
     ):
         with pytest.raises(CorruptArchive, match="description is not") as e:
             check(str(arc))
@@ -206,7 +207,7 @@ def test_the_physical_map_may_cover_blocks_the_address_table_leaves_out(tmp_path
     vol, arc = tmp_path / "z.img", tmp_path / "z.vpk"
     with open(vol, "wb") as f:  # written zeros are allocated: FIEMAP maps them
         f.write(b"d" * 8192 + bytes(65536) + b"e" * 4096)
-    pipeline.backup(str(vol), str(arc), frame_size=FRAME, detect="zeros")
+    volpack.backup(str(vol), str(arc), frame_size=FRAME, detect="zeros")
     with open_archive(str(arc)) as a:
         used = a.used_bytes()
         mapped = Extents.from_arrays(
@@ -216,19 +217,19 @@ def test_the_physical_map_may_cover_blocks_the_address_table_leaves_out(tmp_path
         pytest.skip("this filesystem gives no FIEMAP extents")
     assert mapped.subtract(used).total() >= 65536
     out = tmp_path / "out.img"
-    pipeline.restore(str(arc), str(out))
+    volpack.restore(str(arc), str(out))
     assert same_bytes(str(vol), str(out))
 
 
 def test_the_address_table_may_hold_blocks_no_physical_map_run_covers(tmp_path):
     vol, arc = tmp_path / "h.img", tmp_path / "h.vpk"
     write_sparse(str(vol), 1 << 20, [(0, b"a" * 4096), (900_000, b"b" * 4096)])
-    pipeline.backup(str(vol), str(arc), frame_size=FRAME, detect="all-used")
+    volpack.backup(str(vol), str(arc), frame_size=FRAME, detect="all-used")
     with open_archive(str(arc)) as a:
         pm = a.physical_map
         mapped = Extents.from_arrays(pm.starts, pm.starts + pm.lengths)
         assert a.used_bytes().subtract(mapped).total() > 0  # the holes are held, not mapped
-    pipeline.verify(str(arc))
+    volpack.verify(str(arc))
     out = tmp_path / "out.img"
-    pipeline.restore(str(arc), str(out))
+    volpack.restore(str(arc), str(out))
     assert same_bytes(str(vol), str(out))

@@ -9,7 +9,7 @@ import random
 import pytest
 import zstandard
 
-from volpack import pipeline
+import volpack
 from volpack.errors import CorruptArchive
 from volpack.format import records as R
 from volpack.format.reader import ArchiveStream, decode_frame_payload
@@ -28,7 +28,7 @@ def archive(tmp_path_factory) -> str:
         b"".join(b"line %08d of text\n" % i for i in range(60000)) + rng.randbytes(40 * FRAME)
     )
     out = d / "v.vpk"
-    pipeline.backup(str(vol), str(out), frame_size=FRAME, detect="all-used")
+    volpack.backup(str(vol), str(out), frame_size=FRAME, detect="all-used")
     return str(out)
 
 

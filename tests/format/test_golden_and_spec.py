@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from volpack import pipeline
+import volpack
 from volpack.format import records as R
 from volpack.format.random_access import open_archive
 
@@ -27,10 +27,10 @@ def test_there_is_a_golden_archive_for_the_current_version():
 def test_golden_archive_restores_to_the_recorded_volume(version, tmp_path):
     facts = json.loads(pathlib.Path(os.path.join(GOLDEN, f"{version}.json")).read_text())
     archive = os.path.join(GOLDEN, f"{version}.vpk")
-    v = pipeline.verify(archive)
+    v = volpack.verify(archive)
     assert v.digest == facts["digest"] and v.frame_count == facts["frame_count"]
     out = str(tmp_path / "out.img")
-    pipeline.restore(archive, out)
+    volpack.restore(archive, out)
     data = pathlib.Path(out).read_bytes()
     assert len(data) == facts["volume_size"]
     assert hashlib.sha256(data).hexdigest() == facts["volume_sha256"]
@@ -140,7 +140,7 @@ def test_golden_1_2_hash_table_and_state_digest_follow_the_spec(tmp_path):
     assert hbs == 1 << 20 and data[88:104] != bytes(16) and data[104:112] == bytes(8)
     assert data[112:248] == bytes(136)  # no base link in a full; the rest reserved
     out = tmp_path / "v.img"
-    pipeline.restore(os.path.join(GOLDEN, "v1.2.vpk"), str(out))
+    volpack.restore(os.path.join(GOLDEN, "v1.2.vpk"), str(out))
     volume = out.read_bytes()
     entries = b""
     for index in range(-(-len(volume) // hbs)):

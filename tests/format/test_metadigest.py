@@ -16,9 +16,9 @@ import uuid as uuidlib
 import blake3
 import pytest
 
+import volpack
 from cli_helpers import one_error_line
 from spec_digest import spec_digest
-from volpack import pipeline
 from volpack.errors import CorruptArchive
 from volpack.format import records as R
 from volumes import write_sparse
@@ -43,7 +43,7 @@ def raw_archive(tmp_path_factory) -> bytes:
         vol, 1 << 20, [(0, rng.randbytes(128 * KiB)), (512 * KiB, rng.randbytes(128 * KiB))]
     )
     arc = d / "v.vpk"
-    pipeline.backup(vol, str(arc), frame_size=65536, compress="none", allow_mounted=True)
+    volpack.backup(vol, str(arc), frame_size=65536, compress="none", allow_mounted=True)
     return arc.read_bytes()
 
 
@@ -173,7 +173,7 @@ def test_a_1_2_archive_is_still_refused_when_its_frame_bytes_differ_from_its_dig
     path.write_bytes(resealed(rewritten_frame(data, off, flip_at=100), metadigest=True))
     out = tmp_path / "out.img"
     with pytest.raises(CorruptArchive, match="archive digest"):
-        pipeline.restore(str(path), str(out))
+        volpack.restore(str(path), str(out))
     assert not out.exists()
     one_error_line(vp("restore", str(path), str(out)), 4, "archive digest")
 

@@ -9,6 +9,7 @@ import os
 
 import pytest
 
+from volpack import backup, restore
 from volpack.catalog import (
     Catalog,
     Policy,
@@ -19,7 +20,6 @@ from volpack.catalog import (
 from volpack.catalog.prune import check, execute, plan
 from volpack.catalog.rebuild import rebuild
 from volpack.errors import MediumError
-from volpack.pipeline import backup, restore
 
 
 def make_volume(path: str, seed: int, size: int = 32 << 20, data_mib: int = 3) -> str:

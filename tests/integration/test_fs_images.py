@@ -121,14 +121,14 @@ def keep_only(image: Path, used: Extents, out: Path) -> Path:
 
 def backup_restore(image: Path, workdir: Path, detect: str = "fs") -> tuple[Path, object]:
     """volpack backup → restore through the library; returns (restored image, backup result)."""
-    from volpack import pipeline
+    import volpack
 
     archive = workdir / f"{image.name}.vpk"
     restored = workdir / f"{image.name}.restored"
     archive.unlink(missing_ok=True)
     restored.unlink(missing_ok=True)
-    result = pipeline.backup(str(image), str(archive), detect=detect)
-    pipeline.restore(str(archive), str(restored))
+    result = volpack.backup(str(image), str(archive), detect=detect)
+    volpack.restore(str(archive), str(restored))
     return restored, result
 
 

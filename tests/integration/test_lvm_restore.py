@@ -21,9 +21,9 @@ from test_lvm_source import (  # noqa: F401 (lab_fixture is the shared fixture)
 )
 
 import volpack
+from volpack import backup, restore
 from volpack.errors import TargetError
 from volpack.extents import Extents
-from volpack.pipeline import backup, restore
 from volpack.targets.physical import open_physical_target
 
 pytestmark = pytest.mark.root

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from volpack import pipeline
+import volpack
 from volpack.cli import main as cli_main
 from volpack.extents import Extents
 from volpack.format.random_access import open_archive
@@ -65,13 +65,13 @@ def chain(tmp_path: Path) -> Path:
 
 def test_backup_then_restore_to_raw_and_to_qcow2_equals_the_source(tmp_path, chain):
     archive = tmp_path / "vm.vpk"
-    result = pipeline.backup(str(chain), str(archive))
+    result = volpack.backup(str(chain), str(archive))
     assert result.source["kind"] == "qcow2"
     raw = tmp_path / "out.raw"
-    pipeline.restore(str(archive), str(raw))
+    volpack.restore(str(archive), str(raw))
     same(chain, raw)
     out = tmp_path / "out.qcow2"
-    pipeline.restore(str(archive), str(out), target_format="qcow2")
+    volpack.restore(str(archive), str(out), target_format="qcow2")
     clean(out)
     same(chain, out)
     assert out.stat().st_blocks * 512 < 12 * MiB  # thin: holes and zeros not allocated
@@ -79,7 +79,7 @@ def test_backup_then_restore_to_raw_and_to_qcow2_equals_the_source(tmp_path, cha
 
 def test_archive_records_the_chain_and_compressed_clusters_in_its_physical_map(tmp_path, chain):
     archive = tmp_path / "vm.vpk"
-    pipeline.backup(str(chain), str(archive))
+    volpack.backup(str(chain), str(archive))
     with open_archive(str(archive)) as arc:
         pm = arc.physical_map
         details = arc.description["source"]["details"]
@@ -114,7 +114,7 @@ def test_cli_map_json_agrees_with_qemu_img_map_on_data_ranges(tmp_path, chain, c
 
 def test_source_format_raw_backs_up_the_image_file_itself(tmp_path, chain):
     archive = tmp_path / "file.vpk"
-    result = pipeline.backup(str(chain), str(archive), source_format="raw")
+    result = volpack.backup(str(chain), str(archive), source_format="raw")
     assert result.source["kind"] != "qcow2"
     assert result.volume_size == chain.stat().st_size
 

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
+from volpack import backup, restore, verify
 from volpack.errors import MediumError
 from volpack.media.tape import emulator as te
 from volpack.media.tape import tape_url
-from volpack.pipeline import backup, restore, verify
 
 MiB = 1 << 20
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from volpack import pipeline
+import volpack
 from volpack.errors import ArchiveReplaced, CorruptArchive, IncompleteArchive, UsageError
 from volpack.format import records as R
 from volpack.format.random_access import open_archive
-from volpack.pipeline.restore import restore_to
+from volpack.pipeline.restore import restore_physical, restore_to
 from volpack.targets.raw import open_raw_target
 from volumes import write_sparse
 
@@ -21,7 +21,7 @@ OTHER_ID = "00000000-0000-0000-0000-00000000abcd"
 def archive(tmp_path):
     vol, arc = tmp_path / "v.img", tmp_path / "v.vpk"
     write_sparse(str(vol), 300_000, [(0, b"a" * 70_000), (200_000, b"b" * 9000)])
-    pipeline.backup(str(vol), str(arc), frame_size=65536, compress="none")
+    volpack.backup(str(vol), str(arc), frame_size=65536, compress="none")
     return arc
 
 
@@ -55,7 +55,7 @@ def test_a_damaged_frame_aborts_the_target_and_keeps_the_old_file(archive, tmp_p
     out.write_bytes(b"old contents")
     for fmt in ("raw", "qcow2"):
         with pytest.raises(CorruptArchive):
-            pipeline.restore(str(bad), str(out), force=True, target_format=fmt)
+            volpack.restore(str(bad), str(out), force=True, target_format=fmt)
         assert out.read_bytes() == b"old contents"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.vpk", "out.img", "v.img", "v.vpk"]
 
@@ -63,10 +63,10 @@ def test_a_damaged_frame_aborts_the_target_and_keeps_the_old_file(archive, tmp_p
 def test_physical_layout_goes_through_the_same_checks_before_any_pv_is_opened(archive, tmp_path):
     missing = str(tmp_path / "no-such-pv")
     with pytest.raises(ArchiveReplaced):
-        pipeline.restore_physical(str(archive), (missing,), force=True, expect_uuid=OTHER_ID)
+        restore_physical(str(archive), (missing,), force=True, expect_uuid=OTHER_ID)
     cut = tmp_path / "cut.vpk"
     cut.write_bytes(archive.read_bytes()[:-100])
     with pytest.raises(IncompleteArchive):
-        pipeline.restore_physical(str(cut), (missing,), force=True)
+        restore_physical(str(cut), (missing,), force=True)
     with pytest.raises(UsageError, match="--layout physical is for LVM"):
-        pipeline.restore_physical(str(archive), (missing,), force=True)
+        restore_physical(str(archive), (missing,), force=True)

@@ -177,7 +177,7 @@ def _mounted(path: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from volpack.pipeline import backup
+    from volpack.pipeline.backup import backup
     from volpack.pipeline.libvirt_domain import backup_domain, is_domain_source
 
     seal = seal_keys(args)

@@ -54,7 +54,7 @@ def bitmap_lines(source: dict[str, Any]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from volpack.pipeline import map_volume
+    from volpack.pipeline.map import map_volume
 
     progress = Progress(args)
     try:

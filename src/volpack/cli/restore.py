@@ -132,7 +132,7 @@ def resolve_archive(text: str, catalog: str | None) -> tuple[str, str | None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from volpack.pipeline import restore, restore_physical
+    from volpack.pipeline.restore import restore, restore_physical
 
     apply_medium_options(args)
     expect: str | None  # the archive id the location must hold (restore by id or by time)

@@ -65,7 +65,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from volpack.catalog import record_after_verify
-    from volpack.pipeline import verify
+    from volpack.pipeline.verify import verify
 
     apply_medium_options(args)
     progress = Progress(args)
