@@ -50,3 +50,20 @@ def test_version_imports_no_heavy_library_and_no_pipeline_stage():
     assert "volpack.cli" in modules, "importtime output not understood: " + ", ".join(modules[:5])
     heavy = sorted(m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY))
     assert not heavy, "`volpack --version` imports " + ", ".join(heavy)
+
+
+def test_verbs_load_only_their_own_stages(tmp_path):
+    """A raw backup loads no qcow2 or QEMU reader (the format probe reads magic bytes only), and
+    restore and info load no backup path: the pipeline package imports no verb."""
+    vol = tmp_path / "v.img"
+    with open(vol, "wb") as f:
+        f.truncate(4 << 20)
+        f.write(b"data" * 1024)
+    arc = tmp_path / "v.vpk"
+    modules = _imported("backup", str(vol), str(arc), "--no-catalog", "-q")
+    readers = [m for m in modules if m in ("volpack.source.qcow2", "volpack.source.qemu_image")]
+    assert not readers, "a raw backup imports " + ", ".join(readers)
+    for verb in (["info", str(arc)], ["restore", str(arc), str(tmp_path / "out.img"), "-q"]):
+        modules = _imported(*verb)
+        stray = [m for m in modules if m.startswith(("volpack.pipeline.backup", "volpack.detect"))]
+        assert not stray, f"`volpack {verb[0]}` imports " + ", ".join(stray)

@@ -33,6 +33,9 @@ def test_human_sizes():
 
 def test_public_api_functions_stay_callable_after_their_subpackages_are_imported():
     import volpack
+    import volpack.pipeline.backup  # noqa: F401  (the verb modules share the functions' names)
+    import volpack.pipeline.restore  # noqa: F401
+    import volpack.pipeline.verify  # noqa: F401
     import volpack.targets.raw  # noqa: F401  (a subpackage import must not shadow the API)
 
     assert callable(volpack.restore) and callable(volpack.backup) and callable(volpack.verify)

@@ -39,22 +39,18 @@ def open_source(path: str, source_format: str = "auto", *, pvs: tuple[str, ...] 
         from volpack.source.lvm import open_lvm
 
         return open_lvm(path, pvs)
-    check_volume_path(path)  # before the qcow2 probe opens it: a FIFO would block
-    if source_format == "qcow2" or (source_format == "auto" and _is_qcow2(path)):
+    check_volume_path(path)  # before the probe opens it: a FIFO would block
+    from volpack.source.probe import image_kind
+
+    kind = image_kind(path) if source_format == "auto" else source_format
+    if kind == "qcow2":
         from volpack.source.qcow2 import open_qcow2
 
         return open_qcow2(path)
-    if source_format == "auto":
-        from volpack.source.qemu_image import has_qemu_magic, open_qemu_image
+    if kind == "qemu":
+        from volpack.source.qemu_image import open_qemu_image
 
-        if has_qemu_magic(path):
-            image = open_qemu_image(path)
-            if image is not None:
-                return image
+        image = open_qemu_image(path)
+        if image is not None:
+            return image
     return open_raw(path)
-
-
-def _is_qcow2(path: str) -> bool:
-    from volpack.source.qcow2 import is_qcow2
-
-    return is_qcow2(path)

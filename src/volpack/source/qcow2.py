@@ -409,12 +409,3 @@ class Qcow2Source:
 def open_qcow2(path: str) -> Qcow2Source:
     """Open a qcow2 image read-only as a volume (the guest disk)."""
     return Qcow2Source(path)
-
-
-def is_qcow2(path: str) -> bool:
-    """True when ``path`` starts with the qcow2 magic (False when it cannot be read)."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) == MAGIC
-    except OSError:
-        return False

@@ -12,8 +12,7 @@ from dataclasses import dataclass, replace
 
 from volpack.errors import SourceError
 from volpack.exactio import Subject, pread_exact
-
-MAGIC = b"QFI\xfb"
+from volpack.source.probe import QCOW2_MAGIC as MAGIC
 
 # Incompatible feature bits this reader implements (dirty and corrupt only affect writers).
 INCOMPAT_DIRTY = 1 << 0

@@ -24,29 +24,9 @@ from volpack.errors import SourceError
 from volpack.extents import Extents
 from volpack.source.base import PhysicalMap, SourceInfo
 from volpack.source.nbd import NbdSource
+from volpack.source.probe import QEMU_FORMATS
 
-# Formats read through qemu-nbd, and how each announces itself in its first bytes (qemu's own
-# probes). A fixed VHD has its footer at the end only and qemu reads it as raw, as volpack does.
-QEMU_FORMATS = ("vmdk", "vdi", "vhdx", "vpc", "qed")
-_MAGIC: tuple[tuple[int, bytes], ...] = (
-    (0, b"KDMV"),  # vmdk sparse extent
-    (0, b"# Disk DescriptorFile"),  # vmdk descriptor
-    (0x40, b"\x7f\x10\xda\xbe"),  # vdi signature 0xbeda107f, little-endian
-    (0, b"vhdxfile"),
-    (0, b"conectix"),  # dynamic VHD (vpc)
-    (0, b"QED\x00"),
-)
 START_TIMEOUT = 30.0
-
-
-def has_qemu_magic(path: str) -> bool:
-    """Whether ``path`` starts like one of QEMU_FORMATS (cheap: no qemu-img for raw files)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(0x44)
-    except OSError:
-        return False
-    return any(head[at : at + len(m)] == m for at, m in _MAGIC)
 
 
 SERVERS = ("qemu-storage-daemon", "qemu-nbd")
