@@ -10,7 +10,7 @@ The archive is committed only after the source proved unchanged; any failure abo
 from __future__ import annotations
 
 import dataclasses
-import socket
+import os
 import time
 import uuid as uuidlib
 from collections.abc import Callable
@@ -683,7 +683,7 @@ def _description(
     """The archive's DESC: this tool and host, the source, how its used map was made, options."""
     return ArchiveDescription(
         tool=f"volpack {__version__}",
-        host=socket.gethostname(),
+        host=os.uname().nodename,  # gethostname() without importing socket
         source=SourceDescription(kind=info.kind, path=info.path, details=info.details),
         detection=DetectionDescription(
             mode=detect,
