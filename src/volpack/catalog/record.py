@@ -88,9 +88,9 @@ def _source_of(*sources: SourceDescription) -> tuple[str, str]:
 def entry_from_result(
     result: BackupResultLike, description: Mapping[str, Any] | None = None
 ) -> ArchiveEntry:
-    """The catalog entry for a backup that just finished (``pipeline.backup.BackupResult``). Without a
-    ``description`` (the archive's DESC object), the result's ``source`` and ``detection`` stand
-    in for it."""
+    """The catalog entry for a backup that just finished (``pipeline.backup.BackupResult``).
+    Without a ``description`` (the archive's DESC object), the result's ``source`` and
+    ``detection`` stand in for it."""
     given = SourceDescription.from_json(result.source)
     if description is None:
         description = {
