@@ -8,6 +8,7 @@ through a private qemu-storage-daemon.
 from __future__ import annotations
 
 from volpack.source.base import PhysicalMap, Source, SourceInfo
+from volpack.source.probe import image_kind
 
 __all__ = ["PhysicalMap", "Source", "SourceInfo", "open_source", "SOURCE_FORMATS"]
 
@@ -40,8 +41,6 @@ def open_source(path: str, source_format: str = "auto", *, pvs: tuple[str, ...] 
 
         return open_lvm(path, pvs)
     check_volume_path(path)  # before the probe opens it: a FIFO would block
-    from volpack.source.probe import image_kind
-
     kind = image_kind(path) if source_format == "auto" else source_format
     if kind == "qcow2":
         from volpack.source.qcow2 import open_qcow2
