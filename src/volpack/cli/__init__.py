@@ -11,6 +11,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 from typing import NoReturn
 
 from volpack.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EXIT_WARNING, VolpackError
@@ -130,7 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     except VolpackError as exc:
         print(f"volpack: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        # A SIGINT can land between a constructor's return and its caller binding the result:
+        # the object then goes with its socket open when the traceback's frames go. The kernel
+        # closes it as the process ends, and what lives outside (QEMU exports, partial
+        # archives) its owners' cleanup undid, so the frames go here, without ResourceWarnings.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            exc.__traceback__ = None
+            del exc
         print("volpack: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:

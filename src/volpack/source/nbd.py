@@ -25,10 +25,10 @@ class NbdSource:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._client = NbdClient(url, SourceError)
-        self._size = self._client.export.size
         self._status: list[tuple[int, int, int]] | None = None
         self._status_read = False
+        self._client = NbdClient(url, SourceError)
+        self._size = self._client.export.size
 
     @property
     def size(self) -> int:

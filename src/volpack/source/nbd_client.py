@@ -68,13 +68,6 @@ class NbdClient:
         self.addr = parse_nbd_url(url)
         self.url = url
         self._error = error
-        self._conn = Conn(self.addr, error)
-        try:
-            self.export: ExportInfo = handshake(self._conn, write)
-        except BaseException:
-            self._conn.sock.close()
-            raise
-        self._fail = self._conn.fail
         self._send_lock = threading.Lock()
         self._cond = threading.Condition()
         self._pending: dict[int, _Request] = {}
@@ -85,6 +78,15 @@ class NbdClient:
         self._behind: list[_Request] = []  # write_behind requests not yet settled
         # The payload of zero writes, for servers that do not offer WRITE_ZEROES.
         self._zeros = memoryview(b"")
+        # Connect last: a SIGINT that lands in a later call of this constructor would drop the
+        # client with its socket open (the gap left before the caller binds it: see cli.main).
+        self._conn = Conn(self.addr, error)
+        try:
+            self.export: ExportInfo = handshake(self._conn, write)
+        except BaseException:
+            self._conn.sock.close()
+            raise
+        self._fail = self._conn.fail
 
     # -- the request table ---------------------------------------------------------------------
     def _wait(self, ready: Callable[[], bool]) -> None:

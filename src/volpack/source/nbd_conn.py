@@ -127,9 +127,12 @@ class Conn:
             else:
                 s = socket.create_connection((a.host, a.port), timeout=TIMEOUT)
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError as exc:
+        except BaseException as exc:
+            # Any interruption (SIGINT arrives while connect waits) must not leak the socket.
             if s is not None:
                 s.close()
+            if not isinstance(exc, OSError):
+                raise
             where = a.socket_path or f"{a.host}:{a.port}"
             raise self.fail(
                 f"cannot connect to the NBD server at {where} ({exc.strerror or exc}); "
