@@ -1,6 +1,6 @@
 """Make the golden archive of the current format version (run once per released version):
 
-    python3 tests/format/make_golden.py
+    python3 tests/format/make_golden.py [--replace]
 
 The volume is generated deterministically by ``golden_volume``; the archive is checked in under
 tests/format/golden/ and must decode forever.
@@ -36,11 +36,15 @@ def golden_volume(path: str) -> None:
 
 def main() -> int:
     sys.path.insert(0, os.path.join(HERE, "..", "..", "src"))
+    sys.path.insert(0, HERE)
+    from golden_guard import guard
+
     import volpack
     from volpack.format.records import MAJOR, MINOR
 
-    os.makedirs(GOLDEN, exist_ok=True)
     name = f"v{MAJOR}.{MINOR}"
+    guard(__doc__, os.path.join(GOLDEN, f"{name}.vpk"), os.path.join(GOLDEN, f"{name}.json"))
+    os.makedirs(GOLDEN, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         vol = os.path.join(tmp, "golden.img")
         golden_volume(vol)

@@ -1,7 +1,7 @@
 """Make the golden three-link chain of the current format version (run once per version that
 changes what a chain's bytes hold; the result is checked in under golden/chain-MAJOR.MINOR):
 
-    python3 tests/format/make_golden_chain.py
+    python3 tests/format/make_golden_chain.py [--replace]
 
 A full and two incrementals of a deterministic small volume (``generation``): writes at
 unaligned offsets, a zero-write, a punched hole, and growth to a size that is not a block
@@ -55,10 +55,14 @@ def generation(path: str, k: int) -> None:
 
 def main() -> int:
     sys.path.insert(0, os.path.join(HERE, "..", "..", "src"))
+    sys.path.insert(0, HERE)
+    from golden_guard import guard
+
     import volpack
     from volpack.format.records import MAJOR, MINOR
 
     chain = os.path.join(HERE, "golden", f"chain-{MAJOR}.{MINOR}")
+    guard(__doc__, chain)
     os.makedirs(chain, exist_ok=True)
     facts = []
     with tempfile.TemporaryDirectory() as tmp:

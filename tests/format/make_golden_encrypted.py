@@ -1,7 +1,7 @@
 """Make the golden sealed archive of the current format version (run once per version; the
 result is checked in under golden/encrypted/vMAJOR.MINOR.*):
 
-    python3 tests/format/make_golden_encrypted.py
+    python3 tests/format/make_golden_encrypted.py [--replace]
 
 The volume is make_golden's; the archive is sealed to three test keys checked in beside it (an
 age identity, a 32-byte key file, a passphrase with the least Argon2id work volpack accepts).
@@ -23,6 +23,7 @@ SEALED = os.path.join(HERE, "golden", "encrypted")
 def main() -> int:
     sys.path.insert(0, os.path.join(HERE, "..", "..", "src"))
     sys.path.insert(0, HERE)
+    from golden_guard import guard
     from make_golden import golden_volume
 
     import volpack
@@ -31,6 +32,9 @@ def main() -> int:
     from volpack.format.records import MAJOR, MINOR
 
     name = f"v{MAJOR}.{MINOR}"
+    guard(
+        __doc__, *(os.path.join(SEALED, f"{name}.{ext}") for ext in ("identity", "keyfile", "vpk"))
+    )
 
     os.makedirs(SEALED, exist_ok=True)
     identity = generate_identity()

@@ -1,7 +1,7 @@
 """Make the golden FINE incremental (format 1.4 bit 5) and its base (run once per version that
 changes what they hold; checked in under golden/fine-MAJOR.MINOR):
 
-    python3 tests/format/make_golden_fine.py
+    python3 tests/format/make_golden_fine.py [--replace]
 
 A qcow2 image written with ``qemu-io`` patterns (deterministic), a full backup, then a persistent
 dirty bitmap and small changes — a 4 KiB write beside the base's data, an 8 KiB write where the
@@ -50,9 +50,13 @@ def raw_sha256(image: str, work: str) -> str:
 
 
 def main() -> None:
+    sys.path.insert(0, HERE)
+    from golden_guard import guard
+
     from volpack.format import records as R
 
     out = os.path.join(HERE, "golden", f"fine-{R.MAJOR}.{R.MINOR}")
+    guard(__doc__, out)
     os.makedirs(out, exist_ok=True)
     vp = [sys.executable, "-m", "volpack"]
     facts = []

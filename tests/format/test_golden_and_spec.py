@@ -190,3 +190,30 @@ def test_golden_1_4_digest_covers_head_frame_headers_and_trailer_but_no_frame_pa
     assert pos == toff and frames == facts["frame_count"] > 0
     assert blake3.blake3(b"".join(stream) + payload[:-32]).hexdigest() == facts["digest"]
     assert blake3.blake3(data[:toff] + payload[:-32]).hexdigest() != facts["digest"]
+
+
+@pytest.mark.parametrize(
+    "script",
+    sorted(f for f in os.listdir(HERE) if f.startswith("make_golden") and f.endswith(".py")),
+)
+def test_a_golden_script_run_by_mistake_replaces_nothing(script):
+    """``--help`` prints usage; without ``--replace`` the current version's files stay as
+    checked in (one line, exit 1)."""
+    import subprocess
+    import sys
+
+    def snapshot() -> dict[str, float]:
+        return {
+            os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime
+            for d, _, files in os.walk(GOLDEN)
+            for f in files
+        }
+
+    before = snapshot()
+    path = os.path.join(HERE, script)
+    helped = subprocess.run([sys.executable, path, "--help"], capture_output=True, text=True)
+    assert helped.returncode == 0 and "--replace" in helped.stdout
+    run = subprocess.run([sys.executable, path], capture_output=True, text=True)
+    assert run.returncode == 1
+    assert "is checked in already" in run.stderr and len(run.stderr.splitlines()) == 1
+    assert snapshot() == before
