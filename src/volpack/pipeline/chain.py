@@ -226,8 +226,12 @@ def resolve_chain(top: Archive, places: Places, cache_bytes: int = DEFAULT_CACHE
             arch.close()
     # One frame cache budget for the chain: ten links each keeping the whole budget held 700 MiB
     # while restoring a 10-link chain.
+    by_frame: dict[int, Archive] = {}
     for arch in chain:
         arch.limit_cache(cache_bytes // len(chain))
+        first = by_frame.setdefault(arch.header.frame_size, arch)
+        if first is not arch:
+            arch.share_buffers(first)
     return chain
 
 
