@@ -67,3 +67,22 @@ def test_verbs_load_only_their_own_stages(tmp_path):
         modules = _imported(*verb)
         stray = [m for m in modules if m.startswith(("volpack.pipeline.backup", "volpack.detect"))]
         assert not stray, f"`volpack {verb[0]}` imports " + ", ".join(stray)
+
+
+def test_unencrypted_verbs_load_no_crypto(tmp_path):
+    """Key handling (cryptography, Argon2, age) is loaded only when an archive or an option
+    asks for it: a plain backup, incremental, restore and merge leave it out."""
+    vol = tmp_path / "v.img"
+    with open(vol, "wb") as f:
+        f.truncate(4 << 20)
+        f.write(b"data" * 1024)
+    full, inc = str(tmp_path / "a.vpk"), str(tmp_path / "b.vpk")
+    runs = [
+        ["backup", str(vol), full, "--no-catalog", "-q"],
+        ["backup", str(vol), inc, "--base", full, "--no-catalog", "-q"],
+        ["restore", inc, str(tmp_path / "out.img"), "-q"],
+        ["merge", inc, str(tmp_path / "m.vpk"), "--no-catalog", "-q"],
+    ]
+    for argv in runs:
+        crypto = [m for m in _imported(*argv) if m.startswith(("volpack.crypto", "cryptography"))]
+        assert not crypto, f"`volpack {' '.join(argv[:1])}` imports " + ", ".join(crypto)

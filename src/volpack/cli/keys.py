@@ -215,11 +215,11 @@ def base_keyring(args: argparse.Namespace, seal: EncryptKeys | None) -> Keyring 
 def merge_seal_keys(args: argparse.Namespace) -> EncryptKeys | None:
     """A merge's output keys: ``--recipient`` and the passphrases and key files that open the
     chain; None when none of them is given."""
+    if not (args.recipient or args.passphrase or args.passphrase_file or args.key_file):
+        return None
     from volpack.crypto import EncryptKeys
     from volpack.crypto.files import read_key_file
 
-    if not (args.recipient or args.passphrase or args.passphrase_file or args.key_file):
-        return None
     return EncryptKeys(
         recipients=tuple(_recipient(r) for r in args.recipient),
         passphrases=_passphrases(args, confirm=False),
