@@ -1,4 +1,4 @@
-"""SIGINT: one line and exit 130, whatever the interrupted code held.
+"""SIGINT and SIGTERM: one line and exit 130 or 143, whatever the interrupted code held.
 
 A SIGINT can land after a constructor opened a socket and before its caller bound the object;
 the object then goes when the CLI drops the traceback. Under ``-W error`` (as in these tests)
@@ -8,12 +8,15 @@ that used to print "Exception ignored ... ResourceWarning" with a traceback afte
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import socket
 import sys
+import time
 import warnings
 
 from volpack import cli
-from volpack.errors import EXIT_INTERRUPTED
+from volpack.errors import EXIT_INTERRUPTED, EXIT_TERMINATED
 
 
 def test_an_interrupt_that_drops_an_open_socket_prints_one_line(monkeypatch, capsys):
@@ -34,3 +37,28 @@ def test_an_interrupt_that_drops_an_open_socket_prints_one_line(monkeypatch, cap
     assert capsys.readouterr().err == "volpack: interrupted\n"
     assert unraisable == []
     assert warnings.filters == filters  # the CLI's own calls in a process change no filter
+
+
+def test_sigterm_runs_the_interrupt_cleanup_and_exits_143(monkeypatch, capsys):
+    """The handler is volpack's only while a verb runs; the caller's comes back after."""
+    cleaned: list[bool] = []
+
+    def verb(args: argparse.Namespace) -> int:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # the handler runs between these bytecodes
+                time.sleep(0.001)
+            return 0
+        finally:
+            cleaned.append(True)
+
+    class Parser:
+        def parse_args(self, argv):
+            return argparse.Namespace(func=verb)
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(cli, "build_parser", lambda argv: Parser())
+    assert cli.main(["backup"]) == EXIT_TERMINATED
+    assert cleaned == [True]
+    assert capsys.readouterr().err == "volpack: terminated (SIGTERM)\n"
+    assert signal.getsignal(signal.SIGTERM) == before

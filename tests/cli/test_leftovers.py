@@ -70,6 +70,25 @@ def slow_backup(image: str, archive: str):
             proc.stderr.close()
 
 
+@pytest.mark.parametrize(
+    ("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"]
+)
+def test_a_signal_mid_write_removes_the_partial_and_says_so_in_one_line(
+    tmp_path, dense_image, sig, code
+):
+    """``kill``, ``timeout`` and service managers send SIGTERM: it runs the same cleanup as
+    Ctrl-C (Python's default would end the process and leave the partial behind)."""
+    os.mkdir(tmp_path / "out")
+    archive = str(tmp_path / "out" / "disk.vpk")
+    with slow_backup(dense_image, archive) as (proc, _):
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+        err = proc.stderr.read().decode() if proc.stderr else ""
+    assert proc.returncode == code, err
+    assert err.splitlines()[-1].startswith("volpack: ") and "Traceback" not in err, err
+    assert os.listdir(tmp_path / "out") == []
+
+
 def test_a_backup_after_a_kill_9_mid_write_succeeds_and_leaves_no_partial(tmp_path, dense_image):
     archive = str(tmp_path / "out" / "disk.vpk")
     os.mkdir(tmp_path / "out")

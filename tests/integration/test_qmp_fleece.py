@@ -236,12 +236,21 @@ def test_a_backup_killed_mid_read_leaves_nothing_the_next_run_cannot_clean(tmp_p
     assert [rec for _, rec in vm.bitmaps()] == [False, True]
 
 
-def test_sigint_mid_backup_tears_everything_down_and_leaves_no_archive(tmp_path, vm):
+@pytest.mark.parametrize(
+    ("sig", "code", "line"),
+    [(signal.SIGINT, 130, "volpack: interrupted"), (signal.SIGTERM, 143, "volpack: terminated")],
+    ids=["SIGINT", "SIGTERM"],
+)
+def test_a_signal_mid_backup_tears_everything_down_and_leaves_no_archive(
+    tmp_path, vm, sig, code, line
+):
+    """Ctrl-C, ``kill``, ``timeout`` or a service manager stopping the job: the same cleanup."""
     proc = start_backup(vm, "a.vpk", tmp_path)
     wait_for_export(vm, proc)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode != 0 and "Traceback" not in err, err
+    assert proc.returncode == code and "Traceback" not in err, err
+    assert line in err
     assert not (tmp_path / "a.vpk").exists()
     vm.assert_clean()
     assert not list(vm.tmp.iterdir())  # the private socket directory too

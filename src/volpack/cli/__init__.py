@@ -10,11 +10,20 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
 from typing import NoReturn
 
-from volpack.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EXIT_WARNING, VolpackError
+from volpack.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    EXIT_WARNING,
+    VolpackError,
+)
 
 # Verb modules under volpack.cli, in help order. Each has register(subparsers) -> None, which
 # sets ``func`` (args -> exit code) on its parser.
@@ -35,6 +44,19 @@ VERBS = (
     "cleanup",
     "key",
 )
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a service manager stopping a job), raised where SIGINT
+    raises KeyboardInterrupt so that the same cleanup runs: no partial archive, no S3 upload
+    left open, QEMU's fleecing and bitmaps undone. Python's default would end the process
+    at once and leave all of that behind."""
+
+
+def _terminate(signum: int, frame: object) -> NoReturn:
+    # A second SIGTERM while the first one's cleanup runs must not cut it short (SIGKILL does).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated
 
 
 class Parser(argparse.ArgumentParser):
@@ -125,6 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     # damage must show in the exit code of a nightly job, not only in its log.
     warned = _WarningCount()
     logging.getLogger("volpack.chain").addHandler(warned)
+    # serve and mount stop on SIGTERM their own way (libfuse installs its handler only where
+    # none is set), so they are left to it.
+    mine = not getattr(args, "own_signals", False)
+    mine = mine and threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if mine else None
     try:
         code = int(args.func(args))
         return EXIT_WARNING if code == EXIT_OK and warned.count else code
@@ -136,13 +163,19 @@ def main(argv: list[str] | None = None) -> int:
         # the object then goes with its socket open when the traceback's frames go. The kernel
         # closes it as the process ends, and what lives outside (QEMU exports, partial
         # archives) its owners' cleanup undid, so the frames go here, without ResourceWarnings.
+        terminated = isinstance(exc, Terminated)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ResourceWarning)
             exc.__traceback__ = None
             del exc
+        if terminated:
+            print("volpack: terminated (SIGTERM)", file=sys.stderr)
+            return EXIT_TERMINATED
         print("volpack: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
+        if mine:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
         results.finish(guard)
         logging.getLogger("volpack.chain").removeHandler(warned)
 

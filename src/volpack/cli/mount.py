@@ -62,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_open_options(parser)
     add_medium_options(parser, tape=False)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, own_signals=True)  # stops on SIGTERM itself
 
 
 def run(args: argparse.Namespace) -> int:
