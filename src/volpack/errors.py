@@ -22,6 +22,7 @@ EXIT_DIFFERS = 10
 EXIT_CHAIN = 11
 EXIT_KEY = 12
 EXIT_INTERRUPTED = 130
+EXIT_HANGUP = 129  # 128 + SIGHUP
 EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process ended by it
 
 

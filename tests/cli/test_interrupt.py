@@ -1,4 +1,4 @@
-"""SIGINT and SIGTERM: one line and exit 130 or 143, whatever the interrupted code held.
+"""SIGINT, SIGTERM and SIGHUP: one line and exit 130, 143 or 129, whatever the code held.
 
 A SIGINT can land after a constructor opened a socket and before its caller bound the object;
 the object then goes when the CLI drops the traceback. Under ``-W error`` (as in these tests)
@@ -15,8 +15,10 @@ import sys
 import time
 import warnings
 
+import pytest
+
 from volpack import cli
-from volpack.errors import EXIT_INTERRUPTED, EXIT_TERMINATED
+from volpack.errors import EXIT_INTERRUPTED
 
 
 def test_an_interrupt_that_drops_an_open_socket_prints_one_line(monkeypatch, capsys):
@@ -39,13 +41,18 @@ def test_an_interrupt_that_drops_an_open_socket_prints_one_line(monkeypatch, cap
     assert warnings.filters == filters  # the CLI's own calls in a process change no filter
 
 
-def test_sigterm_runs_the_interrupt_cleanup_and_exits_143(monkeypatch, capsys):
+@pytest.mark.parametrize(
+    ("sig", "code", "line"),
+    [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGHUP, 129, "SIGHUP")],
+    ids=["SIGTERM", "SIGHUP"],
+)
+def test_sigterm_and_sighup_run_the_interrupt_cleanup(monkeypatch, capsys, sig, code, line):
     """The handler is volpack's only while a verb runs; the caller's comes back after."""
     cleaned: list[bool] = []
 
     def verb(args: argparse.Namespace) -> int:
         try:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), sig)
             for _ in range(1000):  # the handler runs between these bytecodes
                 time.sleep(0.001)
             return 0
@@ -56,9 +63,30 @@ def test_sigterm_runs_the_interrupt_cleanup_and_exits_143(monkeypatch, capsys):
         def parse_args(self, argv):
             return argparse.Namespace(func=verb)
 
-    before = signal.getsignal(signal.SIGTERM)
+    before = signal.getsignal(sig)
     monkeypatch.setattr(cli, "build_parser", lambda argv: Parser())
-    assert cli.main(["backup"]) == EXIT_TERMINATED
+    assert cli.main(["backup"]) == code
     assert cleaned == [True]
-    assert capsys.readouterr().err == "volpack: terminated (SIGTERM)\n"
-    assert signal.getsignal(signal.SIGTERM) == before
+    assert capsys.readouterr().err == f"volpack: terminated ({line})\n"
+    assert signal.getsignal(sig) == before
+
+
+def test_a_sighup_ignored_by_nohup_stays_ignored(monkeypatch):
+    seen: list[object] = []
+
+    def verb(args: argparse.Namespace) -> int:
+        seen.append(signal.getsignal(signal.SIGHUP))
+        return 0
+
+    class Parser:
+        def parse_args(self, argv):
+            return argparse.Namespace(func=verb)
+
+    monkeypatch.setattr(cli, "build_parser", lambda argv: Parser())
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        assert cli.main(["backup"]) == 0
+        assert seen == [signal.SIG_IGN]
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)

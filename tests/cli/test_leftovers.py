@@ -71,13 +71,16 @@ def slow_backup(image: str, archive: str):
 
 
 @pytest.mark.parametrize(
-    ("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"]
+    ("sig", "code"),
+    [(signal.SIGTERM, 143), (signal.SIGHUP, 129), (signal.SIGINT, 130)],
+    ids=["SIGTERM", "SIGHUP", "SIGINT"],
 )
 def test_a_signal_mid_write_removes_the_partial_and_says_so_in_one_line(
     tmp_path, dense_image, sig, code
 ):
-    """``kill``, ``timeout`` and service managers send SIGTERM: it runs the same cleanup as
-    Ctrl-C (Python's default would end the process and leave the partial behind)."""
+    """``kill``, ``timeout`` and service managers send SIGTERM, a dropped SSH session SIGHUP:
+    each runs the same cleanup as Ctrl-C (Python's default would end the process and leave the
+    partial behind)."""
     os.mkdir(tmp_path / "out")
     archive = str(tmp_path / "out" / "disk.vpk")
     with slow_backup(dense_image, archive) as (proc, _):

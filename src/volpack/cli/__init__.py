@@ -7,6 +7,7 @@ VolpackError into one line and its exit code. Logic a library user would need li
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -14,9 +15,10 @@ import signal
 import sys
 import threading
 import warnings
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from volpack.errors import (
+    EXIT_HANGUP,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_TERMINATED,
@@ -47,16 +49,26 @@ VERBS = (
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill``, ``timeout``, a service manager stopping a job), raised where SIGINT
-    raises KeyboardInterrupt so that the same cleanup runs: no partial archive, no S3 upload
-    left open, QEMU's fleecing and bitmaps undone. Python's default would end the process
-    at once and leave all of that behind."""
+    """SIGTERM (``kill``, ``timeout``, a service manager stopping a job) or SIGHUP (the SSH
+    session or terminal went away), raised where SIGINT raises KeyboardInterrupt so that the
+    same cleanup runs: no partial archive, no S3 upload left open, QEMU's fleecing and bitmaps
+    undone. Python's default would end the process at once and leave all of that behind."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+# Handled while a verb runs. SIGHUP only where it is not ignored: `nohup volpack …` means it.
+_ENDING = (signal.SIGTERM, signal.SIGHUP)
 
 
 def _terminate(signum: int, frame: object) -> NoReturn:
-    # A second SIGTERM while the first one's cleanup runs must not cut it short (SIGKILL does).
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise Terminated
+    # A second signal while the first one's cleanup runs must not cut it short (SIGKILL does).
+    for s in _ENDING:
+        if signal.getsignal(s) is _terminate:
+            signal.signal(s, signal.SIG_IGN)
+    raise Terminated(signum)
 
 
 class Parser(argparse.ArgumentParser):
@@ -149,9 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("volpack.chain").addHandler(warned)
     # serve and mount stop on SIGTERM their own way (libfuse installs its handler only where
     # none is set), so they are left to it.
-    mine = not getattr(args, "own_signals", False)
-    mine = mine and threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate) if mine else None
+    previous: dict[signal.Signals, Any] = {}
+    if (
+        not getattr(args, "own_signals", False)
+        and threading.current_thread() is threading.main_thread()
+    ):
+        for sig in _ENDING:
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                previous[sig] = signal.signal(sig, _terminate)
     try:
         code = int(args.func(args))
         return EXIT_WARNING if code == EXIT_OK and warned.count else code
@@ -163,19 +180,22 @@ def main(argv: list[str] | None = None) -> int:
         # the object then goes with its socket open when the traceback's frames go. The kernel
         # closes it as the process ends, and what lives outside (QEMU exports, partial
         # archives) its owners' cleanup undid, so the frames go here, without ResourceWarnings.
-        terminated = isinstance(exc, Terminated)
+        signum: int = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ResourceWarning)
             exc.__traceback__ = None
             del exc
-        if terminated:
-            print("volpack: terminated (SIGTERM)", file=sys.stderr)
-            return EXIT_TERMINATED
-        print("volpack: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        if signum == signal.SIGINT:
+            line, code = "interrupted", EXIT_INTERRUPTED
+        else:
+            line = f"terminated ({signal.Signals(signum).name})"
+            code = EXIT_TERMINATED if signum == signal.SIGTERM else EXIT_HANGUP
+        with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+            print(f"volpack: {line}", file=sys.stderr)
+        return code
     finally:
-        if mine:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        for sig, prior in previous.items():
+            signal.signal(sig, signal.SIG_DFL if prior is None else prior)
         results.finish(guard)
         logging.getLogger("volpack.chain").removeHandler(warned)
 
