@@ -50,6 +50,8 @@ def slow_backup(image: str, archive: str):
         + ["--compress", "zstd:19", "--threads", "1"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        # Under nohup the suite ignores SIGHUP and so would the backup (volpack respects it).
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
     )
     try:
         directory = os.path.dirname(archive)
