@@ -112,6 +112,44 @@ def test_cleanup_aborts_the_upload_of_a_backup_killed_mid_write(
     assert open_uploads(c, s3_bucket) == set()
 
 
+def test_a_backup_stopped_by_sigterm_mid_upload_aborts_its_upload_itself(
+    s3_bucket, weed_mini, env, tmp_path
+):
+    """Unlike SIGKILL, SIGTERM (``kill``, ``timeout``, a service manager) leaves nothing for
+    ``cleanup``: the upload is aborted on the way out and no object appears."""
+    image = tmp_path / "dense.img"
+    with open(image, "wb") as f:
+        for _ in range(32):
+            f.write(os.urandom(MiB))
+    env["VOLPACK_S3_PART_SIZE"] = "5Mi"
+    url = f"s3://{s3_bucket}/hosts/disk.vpk"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "volpack", "backup", str(image), url, "--no-catalog"]
+        + ["--compress", "zstd:19", "--threads", "1"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    c = weed_mini.client()
+    try:
+        deadline = time.monotonic() + 120
+        while not open_uploads(c, s3_bucket):
+            assert proc.poll() is None, "the backup ended before its upload was seen"
+            assert time.monotonic() < deadline, "the backup never started its upload"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "volpack: terminated (SIGTERM)", err
+    assert open_uploads(c, s3_bucket) == set()
+    assert c.list_objects_v2(Bucket=s3_bucket).get("KeyCount", 0) == 0
+
+
 def test_cleanup_of_a_missing_bucket_is_an_error_not_nothing_there(weed_mini, env):
     p = vp(env, "cleanup", "s3://vp-no-such-bucket-here/x/", "--older-than", "0")
     assert p.returncode == 7, p.stdout
