@@ -39,6 +39,31 @@ def start_upload(client, bucket: str, key: str) -> str:
     return upload_id
 
 
+def uploading_backup(env: dict[str, str], tmp_path, url: str) -> subprocess.Popen[str]:
+    """A slow backup (32 MiB of random data, zstd level 19, one thread, 5 MiB parts) to
+    ``url``; its stderr is a text pipe."""
+    image = tmp_path / "dense.img"
+    with open(image, "wb") as f:
+        for _ in range(32):
+            f.write(os.urandom(MiB))
+    return subprocess.Popen(
+        [sys.executable, "-m", "volpack", "backup", str(image), url, "--no-catalog"]
+        + ["--compress", "zstd:19", "--threads", "1"],
+        env={**env, "VOLPACK_S3_PART_SIZE": "5Mi"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_upload(proc: subprocess.Popen[str], client, bucket: str) -> None:
+    deadline = time.monotonic() + 120
+    while not open_uploads(client, bucket):
+        assert proc.poll() is None, "the backup ended before its upload was seen"
+        assert time.monotonic() < deadline, "the backup never started its upload"
+        time.sleep(0.05)
+
+
 @pytest.fixture
 def env(weed_mini, tmp_path):
     env = weed_mini.env()
@@ -78,30 +103,14 @@ def test_cleanup_aborts_old_uploads_under_the_prefix_and_keeps_fresh_ones_by_def
 def test_cleanup_aborts_the_upload_of_a_backup_killed_mid_write(
     s3_bucket, weed_mini, env, tmp_path
 ):
-    image = tmp_path / "dense.img"
-    with open(image, "wb") as f:
-        for _ in range(32):
-            f.write(os.urandom(MiB))
-    env["VOLPACK_S3_PART_SIZE"] = "5Mi"
-    url = f"s3://{s3_bucket}/hosts/disk.vpk"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "volpack", "backup", str(image), url, "--no-catalog"]
-        + ["--compress", "zstd:19", "--threads", "1"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = uploading_backup(env, tmp_path, f"s3://{s3_bucket}/hosts/disk.vpk")
     c = weed_mini.client()
     try:
-        deadline = time.monotonic() + 120
-        while not open_uploads(c, s3_bucket):
-            assert proc.poll() is None, "the backup ended before its upload was seen"
-            assert time.monotonic() < deadline, "the backup never started its upload"
-            time.sleep(0.05)
+        wait_for_upload(proc, c, s3_bucket)
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        proc.communicate(timeout=60)  # reaps it and closes its stderr pipe
     assert proc.returncode == -signal.SIGKILL
     ((key, _),) = open_uploads(c, s3_bucket)  # SIGKILL left it open
     assert key == "hosts/disk.vpk"
@@ -117,33 +126,16 @@ def test_a_backup_stopped_by_sigterm_mid_upload_aborts_its_upload_itself(
 ):
     """Unlike SIGKILL, SIGTERM (``kill``, ``timeout``, a service manager) leaves nothing for
     ``cleanup``: the upload is aborted on the way out and no object appears."""
-    image = tmp_path / "dense.img"
-    with open(image, "wb") as f:
-        for _ in range(32):
-            f.write(os.urandom(MiB))
-    env["VOLPACK_S3_PART_SIZE"] = "5Mi"
-    url = f"s3://{s3_bucket}/hosts/disk.vpk"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "volpack", "backup", str(image), url, "--no-catalog"]
-        + ["--compress", "zstd:19", "--threads", "1"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = uploading_backup(env, tmp_path, f"s3://{s3_bucket}/hosts/disk.vpk")
     c = weed_mini.client()
     try:
-        deadline = time.monotonic() + 120
-        while not open_uploads(c, s3_bucket):
-            assert proc.poll() is None, "the backup ended before its upload was seen"
-            assert time.monotonic() < deadline, "the backup never started its upload"
-            time.sleep(0.05)
+        wait_for_upload(proc, c, s3_bucket)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
+            proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     assert err.strip().splitlines()[-1] == "volpack: terminated (SIGTERM)", err
     assert open_uploads(c, s3_bucket) == set()
