@@ -272,11 +272,16 @@ def start_slow_backup(vm: Vm, archive: Path) -> subprocess.Popen[str]:
     return proc
 
 
-def test_sigint_mid_backup_ends_the_job_and_leaves_no_archive_or_scratch(vm: Vm) -> None:
+@pytest.mark.parametrize(
+    ("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"]
+)
+def test_a_signal_mid_backup_ends_the_job_and_leaves_no_archive_or_scratch(
+    vm: Vm, sig: int, code: int
+) -> None:
     proc = start_slow_backup(vm, vm.tmp / "a.vpk")
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode != 0 and "Traceback" not in err, err
+    assert proc.returncode == code and "Traceback" not in err, err
     assert not (vm.tmp / "a.vpk").exists()
     assert vm.daemon.virsh("domjobinfo", DOMAIN).stdout.split()[2] == "None"
     assert not [p for p in vm.tmp.iterdir() if p.name.startswith("volpack-")]
