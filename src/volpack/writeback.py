@@ -21,7 +21,6 @@ Linux only; elsewhere, and on files that refuse it (pipes), it quietly does noth
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import stat
 
@@ -33,7 +32,9 @@ _WAIT_BEFORE, _WRITE, _WAIT_AFTER = 1, 2, 4
 
 def _load():  # -> the libc function, or None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        # The process's own symbols hold libc's: find_library would run `ldconfig -p` in a
+        # child process at every start.
+        libc = ctypes.CDLL(None, use_errno=True)
         fn = libc.sync_file_range
     except (OSError, AttributeError):
         return None

@@ -86,3 +86,34 @@ def test_unencrypted_verbs_load_no_crypto(tmp_path):
     for argv in runs:
         crypto = [m for m in _imported(*argv) if m.startswith(("volpack.crypto", "cryptography"))]
         assert not crypto, f"`volpack {' '.join(argv[:1])}` imports " + ", ".join(crypto)
+
+
+def test_a_raw_backup_and_its_restore_start_no_program(tmp_path):
+    """Nothing a raw image's backup or restore needs is another program: `ctypes.util.
+    find_library` ran `ldconfig -p` in a child process at every start, for libc's symbols the
+    process already holds."""
+    vol = tmp_path / "v.img"
+    with open(vol, "wb") as f:
+        f.truncate(4 << 20)
+        f.write(b"data" * 1024)
+    # Recorded, not refused: a caller that catches errors would hide a refusal.
+    script = (
+        "import subprocess, sys\n"
+        "started = []\n"
+        "spawn = subprocess.Popen.__init__\n"
+        "def record(self, *a, **k):\n"
+        "    started.append(a[:1])\n"
+        "    return spawn(self, *a, **k)\n"
+        "subprocess.Popen.__init__ = record\n"
+        "from volpack.cli import main\n"
+        "code = main(sys.argv[1:])\n"
+        "print('started:', started, file=sys.stderr)\n"
+        "sys.exit(code)\n"
+    )
+    for argv in (
+        ["backup", str(vol), str(tmp_path / "a.vpk"), "--no-catalog", "-q"],
+        ["restore", str(tmp_path / "a.vpk"), str(tmp_path / "out.img"), "-q"],
+    ):
+        p = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert "started: []" in p.stderr, p.stderr[-2000:]

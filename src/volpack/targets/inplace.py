@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import array
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import os
@@ -26,7 +25,7 @@ _ZERO_CHUNK = 8 << 20
 
 def _punch(fd: int, start: int, length: int) -> bool:
     """Deallocate ``[start, start+length)`` of a file, keeping its size; False if unsupported."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc = ctypes.CDLL(None, use_errno=True)  # libc's symbols, without `ldconfig -p`
     fallocate = libc.fallocate
     fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
     flags = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
