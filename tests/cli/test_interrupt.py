@@ -21,18 +21,24 @@ from volpack import cli
 from volpack.errors import EXIT_INTERRUPTED
 
 
-def test_an_interrupt_that_drops_an_open_socket_prints_one_line(monkeypatch, capsys):
-    def verb(args: argparse.Namespace) -> int:
-        held = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # noqa: F841 (held by the frame)
-        raise KeyboardInterrupt
+def as_the_verb(monkeypatch, verb) -> None:
+    """Make ``cli.main`` run ``verb`` whatever its arguments (the parser is bypassed)."""
 
     class Parser:
         def parse_args(self, argv):
             return argparse.Namespace(func=verb)
 
+    monkeypatch.setattr(cli, "build_parser", lambda argv: Parser())
+
+
+def test_an_interrupt_that_drops_an_open_socket_prints_one_line(monkeypatch, capsys):
+    def verb(args: argparse.Namespace) -> int:
+        held = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # noqa: F841 (held by the frame)
+        raise KeyboardInterrupt
+
     unraisable: list[object] = []
     monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
-    monkeypatch.setattr(cli, "build_parser", lambda argv: Parser())
+    as_the_verb(monkeypatch, verb)
     filters = list(warnings.filters)
     code = cli.main(["backup"])
     assert code == EXIT_INTERRUPTED
@@ -59,11 +65,7 @@ def test_sigterm_and_sighup_run_the_interrupt_cleanup(monkeypatch, capsys, sig, 
         finally:
             cleaned.append(True)
 
-    class Parser:
-        def parse_args(self, argv):
-            return argparse.Namespace(func=verb)
-
-    monkeypatch.setattr(cli, "build_parser", lambda argv: Parser())
+    as_the_verb(monkeypatch, verb)
     # A suite run under nohup ignores SIGHUP, and volpack leaves an ignored SIGHUP ignored.
     outer = signal.signal(sig, signal.SIG_DFL)
     try:
@@ -82,11 +84,7 @@ def test_a_sighup_ignored_by_nohup_stays_ignored(monkeypatch):
         seen.append(signal.getsignal(signal.SIGHUP))
         return 0
 
-    class Parser:
-        def parse_args(self, argv):
-            return argparse.Namespace(func=verb)
-
-    monkeypatch.setattr(cli, "build_parser", lambda argv: Parser())
+    as_the_verb(monkeypatch, verb)
     previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         assert cli.main(["backup"]) == 0
