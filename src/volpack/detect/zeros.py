@@ -25,6 +25,19 @@ CHUNK = 8 << 20
 Sink = Callable[[memoryview, list[tuple[int, int]]], None]
 
 
+def nonzero_mask(data: memoryview, block_size: int) -> np.ndarray:
+    """Whether each ``block_size`` block of ``data`` (whole blocks) holds a non-zero byte."""
+    words = np.frombuffer(data, np.uint64).reshape(len(data) // block_size, -1)
+    # Most data blocks have a non-zero first word: only the others are read whole.
+    mask = words[:, 0] != 0
+    rest = np.flatnonzero(~mask)
+    if rest.size == len(mask):
+        mask = words.any(axis=1)
+    elif rest.size:
+        mask[rest] = words[rest].any(axis=1)
+    return mask
+
+
 def nonzero_blocks(
     source: Source,
     candidates: Extents,
@@ -88,15 +101,7 @@ def scan_used(
                 view[pos + got : pos + n * block_size] = bytes(n * block_size - got)
             pos += n * block_size
             length += got
-        n = pos // block_size
-        words = np.frombuffer(view, np.uint64, count=pos // 8).reshape(n, -1)
-        # Most data blocks have a non-zero first word: only the others are read whole.
-        mask = words[:, 0] != 0
-        rest = np.flatnonzero(~mask)
-        if rest.size == n:
-            mask = words.any(axis=1)
-        elif rest.size:
-            mask[rest] = words[rest].any(axis=1)
+        mask = nonzero_mask(view[:pos], block_size)
         at = 0
         for _b0, k, whole in pieces:
             if whole:

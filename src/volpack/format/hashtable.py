@@ -241,14 +241,14 @@ class HashBuilder:
 
     def __init__(
         self,
-        table: AddressTable,
+        table: AddressTable | None,
         volume_size: int,
         hash_block_size: int,
         key: bytes | None = None,
         fill: Callable[[int, int], bytes | bytearray] | None = None,
     ) -> None:
         """``fill(start, end)``: the bytes between fed data (default zeros); a FINE incremental
-        gives its base's bytes there."""
+        gives its base's bytes there. Without ``table`` the builder is fed with ``feed_runs``."""
         self.key = key
         self.fill = fill
         self.table = table
@@ -262,10 +262,17 @@ class HashBuilder:
         self._hashes = bytearray()
 
     def feed(self, dense_offset: int, raw: memoryview) -> None:
+        assert self.table is not None  # a builder without a table is fed runs (feed_runs)
         vs, lens, ds = self.table.dense_to_volume(dense_offset, dense_offset + len(raw))
-        for v, n, d in zip(vs.tolist(), lens.tolist(), ds.tolist(), strict=True):
+        self.feed_runs(raw, vs.tolist(), lens.tolist(), (ds - dense_offset).tolist())
+
+    def feed_runs(
+        self, raw: memoryview, volume: list[int], length: list[int], offset: list[int]
+    ) -> None:
+        """Feed ``raw[offset[i] : offset[i] + length[i]]`` as the volume bytes at ``volume[i]``,
+        runs in increasing volume order (a frame whose address table is still being built)."""
+        for v, n, at in zip(volume, length, offset, strict=True):
             n = min(n, self.volume_size - v)  # the dense volume pads the last block
-            at = d - dense_offset
             while n > 0:
                 index = v // self.hbs
                 if index != self._index:

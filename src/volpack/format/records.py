@@ -423,8 +423,13 @@ def check_payload(payload: bytes, psum: int, where: str, tag: bytes) -> None:
     )
 
 
-def encode_desc(desc: dict[str, Any]) -> bytes:
-    return encode_record(TAG_DESC, json.dumps(desc, sort_keys=True, separators=(",", ":")).encode())
+def encode_desc(desc: dict[str, Any], pad: int = 0) -> bytes:
+    """The DESC record; ``pad`` spaces after the JSON (whitespace JSON allows) let a writer that
+    learns its tables last make its head exactly the room it left (docs/format.md section 3.1)."""
+    text = json.dumps(desc, sort_keys=True, separators=(",", ":")).encode()
+    if len(text) + pad > MAX_DESC:
+        raise ValueError(f"DESC of {len(text)} + {pad} bytes passes {MAX_DESC}")
+    return encode_record(TAG_DESC, text + b" " * pad)
 
 
 def decode_desc(payload: bytes, where: str) -> dict[str, Any]:

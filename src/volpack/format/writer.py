@@ -1,14 +1,16 @@
 """ArchiveWriter: header and tables, then the whole dense volume as frames, then trailer and footer.
 
-It never seeks and never looks at block usage: it asks a producer for dense bytes frame by frame.
-Producing (reading the source) with encoding (checksum + zstd), a few frames at once in a small
-thread pool, and writing (medium, in order) overlap over a fixed ring of buffers, so memory
-stays bounded. The digest covers the metadata stream only (format 1.4, METADIGEST): head, frame
-headers, trailer; the frames' data is hashed once, for the block hash table.
+It never looks at block usage: it asks a producer for dense bytes frame by frame, or (a head
+written last, into room the medium left) takes frames from a filler that learns the address
+table as it goes. Producing (reading the source) with encoding (checksum + zstd), a few frames at
+once in a small thread pool, and writing (medium, in order) overlap over a fixed ring of
+buffers, so memory stays bounded. The digest covers the metadata stream only (format 1.4,
+METADIGEST): head, frame headers, trailer; the frames' data is hashed once, for the block hash table.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 from collections.abc import Callable
@@ -31,6 +33,10 @@ if TYPE_CHECKING:
 # from several threads at once, for different frames.
 Producer = Callable[[int, memoryview], None]
 Progress = Callable[[int], None]  # called with dense bytes done so far
+# fill(raw) fills the next frame's raw bytes from its start, in frame order, from one thread: its
+# length (0: no frame left) and the volume runs in it for the hash table, as (volume offsets,
+# lengths, offsets in ``raw``). A frame shorter than ``raw`` is the last one.
+Filler = Callable[[memoryview], tuple[int, tuple[list[int], list[int], list[int]]]]
 
 _HDR = R.FRAME_HEADER_SIZE
 
@@ -140,10 +146,15 @@ class ArchiveWriter:
         hashes: HashBuilder,
         state: Callable[[HashTable], HashTable] | None = None,
         sealing: Sealing | None = None,
+        room: int = 0,
     ) -> None:
         """``hashes`` is fed every frame in order; ``state`` turns the table of this archive's
         own data into the table of the state it leaves (an incremental applies it to its base's).
-        ``sealing`` seals head records, frames and hash table (an ENCRYPTED ``header``)."""
+        ``sealing`` seals head records, frames and hash table (an ENCRYPTED ``header``).
+
+        With ``room`` (bytes the medium left at its start, ``MediumWriter.leave_room``) the head
+        is written last: ``header`` is provisional, its ``used_blocks`` an upper bound, and
+        ``head_records`` are given to :meth:`settle_head` after :meth:`write_stream`."""
         minor = R.MINOR_ENCRYPTED if header.encrypted else R.MINOR
         if (
             not header.bound
@@ -162,9 +173,14 @@ class ArchiveWriter:
         self.sealing = sealing
         self.threads = max(1, threads)
         self._digest = blake3.blake3(max_threads=1)
-        self._offset = 0
+        self.room = room
+        self._offset = room
         self._stored = 0
         self._index = np.zeros(header.frame_count, R.INDEX_DTYPE)
+        # With the head written last, the digest takes the frame headers only once the head is
+        # known: each frame's checksum is kept to rebuild its header then (8 bytes a frame).
+        self._sums = np.zeros(header.frame_count if room else 0, np.uint64)
+        self._frames = 0  # frames written
         self._header_bytes = header.encode()
         # DESC + PMAP + ATAB (+ ZTAB) records; sealed behind a KEYS record when ENCRYPTED
         self.head_records = (
@@ -183,6 +199,53 @@ class ArchiveWriter:
         self.medium.mark_head_end()
 
     def write_frames(self, produce: Producer, progress: Progress | None = None) -> None:
+        """Every frame of the header's dense volume, ``produce`` called in the pool (frames are
+        read two at a time)."""
+        h = self.header
+        turns = _Turns()
+
+        def make(seq: int, raw: memoryview, tabler: ThreadPoolExecutor) -> Future:
+            try:
+                produce(seq, raw)
+                turns.wait(seq)
+                hashed = tabler.submit(self.hashes.feed, seq * h.frame_size, raw)
+                turns.done(seq)
+            except BaseException as exc:
+                turns.fail(exc)  # later frames must not wait for this one's turn
+                raise
+            return hashed
+
+        self._pump(lambda seq, raw, tabler: h.frame_length(seq), make, progress)
+
+    def write_stream(self, fill: Filler, progress: Progress | None = None) -> int:
+        """Frames from ``fill`` until it has none left, at most the provisional header's
+        ``frame_count``; the number written. ``fill`` runs in the calling thread, in order."""
+        hashing: dict[int, Future] = {}
+        frame_size = self.header.frame_size
+
+        def start(seq: int, raw: memoryview, tabler: ThreadPoolExecutor) -> int:
+            n, runs = fill(raw)
+            if n % 8 or n > frame_size:  # a filler bug, never bad input
+                raise ValueError(f"frame {seq}: {n} bytes filled")
+            if n:
+                # Filled in frame order by this thread, so handed to the table in order.
+                hashing[seq] = tabler.submit(self.hashes.feed_runs, raw[:n], *runs)
+            return n
+
+        self._pump(start, lambda seq, raw, tabler: hashing.pop(seq), progress)
+        return self._frames
+
+    def _pump(
+        self,
+        start: Callable[[int, memoryview, ThreadPoolExecutor], int],
+        make: Callable[[int, memoryview, ThreadPoolExecutor], Future],
+        progress: Progress | None,
+    ) -> None:
+        """Frames 0, 1 … up to the header's ``frame_count`` while ``start(seq, raw, tabler)``,
+        called in this thread, gives a raw length (0: no frame left). Then, in the pool,
+        ``make(seq, raw, tabler)`` has the raw bytes filled and handed to the hash table (in
+        frame order), returning that future; the frame is encoded there, and written in order
+        by one thread."""
         h = self.header
         count = h.frame_count
         if count == 0:
@@ -201,25 +264,29 @@ class ArchiveWriter:
         size = _HDR + h.frame_size + (R.SEAL_TAG if sealed else 0)
         for _ in range(min(depth, count)):
             free.put(buffer(size, phase=-_HDR % LINE))
-        pending: queue.Queue[tuple[Future, memoryview, int] | None] = queue.Queue()
+        pending: queue.Queue[tuple[Future, memoryview, int, int] | None] = queue.Queue()
         failure: list[BaseException] = []
-        turns = _Turns()
 
         def writer() -> None:
             done = 0
             try:
                 while (item := pending.get()) is not None:
-                    fut, buf, seq = item
+                    fut, buf, seq, raw_len = item
                     (frame, codec), hashed = fut.result()
                     stored = len(frame) - _HDR
                     self._index[seq] = (self._offset, stored, codec, b"")
-                    # The digest takes the frame header only (it carries the frame checksum).
-                    self._digest.update(frame[:_HDR])
+                    # The digest takes the frame header only (it carries the frame checksum);
+                    # with the head still to come, its checksum is kept for settle_head.
+                    if self.room:
+                        self._sums[seq] = int.from_bytes(frame[32:40], "little")
+                    else:
+                        self._digest.update(frame[:_HDR])
                     self.medium.write(frame)
                     self._offset += len(frame)
                     hashed.result()  # a raw frame may still be hashed while it is written
                     self._stored += stored
-                    done += h.frame_length(seq)
+                    self._frames = seq + 1
+                    done += raw_len
                     free.put(buf)
                     if progress is not None:
                         progress(done)
@@ -227,16 +294,8 @@ class ArchiveWriter:
                 failure.append(exc)
                 free.put(memoryview(b""))  # wake the producer if it waits for a slot
 
-        def make(seq: int, buf: memoryview, raw_len: int) -> tuple[_Encoded, Future]:
-            raw = memoryview(buf)[_HDR : _HDR + raw_len]
-            try:
-                produce(seq, raw)
-                turns.wait(seq)
-                hashed = tabler.submit(self.hashes.feed, seq * h.frame_size, raw)
-                turns.done(seq)
-            except BaseException as exc:
-                turns.fail(exc)  # later frames must not wait for this one's turn
-                raise
+        def encode(seq: int, buf: memoryview, raw_len: int) -> tuple[_Encoded, Future]:
+            hashed = make(seq, memoryview(buf)[_HDR : _HDR + raw_len], tabler)
             if sealed:
                 return self._seal_frame(seq, buf, raw_len, encoder, hashed), hashed
             return encoder.encode(seq, buf, raw_len, hashed), hashed
@@ -250,8 +309,10 @@ class ArchiveWriter:
                 buf = free.get()
                 if failure:
                     break
-                fut = pool.submit(make, seq, buf, h.frame_length(seq))
-                pending.put((fut, buf, seq))
+                raw_len = start(seq, memoryview(buf)[_HDR : _HDR + h.frame_size], tabler)
+                if not raw_len:
+                    break
+                pending.put((pool.submit(encode, seq, buf, raw_len), buf, seq, raw_len))
         finally:
             pending.put(None)
             thread.join()
@@ -282,6 +343,36 @@ class ArchiveWriter:
         checksum = R.checksum(out[_HDR : _HDR + n], R.frame_seed(h.seed_uuid, seq, doff))
         out[:_HDR] = R.encode_frame_header(codec, seq, doff, raw_len, n, checksum)
         return out[: _HDR + n], codec
+
+    def settle_head(self, header: R.Header, head_records: bytes) -> None:
+        """The head of an archive whose frames are written (``room``): ``header`` is the
+        provisional one with the real ``used_blocks``, and header with ``head_records`` must
+        fill the room exactly. The digest takes the head, then every frame header."""
+        old = self.header
+        if (
+            not self.room
+            or self.sealing is not None
+            or dataclasses.replace(old, used_blocks=header.used_blocks) != header
+            or header.frame_count != self._frames
+        ):
+            raise ValueError("settle_head: not the provisional header of the frames written")
+        self.header = header
+        self._header_bytes = header.encode()
+        self.head_records = head_records
+        if len(self._header_bytes) + len(head_records) != self.room:
+            length = len(self._header_bytes) + len(head_records)
+            raise ValueError(f"settle_head: head of {length} B for a room of {self.room} B")
+        self._index = self._index[: self._frames]
+        self._digest.update(self._header_bytes)
+        self._digest.update(head_records)
+        index, fs = self._index, header.frame_size
+        for seq in range(self._frames):
+            raw_len = header.frame_length(seq)
+            stored, codec = int(index["stored"][seq]), int(index["codec"][seq])
+            raw_sum = int(self._sums[seq])
+            header_bytes = R.encode_frame_header(codec, seq, seq * fs, raw_len, stored, raw_sum)
+            self._digest.update(header_bytes)
+        self.medium.write_room(self._header_bytes + head_records)
 
     def finish(self) -> WriteResult:
         """Write trailer and footer; the caller commits the medium."""

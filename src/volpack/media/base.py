@@ -1,4 +1,5 @@
-"""The Medium seam: opaque bytes out (sequential, never seeking) and in (sequential or ranged).
+"""The Medium seam: opaque bytes out (in order; a new file may leave room at the start that is
+filled last) and in (sequential or ranged).
 
 Media never parse archive bytes. A writer publishes the archive only on ``commit``; ``abort`` leaves
 nothing visible under the final name. What a medium can do beyond this is declared with its scheme
@@ -30,6 +31,23 @@ class MediumWriter(Protocol):
         """Called once, after the archive's header and tables are written. Media that copy them
         into every volume (tape) note where they end; the others inherit this no-op."""
         return None
+
+    def leave_room(self, length: int) -> bool:
+        """Called before anything is written: start writing ``length`` bytes in, and let
+        :meth:`write_room` fill them last (a backup that learns its tables only while it writes
+        its frames). True where the medium can (a new regular file); the others write in order
+        only and inherit this answer, False."""
+        return False
+
+    def write_room(self, data: Buffer) -> None:
+        """Write the ``length`` bytes of room left at the start (after every other byte, before
+        ``commit``). Only after :meth:`leave_room` said True."""
+        raise TypeError(f"{type(self).__name__} leaves no room")
+
+    def rewind(self) -> None:
+        """Drop everything written so far and start again at offset 0 (room left, and the
+        writes after it). Only after :meth:`leave_room` said True."""
+        raise TypeError(f"{type(self).__name__} leaves no room")
 
     def commit(self) -> None:
         """Make the archive durable and visible under its final name."""

@@ -84,6 +84,7 @@ class FileWriter(MediumWriter):
         if st is not None and stat.S_ISSOCK(st.st_mode):
             raise MediumError(f"{self.path}: is a socket; give the archive a file path")
         self._written = 0
+        self._room = 0
         if st is not None and (stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
             self.fd = self._open(self.path, os.O_WRONLY)
             self._writeback = for_fd(self.fd)
@@ -120,6 +121,40 @@ class FileWriter(MediumWriter):
         except OSError as exc:
             raise _os_error(self.path, exc, "writing the archive") from None
         self._writeback.wrote(self._written)
+
+    def leave_room(self, length: int) -> bool:
+        # Only a new archive under a partial name: a FIFO or character device is written in
+        # order, and nothing reads the partial before it is published whole.
+        if self._tmp is None or self._written:
+            return False
+        try:
+            os.lseek(self.fd, length, os.SEEK_SET)
+        except OSError as exc:
+            raise _os_error(self.path, exc, "writing the archive") from None
+        self._room = length
+        self._written = length  # file offsets from here on, for the early writeback
+        return True
+
+    def write_room(self, data: Buffer) -> None:
+        if len(data) != self._room:
+            # A programming error: the head must fill its room exactly (no gap, format section 1).
+            raise ValueError(f"room of {self._room} bytes, {len(data)} bytes to fill it")
+        view = memoryview(data)
+        at = 0
+        try:
+            while at < len(view):
+                at += os.pwrite(self.fd, view[at:], at)
+        except OSError as exc:
+            raise _os_error(self.path, exc, "writing the archive") from None
+
+    def rewind(self) -> None:
+        try:
+            os.ftruncate(self.fd, 0)
+            os.lseek(self.fd, 0, os.SEEK_SET)
+        except OSError as exc:
+            raise _os_error(self.path, exc, "writing the archive") from None
+        self._room = self._written = 0
+        self._writeback = for_fd(self.fd)
 
     def commit(self) -> None:
         fd, self.fd = self.fd, -1

@@ -53,8 +53,12 @@ HASH_ENTRIES = 1 << 20
 
 if TYPE_CHECKING:
     from volpack.crypto import EncryptKeys
+    from volpack.detect import Plan
     from volpack.format.keyring import Keyring
     from volpack.format.random_access import Archive
+    from volpack.format.sealing import Sealing
+    from volpack.format.writer import WriteResult
+    from volpack.media.base import MediumWriter
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -215,6 +219,36 @@ def backup(
         before = src.identity()
         medium = open_writer(archive_url, force=force, mode=mode)
         plan = plan_used(src, block_size, detect)
+        if staging is None and base_archive is None and encrypt is None and len(plan.scan):
+            # A full with a zero scan to run reads the source once where the medium can take
+            # its head last (docs/architecture.md, "One read").
+            done = _in_one_read(
+                src,
+                plan,
+                medium,
+                detect,
+                compress,
+                codec,
+                level,
+                frame_size,
+                hash_block,
+                threads,
+                progress,
+            )
+            if done is not None:
+                _check_unchanged(src, before, source)
+                medium.commit()
+                return _result(
+                    done.header,
+                    done.table,
+                    Extents.empty(),
+                    done.desc,
+                    done.written,
+                    medium,
+                    t0,
+                    None,
+                    None,
+                )
         if staging is not None and base_archive is None and len(plan.scan):
             # Two-phase mode with a zero scan: the scan hands each used block to staging as it
             # reads it, so the source is read once (docs/architecture.md, "Two-phase mode").
@@ -237,19 +271,10 @@ def backup(
         if base_archive is None:
             table = AddressTable.from_used(detection.used, block_size)
             zeros = Extents.empty()
-            used_bytes = table.used_blocks * block_size
-            header = R.Header(
-                uuid=this,
-                block_size=block_size,
-                hash_block_size=hash_block or hash_block_for(used_bytes, block_size),
-                frame_size=frame_size,
-                volume_size=src.size,
-                used_blocks=table.used_blocks,
-                created_ns=created,
-                codec=codec,
-                codec_level=level,
-                chain_id=str(uuidlib.uuid4()),
+            header = _full_header(
+                src.size, block_size, frame_size, table.used_blocks, hash_block, codec, level
             )
+            header = dataclasses.replace(header, uuid=this, created_ns=created)
         else:
             changes = _changes(src, detection, base_archive, bitmap, hints, threads, progress)
             detection = dataclasses.replace(
@@ -375,11 +400,25 @@ def backup(
             fine.close()
         if base_archive is not None:
             base_archive.close()
+    return _result(header, table, zeros, desc, written, medium, t0, staging, sealing)
+
+
+def _result(
+    header: R.Header,
+    table: AddressTable,
+    zeros: Extents,
+    desc: ArchiveDescription,
+    written: WriteResult,
+    medium: MediumWriter,
+    t0: float,
+    staging: str | None,
+    sealing: Sealing | None,
+) -> BackupResult:
     return BackupResult(
         archive_uuid=header.uuid,
         url=medium.location,
         volume_size=header.volume_size,
-        block_size=block_size,
+        block_size=header.block_size,
         used_blocks=header.used_blocks,
         dense_size=header.dense_size,
         archive_size=written.archive_size,
@@ -387,7 +426,7 @@ def backup(
         frame_count=written.frame_count,
         digest=written.digest,
         elapsed=time.perf_counter() - t0,
-        created_ns=created,
+        created_ns=header.created_ns,
         source=desc.source.to_json(),
         detection=desc.detection.to_json(),
         staging=staging,
@@ -404,6 +443,70 @@ def backup(
         encrypted=header.encrypted,
         key_slots=sealing.fingerprints() if sealing is not None else (),
     )
+
+
+def _full_header(
+    volume_size: int,
+    block_size: int,
+    frame_size: int,
+    used_blocks: int,
+    hash_block: int | None,
+    codec: int,
+    level: int,
+) -> R.Header:
+    """The header of a new full (a new chain, a fresh UUID, created now)."""
+    return R.Header(
+        uuid=str(uuidlib.uuid4()),
+        block_size=block_size,
+        hash_block_size=hash_block or hash_block_for(used_blocks * block_size, block_size),
+        frame_size=frame_size,
+        volume_size=volume_size,
+        used_blocks=used_blocks,
+        created_ns=time.time_ns(),
+        codec=codec,
+        codec_level=level,
+        chain_id=str(uuidlib.uuid4()),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    header: R.Header
+    table: AddressTable
+    desc: ArchiveDescription
+    written: WriteResult
+
+
+def _in_one_read(
+    src: Source,
+    plan: Plan,
+    medium: MediumWriter,
+    detect: str,
+    compress: str,
+    codec: int,
+    level: int,
+    frame_size: int,
+    hash_block: int | None,
+    threads: int,
+    progress: Progress | None,
+) -> _Done | None:
+    """A full written in one read of the source (``pipeline/onepass.py``), or None where the
+    medium or the used map does not allow it (nothing written)."""
+    from volpack.pipeline.onepass import write_in_one_read
+
+    bs = plan.block_size
+    # An upper bound until the scan is done: every known and candidate block. The hash block
+    # size follows it (it only grows past 64 GiB of used bytes, and only for the table's size).
+    bound = plan.known.total() + plan.scan.total()
+    header = _full_header(src.size, bs, frame_size, bound, hash_block, codec, level)
+    desc = _description(src.info, detect, plan.detection(plan.known), compress, False)
+    pmap = encode_pmap(src.physical_map())
+    done = write_in_one_read(
+        medium, src, plan, header, desc.to_json(), pmap, threads=threads, progress=progress
+    )
+    if done is None:
+        return None
+    return _Done(done.header, done.table, desc, done.written)
 
 
 def _open_base(spec: str, source: str, catalog: str | None, keyring: Keyring | None) -> Archive:
