@@ -351,3 +351,51 @@ def test_key_created_by_another_writer_during_the_upload_is_not_replaced(
     assert _read(url) == b"the other one"
     uploads = weed_mini.client().list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])
     assert uploads == []
+
+
+# --- room for a head written last -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [3 * MiB, 30 * MiB + 5])
+def test_room_left_at_the_start_is_filled_last_in_one_object_or_split(weed_mini, s3_bucket, size):
+    """Part 1 waits for its room to be filled while the later parts (and continuation objects)
+    go up; a small archive is one PUT with its room filled."""
+    s3_client.configure(part_size=5 * MiB, object_size=12 * MiB)
+    data = os.urandom(size)
+    room = 70_000
+    url = f"s3://{s3_bucket}/room-{size}.vpk"
+    writer = open_writer(url)
+    assert writer.leave_room(room)
+    for pos in range(room, len(data), 1_000_003):
+        writer.write(data[pos : min(len(data), pos + 1_000_003)])
+    writer.write_room(data[:room])
+    writer.commit()
+    assert _read(url) == data
+
+
+def test_a_rewound_upload_leaves_no_open_upload_and_starts_over(weed_mini, s3_bucket):
+    s3_client.configure(part_size=5 * MiB)
+    url = f"s3://{s3_bucket}/rewound.vpk"
+    writer = open_writer(url)
+    assert writer.leave_room(4096)
+    writer.write(os.urandom(17 * MiB))  # part 1 held, parts 2 and 3 uploaded
+    assert weed_mini.client().list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
+    writer.rewind()
+    uploads = weed_mini.client().list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])
+    assert uploads == []
+    data = os.urandom(11 * MiB)
+    writer.write(data)
+    writer.commit()
+    assert _read(url) == data
+    assert weed_mini.client().list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+
+
+def test_room_is_refused_once_written_or_larger_than_the_first_part(s3_bucket):
+    s3_client.configure(part_size=5 * MiB)
+    writer = open_writer(f"s3://{s3_bucket}/no-room.vpk")
+    try:
+        assert not writer.leave_room(6 * MiB)
+        writer.write(b"x")
+        assert not writer.leave_room(4096)
+    finally:
+        writer.abort()

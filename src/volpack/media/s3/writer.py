@@ -1,7 +1,8 @@
 """The S3 medium's writer: an archive streamed to ``s3://bucket/key`` by multipart upload.
 
 Memory stays bounded (a few parts in flight, no local copy); nothing is visible under the key
-until ``commit``. Archives beyond one object's limit continue in ``key.part2``, ``key.part3`` …,
+until ``commit``. Room left for a head written last lies in part 1, which is held back (one
+part's memory more) and uploaded once the head is in it: parts may be uploaded in any order. Archives beyond one object's limit continue in ``key.part2``, ``key.part3`` …,
 joined again on read. It moves opaque bytes only and never parses the archive.
 """
 
@@ -76,6 +77,8 @@ class S3Writer(MediumWriter):
         self._etags: dict[tuple[int, int], str] = {}
         self._pool = ThreadPoolExecutor(max_workers=s.concurrency, thread_name_prefix="volpack-s3")
         self._state = "open"
+        self._room = 0  # bytes at the start left for write_room
+        self._held: _Part | None = None  # part 1, full, waiting for write_room
 
     # --- writing ---------------------------------------------------------------------------------
 
@@ -101,9 +104,44 @@ class S3Writer(MediumWriter):
             self._fail()
             raise
 
+    def leave_room(self, length: int) -> bool:
+        if self._fill or self._objects[0].parts or length > len(self._buf) or self._room:
+            return False
+        self._fill = self._room = length
+        return True
+
+    def write_room(self, data: Buffer) -> None:
+        if len(data) != self._room:
+            raise ValueError(f"room of {self._room} bytes, {len(data)} bytes to fill it")
+        if self._state != "open":
+            raise MediumError(f"{self.url}: write after the upload was {self._state}")
+        try:
+            held, self._held = self._held, None
+            (held.body if held is not None else self._buf)[: self._room] = data
+            self._room = 0
+            if held is not None:
+                self._submit(held)
+        except BaseException:
+            self._fail()
+            raise
+
+    def rewind(self) -> None:
+        """Abort the uploads begun and start over: a new split id, part 1 again."""
+        while self._inflight:
+            future, _ = self._inflight.popleft()
+            future.exception()  # wait; an upload that failed is aborted below anyway
+        self._inflight_bytes = 0
+        self._abort_uploads()
+        self._split_id = uuid.uuid4().hex
+        self._objects = [_Object(self._key, 1)]
+        self._etags.clear()
+        self._held = None
+        self._room = self._fill = 0
+        self._buf = self._new_buffer()
+
     def _flush_part(self) -> None:
         """Hand the full buffer to the upload pool and start the next one (in the next object
-        when this one reached the object size)."""
+        when this one reached the object size). Part 1 waits while its room is empty."""
         obj = self._objects[-1]
         if obj.upload_id is None:
             obj.upload_id = self._create_upload(obj)
@@ -111,14 +149,20 @@ class S3Writer(MediumWriter):
         obj.parts += 1
         obj.size += len(body)
         part = _Part(obj, obj.parts, body)
-        self._wait_for_room(len(body))
-        future = self._pool.submit(self._upload_part, part)
-        self._inflight.append((future, part))
-        self._inflight_bytes += len(body)
+        if self._room and obj.index == 1 and part.number == 1:
+            self._held = part
+        else:
+            self._submit(part)
         if obj.size >= self._s.object_size:
             self._objects.append(_Object(continuation_key(self._key, obj.index + 1), obj.index + 1))
         self._buf = self._new_buffer()
         self._fill = 0
+
+    def _submit(self, part: _Part) -> None:
+        self._wait_for_room(len(part.body))
+        future = self._pool.submit(self._upload_part, part)
+        self._inflight.append((future, part))
+        self._inflight_bytes += len(part.body)
 
     def _new_buffer(self) -> bytearray:
         size = self._next_part_size()
@@ -186,6 +230,8 @@ class S3Writer(MediumWriter):
             return
         if self._state != "open":
             raise MediumError(f"{self.url}: commit after the upload was {self._state}")
+        if self._room:  # a programming error: the head was never written into its room
+            raise ValueError(f"{self.url}: commit with {self._room} bytes of room still empty")
         try:
             if self._objects[0].upload_id is None:
                 self._put_single()
@@ -294,6 +340,10 @@ class S3Writer(MediumWriter):
         self._inflight.clear()
         self._inflight_bytes = 0
         self._buf = bytearray()
+        self._held = None
+        self._abort_uploads()
+
+    def _abort_uploads(self) -> None:
         for obj in self._objects:
             if obj.upload_id is None:
                 continue
