@@ -1,7 +1,8 @@
 """File medium: archives as files (a path or ``file:`` URL).
 
 A new archive is written to a hidden temporary name in the target directory, fsynced, then
-renamed, so a reader never sees a partial archive under the final name. An existing archive is
+renamed, so a reader never sees a partial archive under the final name; it may leave room at
+its start for a head written last (``leave_room``). An existing archive is
 only replaced with ``force`` (keeping its mode and owner); a new one is made 0600 unless a mode is
 given. Character devices (``/dev/null``) and FIFOs are written in place; block devices are
 refused (renaming over a device node would replace the node).
