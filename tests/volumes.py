@@ -42,3 +42,37 @@ def same_bytes(a: str, b: str) -> bool:
 
 def allocated_bytes(path: str) -> int:
     return os.stat(path).st_blocks * 512
+
+
+class CountingSource:
+    """A real raw source that counts the bytes read from it (``opened=`` of a backup)."""
+
+    def __init__(self, path: str) -> None:
+        from volpack.source.raw import open_raw
+
+        self._src = open_raw(path)
+        self.read = 0
+
+    def __getattr__(self, name: str):
+        return getattr(self._src, name)
+
+    def read_into(self, offset: int, view: memoryview) -> None:
+        self.read += len(view)
+        self._src.read_into(offset, view)
+
+
+def write_scan_volume(path: str) -> int:
+    """A volume for the zero scan: data, allocated zeros it must drop, a block whose first word
+    is zero, an unaligned run, holes and a short last block. Returns its size."""
+    mib = 1 << 20
+    size = 24 * mib + 1000
+    pieces = [
+        (0, os.urandom(3 * mib)),
+        (3 * mib, bytes(2 * mib)),  # allocated, all zeros
+        (5 * mib, bytes(4096) + os.urandom(4096)),
+        (5 * mib + 2 * 4096 + 8, b"\x01"),  # a block with data past its first word
+        (9 * mib + 12345, os.urandom(mib)),  # unaligned run
+        (size - 1000, os.urandom(1000)),
+    ]
+    write_sparse(path, size, pieces)
+    return size

@@ -15,43 +15,15 @@ import volpack
 from volpack.errors import VolpackError
 from volpack.format.random_access import open_archive
 from volpack.pipeline.backup import BackupResult
-from volpack.source.raw import open_raw
-from volumes import allocated_bytes, same_bytes, write_sparse
+from volumes import (
+    CountingSource,
+    allocated_bytes,
+    same_bytes,
+    write_scan_volume,
+    write_sparse,
+)
 
 MiB = 1 << 20
-
-
-class _Counting:
-    """A real raw source that counts the bytes read from it."""
-
-    def __init__(self, path: str) -> None:
-        self._src = open_raw(path)
-        self.read = 0
-
-    def __getattr__(self, name: str):
-        return getattr(self._src, name)
-
-    def read_into(self, offset: int, view: memoryview) -> None:
-        self.read += len(view)
-        self._src.read_into(offset, view)
-
-
-def _volume(path: str) -> None:
-    """Data, allocated zeros the scan drops, a block whose first word is zero, an unaligned
-    run, holes and a short last block."""
-    size = 24 * MiB + 1000
-    write_sparse(
-        path,
-        size,
-        [
-            (0, os.urandom(3 * MiB)),
-            (3 * MiB, bytes(2 * MiB)),
-            (5 * MiB, bytes(4096) + os.urandom(4096)),
-            (5 * MiB + 2 * 4096 + 8, b"\x01"),
-            (9 * MiB + 12345, os.urandom(MiB)),
-            (size - 1000, os.urandom(1000)),
-        ],
-    )
 
 
 def _backup_through_a_pipe(src: str, fifo: str, out: str, **options) -> BackupResult:
@@ -79,8 +51,8 @@ def test_a_full_to_a_file_reads_the_source_once_and_holds_what_two_reads_write(
     tmp_path, detect
 ) -> None:
     src = str(tmp_path / "v.img")
-    _volume(src)
-    counting = _Counting(src)
+    write_scan_volume(src)
+    counting = CountingSource(src)
     one = volpack.backup(
         src,
         str(tmp_path / "one.vpk"),
@@ -91,7 +63,7 @@ def test_a_full_to_a_file_reads_the_source_once_and_holds_what_two_reads_write(
     )
     # Each allocated byte once (the analysis of the volume's first blocks comes on top).
     assert counting.read <= allocated_bytes(src) + 2 * MiB
-    counting_pipe = _Counting(src)
+    counting_pipe = CountingSource(src)
     two = _backup_through_a_pipe(
         src,
         str(tmp_path / "fifo"),
@@ -117,7 +89,7 @@ def test_a_full_to_a_file_reads_the_source_once_and_holds_what_two_reads_write(
 def test_the_head_written_last_reads_from_a_pipe(tmp_path) -> None:
     """A sequential reader meets the head first, as it was written into its room."""
     src = str(tmp_path / "v.img")
-    _volume(src)
+    write_scan_volume(src)
     archive = tmp_path / "a.vpk"
     volpack.backup(src, str(archive), allow_mounted=True)
     head = archive.read_bytes()[:4096]
@@ -137,7 +109,7 @@ def test_a_used_map_too_fragmented_for_the_room_is_written_in_two_reads(tmp_path
     src = str(tmp_path / "v.img")
     pieces = [(b * 8192, os.urandom(4096) + bytes(4096)) for b in range(1024)]
     write_sparse(src, 8 * MiB, pieces)
-    counting = _Counting(src)
+    counting = CountingSource(src)
     result = volpack.backup(
         src, str(tmp_path / "a.vpk"), detect="zeros", allow_mounted=True, opened=counting
     )
@@ -166,12 +138,12 @@ def test_a_failed_one_read_backup_keeps_the_archive_it_would_replace(tmp_path) -
     """The source shrinks under the backup: the one-read path fails with the source error and
     the old archive stays, byte for byte."""
     src = str(tmp_path / "v.img")
-    _volume(src)
+    write_scan_volume(src)
     archive = tmp_path / "a.vpk"
     volpack.backup(src, str(archive), allow_mounted=True)
     before = archive.read_bytes()
 
-    class Shrinking(_Counting):
+    class Shrinking(CountingSource):
         def read_into(self, offset: int, view: memoryview) -> None:
             if self.read > 2 * MiB:
                 os.truncate(src, 4 * MiB)
@@ -191,11 +163,11 @@ def test_a_full_to_s3_reads_the_source_once_and_restores(weed_mini, s3_bucket, t
 
     s3_client.configure(part_size=5 * MiB, object_size=12 * MiB)
     src = str(tmp_path / "v.img")
-    _volume(src)
+    write_scan_volume(src)
     with open(src, "r+b") as f:
         f.seek(12 * MiB)
         f.write(os.urandom(8 * MiB))
-    counting = _Counting(src)
+    counting = CountingSource(src)
     url = f"s3://{s3_bucket}/one.vpk"
     result = volpack.backup(src, url, compress="none", allow_mounted=True, opened=counting)
     assert result.archive_size > 12 * MiB

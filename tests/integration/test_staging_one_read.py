@@ -10,50 +10,25 @@ import pytest
 import volpack
 from volpack.compact.staging import one_pass_fits
 from volpack.format.random_access import open_archive
-from volpack.source.raw import open_raw
-from volumes import allocated_bytes, same_bytes, write_sparse
+from volumes import (
+    CountingSource,
+    allocated_bytes,
+    same_bytes,
+    write_scan_volume,
+    write_sparse,
+)
 
 MiB = 1 << 20
-
-
-class _Counting:
-    """A real raw source that counts the bytes read from it."""
-
-    def __init__(self, path: str) -> None:
-        self._src = open_raw(path)
-        self.read = 0
-
-    def __getattr__(self, name: str):
-        return getattr(self._src, name)
-
-    def read_into(self, offset: int, view: memoryview) -> None:
-        self.read += len(view)
-        self._src.read_into(offset, view)
-
-
-def _volume(path: str) -> None:
-    """Data, allocated zeros the scan must drop, a block whose first word is zero, holes, and a
-    short last block."""
-    size = 24 * MiB + 1000
-    pieces = [
-        (0, os.urandom(3 * MiB)),
-        (3 * MiB, bytes(2 * MiB)),  # allocated, all zeros
-        (5 * MiB, bytes(4096) + os.urandom(4096)),
-        (5 * MiB + 2 * 4096 + 8, b"\x01"),  # a block with data past its first word
-        (9 * MiB + 12345, os.urandom(MiB)),  # unaligned run
-        (size - 1000, os.urandom(1000)),
-    ]
-    write_sparse(path, size, pieces)
 
 
 @pytest.mark.parametrize("detect", ["auto", "zeros"])
 def test_staging_reads_the_source_once_and_matches_direct_mode(tmp_path, detect) -> None:
     src = str(tmp_path / "v.img")
-    _volume(src)
+    write_scan_volume(src)
     direct = volpack.backup(
         src, str(tmp_path / "d.vpk"), frame_size=65536, detect=detect, allow_mounted=True
     )
-    counting = _Counting(src)
+    counting = CountingSource(src)
     staged = volpack.backup(
         src,
         str(tmp_path / "s.vpk"),
