@@ -76,3 +76,17 @@ def write_scan_volume(path: str) -> int:
     ]
     write_sparse(path, size, pieces)
     return size
+
+
+def scattered_blocks(rng, blocks: int, block_size: int, tail: int, data_share: float) -> bytes:
+    """``blocks`` blocks (the last ``tail`` bytes short when under a block) where about
+    ``data_share`` of them hold one non-zero byte: at their start, or further in (a block
+    whose first word is zero). ``rng`` is a numpy Generator."""
+    size = blocks * block_size - (tail if tail < block_size else 0)
+    data = bytearray(size)
+    for b in range(blocks):
+        if rng.random() < data_share:
+            at = b * block_size + (int(rng.integers(8, block_size)) if rng.random() < 0.3 else 0)
+            if at < size:
+                data[at] = 1 + int(rng.integers(255))
+    return bytes(data)

@@ -16,6 +16,7 @@ from volpack.compact.table import AddressTable
 from volpack.detect.zeros import scan_used
 from volpack.extents import Extents
 from volpack.source.raw import open_raw
+from volumes import scattered_blocks
 
 
 def _frames(framer: Framer, frame_size: int) -> tuple[bytes, list[int]]:
@@ -49,14 +50,7 @@ def test_frames_hold_the_dense_volume_the_scan_and_copy_make(
     tmp_path_factory, block_size, blocks, tail, seed, frame_blocks, data_share
 ) -> None:
     rng = np.random.default_rng(seed)
-    size = blocks * block_size - (tail if tail < block_size else 0)
-    data = bytearray(size)
-    for b in range(blocks):
-        if rng.random() < data_share:
-            # A block whose first word is zero but which holds data further in, or a plain one.
-            at = b * block_size + (int(rng.integers(8, block_size)) if rng.random() < 0.3 else 0)
-            if at < size:
-                data[at] = 1 + int(rng.integers(255))
+    data = scattered_blocks(rng, blocks, block_size, tail, data_share)
     path = tmp_path_factory.mktemp("framer") / "v.img"
     path.write_bytes(data)
     known, candidates = [], []

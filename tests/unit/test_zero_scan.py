@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from volpack.detect import zeros
 from volpack.extents import Extents
 from volpack.source.raw import open_raw
+from volumes import scattered_blocks
 
 
 def _reference(data: bytes, candidates: Extents, block_size: int) -> Extents:
@@ -37,14 +38,7 @@ def test_the_scan_keeps_exactly_the_non_zero_candidate_blocks(
     tmp_path_factory, monkeypatch, block_size, blocks, tail, seed, chunk_blocks, data_share
 ) -> None:
     rng = np.random.default_rng(seed)
-    size = blocks * block_size - (tail if tail < block_size else 0)
-    data = bytearray(size)
-    for b in range(blocks):
-        if rng.random() < data_share:
-            # A block whose first word is zero but which holds data further in, or a plain one.
-            at = b * block_size + (int(rng.integers(8, block_size)) if rng.random() < 0.3 else 0)
-            if at < size:
-                data[at] = 1 + int(rng.integers(255))
+    data = scattered_blocks(rng, blocks, block_size, tail, data_share)
     path = tmp_path_factory.mktemp("scan") / "v.img"
     path.write_bytes(data)
     pairs = []
