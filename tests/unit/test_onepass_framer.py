@@ -77,6 +77,7 @@ def test_frames_hold_the_dense_volume_the_scan_and_copy_make(
             DenseReader(src, table).read(0, memoryview(expected))
         assert dense == bytes(expected)
         assert framer.dense_size == table.dense_size
+        assert framer.exhausted
         assert all(n == frame_size for n in lengths[:-1])
     finally:
         src.close()

@@ -40,7 +40,8 @@ class Framer:
         self.max_runs = max_runs
         self.progress = progress
         runs = sorted([(s, e, True) for s, e in known] + [(s, e, False) for s, e in candidates])
-        self._runs = iter(runs)
+        self._runs = runs
+        self._next = 0  # the next run of ``_runs`` to start
         self._current: tuple[int, int, bool] | None = None
         self._starts = array.array("q")  # the used map learnt so far, touching runs merged
         self._ends = array.array("q")
@@ -60,9 +61,10 @@ class Framer:
         offset: list[int] = []
         while filled < room:
             if self._current is None:
-                self._current = next(self._runs, None)
-                if self._current is None:
+                if self._next == len(self._runs):
                     break
+                self._current = self._runs[self._next]
+                self._next += 1
             b0, end, whole = self._current
             k = min(end - b0, room - filled)
             at = filled * bs
@@ -108,6 +110,11 @@ class Framer:
             raise TooManyRuns(f"more than {self.max_runs} runs of used blocks")
         self._starts.append(start)
         self._ends.append(start + count)
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether every known and candidate block has been read."""
+        return self._current is None and self._next == len(self._runs)
 
     def used(self) -> Extents:
         """The used map of every block filled (call after the last frame)."""

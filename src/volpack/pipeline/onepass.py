@@ -80,6 +80,8 @@ def write_in_one_read(
     except TooManyRuns:
         medium.rewind()
         return None
+    if not framer.exhausted:  # more frames than the bound in the header: a bug, never input
+        raise ValueError("one read: blocks left unread after the header's frame count")
     table = AddressTable.from_used(framer.used(), bs)
     if table.dense_size != framer.dense_size:  # the framer and the table disagree: a bug
         raise ValueError(f"one read: {framer.dense_size} B framed, table of {table.dense_size} B")
