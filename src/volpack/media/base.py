@@ -35,8 +35,8 @@ class MediumWriter(Protocol):
     def leave_room(self, length: int) -> bool:
         """Called before anything is written: start writing ``length`` bytes in, and let
         :meth:`write_room` fill them last (a backup that learns its tables only while it writes
-        its frames). True where the medium can (a new regular file); the others write in order
-        only and inherit this answer, False."""
+        its frames). True where the medium can (a new regular file, an S3 upload); the others
+        write in order only and inherit this answer, False."""
         return False
 
     def write_room(self, data: Buffer) -> None:

@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from volpack.format.sealing import Sealing
     from volpack.format.writer import WriteResult
     from volpack.media.base import MediumWriter
+    from volpack.pipeline.onepass import OnePass
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -236,14 +237,15 @@ def backup(
                 progress,
             )
             if done is not None:
+                desc, one = done
                 _check_unchanged(src, before, source)
                 medium.commit()
                 return _result(
-                    done.header,
-                    done.table,
+                    one.header,
+                    one.table,
                     Extents.empty(),
-                    done.desc,
-                    done.written,
+                    desc,
+                    one.written,
                     medium,
                     t0,
                     None,
@@ -469,14 +471,6 @@ def _full_header(
     )
 
 
-@dataclass(frozen=True, slots=True)
-class _Done:
-    header: R.Header
-    table: AddressTable
-    desc: ArchiveDescription
-    written: WriteResult
-
-
 def _in_one_read(
     src: Source,
     plan: Plan,
@@ -489,9 +483,9 @@ def _in_one_read(
     hash_block: int | None,
     threads: int,
     progress: Progress | None,
-) -> _Done | None:
-    """A full written in one read of the source (``pipeline/onepass.py``), or None where the
-    medium or the used map does not allow it (nothing written)."""
+) -> tuple[ArchiveDescription, OnePass] | None:
+    """A full written in one read of the source (``pipeline/onepass.py``) and its DESC, or None
+    where the medium or the used map does not allow it (nothing written)."""
     from volpack.pipeline.onepass import write_in_one_read
 
     bs = plan.block_size
@@ -504,9 +498,7 @@ def _in_one_read(
     done = write_in_one_read(
         medium, src, plan, header, desc.to_json(), pmap, threads=threads, progress=progress
     )
-    if done is None:
-        return None
-    return _Done(done.header, done.table, desc, done.written)
+    return None if done is None else (desc, done)
 
 
 def _open_base(spec: str, source: str, catalog: str | None, keyring: Keyring | None) -> Archive:

@@ -2,7 +2,8 @@
 
 Memory stays bounded (a few parts in flight, no local copy); nothing is visible under the key
 until ``commit``. Room left for a head written last lies in part 1, which is held back (one
-part's memory more) and uploaded once the head is in it: parts may be uploaded in any order. Archives beyond one object's limit continue in ``key.part2``, ``key.part3`` …,
+part's memory more) and uploaded once the head is in it: parts may be uploaded in any order.
+Archives beyond one object's limit continue in ``key.part2``, ``key.part3`` …,
 joined again on read. It moves opaque bytes only and never parses the archive.
 """
 
